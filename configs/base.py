@@ -1,0 +1,124 @@
+"""Shared base of every config: one place where each default lives.
+
+Config files call `get_base_config()` and override what differs; nothing else sets
+defaults, so a value either comes from here, from the config file, or from the
+command line (`--config.a.b=v`).
+"""
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict()
+
+  # ---- model: one set of layers; the families are configurations of it ----
+  m = cfg.model = ml_collections.ConfigDict()
+  m.family = 'encoder_decoder'      # encoder_decoder | encoder | decoder
+  m.vocab_size = 32128
+  m.d_model = 512
+  m.d_ff = 1024
+  m.num_heads = 6
+  m.d_kv = 64
+  m.num_encoder_layers = 8
+  m.num_decoder_layers = 8
+  m.mlp_activations = ('gelu', 'linear')  # gated-GELU (T5 v1.1); ('relu',) v1.0; ('gelu_exact',) BERT
+  m.norm = 'rms'                    # rms | layer
+  m.norm_eps = 1e-6
+  m.post_norm = False               # True: BERT-style x = Norm(x + Sublayer(x))
+  m.use_bias = False                # biases in dense and attention projections (BERT, GPT-2)
+  m.position_embedding = 'relative' # relative (T5 bias) | absolute (learned, BERT/GPT-2)
+  m.max_position_embeddings = 512   # absolute positions only
+  m.type_vocab_size = 0             # BERT token-type embeddings (0 = none)
+  m.relative_attention_num_buckets = 32
+  m.relative_attention_max_distance = 128
+  m.scale_attention_logits = False  # True: q.k / sqrt(d_kv) (BERT, GPT-2); T5 folds it into the init
+  m.tie_embeddings = False          # logits from the input embedding (T5 v1.0, BERT, GPT-2)
+  m.rescale_tied_logits = False     # T5 v1.0: tied logits divided by sqrt(d_model)
+  m.dropout_rate = 0.0
+  m.dtype = 'float32'               # activation dtype; params, norms and logits stay float32
+  m.init_scheme = 't5'            # t5 (variance scaling, reference page) | normal_0.02 (BERT, GPT-2)
+  m.scan_layers = False
+  m.remat = 'none'                  # none | full | dots (jax.checkpoint policies)
+
+  # ---- data: owned by t5x_lite/data (see t5x_lite/data/pipeline.py) ----
+  d = cfg.data = ml_collections.ConfigDict()
+  d.objective = 'span_corruption'  # span_corruption | mlm | iid_noise | causal_lm | prefix_lm | text_to_text
+  d.inputs_length = 512             # encoder / inputs tokens per row (EOS included)
+  d.targets_length = 114            # decoder / targets tokens per row; span corruption needs >= the
+                                    # length helper's (objectives.span_corruption_lengths: 512 -> 114)
+  d.pack = True                     # trim-and-pack examples into rows (segment ids + positions)
+  d.seed = 0                        # shuffling and objective randomness (per shard)
+  # Vocabulary: SentencePiece model (pad 0, eos 1, unk 2, [MASK]) + extra_ids sentinels on top.
+  d.vocab = 'data/vocab/shakespeare_1k.model'  # relative paths: cwd, then the repo root
+  d.extra_ids = 100                 # sentinels <extra_id_0> = vocab_size - 1, counting down
+  # Sources: comma-separated mixture of KIND:TARGET[;rate=R;boundary=...;field=...;split=...]
+  # KIND: text (glob) | jsonl | tsv (header row) | tfds (name[:version]); see data/sources.py.
+  d.train_source = 'text:data/corpus/train.txt'
+  d.validation_source = 'text:data/corpus/validation.txt'
+  d.doc_boundary = 'blank_line'     # plain text documents: line | blank_line | file
+  d.text_field = 'text'             # JSONL/TSV/TFDS field holding document text (LM objectives)
+  d.inputs_field = 'inputs'         # text_to_text: source fields of inputs and targets
+  d.targets_field = 'targets'
+  d.tfds_data_dir = ''              # TFDS data_dir ('' = TFDS default)
+  d.on_bad_input = 'skip'           # skip (counted, reported) | error (stop at the file:line)
+  d.shuffle_buffer_size = 10000     # TFDS sources only (file sources reshuffle whole epochs)
+  d.eval_repeat = False             # validation: one finite pass (False) or endless
+  # Objective parameters.
+  d.noise_density = 0.15            # span_corruption and iid_noise
+  d.mean_noise_span_length = 3.0    # span_corruption
+  d.iid_random_prob = 0.1           # iid_noise: noise token -> random id, else <extra_id_0>
+  d.mlm_rate = 0.15                 # mlm: fraction of non-special tokens (or words) selected
+  d.mlm_mask_prob = 0.8             # of the selected: -> [MASK]
+  d.mlm_random_prob = 0.1           # of the selected: -> random token (the rest unchanged)
+  d.mlm_whole_word = False          # mlm: select whole words (SentencePiece '▁' starts a word)
+
+  # ---- train ----
+  t = cfg.train = ml_collections.ConfigDict()
+  t.steps = 1000
+  t.batch_size = 8                  # global, in examples (rows after packing)
+  t.grad_accum_steps = 1
+  t.seed = 0
+  t.log_every = 10
+  t.eval_every = 200
+  t.eval_steps = 10
+  t.checkpoint_every = 200
+  t.loss_normalization = 'num_real_target_tokens'  # sum | num_real_target_tokens | constant
+  t.loss_normalization_constant = 1.0
+  t.label_smoothing = 0.0
+  t.z_loss = 1e-4
+
+  # ---- optimizer ----
+  o = cfg.optimizer = ml_collections.ConfigDict()
+  o.name = 'adafactor'              # adafactor | adamw
+  o.schedule = 'rsqrt'              # rsqrt | cosine | constant
+  o.learning_rate = 0.01            # peak / constant value
+  o.warmup_steps = 10000
+  o.decay_steps = 0                 # cosine: total decay steps (0 = train.steps)
+  o.clip_grad_norm = 0.0            # 0 = off
+  o.weight_decay = 0.0
+  o.b1 = 0.9
+  o.b2 = 0.999
+
+  # ---- partitioning ----
+  p = cfg.partitioning = ml_collections.ConfigDict()
+  p.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  p.dcn_mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+  # Ordered: the first rule whose mesh axis is still free wins (flax logical_to_mesh).
+  p.logical_axis_rules = (
+      ('batch', ('data', 'fsdp')),
+      ('vocab', 'tensor'),
+      ('embed', 'fsdp'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('kv', None),
+      ('layers', None),
+      ('relpos_buckets', None),
+      ('length', None),
+  )
+
+  # ---- checkpoint ----
+  c = cfg.checkpoint = ml_collections.ConfigDict()
+  c.keep = 3
+  c.async_save = True
+
+  cfg.init_from = ''                # '' | checkpoint dir | 'hf:DIR'
+  return cfg

@@ -1,0 +1,26 @@
+"""BERT (encoder-only, masked LM): `--config=configs/bert.py:base` (tiny | base)."""
+from configs import base
+
+SIZES = {
+    #        d_model d_ff  heads layers
+    'tiny': (64, 256, 4, 2),
+    'base': (768, 3072, 12, 12),
+}
+
+
+def get_config(size: str = 'base'):
+  if size not in SIZES:
+    raise ValueError(f'unknown BERT size {size!r}; choose one of {", ".join(SIZES)}.')
+  cfg = base.get_base_config()
+  d_model, d_ff, heads, n_layers = SIZES[size]
+  cfg.model.update(dict(
+      family='encoder', vocab_size=30522, d_model=d_model, d_ff=d_ff, num_heads=heads,
+      d_kv=d_model // heads, num_encoder_layers=n_layers, num_decoder_layers=0,
+      mlp_activations=('gelu_exact',), norm='layer', norm_eps=1e-12, post_norm=True,
+      use_bias=True, position_embedding='absolute', max_position_embeddings=512,
+      type_vocab_size=2, scale_attention_logits=True, tie_embeddings=True,
+      init_scheme='normal_0.02'))
+  cfg.data.objective = 'mlm'
+  cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=1e-4,
+                            warmup_steps=1000, weight_decay=0.01))
+  return cfg

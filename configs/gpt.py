@@ -1,0 +1,26 @@
+"""GPT-2 style decoder-only LM: `--config=configs/gpt.py:small` (tiny | small = 124M)."""
+from configs import base
+
+SIZES = {
+    #        d_model heads layers
+    'tiny': (64, 4, 2),
+    'small': (768, 12, 12),
+}
+
+
+def get_config(size: str = 'small'):
+  if size not in SIZES:
+    raise ValueError(f'unknown GPT size {size!r}; choose one of {", ".join(SIZES)}.')
+  cfg = base.get_base_config()
+  d_model, heads, n_layers = SIZES[size]
+  cfg.model.update(dict(
+      family='decoder', vocab_size=50257, d_model=d_model, d_ff=4 * d_model, num_heads=heads,
+      d_kv=d_model // heads, num_encoder_layers=0, num_decoder_layers=n_layers,
+      mlp_activations=('gelu',), norm='layer', norm_eps=1e-5, use_bias=True,
+      position_embedding='absolute', max_position_embeddings=1024,
+      scale_attention_logits=True, tie_embeddings=True, init_scheme='normal_0.02'))
+  cfg.data.objective = 'causal_lm'
+  cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=6e-4,
+                            warmup_steps=2000, weight_decay=0.1, b2=0.95,
+                            clip_grad_norm=1.0))
+  return cfg

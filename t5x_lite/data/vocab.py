@@ -1,0 +1,205 @@
+"""SentencePiece vocabulary with the T5 id layout; training and coverage.
+
+Owns: the `Vocabulary` class (ids, encode/decode, special-token tables used by the
+objectives), loading it from `config.data` (`from_config`), training a new SentencePiece
+model (`train`) and measuring its coverage (`coverage`). The command line lives in
+`t5x_lite/vocab.py`.
+
+Id layout (T5): pad 0, eos 1, unk 2, then the SentencePiece pieces; `extra_ids` sentinels
+are appended after the pieces and counted down from the top, so `<extra_id_0>` is
+`vocab_size - 1` and `<extra_id_k>` is `vocab_size - 1 - k`. The BERT mask token is the
+control piece `[MASK]` (id 3 in vocabularies trained by `train`); a SentencePiece model
+without one (e.g. T5's public one) uses `<extra_id_0>` as its mask, like T5's BERT-style
+objective does.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+PAD_ID = 0
+EOS_ID = 1
+UNK_ID = 2
+MASK_PIECE = '[MASK]'
+WORD_START = '\u2581'  # SentencePiece's '▁'
+_SENTINEL_RE = re.compile(r'<extra_id_(\d+)>')
+
+
+class VocabError(ValueError):
+  """A vocabulary file or setting that cannot be used; the message names it."""
+
+
+def resolve_path(path: str) -> str:
+  """Returns `path` as given if it exists, else relative to the repository root."""
+  if not path or os.path.isabs(path) or os.path.exists(path):
+    return path
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  candidate = os.path.join(root, path)
+  return candidate if os.path.exists(candidate) else path
+
+
+class Vocabulary:
+  """A SentencePiece model plus `extra_ids` sentinels, in the T5 id layout."""
+
+  def __init__(self, model_path: str, extra_ids: int = 100):
+    path = resolve_path(model_path)
+    if not os.path.isfile(path):
+      raise VocabError(f'data.vocab: SentencePiece model {model_path!r} does not exist '
+                       f'(cwd {os.getcwd()!r}); train one with `python -m t5x_lite.vocab`.')
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=path)
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError with a long message
+      raise VocabError(f'data.vocab: {path!r} is not a SentencePiece model ({e}).'.replace('\n', ' '))
+    sp = self._sp
+    if (sp.pad_id(), sp.eos_id(), sp.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
+      raise VocabError(
+          f'data.vocab: {path!r} has pad/eos/unk ids {sp.pad_id()}/{sp.eos_id()}/{sp.unk_id()}; '
+          f'the T5 layout needs 0/1/2 (train it with `python -m t5x_lite.vocab`).')
+    if extra_ids < 0:
+      raise VocabError(f'data.extra_ids must be >= 0, got {extra_ids}.')
+    self.path = path
+    self.piece_size = sp.get_piece_size()
+    self.extra_ids = int(extra_ids)
+    self.vocab_size = self.piece_size + self.extra_ids
+    self.pad_id, self.eos_id, self.unk_id = PAD_ID, EOS_ID, UNK_ID
+    mask = sp.piece_to_id(MASK_PIECE)
+    if mask != self.unk_id and sp.is_control(mask):
+      self.mask_id = int(mask)
+    elif self.extra_ids > 0:
+      self.mask_id = self.sentinel(0)
+    else:
+      self.mask_id = None
+    pieces = [sp.id_to_piece(i) for i in range(self.piece_size)]
+    special = np.array([sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)
+                        for i in range(self.piece_size)] + [True] * self.extra_ids, dtype=bool)
+    #: [vocab_size] bool: pad/eos/unk/[MASK]/other control pieces and all sentinels.
+    self.special_mask = special
+    #: int32 ids a random replacement may draw from (every non-special piece).
+    self.regular_ids = np.nonzero(~special)[0].astype(np.int32)
+    #: [vocab_size] bool: the token starts a word (its piece begins with '▁') or is special.
+    self.word_start_mask = np.array(
+        [p.startswith(WORD_START) for p in pieces] + [True] * self.extra_ids, dtype=bool) | special
+
+  # ---- ids ----
+  def sentinel(self, k: int) -> int:
+    """Id of `<extra_id_k>` (= vocab_size - 1 - k)."""
+    if not 0 <= k < self.extra_ids:
+      raise VocabError(f'sentinel {k} out of range: the vocabulary has {self.extra_ids} extra ids.')
+    return self.vocab_size - 1 - k
+
+  def is_sentinel(self, token_id: int) -> bool:
+    return self.piece_size <= token_id < self.vocab_size
+
+  # ---- text ----
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text` (no EOS). `<extra_id_k>` in the text becomes sentinel k."""
+    if not _SENTINEL_RE.search(text) or not self.extra_ids:
+      return self._sp.encode(text)
+    ids: list[int] = []
+    pos = 0
+    for m in _SENTINEL_RE.finditer(text):
+      if text[pos:m.start()].strip():
+        ids.extend(self._sp.encode(text[pos:m.start()]))
+      k = int(m.group(1))
+      ids.extend([self.sentinel(k)] if k < self.extra_ids else self._sp.encode(m.group(0)))
+      pos = m.end()
+    if text[pos:].strip():
+      ids.extend(self._sp.encode(text[pos:]))
+    return ids
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+    """Token ids of many texts at once (SentencePiece's threaded encoder; no EOS)."""
+    return self._sp.encode(list(texts), num_threads=num_threads or (os.cpu_count() or 1))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids`: stops at the first EOS, drops padding, renders sentinels as
+    `<extra_id_k>` and the mask as `[MASK]`; out-of-range ids render as `<id_N>`."""
+    out: list[str] = []
+    run: list[int] = []
+
+    def flush():
+      if run:
+        out.append(self._sp.decode(run))
+        run.clear()
+
+    for i in (int(t) for t in ids):
+      if i == self.eos_id:
+        break
+      if i == self.pad_id:
+        continue
+      if self.piece_size <= i < self.vocab_size:
+        flush()
+        out.append(f'<extra_id_{self.vocab_size - 1 - i}>')
+      elif i == self.mask_id:
+        flush()
+        out.append(MASK_PIECE)
+      elif 0 <= i < self.piece_size:
+        run.append(i)
+      else:
+        flush()
+        out.append(f'<id_{i}>')
+    flush()
+    return ' '.join(s for s in out if s)
+
+  def id_to_piece(self, i: int) -> str:
+    if self.piece_size <= i < self.vocab_size:
+      return f'<extra_id_{self.vocab_size - 1 - i}>'
+    return self._sp.id_to_piece(int(i))
+
+  def __repr__(self):
+    return (f'Vocabulary({self.path!r}, pieces={self.piece_size}, extra_ids={self.extra_ids}, '
+            f'vocab_size={self.vocab_size})')
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, extra_ids: int) -> Vocabulary:
+  return Vocabulary(path, extra_ids)
+
+
+def from_config(data_cfg) -> Vocabulary:
+  """The vocabulary named by `config.data` (`data.vocab`, `data.extra_ids`); cached."""
+  return _load(resolve_path(data_cfg.vocab), int(data_cfg.extra_ids))
+
+
+def train(sentences: Iterable[str], output: str, vocab_size: int, model_type: str = 'unigram',
+          character_coverage: float = 1.0, num_threads: int = 0) -> str:
+  """Trains a SentencePiece model in the T5 layout on `sentences`; returns the .model path.
+
+  `vocab_size` counts SentencePiece pieces (pad, eos, unk and `[MASK]` included); the
+  Vocabulary adds the sentinels on top.
+  """
+  if model_type not in ('unigram', 'bpe'):
+    raise VocabError(f'--model_type must be unigram or bpe, got {model_type!r}.')
+  prefix = output[:-len('.model')] if output.endswith('.model') else output
+  os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_prefix=prefix, vocab_size=int(vocab_size),
+      model_type=model_type, character_coverage=character_coverage,
+      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, control_symbols=[MASK_PIECE],
+      input_sentence_size=0, max_sentence_length=1 << 16, num_threads=num_threads or (os.cpu_count() or 1),
+      minloglevel=2)
+  return prefix + '.model'
+
+
+def coverage(vocab: Vocabulary, texts: Sequence[str]) -> dict:
+  """Coverage statistics of `vocab` on `texts`: the fraction of (non-space) characters the
+  vocabulary can represent without UNK, the UNK token rate, tokens per word and per char."""
+  import collections
+  ids = vocab.encode_batch(texts)
+  n_tok = sum(len(x) for x in ids)
+  n_unk = sum(x.count(vocab.unk_id) for x in ids)
+  chars = collections.Counter()
+  for t in texts:
+    chars.update(''.join(t.split()))
+  n_chars = sum(chars.values())
+  uncovered = {c for c in chars if vocab.unk_id in vocab._sp.encode(c)}
+  lost = sum(chars[c] for c in uncovered)
+  n_words = sum(len(t.split()) for t in texts)
+  return dict(tokens=n_tok, unk_tokens=n_unk, unk_rate=n_unk / max(1, n_tok),
+              char_coverage=1.0 - lost / max(1, n_chars), uncovered_chars=''.join(sorted(uncovered)),
+              tokens_per_word=n_tok / max(1, n_words), chars_per_token=n_chars / max(1, n_tok))

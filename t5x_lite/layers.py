@@ -1,0 +1,293 @@
+"""Transformer layers shared by every model family.
+
+Owns: norms (RMSNorm / LayerNorm), embeddings, dense projections, multi-head attention
+(self / cross, masks, KV cache), T5 relative position bias, MLPs. Every parameter is
+declared with logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, `relpos_buckets`);
+`partitioning.py` maps them to mesh axes. Activations get logical sharding constraints via
+`constrain`, which is a no-op outside a mesh, so the same code runs in CPU unit tests.
+
+Numerics: parameters are float32; activations use `dtype`; norms, attention softmax and
+logits are computed in float32.
+"""
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+DType = Any
+Initializer = Callable[..., Array]
+
+NEG_INF = -1e10  # large but finite: fully masked rows (padding) give a uniform softmax, not NaN
+
+
+def constrain(x: Array, logical_axes: Sequence[Optional[str]]) -> Array:
+  """Sharding constraint by logical axis names; a no-op when no mesh is active."""
+  return nn.with_logical_constraint(x, tuple(logical_axes))
+
+
+def param_with_axes(module: nn.Module, name: str, init: Initializer, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape,
+                      jnp.float32)
+
+
+# ------------------------------------------------------------------------------ norms
+class Norm(nn.Module):
+  """RMSNorm (T5: x * rsqrt(mean(x^2) + eps) * scale) or LayerNorm (with bias), in float32."""
+  kind: str = 'rms'
+  eps: float = 1e-6
+  dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    d = x.shape[-1]
+    scale = param_with_axes(self, 'scale', nn.initializers.ones, (d,), ('embed',))
+    if self.kind == 'rms':
+      y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+      y = y * scale
+    else:
+      mean = jnp.mean(x, axis=-1, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+      y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+      bias = param_with_axes(self, 'bias', nn.initializers.zeros, (d,), ('embed',))
+      y = y * scale + bias
+    return y.astype(self.dtype)
+
+
+# ------------------------------------------------------------------------- embeddings
+class Embed(nn.Module):
+  """Token (or position / token-type) embedding; `attend` gives tied output logits."""
+  num_embeddings: int
+  features: int
+  axes: tuple = ('vocab', 'embed')
+  dtype: DType = jnp.float32
+  init: Initializer = nn.initializers.normal(stddev=1.0)
+
+  def setup(self):
+    self.embedding = param_with_axes(self, 'embedding', self.init,
+                                     (self.num_embeddings, self.features), self.axes)
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array) -> Array:
+    """x [..., features] -> [..., num_embeddings] logits (float32)."""
+    return jnp.einsum('...d,vd->...v', x.astype(jnp.float32), self.embedding)
+
+
+# ------------------------------------------------------------------------------ dense
+class DenseGeneral(nn.Module):
+  """y = x . W (+ b), contracting the last `len(in_axes)` dims of x.
+
+  `in_axes` / `out_axes` are the logical names of the kernel's input and output dims, so a
+  query projection is DenseGeneral((heads, d_kv), in_axes=('embed',), out_axes=('heads', 'kv')).
+  """
+  features: Sequence[int]
+  in_axes: Sequence[str]
+  out_axes: Sequence[str]
+  use_bias: bool = False
+  dtype: DType = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n_in = len(self.in_axes)
+    features = tuple(self.features)
+    in_shape = x.shape[-n_in:]
+    kernel = param_with_axes(self, 'kernel', self.kernel_init, in_shape + features,
+                             tuple(self.in_axes) + tuple(self.out_axes))
+    contract = tuple(range(x.ndim - n_in, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contract, tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      bias = param_with_axes(self, 'bias', nn.initializers.zeros, features, self.out_axes)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def variance_scaling(scale: float, distribution: str = 'normal',
+                     fan_in_dims: int = 1) -> Initializer:
+  """Kernel init with variance `scale / fan_in`, fan_in = product of the leading input dims."""
+  def init(key, shape, dtype=jnp.float32):
+    fan_in = int(np.prod(shape[:fan_in_dims]))
+    std = math.sqrt(scale / fan_in)
+    if distribution == 'truncated_normal':
+      # Stddev of a standard normal truncated to [-2, 2] is .87962566103423978.
+      return jax.random.truncated_normal(key, -2, 2, shape, dtype) * std / .87962566103423978
+    return jax.random.normal(key, shape, dtype) * std
+  return init
+
+
+# ------------------------------------------------------------------ relative position
+def relative_position_bucket(relative_position, bidirectional: bool = True,
+                             num_buckets: int = 32, max_distance: int = 128):
+  """T5 bucketing of rel = key_pos - query_pos (numpy or jax arrays).
+
+  Worked example (encoder, bidirectional, 32 buckets): rel -3 -> 3, rel +3 -> 16 + 3 = 19,
+  |rel| 8..11 -> 8, 16 -> 10, 64 -> 14, >= 91 -> 15 (plus 16 when rel > 0).
+  Decoder (causal, 32 buckets): n = max(-rel, 0); 0..15 -> n, 16 -> 16, 32 -> 21, >= 113 -> 31.
+  """
+  xp = jnp if isinstance(relative_position, jax.Array) else np
+  ret = 0
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret = (n < 0).astype(np.int32) * num_buckets
+    n = xp.abs(n)
+  else:
+    n = xp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # Guard log(0); those entries take the `is_small` branch anyway.
+  val_if_large = max_exact + (
+      xp.log(xp.maximum(n, 1).astype(np.float32) / max_exact) /
+      math.log(max_distance / max_exact) * (num_buckets - max_exact - 1)).astype(np.int32)
+  val_if_large = xp.minimum(val_if_large, num_buckets - 1)
+  return ret + xp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nn.Module):
+  """One [heads, buckets] table per stack; returns a [1, heads, q, k] additive bias."""
+  num_heads: int
+  num_buckets: int = 32
+  max_distance: int = 128
+  bidirectional: bool = True
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    table = param_with_axes(self, 'rel_embedding', nn.initializers.normal(1.0),
+                            (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'))
+    rel = key_positions[None, :] - query_positions[:, None]
+    buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets,
+                                       self.max_distance)
+    # Gather [heads, q, k]; a one-hot matmul would waste FLOPs on CPU/GPU.
+    bias = jnp.take(table, buckets, axis=1)
+    return bias[None]
+
+
+# ---------------------------------------------------------------------------- masks
+def attention_mask(query_valid: Array, key_valid: Array,
+                   query_segment_ids: Optional[Array] = None,
+                   key_segment_ids: Optional[Array] = None,
+                   causal: bool = False,
+                   query_prefix: Optional[Array] = None,
+                   key_prefix: Optional[Array] = None) -> Array:
+  """Boolean [batch, 1, q, k] mask: both valid, same segment, causal unless both in prefix.
+
+  Prefix LM (decoder-only): allowed(q, k) = (k <= q OR (prefix_q AND prefix_k)) AND ...
+  """
+  mask = query_valid[:, :, None] & key_valid[:, None, :]
+  if query_segment_ids is not None:
+    mask &= query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+  if causal:
+    q_len, k_len = query_valid.shape[1], key_valid.shape[1]
+    allowed = jnp.arange(k_len)[None, None, :] <= jnp.arange(q_len)[None, :, None]
+    if query_prefix is not None:
+      allowed = allowed | (query_prefix[:, :, None] & key_prefix[:, None, :])
+    mask &= allowed
+  return mask[:, None]
+
+
+# ------------------------------------------------------------------------- attention
+class MultiHeadAttention(nn.Module):
+  """Multi-head dot-product attention with an optional KV cache (`decode=True`).
+
+  Decoding: the cache (collection 'cache') holds keys/values for `max_length` positions,
+  created by an `init` call on full-length inputs. Each decode call writes its `n` new
+  keys/values at `decode_index` (kept by the owning stack) and attends over the whole
+  cache; the caller supplies the mask over cache positions.
+  """
+  num_heads: int
+  d_kv: int
+  out_features: int
+  use_bias: bool = False
+  scale_logits: bool = False
+  dropout_rate: float = 0.0
+  dtype: DType = jnp.float32
+  q_init: Initializer = nn.initializers.lecun_normal()
+  kv_init: Initializer = nn.initializers.lecun_normal()
+  o_init: Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
+               bias: Optional[Array] = None, deterministic: bool = True,
+               decode: bool = False, decode_index: Optional[Array] = None) -> Array:
+    proj = lambda name, init: DenseGeneral(
+        (self.num_heads, self.d_kv), in_axes=('embed',), out_axes=('heads', 'kv'),
+        use_bias=self.use_bias, dtype=self.dtype, kernel_init=init, name=name)
+    query = proj('query', self.q_init)(inputs_q)
+    key = proj('key', self.kv_init)(inputs_kv)
+    value = proj('value', self.kv_init)(inputs_kv)
+    query = constrain(query, ('batch', 'length', 'heads', 'kv'))
+    key = constrain(key, ('batch', 'length', 'heads', 'kv'))
+    value = constrain(value, ('batch', 'length', 'heads', 'kv'))
+
+    if decode:
+      initialized = self.has_variable('cache', 'cached_key')
+      cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape,
+                                   value.dtype)
+      if initialized:
+        start = (0, decode_index, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        key, value = cached_key.value, cached_value.value
+
+    if self.scale_logits:
+      query = query / jnp.sqrt(self.d_kv).astype(self.dtype)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    out = DenseGeneral((self.out_features,), in_axes=('heads', 'kv'), out_axes=('embed',),
+                       use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.o_init,
+                       name='out')(out)
+    return constrain(out, ('batch', 'length', 'embed'))
+
+
+# ------------------------------------------------------------------------------- MLP
+ACTIVATIONS = {
+    'relu': nn.relu,
+    'gelu': lambda x: nn.gelu(x, approximate=True),   # T5 v1.1 gated-gelu, GPT-2 gelu_new
+    'gelu_exact': lambda x: nn.gelu(x, approximate=False),  # BERT
+    'silu': nn.silu,
+    'linear': lambda x: x,
+}
+
+
+class Mlp(nn.Module):
+  """MLP: prod_i act_i(x W_i) -> dropout -> W_o. ('gelu', 'linear') is gated-GELU."""
+  d_ff: int
+  activations: Sequence[str] = ('gelu', 'linear')
+  use_bias: bool = False
+  dropout_rate: float = 0.0
+  dtype: DType = jnp.float32
+  in_init: Initializer = nn.initializers.lecun_normal()
+  out_init: Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    d_model = x.shape[-1]
+    hidden = None
+    for i, act in enumerate(self.activations):
+      name = 'wi' if len(self.activations) == 1 else f'wi_{i}'
+      h = DenseGeneral((self.d_ff,), in_axes=('embed',), out_axes=('mlp',),
+                       use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.in_init,
+                       name=name)(x)
+      h = ACTIVATIONS[act](h)
+      hidden = h if hidden is None else hidden * h
+    hidden = constrain(hidden, ('batch', 'length', 'mlp'))
+    hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+    out = DenseGeneral((d_model,), in_axes=('mlp',), out_axes=('embed',),
+                       use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.out_init,
+                       name='wo')(hidden)
+    return constrain(out, ('batch', 'length', 'embed'))

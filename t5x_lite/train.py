@@ -1,0 +1,372 @@
+r"""Pretrain or fine-tune: `python -m t5x_lite.train --config=CFG --workdir=DIR [--config.x=v]`.
+
+Writes DIR/checkpoints/ (Orbax: state + data-iterator position + config), DIR/tensorboard/
+(event files), DIR/metrics.jsonl (one JSON object per logged step) and DIR/config.json.
+Resumes from the latest checkpoint in DIR; else fine-tunes from `config.init_from`
+(a t5x_lite checkpoint dir, or `hf:DIR` for a Hugging Face directory); else starts fresh.
+One log line says which and why. SIGTERM / SIGINT save a checkpoint at the current step and
+exit cleanly. A non-finite loss stops the run naming the step; the non-finite update is never
+applied, so no checkpoint can hold NaNs.
+
+Multi-host: run the same command on every host with --coordinator_address, --num_processes
+and --process_id (or on TPU / SLURM with --distributed=auto); each host reads its own data
+shard and feeds its rows of the global batch.
+"""
+import json
+import logging
+import math
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import signal
+import sys
+import time
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (get_config()).')
+flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, metrics, TensorBoard).')
+flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device for MFU (0 = from the table).')
+flags.DEFINE_string('distributed', 'off', 'off | auto (jax.distributed cluster detection) | '
+                    'manual (use --coordinator_address, --num_processes, --process_id).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (manual mode).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (manual mode).')
+flags.DEFINE_integer('process_id', None, 'This process (manual mode).')
+flags.DEFINE_integer('num_cpu_devices', 0, 'Fake CPU devices (tests / local multi-process).')
+flags.DEFINE_integer('show_predictions', 3, 'Encoder-decoder: print this many predictions '
+                     'on validation examples at the end.')
+
+log = logging.getLogger('t5x_lite.train')
+
+# Dense bf16 peak FLOP/s per chip, by jax `device_kind` substring (first match wins).
+PEAK_FLOPS = (
+    ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12),
+    ('TPU v5', 459e12), ('TPU v4', 275e12), ('TPU v3', 123e12), ('H200', 989e12),
+    ('H100', 989e12), ('A100', 312e12), ('L4', 121e12), ('A10', 125e12),
+)
+
+
+def peak_flops_per_device(device_kind: str, override: float) -> float:
+  if override > 0:
+    return override
+  for name, peak in PEAK_FLOPS:
+    if name.lower() in device_kind.lower():
+      return peak
+  return 0.0  # unknown (e.g. CPU): MFU is not reported unless --peak_flops is given
+
+
+def validate_config(config, num_devices: int) -> None:
+  """Every check that needs no compilation; raises ValueError naming the field."""
+  from t5x_lite import models, optim, partitioning
+  models.ModelConfig.from_config(config.model)
+  optim.validate(config.optimizer)
+  t = config.train
+  for name in ('steps', 'batch_size', 'grad_accum_steps', 'log_every'):
+    if int(t[name]) <= 0:
+      raise ValueError(f'config.train.{name}={t[name]} must be a positive integer.')
+  for name in ('eval_every', 'checkpoint_every', 'eval_steps'):
+    if int(t[name]) < 0:
+      raise ValueError(f'config.train.{name}={t[name]} must be >= 0 (0 = off / full pass).')
+  if t.batch_size % t.grad_accum_steps:
+    raise ValueError(f'config.train.batch_size={t.batch_size} is not divisible by '
+                     f'config.train.grad_accum_steps={t.grad_accum_steps}.')
+  if t.loss_normalization == 'constant' and not t.loss_normalization_constant > 0:
+    raise ValueError('config.train.loss_normalization_constant must be > 0.')
+  shape = partitioning.mesh_shape(config.partitioning, num_devices)
+  parts = shape['data'] * shape['fsdp']
+  if (t.batch_size // t.grad_accum_steps) % parts:
+    raise ValueError(
+        f'config.train.batch_size={t.batch_size} / grad_accum_steps={t.grad_accum_steps} is '
+        f'not divisible by the data x fsdp mesh axes ({shape["data"]} x {shape["fsdp"]}).')
+
+
+def check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}).') from None
+
+
+def initialize_distributed():
+  import jax
+  if FLAGS.distributed == 'auto':
+    jax.distributed.initialize(initialization_timeout=120, heartbeat_timeout_seconds=30)
+  elif FLAGS.distributed == 'manual':
+    missing = [n for n in ('coordinator_address', 'num_processes', 'process_id')
+               if getattr(FLAGS, n) is None]
+    if missing:
+      raise ValueError(f'--distributed=manual needs --{missing[0]}.')
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id, initialization_timeout=120,
+                               heartbeat_timeout_seconds=30)
+  elif FLAGS.distributed != 'off':
+    raise ValueError(f'--distributed={FLAGS.distributed!r} must be off, auto or manual.')
+
+
+class MetricsLog:
+  """metrics.jsonl + TensorBoard event files (process 0 only)."""
+
+  def __init__(self, workdir: str, resume_step: int, enabled: bool):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if not enabled:
+      return
+    import tensorflow as tf
+    # A resumed run rewrites the steps after its checkpoint: drop their old lines.
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
+      with open(self.path, 'w') as f:
+        f.writelines(kept)
+    self.writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: dict):
+    if not self.enabled:
+      return
+    import tensorflow as tf
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': step, **metrics}) + '\n')
+    with self.writer.as_default(step=step):
+      for k, v in metrics.items():
+        if isinstance(v, (int, float)) and math.isfinite(v):
+          tf.summary.scalar(k, v)
+    self.writer.flush()
+
+
+def _config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def restore_or_init(config, trainer, ckpts, train_iter):
+  """Latest workdir checkpoint > config.init_from > fresh. Returns (state, one-line why)."""
+  from t5x_lite import checkpoints, hf
+  latest = ckpts.latest_step()
+  if latest is not None:
+    state = ckpts.restore(latest, trainer.abstract_state, train_iter)
+    why = (f'restored step {latest} from {ckpts.directory / str(latest)} (latest checkpoint '
+           'in the workdir wins): params, optimizer state and data-iterator position')
+    if config.init_from:
+      why += f'; config.init_from={config.init_from!r} ignored because the workdir resumes'
+    return state, why
+  if config.init_from.startswith('hf:'):
+    hf_cfg, params = hf.load(config.init_from[3:])
+    mismatch = [k for k, v in hf_cfg.items() if k in config.model and config.model[k] != v
+                and k not in ('dropout_rate', 'dtype', 'scan_layers', 'remat')]
+    if mismatch:
+      raise ValueError(f'config.model.{mismatch[0]}={config.model[mismatch[0]]!r} differs from '
+                       f'the Hugging Face model in {config.init_from[3:]} '
+                       f'({hf_cfg[mismatch[0]]!r}).')
+    if config.model.scan_layers:
+      from t5x_lite import models
+      params = models.stack_layers(params, max(config.model.num_encoder_layers,
+                                               config.model.num_decoder_layers))
+    state = trainer.state_from_params(params)
+    return state, (f'initialized params from Hugging Face directory {config.init_from[3:]} '
+                   '(config.init_from; no checkpoint in the workdir); fresh optimizer state '
+                   'and data position')
+  if config.init_from:
+    params, path = checkpoints.load_params(config.init_from, trainer.abstract_state.params)
+    state = trainer.state_from_params(params)
+    return state, (f'initialized params from {path} (config.init_from; no checkpoint in the '
+                   'workdir); fresh optimizer state, step 0 and data position')
+  return trainer.init_state(config.train.seed), (
+      f'fresh start from seed {config.train.seed} (no checkpoint in the workdir, no '
+      'config.init_from)')
+
+
+def evaluate(config, trainer, params):
+  """Teacher-forced loss / accuracy over `train.eval_steps` validation batches (0 = all)."""
+  import jax
+  from t5x_lite.data import pipeline
+  it = pipeline.get_dataset(config, 'validation', shard_index=jax.process_index(),
+                            num_shards=jax.process_count())
+  totals = None
+  for i, batch in enumerate(it):
+    if config.train.eval_steps and i >= config.train.eval_steps:
+      break
+    stats = jax.device_get(trainer.eval_step(params, trainer.shard_batch(batch)))
+    totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
+  if not totals:
+    raise ValueError('the validation split yielded no batch; check config.data.validation_source.')
+  w = max(float(totals['weight_sum']), 1.0)
+  return {'eval_loss': float(totals['loss_sum']) / w,
+          'eval_accuracy': float(totals['correct_sum']) / w}
+
+
+def show_predictions(config, trainer, params, n: int):
+  import jax
+  import numpy as np
+  from t5x_lite import decoding, models
+  from t5x_lite.data import pipeline, vocab as vocab_lib
+  if trainer.model_cfg.family != 'encoder_decoder' or n <= 0:
+    return
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.data.pack = False
+  vocab = vocab_lib.from_config(cfg.data)
+  batch = next(iter(pipeline.get_dataset(cfg, 'validation', batch_size=n)))
+  params = jax.device_get(params)
+  model = models.build(cfg.model)
+  out = np.asarray(decoding.encoder_decoder_generate(
+      model, params, batch['encoder_input_tokens'], cfg.data.targets_length))
+  print('Predictions on validation examples (greedy):')
+  for i in range(min(n, out.shape[0])):
+    print(f'  input:      {vocab.decode(batch["encoder_input_tokens"][i])[:300]}')
+    print(f'  target:     {vocab.decode(batch["decoder_target_tokens"][i])[:200]}')
+    print(f'  prediction: {vocab.decode(out[i])[:200]}')
+
+
+def train(config, workdir: str):
+  import jax
+  import numpy as np
+  from t5x_lite import checkpoints, partitioning, plan, trainer as trainer_lib
+  from t5x_lite.data import pipeline
+
+  validate_config(config, jax.device_count())
+  check_workdir(workdir)
+  mesh = partitioning.create_mesh(config.partitioning)
+  trainer = trainer_lib.Trainer(config, mesh)
+  pid, nproc = jax.process_index(), jax.process_count()
+  host_batch = config.train.batch_size // nproc
+  train_iter = pipeline.get_dataset(config, 'train', shard_index=pid, num_shards=nproc,
+                                    batch_size=host_batch)
+  if config.train.eval_every:
+    pipeline.get_dataset(config, 'validation', shard_index=pid, num_shards=nproc)  # validates
+  ckpts = checkpoints.Checkpoints(os.path.join(workdir, 'checkpoints'), config.checkpoint.keep,
+                                  config.checkpoint.async_save)
+  state, why = restore_or_init(config, trainer, ckpts, train_iter)
+  start = int(jax.device_get(state.step))
+  print(f'[t5x_lite] {why}.', flush=True)
+  if pid == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(_config_dict(config), f, indent=2)
+  metrics_log = MetricsLog(workdir, start, enabled=pid == 0)
+
+  flops = plan.flops_per_token(config)
+  peak = peak_flops_per_device(jax.devices()[0].device_kind, FLAGS.peak_flops
+                               if FLAGS.is_parsed() else 0.0)
+  lengths = flops['lengths']
+  tokens_per_row = lengths['encoder'] + lengths['decoder']
+  print(f'[t5x_lite] mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} '
+        f'device(s); {config.train.steps} steps of {config.train.batch_size} rows x '
+        f'{tokens_per_row} tokens; MFU = 3 x forward matmul FLOPs (plan.py) / peak'
+        f'{" (peak unknown for " + jax.devices()[0].device_kind + ": pass --peak_flops)" if not peak else ""}.',
+        flush=True)
+
+  stop = {'signal': None}
+  def request_stop(signum, frame):
+    stop['signal'] = signal.Signals(signum).name
+  old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  config_dict = _config_dict(config)
+  dropout_rng = jax.random.PRNGKey(config.train.seed + 1)
+  pending = []  # (step, device metrics) since the last host sync
+  first_loss = last_loss = None
+  window_start, window_steps = time.time(), 0
+  run_start = time.time()
+  last_saved = start
+
+  def sync_pending():
+    """Fetch pending metrics; stop at the first non-finite step."""
+    nonlocal first_loss, last_loss
+    fetched = jax.device_get([m for _, m in pending])
+    for (step, _), m in zip(pending, fetched):
+      if not bool(m['finite']):
+        raise FloatingPointError(
+            f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) at '
+            f'step {step}; the update was not applied and no checkpoint was written after step '
+            f'{last_saved}. Lower optimizer.learning_rate or enable optimizer.clip_grad_norm.')
+      if first_loss is None:
+        first_loss = float(m['loss'])
+      last_loss = float(m['loss'])
+    pending.clear()
+    return fetched
+
+  def save(step):
+    nonlocal last_saved
+    ckpts.save(step, state, train_iter, config_dict)
+    last_saved = step
+
+  step = start
+  try:
+    while step < config.train.steps:
+      batch = trainer.shard_batch(next(train_iter))
+      state, metrics = trainer.train_step(state, batch, dropout_rng)
+      step += 1
+      window_steps += 1
+      pending.append((step, metrics))
+      is_last = step == config.train.steps
+      if step % config.train.log_every == 0 or is_last or stop['signal']:
+        m = sync_pending()[-1]
+        elapsed = time.time() - window_start
+        rows_per_sec = window_steps * config.train.batch_size / max(elapsed, 1e-9)
+        record = {k: float(v) for k, v in m.items() if k != 'finite'}
+        record['tokens_per_sec'] = rows_per_sec * tokens_per_row
+        record['steps_per_sec'] = window_steps / max(elapsed, 1e-9)
+        record['mfu'] = (flops['per_example']['train'] * rows_per_sec /
+                         (jax.device_count() * peak)) if peak else None
+        eta = (config.train.steps - step) / max(record['steps_per_sec'], 1e-9)
+        mfu = 'n/a' if record['mfu'] is None else f"{100 * record['mfu']:.1f}%"
+        print(f'step {step:>6}/{config.train.steps}  loss {record["loss"]:.4f}  '
+              f'acc {record["accuracy"]:.3f}  lr {record["learning_rate"]:.2e}  '
+              f'{record["tokens_per_sec"]:,.0f} tok/s  '
+              f'MFU {mfu}  '
+              f'ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}', flush=True)
+        metrics_log.write(step, record)
+        window_start, window_steps = time.time(), 0
+      if config.train.eval_every and (step % config.train.eval_every == 0 or is_last):
+        ev = evaluate(config, trainer, state.params)
+        print(f'step {step:>6}  eval_loss {ev["eval_loss"]:.4f}  '
+              f'eval_accuracy {ev["eval_accuracy"]:.3f}', flush=True)
+        metrics_log.write(step, ev)
+        window_start = time.time()
+      if (config.train.checkpoint_every and step % config.train.checkpoint_every == 0) \
+          or is_last or stop['signal']:
+        sync_pending()  # never checkpoint past a non-finite step
+        save(step)
+      if stop['signal']:
+        ckpts.wait()
+        print(f'[t5x_lite] {stop["signal"]}: saved checkpoint at step {step} in '
+              f'{ckpts.directory}; rerun the same command to resume.', flush=True)
+        return
+  finally:
+    ckpts.wait()
+    ckpts.close()
+    for s, h in old_handlers.items():
+      signal.signal(s, h)
+
+  total = time.time() - run_start
+  print(f'[t5x_lite] done: {step - start} steps in {total:.0f}s; first loss '
+        f'{first_loss if first_loss is None else round(first_loss, 4)}, last loss '
+        f'{last_loss if last_loss is None else round(last_loss, 4)}; checkpoint step {step} in '
+        f'{ckpts.directory}.', flush=True)
+  if pid == 0 and FLAGS.is_parsed():
+    show_predictions(config, trainer, state.params, FLAGS.show_predictions)
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax / TF are chatty at INFO
+  if FLAGS.workdir is None:
+    raise app.UsageError('--workdir is required.')
+  import jax
+  if FLAGS.num_cpu_devices:
+    jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
+  try:
+    initialize_distributed()
+    train(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FloatingPointError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,55 @@
+"""Shared helpers of the data tests (no tests here): configs, spec-side reference code."""
+import os
+import re
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+
+from configs import base  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EOS, PAD = 1, 0
+
+
+def data_config(**data):
+  """Base config with the shipped vocabulary and a model vocab that fits it."""
+  cfg = base.get_base_config()
+  cfg.model.vocab_size = 1152
+  cfg.train.batch_size = 4
+  cfg.data.update(data)
+  return cfg
+
+
+def spec_counts(length, density=0.15, mean=3.0):
+  """(N, S) per the reference page §1: L' = max(L, 2), N = round(L' d) in float32 (ties to
+  even) clamped to [1, L'-1], S = max(1, round(N / m)); L = 1 keeps no noise."""
+  if length == 1:
+    return 0, 0
+  lp = max(length, 2)
+  n = int(np.round(np.float32(lp) * np.float32(density)))
+  n = min(max(n, 1), lp - 1)
+  s = max(1, int(np.round(np.float32(n) / np.float32(mean))))
+  return n, s
+
+
+def blank_line_documents(path):
+  """Documents of a blank-line separated text file, read independently of the library."""
+  text = open(path, encoding='utf-8').read()
+  docs = []
+  for para in re.split(r'\n[ \t\r]*\n', text):
+    lines = [l.strip() for l in para.split('\n') if l.strip()]
+    if lines:
+      docs.append('\n'.join(lines))
+  return docs
+
+
+def strip_pad(x):
+  x = np.asarray(x)
+  return x[x != PAD]
+
+
+def segments(tokens, segment_ids):
+  """Splits one packed row into its examples (by segment id, padding dropped)."""
+  tokens, segment_ids = np.asarray(tokens), np.asarray(segment_ids)
+  return [tokens[segment_ids == s] for s in range(1, int(segment_ids.max(initial=0)) + 1)]

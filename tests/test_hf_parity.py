@@ -1,0 +1,311 @@
+"""Parity of t5x_lite models with Hugging Face PyTorch models (the independent reference).
+
+Import direction: a random PyTorch model built from a small config is saved with
+`save_pretrained` (safetensors), read by `hf.load`, and our float32 logits must match the
+PyTorch logits. Export direction: our randomly initialised params go through `hf.save`,
+`transformers` loads the directory with `from_pretrained`, and its logits must match ours.
+Nothing is downloaded. Bad inputs must raise ValueError naming the problem.
+"""
+import json
+import os
+
+os.environ.setdefault('USE_TF', '0')      # transformers: skip the slow TensorFlow import
+os.environ.setdefault('USE_FLAX', '0')
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from configs import bert as bert_config
+from configs import gpt as gpt_config
+from configs import t5_v1_0_base, t5_v1_1
+from t5x_lite import hf, models
+
+RTOL = 1e-4
+VOCAB = 160
+ENC_LEN, DEC_LEN = 100, 72  # past 64 / 32: the log-spaced relative-position buckets are used
+
+
+def rel_err(ours, ref):
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def perturb_torch(model, seed):
+  """HF inits norms to 1, biases to 0 and relative-bias tables small: randomise them so
+  that a wrongly mapped norm, bias or bucket shows up in the logits."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if 'relative_attention_bias' in name:
+        p.copy_(torch.randn(p.shape, generator=gen))
+      elif p.ndim == 1:
+        p.add_(0.2 * torch.randn(p.shape, generator=gen))
+  return model
+
+
+def random_params(model_cfg, seed):
+  """Random params for our model (shapes from an abstract `init`; no forward pass is run).
+
+  Kernels N(0, 1/fan_in), embeddings and relative-bias tables N(0, 1), norm scales 1 + noise,
+  biases noise: nothing is left at a value (0 or 1) that would hide a wrong mapping.
+  """
+  module = models.build(model_cfg)
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), models.dummy_batch(model_cfg))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, x):
+    name = jax.tree_util.keystr(path)
+    scanned = "'layers'" in name                       # leading layer axis
+    if 'scale' in name:
+      value = 1.0 + 0.2 * rng.standard_normal(x.shape)
+    elif len(x.shape) - scanned == 1:
+      value = 0.2 * rng.standard_normal(x.shape)      # biases
+    elif 'kernel' in name:
+      fan_in = x.shape[int(scanned)]
+      value = rng.standard_normal(x.shape) / np.sqrt(fan_in)
+    else:
+      value = rng.standard_normal(x.shape)            # embeddings, relative-bias tables
+    return value.astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(shapes['params']))
+
+
+def save_torch(model, path):
+  model.eval()
+  model.save_pretrained(path, safe_serialization=True)
+  return str(path)
+
+
+def apply(model_cfg, params, batch):
+  module = models.build(model_cfg)
+  return np.asarray(jax.jit(module.apply)({'params': params}, batch))
+
+
+def t5_inputs(seed=0, batch=2, pad=30):
+  rng = np.random.default_rng(seed)
+  enc = rng.integers(2, VOCAB, (batch, ENC_LEN)).astype(np.int32)
+  enc[1, ENC_LEN - pad:] = 0                         # padding (T5 pad id 0)
+  dec = rng.integers(1, VOCAB, (batch, DEC_LEN)).astype(np.int32)
+  dec[:, 0] = 0                                      # decoder start token = 0
+  ours = {'encoder_input_tokens': enc, 'decoder_input_tokens': dec,
+          # only used as a mask (nonzero = valid); HF's decoder has no padding here
+          'decoder_target_tokens': np.ones_like(dec)}
+  theirs = dict(input_ids=torch.tensor(enc, dtype=torch.long),
+                attention_mask=torch.tensor(enc != 0, dtype=torch.long),
+                decoder_input_ids=torch.tensor(dec, dtype=torch.long))
+  return ours, theirs
+
+
+def bert_inputs(seed=0, length=40, pad=12):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, VOCAB, (2, length)).astype(np.int32)
+  tokens[1, length - pad:] = 0                       # padding (BERT pad id 0)
+  types = rng.integers(0, 2, (2, length)).astype(np.int32)
+  ours = {'encoder_input_tokens': tokens, 'encoder_token_types': types}
+  theirs = dict(input_ids=torch.tensor(tokens, dtype=torch.long),
+                attention_mask=torch.tensor(tokens != 0, dtype=torch.long),
+                token_type_ids=torch.tensor(types, dtype=torch.long))
+  return ours, theirs, tokens != 0
+
+
+def gpt_inputs(seed=0, length=40):
+  tokens = np.random.default_rng(seed).integers(0, VOCAB, (2, length)).astype(np.int32)
+  return ({'decoder_input_tokens': tokens},
+          dict(input_ids=torch.tensor(tokens, dtype=torch.long)))
+
+
+def torch_logits(model, inputs):
+  with torch.no_grad():
+    return model(**inputs).logits.numpy()
+
+
+# ------------------------------------------------------------------------ HF -> t5x_lite
+T5_V11 = dict(vocab_size=VOCAB, d_model=32, d_kv=12, d_ff=48, num_layers=2,
+              num_decoder_layers=2, num_heads=4, feed_forward_proj='gated-gelu',
+              tie_word_embeddings=False, dropout_rate=0.0)   # heads*d_kv = 48 != d_model 32
+T5_V10 = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+              num_decoder_layers=2, num_heads=4, feed_forward_proj='relu',
+              tie_word_embeddings=True, dropout_rate=0.0)
+
+
+@pytest.mark.parametrize('name,kwargs', [('v1_1', T5_V11), ('v1_0', T5_V10)])
+def test_t5_import_parity(tmp_path, name, kwargs):
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.T5ForConditionalGeneration(
+      transformers.T5Config(**kwargs)), seed=1)
+  model_cfg, params = hf.load(save_torch(model, tmp_path / name))
+  assert isinstance(model_cfg, ml_collections.ConfigDict)
+  assert model_cfg.tie_embeddings == (name == 'v1_0')
+  assert model_cfg.rescale_tied_logits == (name == 'v1_0')
+  ours, theirs = t5_inputs()
+  ref = torch_logits(model, theirs)
+  got = apply(model_cfg, params, ours)
+  assert got.shape == ref.shape == (2, DEC_LEN, VOCAB)
+  assert rel_err(got, ref) <= RTOL, name
+
+
+def test_t5_import_scanned(tmp_path):
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.T5ForConditionalGeneration(
+      transformers.T5Config(**T5_V11)), seed=2)
+  model_cfg, params = hf.load(save_torch(model, tmp_path / 'm'), scan_layers=True)
+  assert model_cfg.scan_layers
+  assert params['encoder']['layers']['mlp']['wo']['kernel'].shape == (2, 48, 32)
+  ours, theirs = t5_inputs(seed=3)
+  assert rel_err(apply(model_cfg, params, ours), torch_logits(model, theirs)) <= RTOL
+
+
+def test_bert_import_parity(tmp_path):
+  torch.manual_seed(0)
+  config = transformers.BertConfig(
+      vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0)
+  model = perturb_torch(transformers.BertForMaskedLM(config), seed=1)
+  model_cfg, params = hf.load(save_torch(model, tmp_path / 'bert'))
+  ours, theirs, valid = bert_inputs()
+  ref = torch_logits(model, theirs)
+  got = apply(model_cfg, params, ours)
+  # Padded query rows are don't-care (HF lets them attend, we mask them): compare real ones.
+  assert rel_err(got[valid], ref[valid]) <= RTOL
+
+
+def test_gpt2_import_parity(tmp_path):
+  torch.manual_seed(0)
+  config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                   n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+                                   attn_pdrop=0.0)
+  model = perturb_torch(transformers.GPT2LMHeadModel(config), seed=1)
+  model_cfg, params = hf.load(save_torch(model, tmp_path / 'gpt2'))
+  ours, theirs = gpt_inputs()
+  assert rel_err(apply(model_cfg, params, ours), torch_logits(model, theirs)) <= RTOL
+
+
+# ------------------------------------------------------------------------ t5x_lite -> HF
+def _small(cfg, **overrides):
+  m = cfg.model
+  m.update(dict(vocab_size=VOCAB, **overrides))
+  return m
+
+
+EXPORT_CASES = {
+    't5_v1_1': lambda: _small(t5_v1_1.get_config('tiny'), d_model=32, d_ff=48, num_heads=4,
+                              d_kv=12, num_encoder_layers=2, num_decoder_layers=2),
+    't5_v1_1_scanned': lambda: _small(t5_v1_1.get_config('tiny'), d_model=32, d_ff=48,
+                                      num_heads=4, d_kv=12, scan_layers=True),
+    't5_v1_0': lambda: _small(t5_v1_0_base.get_config(), d_model=32, d_ff=64, num_heads=4,
+                              d_kv=8, num_encoder_layers=2, num_decoder_layers=2),
+    'bert': lambda: _small(bert_config.get_config('tiny'), max_position_embeddings=64),
+    'gpt2': lambda: _small(gpt_config.get_config('tiny'), max_position_embeddings=64),
+}
+
+
+@pytest.mark.parametrize('case', sorted(EXPORT_CASES))
+def test_export_parity(tmp_path, case):
+  model_cfg = EXPORT_CASES[case]()
+  family = model_cfg.family
+  if family == 'encoder_decoder':
+    ours, theirs = t5_inputs(seed=5)
+    cls, valid = transformers.T5ForConditionalGeneration, None
+  elif family == 'encoder':
+    ours, theirs, valid = bert_inputs(seed=5)
+    cls = transformers.BertForMaskedLM
+  else:
+    (ours, theirs), valid = gpt_inputs(seed=5), None
+    cls = transformers.GPT2LMHeadModel
+  params = random_params(model_cfg, seed=7)
+  got = apply(model_cfg, params, ours)
+
+  out = hf.save(model_cfg, {'params': params}, str(tmp_path / case))
+  model, info = cls.from_pretrained(out, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys'], info
+  assert not info['mismatched_keys'], info
+  ref = torch_logits(model.eval(), theirs)
+  if valid is not None:
+    got, ref = got[valid], ref[valid]
+  assert rel_err(got, ref) <= RTOL, case
+
+
+def test_round_trip_is_exact(tmp_path):
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)), seed=3)
+  src = save_torch(model, tmp_path / 'src')
+  model_cfg, params = hf.load(src)
+  hf.save(model_cfg, params, str(tmp_path / 'dst'))
+  a = safetensors.numpy.load_file(os.path.join(src, 'model.safetensors'))
+  b = safetensors.numpy.load_file(str(tmp_path / 'dst' / 'model.safetensors'))
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ------------------------------------------------------------------------------ bad inputs
+@pytest.fixture(scope='module')
+def gpt2_dir(tmp_path_factory):
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4, n_positions=64))
+  return save_torch(model, tmp_path_factory.mktemp('gpt2'))
+
+
+def _copy_config(src, dst):
+  os.makedirs(dst, exist_ok=True)
+  with open(os.path.join(src, 'config.json')) as f:
+    text = f.read()
+  with open(os.path.join(dst, 'config.json'), 'w') as f:
+    f.write(text)
+
+
+def test_unsupported_architecture(tmp_path):
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump({'architectures': ['LlamaForCausalLM'], 'model_type': 'llama'}, f)
+  with pytest.raises(ValueError, match='LlamaForCausalLM') as e:
+    hf.load(str(tmp_path))
+  for arch in ('T5ForConditionalGeneration', 'BertForMaskedLM', 'GPT2LMHeadModel'):
+    assert arch in str(e.value)
+
+
+def test_missing_config(tmp_path):
+  with pytest.raises(ValueError, match='config.json'):
+    hf.load(str(tmp_path))
+
+
+def test_missing_safetensors(tmp_path, gpt2_dir):
+  _copy_config(gpt2_dir, tmp_path)
+  with pytest.raises(ValueError, match='model.safetensors'):
+    hf.load(str(tmp_path))
+
+
+def test_misshapen_tensor(tmp_path, gpt2_dir):
+  _copy_config(gpt2_dir, tmp_path)
+  tensors = safetensors.numpy.load_file(os.path.join(gpt2_dir, 'model.safetensors'))
+  tensors['transformer.h.0.mlp.c_fc.weight'] = np.zeros((32, 100), np.float32)
+  safetensors.numpy.save_file(tensors, str(tmp_path / 'model.safetensors'),
+                              metadata={'format': 'pt'})
+  with pytest.raises(ValueError, match=r'transformer\.h\.0\.mlp\.c_fc\.weight') as e:
+    hf.load(str(tmp_path))
+  assert '[32, 100]' in str(e.value) and '[32, 128]' in str(e.value)
+
+
+def test_missing_tensor(tmp_path, gpt2_dir):
+  _copy_config(gpt2_dir, tmp_path)
+  tensors = safetensors.numpy.load_file(os.path.join(gpt2_dir, 'model.safetensors'))
+  del tensors['transformer.h.0.attn.c_attn.bias']
+  safetensors.numpy.save_file(tensors, str(tmp_path / 'model.safetensors'),
+                              metadata={'format': 'pt'})
+  with pytest.raises(ValueError, match=r'transformer\.h\.0\.attn\.c_attn\.bias'):
+    hf.load(str(tmp_path))
+
+
+def test_save_rejects_unexportable_config(tmp_path):
+  from configs import t5_decoder_only
+  model_cfg = _small(t5_decoder_only.get_config('tiny'))
+  with pytest.raises(ValueError, match='GPT2LMHeadModel'):
+    hf.save(model_cfg, {}, str(tmp_path))

@@ -1,0 +1,209 @@
+"""t5x_lite.plan: parameter counts vs Hugging Face, FLOPs vs hand formulas, bytes per device."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import bert, gpt, t5_v1_1
+from t5x_lite import plan
+
+os.environ.setdefault('USE_TF', '0')  # keep `transformers` from importing TensorFlow
+os.environ.setdefault('USE_FLAX', '0')
+
+
+def _hf_count(model_cls, hf_config):
+  """Parameters of a Hugging Face model built on the meta device (no memory, no init)."""
+  torch = pytest.importorskip('torch')
+  with torch.device('meta'):
+    model = model_cls(hf_config)
+  return sum(p.numel() for p in model.parameters())  # shared tensors counted once
+
+
+@pytest.mark.parametrize('size,dims', [
+    ('small', dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6)),
+    ('base', dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12)),
+])
+def test_t5_v1_1_param_count_matches_transformers(size, dims):
+  pytest.importorskip('transformers')
+  from transformers.models.t5 import configuration_t5, modeling_t5
+  hf_config = configuration_t5.T5Config(vocab_size=32128, feed_forward_proj='gated-gelu',
+                                        tie_word_embeddings=False, **dims)
+  expected = _hf_count(modeling_t5.T5ForConditionalGeneration, hf_config)
+  counts = plan.count_params(t5_v1_1.get_config(size))
+  assert counts['total'] == expected
+  assert sum(counts['by_module'].values()) == counts['total']
+  assert set(counts['by_module']) == {'token_embedder', 'encoder', 'decoder', 'logits_head'}
+  assert counts['by_module']['token_embedder'] == 32128 * dims['d_model']
+  assert counts['by_module']['logits_head'] == 32128 * dims['d_model']
+
+
+def test_gpt2_small_param_count():
+  counts = plan.count_params(gpt.get_config('small'))
+  assert counts['total'] == 124_439_808  # GPT-2 small, wte tied to the output layer
+  assert counts['embedding'] == (50257 + 1024) * 768
+  pytest.importorskip('transformers')
+  from transformers.models.gpt2 import configuration_gpt2, modeling_gpt2
+  assert counts['total'] == _hf_count(modeling_gpt2.GPT2LMHeadModel,
+                                      configuration_gpt2.GPT2Config())
+
+
+def test_bert_base_mlm_param_count():
+  pytest.importorskip('transformers')
+  from transformers.models.bert import configuration_bert, modeling_bert
+  expected = _hf_count(modeling_bert.BertForMaskedLM, configuration_bert.BertConfig())
+  assert expected == 109_514_298
+  assert plan.count_params(bert.get_config('base'))['total'] == expected
+
+
+def test_gpt_flops_match_independent_formula():
+  cfg = gpt.get_config('small')
+  f = plan.flops_per_token(cfg)
+  d, n_layers, seq, vocab = 768, 12, cfg.data.targets_length, 50257
+  # Non-embedding matmul params of GPT-2: per layer qkv 3d^2 + out d^2 + mlp 8d^2 = 12 d^2.
+  assert f['matmul_params'] == dict(encoder=0, decoder=12 * d * d * n_layers, logits=vocab * d)
+  assert f['dense'] == 2 * 12 * d * d * n_layers
+  assert f['self_attention'] == 4 * n_layers * seq * d  # heads * d_kv = d
+  assert f['cross_attention'] == 0
+  assert f['logits'] == 2 * d * vocab
+  assert f['forward'] == f['dense'] + f['self_attention'] + f['logits']
+  assert f['train'] == 3 * f['forward']
+  # nanoGPT's 6N + 12 L H Q T, with N = non-embedding matmul params + the tied wte.
+  assert f['train'] == 6 * (12 * d * d * n_layers + vocab * d) + 12 * n_layers * d * seq
+  assert f['per_processed_token'] == {k: f[k] for k in plan.TERMS}
+  assert f['per_example']['train'] == f['train'] * seq
+
+
+def _tiny_t5():
+  cfg = t5_v1_1.get_config('tiny')
+  cfg.model.update(dict(vocab_size=128, d_model=16, d_ff=32, num_heads=2, d_kv=8,
+                        num_encoder_layers=1, num_decoder_layers=1))
+  cfg.data.inputs_length, cfg.data.targets_length = 8, 4
+  return cfg
+
+
+def test_tiny_encoder_decoder_flops_by_hand():
+  f = plan.flops_per_token(_tiny_t5())
+  # Kernels: attention q,k,v,o are 16x16 each (heads*d_kv = 16); gated MLP wi_0, wi_1 16x32,
+  # wo 32x16. Encoder layer: 4*256 + 2*512 + 512 = 2560 params on 8 encoder tokens.
+  # Decoder: self-attn 1024 + MLP 1536 + cross q,o 512 on 4 decoder tokens; cross k,v 512
+  # on the 8 encoder tokens.
+  dense = 2 * (2560 * 8 + 512 * 8 + (1024 + 1536 + 512) * 4)                # 73,728
+  self_attention = 4 * 16 * (8 * 8 + 4 * 4)                                 # 5,120
+  cross_attention = 4 * 16 * 4 * 8                                          # 2,048
+  logits = 2 * 16 * 128 * 4                                                 # 16,384
+  assert f['per_example'] == dict(
+      dense=73_728, self_attention=5_120, cross_attention=2_048, logits=16_384,
+      forward=97_280, train=291_840)
+  assert (dense, self_attention, cross_attention, logits) == (73_728, 5_120, 2_048, 16_384)
+  assert f['forward'] == 97_280 / 4 and f['train'] == 291_840 / 4  # per target token
+  assert f['per_processed_token']['train'] == 291_840 / 12
+  assert f['lengths'] == dict(encoder=8, decoder=4, target=4)
+
+
+def test_scan_layers_does_not_change_counts():
+  cfg = _tiny_t5()
+  unscanned = (plan.count_params(cfg)['total'], plan.flops_per_token(cfg)['per_example'])
+  cfg.model.scan_layers = True
+  cfg.model.num_encoder_layers = cfg.model.num_decoder_layers = 1
+  assert (plan.count_params(cfg)['total'], plan.flops_per_token(cfg)['per_example']) == unscanned
+
+
+def test_embed_sharded_bytes_shrink_8x_under_fsdp():
+  cfg = t5_v1_1.get_config('small')
+  boxed = plan.abstract_params(cfg)
+  cfg.partitioning.mesh.update(dict(data=8, fsdp=1, tensor=1))
+  dp = plan.memory_per_device(cfg, 8, boxed)
+  cfg.partitioning.mesh.update(dict(data=1, fsdp=8, tensor=1))
+  fsdp = plan.memory_per_device(cfg, 8, boxed)
+  assert dp['mesh'] == dict(data=8, fsdp=1, tensor=1)
+  assert fsdp['mesh'] == dict(data=1, fsdp=8, tensor=1)
+  emb = 'token_embedder/embedding'  # [32128, 512] (vocab, embed)
+  assert dp['per_param'][emb]['bytes'] == 32128 * 512 * 4 == 65_798_144
+  assert fsdp['per_param'][emb]['bytes'] == 32128 * 64 * 4 == 8_224_768
+  assert fsdp['per_param'][emb]['local_shape'] == (32128, 64)
+  embed_sharded = [n for n, p in dp['per_param'].items() if 'fsdp' in p['spec']]
+  relpos = 'encoder/relpos_bias/rel_embedding'  # (heads, buckets): not split by fsdp
+  assert relpos not in embed_sharded and len(embed_sharded) > 100
+  for name in embed_sharded:
+    assert dp['per_param'][name]['bytes'] == 8 * fsdp['per_param'][name]['bytes'], name
+  assert dp['per_param'][relpos]['bytes'] == fsdp['per_param'][relpos]['bytes'] == 6 * 32 * 4
+  # Every T5 v1.1 small param except the two relative-position tables has an embed dim.
+  assert dp['params_bytes'] - 2 * 768 == 8 * (fsdp['params_bytes'] - 2 * 768)
+  assert dp['params_bytes'] == 4 * 76_961_152 and dp['grads_bytes'] == dp['params_bytes']
+
+
+def test_optimizer_state_bytes():
+  cfg = t5_v1_1.get_config('small')
+  boxed = plan.abstract_params(cfg)
+  mem = plan.memory_per_device(cfg, 1, boxed)['per_param']
+  # Adafactor: [32128, 512] factored into a row (32128) and a column (512) statistic.
+  assert mem['token_embedder/embedding']['optimizer_bytes'] == 4 * (32128 + 512)
+  # q kernel [512, 6, 64]: two largest dims 512 and 64 < 128 -> full second moment.
+  q = 'encoder/layers_0/self_attention/query/kernel'
+  assert mem[q]['optimizer_bytes'] == mem[q]['bytes'] == 4 * 512 * 6 * 64
+  assert mem['encoder/final_norm/scale']['optimizer_bytes'] == 4 * 512  # rank 1: full
+  cfg.optimizer.name = 'adamw'
+  adamw = plan.memory_per_device(cfg, 1, boxed)
+  assert adamw['optimizer_bytes'] == 2 * adamw['params_bytes']
+  cfg.optimizer.name = 'sgd'
+  with pytest.raises(ValueError, match='config.optimizer.name'):
+    plan.memory_per_device(cfg, 1, boxed)
+
+
+def test_bad_meshes_fail_with_one_sentence():
+  cfg = t5_v1_1.get_config('small')
+  boxed = plan.abstract_params(cfg)
+  cfg.partitioning.mesh.update(dict(data=4, fsdp=1, tensor=1))
+  with pytest.raises(ValueError, match='needs 4 devices but 6 are available'):
+    plan.memory_per_device(cfg, 6, boxed)
+  cfg.partitioning.mesh.update(dict(data=1, fsdp=1, tensor=8))  # 6 heads over 8
+  with pytest.raises(ValueError, match=r'\(heads, size 6\) is not divisible by mesh axes'):
+    plan.memory_per_device(cfg, 8, boxed)
+  cfg.partitioning.mesh.update(dict(data=-1, fsdp=1, tensor=1))
+  cfg.train.batch_size = 12
+  with pytest.raises(ValueError, match='config.train.batch_size=12 is not divisible'):
+    plan.memory_per_device(cfg, 8, boxed)
+
+
+CLI_RUNS = {
+    'ok': ['--config=configs/t5_v1_1.py:small', '--num_devices=8',
+           '--config.partitioning.mesh.fsdp=8', '--config.partitioning.mesh.data=1'],
+    'bad_mesh': ['--config=configs/t5_v1_1.py:small', '--num_devices=6',
+                 '--config.partitioning.mesh.data=4'],
+}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def cli_runs():
+  """Start the CLI subprocesses when the module starts, so they overlap the other tests."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  procs = {k: subprocess.Popen([sys.executable, '-m', 't5x_lite.plan', *args], cwd=root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for k, args in CLI_RUNS.items()}
+  results = {}
+
+  def result(name):
+    if name not in results:
+      out, err = procs[name].communicate(timeout=120)
+      results[name] = subprocess.CompletedProcess(procs[name].args, procs[name].returncode,
+                                                  out, err)
+    return results[name]
+
+  yield result
+  for p in procs.values():
+    if p.poll() is None:
+      p.kill()
+      p.communicate()
+
+
+def test_cli_prints_total_params_and_fails_clearly(cli_runs):
+  out = cli_runs('ok')
+  assert out.returncode == 0, out.stderr
+  assert 'parameters: 76,961,152 total' in out.stdout
+  assert 'mesh data=1 fsdp=8 tensor=1 (8 devices)' in out.stdout
+  assert 'train (3 x forward)' in out.stdout and 'activations (ESTIMATE)' in out.stdout
+  bad = cli_runs('bad_mesh')
+  assert bad.returncode == 1
+  errors = [l for l in bad.stderr.splitlines() if l.startswith('plan: error:')]
+  assert len(errors) == 1 and 'needs 4 devices but 6 are available' in errors[0]
