@@ -57,6 +57,12 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: Any
 
 
+def _path_name(path) -> str:
+  """'opt_state/0/v/encoder/...' whether a level is a dict, a tuple or a named tuple."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
+                  for k in path)
+
+
 # ----------------------------------------------------------------------- manager
 class Checkpoints:
   """Thin wrapper over `ocp.CheckpointManager` for the three items above."""
@@ -90,9 +96,9 @@ class Checkpoints:
     """Clear error if the saved state's shapes differ from the current config's."""
     meta = self.manager.item_metadata(step)['state']
     meta = getattr(meta, 'tree', meta)
-    saved = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in
+    saved = {_path_name(p): tuple(v.shape) for p, v in
              jax.tree_util.tree_flatten_with_path(meta)[0] if hasattr(v, 'shape')}
-    want = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in
+    want = {_path_name(p): tuple(v.shape) for p, v in
             jax.tree_util.tree_flatten_with_path(abstract_state.as_dict())[0]}
     diffs = [f'{k}: saved {saved.get(k)} vs config {want.get(k)}'
              for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]

@@ -29,7 +29,7 @@ tensor) raises ValueError with one sentence naming it.
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import jax
 import ml_collections
@@ -48,6 +48,9 @@ _ACT_TO_HF = {'relu': 'relu', 'gelu': 'gelu_new', 'gelu_exact': 'gelu', 'silu': 
 
 
 def _fail(msg: str):
+  """Raise ValueError(one sentence), naming the supported architectures."""
+  if 'supported architectures' not in msg:
+    msg = f'{msg.rstrip(".")} ({_SUPPORTED_MSG}).'
   raise ValueError(msg)
 
 
@@ -320,7 +323,8 @@ def _architecture_of(cfg) -> str:
 def _config_to_hf(arch: str, c) -> dict:
   acts = tuple(c.mlp_activations)
   if arch == 'T5ForConditionalGeneration':
-    if len(acts) == 2 and acts[1] == 'linear' and acts[0] in _ACT_TO_HF:
+    # HF's 'gated-gelu' means gelu_new (tanh); a gated exact GELU has no T5 spelling.
+    if len(acts) == 2 and acts[1] == 'linear' and acts[0] in ('gelu', 'relu', 'silu'):
       proj = 'gated-gelu' if acts[0] == 'gelu' else f'gated-{_ACT_TO_HF[acts[0]]}'
     elif len(acts) == 1 and acts[0] in _ACT_TO_HF:
       proj = _ACT_TO_HF[acts[0]]
@@ -401,7 +405,7 @@ def read_config(hf_dir: str) -> Tuple[str, dict]:
   path = os.path.join(hf_dir, CONFIG_NAME)
   if not os.path.isfile(path):
     _fail(f'{path} does not exist: a Hugging Face model directory needs {CONFIG_NAME} and '
-          f'{WEIGHTS_NAME} ({_SUPPORTED_MSG}).')
+          f'{WEIGHTS_NAME}.')
   try:
     with open(path) as f:
       hf = json.load(f)
@@ -415,6 +419,55 @@ def read_config(hf_dir: str) -> Tuple[str, dict]:
   return arch, hf
 
 
+def _load_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """safetensors.numpy.load_file, plus BF16 tensors (numpy has no bfloat16) as float32."""
+  try:
+    return safetensors.numpy.load_file(path)
+  except TypeError:  # "data type 'bfloat16' not understood": parse the (simple) format
+    pass
+  dtypes = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': np.uint16,
+            'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8,
+            'U8': np.uint8, 'BOOL': np.bool_}
+  with open(path, 'rb') as f:
+    n = int.from_bytes(f.read(8), 'little')
+    header = json.loads(f.read(n))
+    data = f.read()
+  out = {}
+  for name, info in header.items():
+    if name == '__metadata__':
+      continue
+    begin, end = info['data_offsets']
+    array = np.frombuffer(data[begin:end], dtype=dtypes[info['dtype']])
+    if info['dtype'] == 'BF16':
+      array = (array.astype(np.uint32) << 16).view(np.float32)
+    out[name] = array.reshape(info['shape'])
+  return out
+
+
+def _read_tensors(hf_dir: str, arch: str):
+  """(description of the weights file(s), {name: numpy array}); sharded files via the index."""
+  weights = os.path.join(hf_dir, WEIGHTS_NAME)
+  index = os.path.join(hf_dir, WEIGHTS_NAME + '.index.json')
+  if os.path.isfile(weights):
+    files = [weights]
+  elif os.path.isfile(index):
+    with open(index) as f:
+      files = [os.path.join(hf_dir, n) for n in sorted(set(json.load(f)['weight_map'].values()))]
+    weights = f'the shards of {index}'
+  else:
+    _fail(f'{weights} does not exist: t5x_lite reads {arch} weights from {WEIGHTS_NAME} '
+          f'(or sharded safetensors with {WEIGHTS_NAME}.index.json).')
+  tensors = {}
+  for path in files:
+    if not os.path.isfile(path):
+      _fail(f'{path}, listed in {index}, does not exist.')
+    try:
+      tensors.update(_load_safetensors(path))
+    except Exception as e:  # pylint: disable=broad-except
+      _fail(f'{path} is not a readable safetensors file ({type(e).__name__}: {e}).')
+  return weights, tensors
+
+
 def load(hf_dir: str, scan_layers: bool = False):
   """Hugging Face directory -> (model_cfg ConfigDict for `models.build`, params).
 
@@ -422,14 +475,7 @@ def load(hf_dir: str, scan_layers: bool = False):
   """
   arch, hf_cfg = read_config(hf_dir)
   model_cfg = _config_from_hf(arch, hf_cfg)
-  weights = os.path.join(hf_dir, WEIGHTS_NAME)
-  if not os.path.isfile(weights):
-    _fail(f'{weights} does not exist: t5x_lite reads {arch} weights from a single '
-          f'{WEIGHTS_NAME} file ({_SUPPORTED_MSG}).')
-  try:
-    tensors = safetensors.numpy.load_file(weights)
-  except Exception as e:  # pylint: disable=broad-except
-    _fail(f'{weights} is not a readable safetensors file ({type(e).__name__}: {e}).')
+  weights, tensors = _read_tensors(hf_dir, arch)
   # The original GPT-2 checkpoints store the GPT2Model names, without `transformer.`.
   if arch == 'GPT2LMHeadModel' and not any(k.startswith('transformer.') for k in tensors):
     tensors = {'transformer.' + k: v for k, v in tensors.items()}
@@ -446,7 +492,7 @@ def load(hf_dir: str, scan_layers: bool = False):
     if tuple(value.shape) != spec.hf_shape:
       _fail(f'tensor {name} in {weights} has shape {list(value.shape)}, expected '
             f'{list(spec.hf_shape)} from config.json.')
-    if not np.issubdtype(value.dtype, np.floating):
+    if value.dtype.kind != 'f' and value.dtype.name != 'bfloat16':
       _fail(f'tensor {name} in {weights} has dtype {value.dtype}, expected a float type.')
     for path, array in zip(spec.paths, spec.to_ours(value.astype(np.float32))):
       _set(params, path, np.ascontiguousarray(array))

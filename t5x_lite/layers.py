@@ -145,7 +145,7 @@ def relative_position_bucket(relative_position, bidirectional: bool = True,
   # Guard log(0); those entries take the `is_small` branch anyway.
   val_if_large = max_exact + (
       xp.log(xp.maximum(n, 1).astype(np.float32) / max_exact) /
-      math.log(max_distance / max_exact) * (num_buckets - max_exact - 1)).astype(np.int32)
+      math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
   val_if_large = xp.minimum(val_if_large, num_buckets - 1)
   return ret + xp.where(is_small, n, val_if_large)
 

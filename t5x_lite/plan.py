@@ -43,10 +43,11 @@ each split like its parameter (a dim sharded over mesh axes of total size k hold
 per device; factored statistics keep the sharding of the dims they keep). Activations are
 a rough ESTIMATE (see `activation_bytes_estimate`).
 """
+import functools
 import math
 import sys
 import textwrap
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import flax.linen as nn
 import jax
@@ -70,12 +71,20 @@ TERMS = ('dense', 'self_attention', 'cross_attention', 'logits', 'forward', 'tra
 
 # ------------------------------------------------------------------------ shapes
 def abstract_params(config):
-  """Boxed abstract params (ShapeDtypeStruct leaves in `nn.LogicallyPartitioned` boxes)."""
-  module = models.build(config.model)
+  """Boxed abstract params (ShapeDtypeStruct leaves in `nn.LogicallyPartitioned` boxes).
+
+  Traced with `jax.eval_shape`: nothing is compiled or allocated. Cached per model config
+  (the shapes depend on `config.model` only); treat the result as read-only.
+  """
+  return _abstract_params(models.ModelConfig.from_config(config.model))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(mcfg: models.ModelConfig):
+  module = models.build(mcfg)
 
   def init():
-    batch = models.dummy_batch(config.model)
-    return module.init(jax.random.PRNGKey(0), batch, deterministic=True)
+    return module.init(jax.random.PRNGKey(0), models.dummy_batch(mcfg), deterministic=True)
 
   return jax.eval_shape(init)['params']
 

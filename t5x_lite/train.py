@@ -156,17 +156,13 @@ def restore_or_init(config, trainer, ckpts, train_iter):
       why += f'; config.init_from={config.init_from!r} ignored because the workdir resumes'
     return state, why
   if config.init_from.startswith('hf:'):
-    hf_cfg, params = hf.load(config.init_from[3:])
+    hf_cfg, params = hf.load(config.init_from[3:], scan_layers=config.model.scan_layers)
     mismatch = [k for k, v in hf_cfg.items() if k in config.model and config.model[k] != v
                 and k not in ('dropout_rate', 'dtype', 'scan_layers', 'remat')]
     if mismatch:
       raise ValueError(f'config.model.{mismatch[0]}={config.model[mismatch[0]]!r} differs from '
                        f'the Hugging Face model in {config.init_from[3:]} '
                        f'({hf_cfg[mismatch[0]]!r}).')
-    if config.model.scan_layers:
-      from t5x_lite import models
-      params = models.stack_layers(params, max(config.model.num_encoder_layers,
-                                               config.model.num_decoder_layers))
     state = trainer.state_from_params(params)
     return state, (f'initialized params from Hugging Face directory {config.init_from[3:]} '
                    '(config.init_from; no checkpoint in the workdir); fresh optimizer state '

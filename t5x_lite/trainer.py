@@ -133,7 +133,7 @@ class Trainer:
       (loss, stats, grads), _ = jax.lax.scan(
           body, (jnp.zeros((), jnp.float32), zeros_s, zeros_g), (jnp.arange(accum), micro))
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = self.tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)

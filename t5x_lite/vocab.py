@@ -8,6 +8,11 @@ on every non-empty line, and prints the result's size and coverage (on --eval_in
 `--vocab_size` counts SentencePiece pieces (pad, eos, unk, [MASK] included); the
 vocabulary a model sees adds `--extra_ids` sentinels on top.
 """
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before anything imports TF
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are integer work
+
 import sys
 
 from absl import app

@@ -3,6 +3,7 @@ import os
 import re
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are integer work
 
 import numpy as np  # noqa: E402
 

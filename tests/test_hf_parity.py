@@ -309,3 +309,27 @@ def test_save_rejects_unexportable_config(tmp_path):
   model_cfg = _small(t5_decoder_only.get_config('tiny'))
   with pytest.raises(ValueError, match='GPT2LMHeadModel'):
     hf.save(model_cfg, {}, str(tmp_path))
+
+
+def test_error_messages_are_one_sentence(tmp_path, gpt2_dir):
+  _copy_config(gpt2_dir, tmp_path)
+  with pytest.raises(ValueError) as e:
+    hf.load(str(tmp_path))
+  msg = str(e.value)
+  assert msg.count('. ') == 0 and msg.endswith('.'), msg
+  assert 'GPT2LMHeadModel' in msg and 'T5ForConditionalGeneration' in msg, msg
+
+
+def test_bfloat16_and_sharded_checkpoints(tmp_path):
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)), seed=4)
+  model = model.to(torch.bfloat16)
+  # A tiny shard size forces model.safetensors.index.json + several shards.
+  model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size='20KB')
+  assert (tmp_path / 'model.safetensors.index.json').exists()
+  _, params = hf.load(str(tmp_path))
+  ref = model.transformer.h[1].mlp.c_fc.weight.float().detach().numpy()
+  np.testing.assert_array_equal(params['decoder']['layers_1']['mlp']['wi']['kernel'], ref)
+  ref = model.transformer.wte.weight.float().detach().numpy()
+  np.testing.assert_array_equal(params['token_embedder']['embedding'], ref)

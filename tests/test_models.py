@@ -21,9 +21,7 @@ from configs import bert, gpt, t5_decoder_only, t5_v1_1
 from t5x_lite import models
 
 TINY = dict(vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8)
-ATOL = RTOL = 1e-5
-import os
-JIT = os.environ.get('JIT', '1') == '1'
+ATOL, RTOL = 1e-5, 0
 
 # name -> (config module, family, has encoder, has decoder)
 MODELS = {
@@ -69,8 +67,7 @@ def random_params(module, batch, seed=0):
 @functools.lru_cache(maxsize=None)
 def _forward(name, overrides=()):
   module = models.build(tiny_config(name, **dict(overrides)))
-  apply = lambda p, b: module.apply({'params': p}, b, deterministic=True)
-  return module, (jax.jit(apply) if JIT else apply)
+  return module, jax.jit(lambda p, b: module.apply({'params': p}, b, deterministic=True))
 
 
 def forward(name, params, batch, **overrides):
@@ -185,14 +182,44 @@ def test_packed_equals_unpacked(name):
 
 
 # -------------------------------------------------------------------------- KV cache
+LENGTH, PREFIX = 8, 3  # decoder length of the shared test batch; prefix-LM prompt length
+
+
+def decoder_batch(rng, batch_size, length, prefix_len=None, encoder_lengths=None):
+  targets = np.stack([random_tokens(rng, length) for _ in range(batch_size)])
+  batch = {'decoder_target_tokens': targets,
+           'decoder_input_tokens': np.stack([shift_right(t) for t in targets])}
+  if prefix_len is not None:
+    batch['decoder_causal_attention'] = np.broadcast_to(
+        (np.arange(length) < prefix_len).astype(np.int32), (batch_size, length)).copy()
+  if encoder_lengths is not None:  # rows padded to different lengths
+    n = max(encoder_lengths)
+    batch['encoder_input_tokens'] = np.stack(
+        [pad(random_tokens(rng, k), n) for k in encoder_lengths])
+  return batch
+
+
+@functools.lru_cache(maxsize=None)
+def _standard_batch(name, prefix):
+  rng = np.random.default_rng(4)
+  if name == 'bert':
+    return {'encoder_input_tokens': np.stack([pad(random_tokens(rng, 7), 9),
+                                              random_tokens(rng, 9)])}
+  return decoder_batch(rng, 2, LENGTH, prefix_len=PREFIX if prefix else None,
+                       encoder_lengths=(9, 6) if name == 't5' else None)
+
+
+def standard_batch(name, prefix=False):
+  """The batch shared by the decoding, scan and bfloat16 tests (one compile per model)."""
+  return dict(_standard_batch(name, prefix))
+
+
 @functools.lru_cache(maxsize=None)
 def _decoder_fns(name, overrides=()):
   module = models.build(tiny_config(name, **dict(overrides)))
-  init_cache = lambda b: module.init(jax.random.PRNGKey(0), b, decode=True)['cache']
-  step = lambda p, c, b: module.apply({'params': p, 'cache': c}, b, decode=True,
-                                      mutable=['cache'])
-  if JIT:
-    init_cache, step = jax.jit(init_cache), jax.jit(step)
+  init_cache = jax.jit(lambda b: module.init(jax.random.PRNGKey(0), b, decode=True)['cache'])
+  step = jax.jit(lambda p, c, b: module.apply({'params': p, 'cache': c}, b, decode=True,
+                                              mutable=['cache']))
   return init_cache, step
 
 
@@ -220,33 +247,16 @@ def incremental_logits(name, params, full, chunks, prefix_chunk=False, overrides
   return np.concatenate(outputs, axis=1)
 
 
-def decoder_batch(rng, batch_size, length, prefix_len=None, encoder_lengths=None):
-  targets = np.stack([random_tokens(rng, length) for _ in range(batch_size)])
-  batch = {'decoder_target_tokens': targets,
-           'decoder_input_tokens': np.stack([shift_right(t) for t in targets])}
-  if prefix_len is not None:
-    batch['decoder_causal_attention'] = np.broadcast_to(
-        (np.arange(length) < prefix_len).astype(np.int32), (batch_size, length)).copy()
-  if encoder_lengths is not None:  # rows padded to different lengths
-    n = max(encoder_lengths)
-    batch['encoder_input_tokens'] = np.stack(
-        [pad(random_tokens(rng, k), n) for k in encoder_lengths])
-  return batch
-
-
-def one_at_a_time(start, length):
+def one_at_a_time(start, length=LENGTH):
   return [(i, i + 1) for i in range(start, length)]
 
 
 @pytest.mark.parametrize('name,prefill', [('gpt', 3), ('t5_decoder', 0), ('t5', 0), ('t5', 3)])
 def test_kv_cache_decoding_matches_full_forward(name, prefill):
-  rng = np.random.default_rng(2)
-  length = 8
-  full = decoder_batch(rng, 2, length,
-                       encoder_lengths=(9, 6) if name == 't5' else None)
+  full = standard_batch(name)  # t5: encoder rows padded differently (9 and 6 real tokens)
   params = params_for(name)
   expected = forward(name, params, full)
-  chunks = ([(0, prefill)] if prefill else []) + one_at_a_time(prefill, length)
+  chunks = ([(0, prefill)] if prefill else []) + one_at_a_time(prefill)
   got = incremental_logits(name, params, full, chunks)
   np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
 
@@ -257,71 +267,68 @@ def test_kv_cache_prefix_lm_decoding_matches_full_forward(scan):
 
   The chunk is one longer than the prefix, so it mixes bidirectional and causal positions.
   """
-  rng = np.random.default_rng(3)
-  length, prefix_len = 9, 4
-  full = decoder_batch(rng, 2, length, prefix_len=prefix_len)
+  full = standard_batch('t5_decoder', prefix=True)
   params = params_for('t5_decoder')
   expected = forward('t5_decoder', params, full)
   # Not vacuous: the bidirectional prefix changes the prompt logits.
-  causal_only = forward('t5_decoder', params,
-                        {k: v for k, v in full.items() if k != 'decoder_causal_attention'})
-  assert np.abs(causal_only[:, :prefix_len - 1] - expected[:, :prefix_len - 1]).max() > 1e-2
+  causal_only = forward('t5_decoder', params, standard_batch('t5_decoder'))
+  assert np.abs(causal_only[:, :PREFIX - 1] - expected[:, :PREFIX - 1]).max() > 1e-2
   overrides = ()
   if scan:
     params, overrides = models.stack_layers(params, 2), (('scan_layers', True),)
-  chunks = [(0, prefix_len + 1)] + one_at_a_time(prefix_len + 1, length)
+  chunks = [(0, PREFIX + 1)] + one_at_a_time(PREFIX + 1)
   got = incremental_logits('t5_decoder', params, full, chunks, prefix_chunk=True,
                            overrides=overrides)
   np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
 
 
 # --------------------------------------------------------------------- scan and remat
-def standard_batch(name, batch_size=2):
-  rng = np.random.default_rng(4)
-  if name == 'bert':
-    return {'encoder_input_tokens': np.stack([pad(random_tokens(rng, 10), 12),
-                                              random_tokens(rng, 12)])}
-  return decoder_batch(rng, batch_size, 10, encoder_lengths=(12, 9) if name == 't5' else None)
-
-
 def shapes(tree):
   return jax.tree.map(lambda x: (tuple(x.shape), x.dtype), tree)
 
 
 @pytest.mark.parametrize('name', ['t5', 'bert', 'gpt'])
-def test_scan_layers_and_remat_give_same_logits(name):
+def test_stack_layers_matches_scanned_init_and_round_trips(name):
+  params = params_for(name)
+  stacked = models.stack_layers(params, 2)
+  scanned_module = models.build(tiny_config(name, scan_layers=True))
+  abstract = nn.unbox(jax.eval_shape(scanned_module.init, jax.random.PRNGKey(0),
+                                     standard_batch(name)))
+  assert shapes(stacked) == shapes(abstract['params'])
+  restored = models.unstack_layers(stacked)
+  assert jax.tree.structure(restored) == jax.tree.structure(params)
+  jax.tree.map(np.testing.assert_array_equal, restored, params)
+
+
+@pytest.mark.parametrize('name,overrides', [
+    ('t5', dict(scan_layers=True)),
+    ('bert', dict(scan_layers=True)),
+    ('gpt', dict(scan_layers=True)),
+    ('t5', dict(scan_layers=True, remat='full')),
+    ('gpt', dict(remat='full')),
+], ids=['t5-scan', 'bert-scan', 'gpt-scan', 't5-scan-remat', 'gpt-remat'])
+def test_scan_layers_and_remat_give_same_logits(name, overrides):
   params = params_for(name)
   batch = standard_batch(name)
   expected = forward(name, params, batch)
-  stacked = models.stack_layers(params, 2)
-  # stacked params have exactly the structure a scanned model initialises.
-  scanned_module = models.build(tiny_config(name, scan_layers=True))
-  abstract = nn.unbox(jax.eval_shape(scanned_module.init, jax.random.PRNGKey(0), batch))
-  assert shapes(stacked) == shapes(abstract['params'])
-  # unstack_layers is the exact inverse.
-  jax.tree.map(np.testing.assert_array_equal, models.unstack_layers(stacked), params)
-  for overrides, p in [(dict(scan_layers=True), stacked),
-                       (dict(remat='full'), params),
-                       (dict(scan_layers=True, remat='full'), stacked)]:
-    got = forward(name, p, batch, **overrides)
-    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL, err_msg=str(overrides))
+  if overrides.get('scan_layers'):
+    params = models.stack_layers(params, 2)
+  got = forward(name, params, batch, **overrides)
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
 
 
-def test_remat_and_scan_give_same_gradients():
-  name = 't5'
+def test_remat_gives_same_gradients():
+  name = 't5_decoder'
   params = params_for(name)
-  batch = standard_batch(name)
+  batch = standard_batch(name, prefix=True)
 
-  def grad_fn(overrides):
+  def grads(**overrides):
     module = models.build(tiny_config(name, **overrides))
     loss = lambda p: jnp.sum(jnp.tanh(module.apply({'params': p}, batch)))
-    return jax.jit(jax.grad(loss))
+    return jax.jit(jax.grad(loss))(params)
 
-  expected = grad_fn({})(params)
-  got = models.unstack_layers(grad_fn(dict(scan_layers=True, remat='full'))(
-      models.stack_layers(params, 2)))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), got,
-               expected)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+               grads(remat='full'), grads())
 
 
 # --------------------------------------------------------------------------- bfloat16

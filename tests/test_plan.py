@@ -1,4 +1,5 @@
 """t5x_lite.plan: parameter counts vs Hugging Face, FLOPs vs hand formulas, bytes per device."""
+import json
 import os
 import subprocess
 import sys
@@ -8,52 +9,57 @@ import pytest
 from configs import bert, gpt, t5_v1_1
 from t5x_lite import plan
 
-os.environ.setdefault('USE_TF', '0')  # keep `transformers` from importing TensorFlow
-os.environ.setdefault('USE_FLAX', '0')
+T5_DIMS = {
+    'small': dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6),
+    'base': dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12),
+}
 
-
-def _hf_count(model_cls, hf_config):
-  """Parameters of a Hugging Face model built on the meta device (no memory, no init)."""
-  torch = pytest.importorskip('torch')
-  with torch.device('meta'):
-    model = model_cls(hf_config)
-  return sum(p.numel() for p in model.parameters())  # shared tensors counted once
-
-
-@pytest.mark.parametrize('size,dims', [
-    ('small', dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6)),
-    ('base', dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12)),
-])
-def test_t5_v1_1_param_count_matches_transformers(size, dims):
-  pytest.importorskip('transformers')
-  from transformers.models.t5 import configuration_t5, modeling_t5
-  hf_config = configuration_t5.T5Config(vocab_size=32128, feed_forward_proj='gated-gelu',
-                                        tie_word_embeddings=False, **dims)
-  expected = _hf_count(modeling_t5.T5ForConditionalGeneration, hf_config)
-  counts = plan.count_params(t5_v1_1.get_config(size))
-  assert counts['total'] == expected
-  assert sum(counts['by_module'].values()) == counts['total']
-  assert set(counts['by_module']) == {'token_embedder', 'encoder', 'decoder', 'logits_head'}
-  assert counts['by_module']['token_embedder'] == 32128 * dims['d_model']
-  assert counts['by_module']['logits_head'] == 32128 * dims['d_model']
-
-
-def test_gpt2_small_param_count():
-  counts = plan.count_params(gpt.get_config('small'))
-  assert counts['total'] == 124_439_808  # GPT-2 small, wte tied to the output layer
-  assert counts['embedding'] == (50257 + 1024) * 768
-  pytest.importorskip('transformers')
-  from transformers.models.gpt2 import configuration_gpt2, modeling_gpt2
-  assert counts['total'] == _hf_count(modeling_gpt2.GPT2LMHeadModel,
-                                      configuration_gpt2.GPT2Config())
-
-
-def test_bert_base_mlm_param_count():
-  pytest.importorskip('transformers')
+# Counted by `transformers` in a subprocess started with the module (it overlaps the other
+# tests; importing torch + transformers is most of this file's time). Models are built on
+# the meta device: no memory, no init. `parameters()` counts a shared tensor once.
+HF_SCRIPT = """
+import json, os, sys
+os.environ['USE_TF'] = '0'; os.environ['USE_FLAX'] = '0'
+try:
+  import torch
   from transformers.models.bert import configuration_bert, modeling_bert
-  expected = _hf_count(modeling_bert.BertForMaskedLM, configuration_bert.BertConfig())
-  assert expected == 109_514_298
-  assert plan.count_params(bert.get_config('base'))['total'] == expected
+  from transformers.models.gpt2 import configuration_gpt2, modeling_gpt2
+  from transformers.models.t5 import configuration_t5, modeling_t5
+except ImportError as e:
+  print(json.dumps({'skip': str(e)})); sys.exit(0)
+dims = json.loads(sys.argv[1])
+models = {f't5_{k}': (modeling_t5.T5ForConditionalGeneration, configuration_t5.T5Config(
+              vocab_size=32128, feed_forward_proj='gated-gelu', tie_word_embeddings=False, **v))
+          for k, v in dims.items()}
+models['gpt2'] = (modeling_gpt2.GPT2LMHeadModel, configuration_gpt2.GPT2Config())
+models['bert_mlm'] = (modeling_bert.BertForMaskedLM, configuration_bert.BertConfig())
+counts = {}
+with torch.device('meta'):
+  for name, (cls, cfg) in models.items():
+    counts[name] = sum(p.numel() for p in cls(cfg).parameters())
+print(json.dumps(counts))
+"""
+
+
+@pytest.fixture(scope='module', autouse=True)
+def hf_counts():
+  proc = subprocess.Popen([sys.executable, '-c', HF_SCRIPT, json.dumps(T5_DIMS)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  result = {}
+
+  def get():
+    if not result:
+      out, err = proc.communicate(timeout=300)
+      assert proc.returncode == 0, err
+      result.update(json.loads(out.strip().splitlines()[-1]))
+    if 'skip' in result:
+      pytest.skip(f'transformers / torch not importable: {result["skip"]}')
+    return result
+
+  yield get
+  if proc.poll() is None:
+    proc.kill()
+    proc.communicate()
 
 
 def test_gpt_flops_match_independent_formula():
@@ -207,3 +213,28 @@ def test_cli_prints_total_params_and_fails_clearly(cli_runs):
   assert bad.returncode == 1
   errors = [l for l in bad.stderr.splitlines() if l.startswith('plan: error:')]
   assert len(errors) == 1 and 'needs 4 devices but 6 are available' in errors[0]
+
+
+@pytest.mark.parametrize('size', ['small', 'base'])
+def test_t5_v1_1_param_count_matches_transformers(size, hf_counts):
+  counts = plan.count_params(t5_v1_1.get_config(size))
+  assert sum(counts['by_module'].values()) == counts['total']
+  assert set(counts['by_module']) == {'token_embedder', 'encoder', 'decoder', 'logits_head'}
+  d_model = T5_DIMS[size]['d_model']
+  assert counts['by_module']['token_embedder'] == 32128 * d_model
+  assert counts['by_module']['logits_head'] == 32128 * d_model
+  assert counts['total'] == {'small': 76_961_152, 'base': 247_577_856}[size]
+  assert counts['total'] == hf_counts()[f't5_{size}']
+
+
+def test_gpt2_small_param_count(hf_counts):
+  counts = plan.count_params(gpt.get_config('small'))
+  assert counts['total'] == 124_439_808  # GPT-2 small, wte tied to the output layer
+  assert counts['embedding'] == (50257 + 1024) * 768
+  assert counts['total'] == hf_counts()['gpt2']
+
+
+def test_bert_base_mlm_param_count(hf_counts):
+  counts = plan.count_params(bert.get_config('base'))
+  assert counts['total'] == 109_514_298  # BertForMaskedLM, bert-base (no pooler)
+  assert counts['total'] == hf_counts()['bert_mlm']

@@ -12,3 +12,4 @@ import os as _os
 
 # TF feeds the host only: keep its C++ logging quiet unless the user asked otherwise.
 _os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+_os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # silences its banner; data ops are integer work

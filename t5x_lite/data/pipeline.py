@@ -28,6 +28,7 @@ import os
 import numpy as np
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are integer work
 import tensorflow as tf  # noqa: E402
 
 try:  # TF only feeds the host; keep it off accelerators.
@@ -263,7 +264,11 @@ class DataIterator:
     """Writes this shard's position under `directory` (created if needed); returns the prefix."""
     tf.io.gfile.makedirs(directory)
     prefix = self._prefix(directory)
-    self._ckpt.write(prefix)
+    try:
+      self._ckpt.write(prefix)
+    except (tf.errors.UnimplementedError, tf.errors.FailedPreconditionError) as e:
+      raise DataError(f'the {self.split} data iterator cannot be checkpointed: '
+                      f'{e.message.split("}} ")[-1].split(" [Op:")[0]}') from None
     with tf.io.gfile.GFile(prefix + '.json', 'w') as f:
       json.dump(dict(shard_index=self.shard_index, num_shards=self.num_shards, seed=self.seed,
                      split=self.split, element_spec=self.shapes), f)

@@ -32,7 +32,6 @@ import os
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from t5x_lite.data import vocab as vocab_lib
 
@@ -139,7 +138,10 @@ def _lines(path: str, policy: str, skips: SkipCounter):
   if not data.strip():
     skips.add('empty file', path)
     return
-  for n, raw in enumerate(data.split(b'\n'), 1):
+  lines = data.split(b'\n')
+  if lines[-1] == b'':  # the newline that ends the last line does not start another
+    lines.pop()
+  for n, raw in enumerate(lines, 1):
     try:
       line = raw.decode('utf-8')
     except UnicodeDecodeError as e:
@@ -260,9 +262,9 @@ def read_records(src: SourceSpec, fields: Sequence[str], *, boundary: str = 'bla
 
 
 def _tfds_dataset(src: SourceSpec, split: str, fields, data_dir: str, shard_index: int,
-                  num_shards: int, shuffle_files: bool, seed: int) -> tf.data.Dataset:
+                  num_shards: int, shuffle_files: bool, seed: int):
   """A TFDS split (this shard's even part) as a dataset of tuples of string tensors."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = src.target
   split = src.get('split', split)
   data_dir = src.get('data_dir', data_dir) or None
@@ -326,12 +328,13 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
                   split: str, train: bool, seed: int, shard_index: int = 0, num_shards: int = 1,
                   boundary: str = 'blank_line', on_bad_input: str = 'skip',
                   tfds_data_dir: str = '', shuffle_buffer_size: int = 10000,
-                  skips: SkipCounter | None = None) -> tf.data.Dataset:
+                  skips: SkipCounter | None = None):
   """One source as a stream of tuples of int32 token vectors (one per field, no EOS).
 
   Train: endless, a fresh permutation per epoch from (seed, shard, epoch). Otherwise one
   ordered pass. Records with a field that tokenizes to nothing are skipped and counted.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top (the vocab CLI needs no TF)
   skips = skips if skips is not None else SkipCounter()
   nf = len(fields)
   if src.kind == 'tfds':

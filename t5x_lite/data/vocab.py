@@ -116,9 +116,10 @@ class Vocabulary:
     """Token ids of many texts at once (SentencePiece's threaded encoder; no EOS)."""
     return self._sp.encode(list(texts), num_threads=num_threads or (os.cpu_count() or 1))
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Text of `ids`: stops at the first EOS, drops padding, renders sentinels as
-    `<extra_id_k>` and the mask as `[MASK]`; out-of-range ids render as `<id_N>`."""
+  def decode(self, ids: Iterable[int], stop_at_eos: bool = True) -> str:
+    """Text of `ids`: stops at the first EOS (or, with stop_at_eos=False, renders it as
+    `</s>`), drops padding, renders sentinels as `<extra_id_k>` and the mask as `[MASK]`;
+    out-of-range ids render as `<id_N>`."""
     out: list[str] = []
     run: list[int] = []
 
@@ -129,7 +130,11 @@ class Vocabulary:
 
     for i in (int(t) for t in ids):
       if i == self.eos_id:
-        break
+        if stop_at_eos:
+          break
+        flush()
+        out.append('</s>')
+        continue
       if i == self.pad_id:
         continue
       if self.piece_size <= i < self.vocab_size:

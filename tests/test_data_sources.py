@@ -1,0 +1,198 @@
+"""Sources and bad input: text/JSONL/TSV/TFDS, document boundaries, mixtures, clear errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from test_data_helpers import ROOT, data_config
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from t5x_lite.data import pipeline, sources  # noqa: E402
+from t5x_lite.data.sources import DataError  # noqa: E402
+
+
+def _records(spec, fields=('text',), **kw):
+  skips = sources.SkipCounter()
+  recs = sources.read_records(sources.parse_sources(spec)[0], fields, skips=skips, **kw)
+  return recs, skips
+
+
+def test_document_boundaries(tmp_path):
+  (tmp_path / 'a.txt').write_text('one\ntwo\n\n\nthree\n  \nfour\n')
+  (tmp_path / 'b.txt').write_text('five\n')
+  spec = f'text:{tmp_path}/*.txt'
+  recs, skips = _records(spec, boundary='line')
+  assert [r[0] for r in recs] == ['one', 'two', 'three', 'four', 'five']
+  assert skips.counts == {'empty line': 3} and skips.first['empty line'] == f'{tmp_path}/a.txt:3'
+  recs, skips = _records(spec, boundary='blank_line')
+  assert [r[0] for r in recs] == ['one\ntwo', 'three', 'four', 'five'] and not skips.counts
+  recs, _ = _records(spec, boundary='file')
+  assert [r[0] for r in recs] == ['one\ntwo\n\n\nthree\n  \nfour', 'five']
+  recs, _ = _records(spec + ';boundary=line', boundary='file')   # per-source option wins
+  assert len(recs) == 5
+
+
+def test_non_utf8_bytes_are_counted_or_a_clear_error(tmp_path):
+  (tmp_path / 'bad.txt').write_bytes(b'good line\nbad \xff\xfe line\nanother good line\n')
+  recs, skips = _records(f'text:{tmp_path}/bad.txt', boundary='line')
+  assert [r[0] for r in recs] == ['good line', 'another good line']
+  assert skips.counts == {'invalid UTF-8': 1} and skips.first['invalid UTF-8'] == f'{tmp_path}/bad.txt:2'
+  with pytest.raises(DataError, match=r'bad.txt:2: invalid UTF-8: byte 0xff at column 5'):
+    _records(f'text:{tmp_path}/bad.txt', boundary='line', on_bad_input='error')
+
+
+def test_empty_files_and_globs_matching_nothing(tmp_path):
+  (tmp_path / 'empty.txt').write_text('')
+  (tmp_path / 'blank.txt').write_text('\n\n  \n')
+  (tmp_path / 'ok.txt').write_text('text\n')
+  recs, skips = _records(f'text:{tmp_path}/*.txt')
+  assert len(recs) == 1 and skips.counts == {'empty file': 2}
+  with pytest.raises(DataError, match=r'no usable records in 2 file\(s\); skipped 2 x empty file'):
+    _records(f'text:{tmp_path}/[eb]*.txt')
+  with pytest.raises(DataError, match=r"'.*/nothing-\*.txt' matches no files"):
+    _records(f'text:{tmp_path}/nothing-*.txt')
+
+
+def test_jsonl_missing_field_and_tsv_columns(tmp_path):
+  lines = [{'text': 'a b c'}, {'other': 1}, 'not json', {'text': ''}, {'text': 'd e'}]
+  (tmp_path / 'x.jsonl').write_text('\n'.join(l if isinstance(l, str) else json.dumps(l) for l in lines) + '\n')
+  recs, skips = _records(f'jsonl:{tmp_path}/x.jsonl')
+  assert recs == [('a b c',), ('d e',)]
+  assert skips.as_dict() == {
+      "empty field 'text'": dict(count=1, first=f'{tmp_path}/x.jsonl:4'),
+      'invalid JSON': dict(count=1, first=f'{tmp_path}/x.jsonl:3'),
+      "missing field 'text'": dict(count=1, first=f'{tmp_path}/x.jsonl:2')}
+  with pytest.raises(DataError, match=r"x.jsonl:2: missing field 'text': fields are \['other'\]"):
+    _records(f'jsonl:{tmp_path}/x.jsonl', on_bad_input='error')
+  (tmp_path / 'x.tsv').write_text('inputs\ttargets\nq1\ta1\nbroken row\nq2\ta2\n')
+  recs, skips = _records(f'tsv:{tmp_path}/x.tsv', ('inputs', 'targets'))
+  assert recs == [('q1', 'a1'), ('q2', 'a2')] and skips.first == {
+      'TSV row with wrong number of columns': f'{tmp_path}/x.tsv:3'}
+  with pytest.raises(DataError, match=r"x.tsv:1: TSV header \['inputs', 'targets'\] has no field 'answer'"):
+    _records(f'tsv:{tmp_path}/x.tsv', ('inputs', 'answer'))
+
+
+def test_skips_are_reported_by_the_iterator(tmp_path, caplog):
+  (tmp_path / 'x.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in [
+      {'inputs': 'to be or not', 'targets': 'ham'}, {'inputs': 'x'}, {'inputs': 'now is', 'targets': 'rich'}]))
+  cfg = data_config(objective='text_to_text', inputs_length=16, targets_length=8, pack=False,
+                    validation_source=f'jsonl:{tmp_path}/x.jsonl')
+  it = pipeline.get_dataset(cfg, 'validation', batch_size=2)
+  assert it.skips.counts == {"missing field 'targets'": 1}
+  assert "skipped 1 x missing field 'targets' (first at" in caplog.text
+  b = next(it)
+  assert it.vocab.decode(b['decoder_target_tokens'][1]) == 'rich'
+
+
+def test_bad_source_specs():
+  with pytest.raises(DataError, match='is not KIND:TARGET'):
+    sources.parse_sources('csv:x.csv')
+  with pytest.raises(DataError, match='rate in .* must be a positive number'):
+    sources.parse_sources('text:a.txt;rate=-1')
+  with pytest.raises(DataError, match="option 'colour=red'"):
+    sources.parse_sources('text:a.txt;colour=red')
+  cfg = data_config(objective='text_to_text', train_source='text:data/corpus/train.txt')
+  with pytest.raises(DataError, match='text_to_text objective needs a jsonl, tsv or tfds source'):
+    pipeline.get_dataset(cfg, 'train')
+
+
+def test_mixture_rates():
+  cfg = data_config(objective='text_to_text', inputs_length=32, targets_length=16, pack=False,
+                    train_source='jsonl:data/tasks/speaker/train.jsonl;rate=3,'
+                                 'tsv:data/tasks/next_line/train.tsv;rate=1')
+  it = pipeline.get_dataset(cfg, 'train', batch_size=500, seed=1)
+  b = next(it)
+  speaker = sum(it.vocab.decode(x).startswith('speaker:') for x in b['encoder_input_tokens'])
+  n = 500
+  assert abs(speaker / n - 0.75) < 5 * np.sqrt(0.75 * 0.25 / n), speaker
+
+
+@pytest.fixture
+def mock_c4():
+  with tfds.testing.mock_data(num_examples=24):
+    yield
+
+
+def test_tfds_source_with_mock_data(mock_c4):
+  cfg = data_config(objective='span_corruption', inputs_length=128, targets_length=29,
+                    train_source='tfds:c4/en', validation_source='tfds:c4/en')
+  it = pipeline.get_dataset(cfg, 'train', batch_size=2)
+  b = next(it)
+  assert b['encoder_input_tokens'].shape == (2, 128) and (b['encoder_input_tokens'] > 0).any()
+  val = list(pipeline.get_dataset(cfg, 'validation', batch_size=2))
+  assert val
+
+
+def test_tfds_shards_read_even_splits(mock_c4, monkeypatch):
+  # Each host asks TFDS for only its even part of the split (mock data ignores slicing, so
+  # the test checks what is asked for; disjointness is then TFDS's even_splits contract).
+  asked, load = [], tfds.load
+
+  def spy(name, split, **kw):
+    asked.append(split)
+    return load(name, split=split, **kw)
+
+  monkeypatch.setattr(tfds, 'load', spy)
+  cfg = data_config(objective='span_corruption', inputs_length=128, targets_length=29,
+                    validation_source='tfds:c4/en')
+  for k in range(3):
+    next(pipeline.get_dataset(cfg, 'validation', shard_index=k, num_shards=3, batch_size=1))
+  assert [str(a) for a in asked] == [str(a) for a in tfds.even_splits('validation', n=3)]
+
+
+def test_streamed_tfds_tokenization_saves_and_restores(monkeypatch, tmp_path):
+  # TFDS mocks are Python generators, which tf.data cannot checkpoint (real TFDS reads
+  # TFRecords, which it can): stand in a checkpointable split of real text, so that the
+  # streaming path (tokenized in a py_function) is what gets saved and restored.
+  docs = [l for l in open(os.path.join(ROOT, 'data/corpus/validation.txt')).read().split('\n\n')][:400]
+  monkeypatch.setattr(sources, '_tfds_dataset', lambda *a, **k: tf.data.Dataset.from_tensor_slices((docs,)))
+  cfg = data_config(objective='causal_lm', inputs_length=32, targets_length=32, train_source='tfds:anything')
+  cfg.model.family = 'decoder'
+  it = pipeline.get_dataset(cfg, 'train', batch_size=2)
+  [next(it) for _ in range(3)]
+  it.save(str(tmp_path))
+  expected = [next(it) for _ in range(3)]
+  it2 = pipeline.get_dataset(cfg, 'train', batch_size=2)
+  it2.restore(str(tmp_path))
+  for e in expected:
+    np.testing.assert_array_equal(next(it2)['decoder_target_tokens'], e['decoder_target_tokens'])
+
+
+def test_saving_a_mock_tfds_pipeline_is_a_clear_error(mock_c4, tmp_path):
+  cfg = data_config(objective='causal_lm', inputs_length=32, targets_length=32, train_source='tfds:c4/en')
+  cfg.model.family = 'decoder'
+  it = pipeline.get_dataset(cfg, 'train', batch_size=2)
+  next(it)
+  with pytest.raises(DataError, match='cannot be checkpointed: GeneratorDataset does not support checkpointing'):
+    it.save(str(tmp_path))
+
+
+def _get(**kw):
+  cfg = data_config(objective='span_corruption', inputs_length=128, targets_length=29, **kw)
+  return pipeline.get_dataset(cfg, 'train')
+
+
+def test_tfds_bad_name_and_field(mock_c4):
+  with pytest.raises(DataError, match=r"source tfds:no_such_dataset_xyz .*no such TFDS dataset"):
+    _get(train_source='tfds:no_such_dataset_xyz')
+  with pytest.raises(DataError, match=r"no feature 'body'; it has \[.*'text'"):
+    _get(train_source='tfds:c4/en;field=body')
+
+
+def test_tfds_unknown_split_and_unprepared_data(monkeypatch, tmp_path):
+  # Not prepared in data_dir: one line naming the source and the data_dir.
+  with pytest.raises(DataError, match=rf"source tfds:c4/en \(split 'train', data_dir '{tmp_path}'\): cannot load"):
+    _get(train_source=f'tfds:c4/en;data_dir={tmp_path}')
+  # A split the dataset does not have (prepared datasets list their splits in their info).
+  real = tfds.builder('c4/en', data_dir=str(tmp_path))
+
+  class Info:
+    features = real.info.features
+    splits = {'train': None, 'validation': None}
+
+  monkeypatch.setattr(tfds, 'builder', lambda *a, **k: type('B', (), {'info': Info})())
+  with pytest.raises(DataError, match=r"no split 'nope'; it has \['train', 'validation'\]"):
+    _get(train_source='tfds:c4/en;split=nope')

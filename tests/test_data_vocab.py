@@ -1,0 +1,88 @@
+"""Vocabulary: the T5 id layout, encode/decode, training CLI, bad vocabulary files."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from test_data_helpers import ROOT, data_config
+
+from t5x_lite.data import vocab as vocab_lib  # noqa: E402
+
+SHIPPED = os.path.join(ROOT, 'data/vocab/shakespeare_1k.model')
+
+
+@pytest.fixture(scope='module')
+def vocab():
+  return vocab_lib.Vocabulary(SHIPPED, extra_ids=100)
+
+
+def test_t5_id_layout(vocab):
+  assert (vocab.pad_id, vocab.eos_id, vocab.unk_id, vocab.mask_id) == (0, 1, 2, 3)
+  assert vocab.piece_size == 1000 and vocab.vocab_size == 1100
+  assert vocab.sentinel(0) == 1099 and vocab.sentinel(99) == 1000
+  with pytest.raises(vocab_lib.VocabError, match='sentinel 100 out of range'):
+    vocab.sentinel(100)
+  assert vocab.special_mask[[0, 1, 2, 3, 1000, 1099]].all() and not vocab.special_mask[4:1000].any()
+  assert len(vocab.regular_ids) == 996 and vocab.regular_ids.min() == 4
+
+
+def test_encode_decode(vocab):
+  text = 'To be, or not to be, that is the question.'
+  ids = vocab.encode(text)
+  assert ids and 1 not in ids and 0 not in ids
+  assert vocab.decode(ids) == text
+  assert vocab.decode(ids + [1] + vocab.encode('never shown') + [0, 0]) == text   # stops at EOS
+  assert vocab.decode([0] + ids + [0]) == text                                    # padding dropped
+  assert vocab.decode([vocab.sentinel(0)] + vocab.encode('the') + [vocab.sentinel(1), 1]) == \
+      '<extra_id_0> the <extra_id_1>'
+  assert vocab.decode(vocab.encode('a') + [3] + vocab.encode('b')) == 'a [MASK] b'
+  assert vocab.encode('to <extra_id_7> be') == vocab.encode('to') + [vocab.sentinel(7)] + vocab.encode('be')
+  assert vocab.decode(vocab.encode('a') + [1] + vocab.encode('b'), stop_at_eos=False) == 'a </s> b'
+
+
+def test_from_config_resolves_relative_to_the_repo(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  v = vocab_lib.from_config(data_config().data)
+  assert v.vocab_size == 1100
+  cfg = data_config(vocab='data/vocab/missing.model')
+  with pytest.raises(vocab_lib.VocabError, match=r"data.vocab: SentencePiece model 'data/vocab/missing.model' does not exist"):
+    vocab_lib.from_config(cfg.data)
+
+
+def test_vocabulary_with_a_foreign_layout_is_rejected(tmp_path):
+  lines = [l for l in open(os.path.join(ROOT, 'data/corpus/validation.txt')) if l.strip()][:3000]
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / 'plain'),
+                                 vocab_size=300, minloglevel=2)  # default layout: unk 0, bos 1, eos 2
+  with pytest.raises(vocab_lib.VocabError, match=r"has pad/eos/unk ids -1/2/0; the T5 layout needs 0/1/2"):
+    vocab_lib.Vocabulary(str(tmp_path / 'plain.model'))
+  (tmp_path / 'junk.model').write_bytes(b'not a model')
+  with pytest.raises(vocab_lib.VocabError, match='is not a SentencePiece model'):
+    vocab_lib.Vocabulary(str(tmp_path / 'junk.model'))
+
+
+def test_vocab_cli_trains_bpe_and_reports_coverage(tmp_path):
+  src = open(os.path.join(ROOT, 'data/corpus/validation.txt'), 'rb').read()[:150000]
+  (tmp_path / 'a.txt').write_bytes(src + b'\nan invalid \xff line\n')
+  out = tmp_path / 'v' / 'tiny.model'
+  r = subprocess.run([sys.executable, '-m', 't5x_lite.vocab', f'--input={tmp_path}/*.txt', '--vocab_size=300',
+                      '--model_type=bpe', f'--output={out}', f'--eval_input={tmp_path}/a.txt'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f'wrote {out}: 300 pieces + 100 extra ids = vocab_size 400 (bpe); mask id 3' in r.stdout
+  assert 'input: skipped 1 x invalid UTF-8 (first at' in r.stdout
+  assert 'train coverage:' in r.stdout and 'character coverage 100.0000%' in r.stdout
+  v = vocab_lib.Vocabulary(str(out))
+  assert (v.pad_id, v.eos_id, v.unk_id, v.mask_id, v.vocab_size) == (0, 1, 2, 3, 400)
+  r = subprocess.run([sys.executable, '-m', 't5x_lite.vocab', f'--input={tmp_path}/none-*.txt',
+                      f'--output={out}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0 and 'matches no files' in r.stderr.strip().splitlines()[-1]
+
+
+def test_shipped_vocabulary_covers_the_corpus(vocab):
+  lines = [l.strip() for l in open(os.path.join(ROOT, 'data/corpus/validation.txt')) if l.strip()]
+  c = vocab_lib.coverage(vocab, lines)
+  assert c['char_coverage'] == 1.0 and c['unk_tokens'] == 0
+  assert 1.5 < c['tokens_per_word'] < 3.0

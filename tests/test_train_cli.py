@@ -1,0 +1,188 @@
+"""`python -m t5x_lite.train` end to end, in subprocesses: exact resume after SIGKILL,
+8-device checkpoint restored on 1 device, SIGTERM, NaN, fine-tuning, and bad input."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = [
+    '--config=configs/default.py',
+    '--config.model.d_model=32', '--config.model.d_ff=64', '--config.model.num_heads=2',
+    '--config.model.d_kv=16', '--config.data.inputs_length=64',
+    '--config.data.targets_length=14', '--config.train.batch_size=8',
+    '--config.train.log_every=1', '--config.train.eval_every=0',
+    '--config.checkpoint.keep=10', '--show_predictions=0',
+]
+
+
+def train_cmd(workdir, *overrides):
+  return [sys.executable, '-m', 't5x_lite.train', *TINY, f'--workdir={workdir}', *overrides]
+
+
+def run(workdir, *overrides, check=True, timeout=300):
+  proc = subprocess.run(train_cmd(workdir, *overrides), cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+  return proc
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(l) for l in f if l.strip()]
+  return {r['step']: r['loss'] for r in rows if 'loss' in r}
+
+
+def final_params(workdir, step):
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  return ocp.PyTreeCheckpointer().restore(path)['params']
+
+
+def assert_trees_equal(a, b):
+  import jax
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  proc = run(workdir, '--config.train.steps=12', '--config.train.checkpoint_every=4')
+  return workdir, proc
+
+
+def test_writes_metrics_tensorboard_config_and_checkpoints(uninterrupted):
+  workdir, proc = uninterrupted
+  assert 'fresh start from seed 0' in proc.stdout
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [r['step'] for r in rows] == list(range(1, 13))
+  for key in ('loss', 'accuracy', 'z_loss', 'grad_norm', 'learning_rate', 'tokens_per_sec',
+              'target_tokens', 'mfu'):
+    assert key in rows[0], key
+  assert any(f.startswith('events.out.tfevents') for f in
+             os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert json.load(open(os.path.join(workdir, 'config.json')))['train']['steps'] == 12
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                if d.isdigit()) == [4, 8, 12]
+  assert 'first loss' in proc.stdout and 'last loss' in proc.stdout
+
+
+def test_sigkill_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
+  ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / 'killed')
+  kill_after = random.Random().randint(5, 10)  # a random step after the step-4 checkpoint
+  proc = subprocess.Popen(train_cmd(workdir, '--config.train.steps=12',
+                                    '--config.train.checkpoint_every=4'),
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  first_checkpoint = os.path.join(workdir, 'checkpoints', '4')  # appears once finalized
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if (os.path.isdir(first_checkpoint) and os.path.exists(metrics)
+        and max(losses(workdir), default=0) >= kill_after):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(losses(workdir))
+  assert killed_at < 12, 'the run finished before it could be killed; raise steps'
+  assert os.path.isdir(first_checkpoint)
+  resumed = run(workdir, '--config.train.steps=12', '--config.train.checkpoint_every=4')
+  assert 'restored step' in resumed.stdout and 'latest checkpoint' in resumed.stdout
+  assert losses(workdir) == losses(ref_dir)  # exact, every step
+  assert_trees_equal(final_params(workdir, 12), final_params(ref_dir, 12))
+
+
+def test_eight_device_checkpoint_restores_on_one_device(tmp_path):
+  workdir = str(tmp_path / 'mesh')
+  run(workdir, '--num_cpu_devices=8', '--config.partitioning.mesh.data=1',
+      '--config.partitioning.mesh.fsdp=8', '--config.train.steps=3',
+      '--config.train.checkpoint_every=3')
+  proc = run(workdir, '--config.train.steps=5', '--config.train.checkpoint_every=5')
+  assert 'restored step 3' in proc.stdout
+  assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in proc.stdout
+  assert sorted(losses(workdir)) == [1, 2, 3, 4, 5]
+  assert np.isfinite(list(losses(workdir).values())).all()
+
+
+def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path / 'term')
+  proc = subprocess.Popen(train_cmd(workdir, '--config.train.steps=100000',
+                                    '--config.train.checkpoint_every=0'),
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not (os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+                                        and len(losses(workdir)) >= 3):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  assert 'SIGTERM: saved checkpoint at step' in out
+  step = int(out.split('SIGTERM: saved checkpoint at step ')[1].split()[0])
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step), 'state'))
+
+
+def test_nan_loss_stops_and_writes_no_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'nan')
+  proc = run(workdir, '--config.train.steps=30', '--config.train.checkpoint_every=1',
+             '--config.optimizer.name=adamw', '--config.optimizer.schedule=constant',
+             '--config.optimizer.learning_rate=1e30', check=False)
+  assert proc.returncode == 1
+  assert 'non-finite loss' in proc.stderr and 'at step' in proc.stderr
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  for step in steps:
+    import jax
+    for leaf in jax.tree.leaves(final_params(workdir, step)):
+      assert np.isfinite(np.asarray(leaf)).all(), f'checkpoint {step} holds non-finite values'
+
+
+def test_init_from_checkpoint_fine_tunes_with_fresh_optimizer(uninterrupted, tmp_path):
+  ref_dir, _ = uninterrupted
+  proc = run(str(tmp_path / 'ft'), '--config.train.steps=2', f'--config.init_from={ref_dir}')
+  assert 'initialized params from' in proc.stdout and 'fresh optimizer state' in proc.stdout
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (['--config.partitioning.mesh.data=3'], 'config.partitioning.mesh'),
+    (['--num_cpu_devices=8', '--config.train.batch_size=12'], 'config.train.batch_size=12'),
+    (['--config.train.eval_every=1', '--config.data.validation_source=text:/nonexistent/*.txt'],
+     '/nonexistent'),
+    (['--config.model.family=transformer'], 'config.model.family'),
+])
+def test_bad_input_fails_with_one_line_error(overrides, message, tmp_path):
+  proc = run(str(tmp_path / 'bad'), *overrides, check=False, timeout=120)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last, proc.stderr[-2000:]
+
+
+def test_incompatible_checkpoint_names_shapes(uninterrupted, tmp_path):
+  ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / 'incompatible')
+  import shutil
+  shutil.copytree(ref_dir, workdir)
+  proc = run(workdir, '--config.train.steps=20', '--config.model.d_ff=96', check=False)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert 'does not match this config' in last and '64' in last and '96' in last
+  assert 'start fresh' in last
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  proc = run(str(blocker / 'sub'), check=False, timeout=120)
+  assert proc.returncode == 1
+  assert 'is not writable' in proc.stderr.strip().splitlines()[-1]
