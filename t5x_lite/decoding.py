@@ -9,6 +9,7 @@ Decoder-only: the prompt is prefilled in one cached call (with `decoder_causal_a
 marking it as the bidirectional prefix when the model was trained as a prefix LM), then
 tokens are generated one at a time.
 """
+import functools
 from typing import Dict, Optional
 
 import jax
@@ -59,11 +60,21 @@ def _generate(step_fn, cache, first_token, max_length, rng, temperature, top_k, 
   return tokens.T
 
 
+_STATIC = ('model', 'max_length', 'temperature', 'top_k', 'top_p', 'prefix_lm')
+
+
 def encoder_decoder_generate(model, params, encoder_input_tokens, max_length: int,
                              rng=None, temperature: float = 0.0, top_k: int = 0,
                              top_p: float = 1.0):
   """[batch, inputs_length] -> [batch, max_length] generated target tokens."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
+  return _encoder_decoder_generate(model, params, encoder_input_tokens, max_length, rng,
+                                   temperature, top_k, top_p)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC[:5])
+def _encoder_decoder_generate(model, params, encoder_input_tokens, max_length, rng,
+                              temperature, top_k, top_p):
   enc = jnp.asarray(encoder_input_tokens, jnp.int32)
   batch = enc.shape[0]
   full = {'encoder_input_tokens': enc,
@@ -88,6 +99,13 @@ def decoder_only_generate(model, params, prompt_tokens, max_length: int, rng=Non
                           prefix_lm: bool = False):
   """Continue equal-length prompts [batch, prompt_len] by `max_length` tokens."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
+  return _decoder_only_generate(model, params, prompt_tokens, max_length, rng, temperature,
+                                top_k, top_p, prefix_lm)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _decoder_only_generate(model, params, prompt_tokens, max_length, rng, temperature,
+                           top_k, top_p, prefix_lm):
   prompt = jnp.asarray(prompt_tokens, jnp.int32)
   batch, prompt_len = prompt.shape
   total = prompt_len + max_length

@@ -20,12 +20,18 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'validation'], 'Split.')
-_N = flags.DEFINE_integer('n', 3, 'Rows to print.')
-_SHARD = flags.DEFINE_integer('shard_index', 0, 'Shard to read.')
-_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Number of shards.')
-_SEED = flags.DEFINE_integer('seed', None, 'Data seed (default: config.data.seed).')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when run as a command, so importing this module has no side effects."""
+  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  flags.DEFINE_enum('split', 'train', ['train', 'validation'], 'Split.')
+  flags.DEFINE_integer('n', 3, 'Rows to print.')
+  flags.DEFINE_integer('shard_index', 0, 'Shard to read.')
+  flags.DEFINE_integer('num_shards', 1, 'Number of shards.')
+  flags.DEFINE_integer('seed', None, 'Data seed (default: config.data.seed).')
+
 
 TOKEN_FEATURES = ('encoder_input_tokens', 'encoder_target_tokens', 'decoder_input_tokens',
                   'decoder_target_tokens')
@@ -55,21 +61,22 @@ def main(argv):
   from t5x_lite.data import pipeline
   from t5x_lite.data.sources import DataError
   from t5x_lite.data.vocab import VocabError
-  config = _CONFIG.value
+  config = FLAGS.config
   if config is None:
     sys.exit('error: --config is required.')
   try:
-    it = pipeline.get_dataset(config, _SPLIT.value, shard_index=_SHARD.value,
-                              num_shards=_SHARDS.value, seed=_SEED.value, batch_size=_N.value)
+    it = pipeline.get_dataset(config, FLAGS.split, shard_index=FLAGS.shard_index,
+                              num_shards=FLAGS.num_shards, seed=FLAGS.seed, batch_size=FLAGS.n)
     batch = next(it)
   except (DataError, VocabError) as e:
     sys.exit(f'error: {e}')
   except StopIteration:
-    sys.exit(f'error: the {_SPLIT.value} split of shard {_SHARD.value} is empty.')
+    sys.exit(f'error: the {FLAGS.split} split of shard {FLAGS.shard_index} is empty.')
   for row in rows_as_json(batch, it.vocab):
     print(json.dumps(row, ensure_ascii=False))
   print(f'{it.skips.summary()}', file=sys.stderr)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -116,17 +116,17 @@ def test_packed_invariants_and_split_recovers_examples(objective, il, tl):
   packed_cfg = data_config(objective=objective, inputs_length=il, targets_length=tl, pack=True, **source)
   plain_cfg = data_config(objective=objective, inputs_length=il, targets_length=tl, pack=False, **source)
   it = pipeline.get_dataset(packed_cfg, 'validation', batch_size=64)
-  batches = list(it)
+  batches = [next(it) for _ in range(4)]
   b = {k: np.concatenate([x[k] for x in batches]) for k in batches[0]}
   check_packed(b)
   if objective != 'span_corruption':  # (span corruption chunks nearly fill a row by design)
     assert b['encoder_segment_ids'].max() >= 2                 # rows really hold several examples
   # Splitting the packed rows by segment gives back the unpacked examples, in order.
   plain, _ = pipeline.build_dataset(plain_cfg, 'validation', batched=False)
-  plain = list(plain.as_numpy_iterator())
   got_in = [x for r, s in zip(b['encoder_input_tokens'], b['encoder_segment_ids']) for x in segments(r, s)]
   got_tg = [x for r, s in zip(b['decoder_target_tokens'], b['decoder_segment_ids']) for x in segments(r, s)]
-  assert len(got_in) == len(got_tg) == len(plain)
+  plain = list(plain.take(len(got_in)).as_numpy_iterator())   # the same examples, in order
+  assert len(got_in) == len(got_tg) == len(plain) >= 256
   for gi, gt, ex in zip(got_in, got_tg, plain):
     np.testing.assert_array_equal(gi, strip_pad(ex['inputs']))
     np.testing.assert_array_equal(gt, strip_pad(ex['targets']))

@@ -23,13 +23,19 @@ from t5x_lite import models
 TINY = dict(vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8)
 ATOL, RTOL = 1e-5, 0
 
-# name -> (config module, family, has encoder, has decoder)
 MODELS = {
     't5': t5_v1_1,               # encoder_decoder, T5 v1.1 (gated-GELU, relative bias, untied)
     'bert': bert,                # encoder, post-norm LayerNorm, absolute positions, MLM head
     'gpt': gpt,                  # decoder, GPT-2 (LayerNorm, biases, absolute positions, tied)
     't5_decoder': t5_decoder_only,  # decoder, T5-style, prefix LM capable
 }
+
+
+@pytest.fixture(autouse=True, scope='module')
+def on_cpu():
+  """Exact-equivalence tolerances assume CPU float32 (no TF32 matmuls on a GPU host)."""
+  with jax.default_device(jax.devices('cpu')[0]):
+    yield
 
 
 def tiny_config(name, **overrides):

@@ -19,12 +19,17 @@ import time
 from absl import app
 from absl import flags
 
-_SECONDS = flags.DEFINE_float('seconds', 10.0, 'How long to run the pipeline.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Pipeline rows per batch.')
-_MODEL_BATCH = flags.DEFINE_integer('model_batch_size', 4, 'Rows per train step.')
-_MODEL_STEPS = flags.DEFINE_integer('model_steps', 2, 'Timed train steps (0: skip the model).')
-_INPUTS = flags.DEFINE_integer('inputs_length', 512, 'Encoder length.')
-_TARGETS = flags.DEFINE_integer('targets_length', 114, 'Decoder length.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when run as a command, so importing this module has no side effects."""
+  flags.DEFINE_float('seconds', 10.0, 'How long to run the pipeline.')
+  flags.DEFINE_integer('batch_size', 32, 'Pipeline rows per batch.')
+  flags.DEFINE_integer('model_batch_size', 4, 'Rows per train step.')
+  flags.DEFINE_integer('model_steps', 2, 'Timed train steps (0: skip the model).')
+  flags.DEFINE_integer('inputs_length', 512, 'Encoder length.')
+  flags.DEFINE_integer('targets_length', 114, 'Decoder length.')
 
 
 def pipeline_throughput(config, seconds: float, batch_size: int):
@@ -72,34 +77,47 @@ def train_step_throughput(model_config, batch, steps: int):
   return batch['encoder_input_tokens'].shape[0] * width / dt, dt
 
 
-def main(argv):
-  del argv
+def run(seconds: float = 10.0, batch_size: int = 32, model_batch_size: int = 4,
+        model_steps: int = 2, inputs_length: int = 512, targets_length: int = 114,
+        print_fn=print) -> dict:
+  """Runs the benchmark, prints its lines and returns the figures."""
   from configs import base
   cfg = base.get_base_config()
   cfg.model.vocab_size = 32128
-  cfg.data.update(dict(objective='span_corruption', inputs_length=_INPUTS.value,
-                       targets_length=_TARGETS.value, pack=True))
-  pos, real, batch = pipeline_throughput(cfg, _SECONDS.value, _BATCH.value)
-  print(f'pipeline: span corruption + packing, inputs {_INPUTS.value} / targets {_TARGETS.value}, '
-        f'shipped corpus: {pos:,.0f} token positions/s ({real:,.0f} non-padding tokens/s)')
-  if _MODEL_STEPS.value <= 0:
-    return
+  cfg.data.update(dict(objective='span_corruption', inputs_length=inputs_length,
+                       targets_length=targets_length, pack=True))
+  pos, real, batch = pipeline_throughput(cfg, seconds, batch_size)
+  out = dict(pipeline_positions_per_s=pos, pipeline_tokens_per_s=real)
+  print_fn(f'pipeline: span corruption + packing, inputs {inputs_length} / targets {targets_length}, '
+           f'shipped corpus: {pos:,.0f} token positions/s ({real:,.0f} non-padding tokens/s)')
+  if model_steps <= 0:
+    return out
   try:
     from configs import t5_v1_1
     from t5x_lite import models  # noqa: F401
   except ImportError as e:
-    print(f'train step: not measured ({e}); the pipeline figure stands alone.')
-    return
+    print_fn(f'train step: not measured ({e}); the pipeline figure stands alone.')
+    return out
   import jax
   model_cfg = t5_v1_1.get_config('small').model
-  small = {k: v[:_MODEL_BATCH.value] for k, v in batch.items()}
-  step_pos, dt = train_step_throughput(model_cfg, small, _MODEL_STEPS.value)
-  print(f'train step: T5 v1.1 small, value_and_grad, batch {_MODEL_BATCH.value} x '
-        f'({_INPUTS.value}+{_TARGETS.value}) on {jax.devices()[0].platform}: {dt:.2f} s/step, '
-        f'{step_pos:,.0f} token positions/s')
+  small = {k: v[:model_batch_size] for k, v in batch.items()}
+  step_pos, dt = train_step_throughput(model_cfg, small, model_steps)
+  print_fn(f'train step: T5 v1.1 small, value_and_grad, batch {model_batch_size} x '
+           f'({inputs_length}+{targets_length}) on {jax.devices()[0].platform}: {dt:.2f} s/step, '
+           f'{step_pos:,.0f} token positions/s')
   ratio = pos / step_pos
-  print(f'ratio: pipeline / train step = {ratio:,.1f}x ({"OK" if ratio >= 5 else "BELOW"} the 5x requirement)')
+  print_fn(f'ratio: pipeline / train step = {ratio:,.1f}x '
+           f'({"OK" if ratio >= 5 else "BELOW"} the 5x requirement)')
+  out.update(train_step_positions_per_s=step_pos, ratio=ratio)
+  return out
+
+
+def main(argv):
+  del argv
+  run(FLAGS.seconds, FLAGS.batch_size, FLAGS.model_batch_size, FLAGS.model_steps,
+      FLAGS.inputs_length, FLAGS.targets_length)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

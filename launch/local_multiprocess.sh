@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Multi-host on one machine: N processes x D fake CPU devices, coordinated by
+# jax.distributed over localhost. Exactly what a pod does, minus the network.
+#   launch/local_multiprocess.sh WORKDIR [NUM_PROCESSES=2] [DEVICES_PER_PROCESS=4] [--config.x=v ...]
+set -euo pipefail
+workdir=${1:?usage: $0 WORKDIR [NUM_PROCESSES] [DEVICES_PER_PROCESS] [overrides...]}
+nproc=${2:-2}
+ndev=${3:-4}
+shift $(( $# < 3 ? $# : 3 ))
+port=$(( 20000 + RANDOM % 20000 ))
+python=${PYTHON:-python}
+pids=()
+for ((i = 0; i < nproc; i++)); do
+  "$python" -m t5x_lite.train --config="${CONFIG:-configs/default.py}" --workdir="$workdir" \
+    --distributed=manual --coordinator_address="127.0.0.1:$port" --num_processes="$nproc" \
+    --process_id="$i" --num_cpu_devices="$ndev" "$@" > "$workdir.process_$i.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+cat "$workdir.process_0.log"
+exit $status
