@@ -64,6 +64,22 @@ FORMULA = (
     'train = 3 x forward (no remat recompute). L_enc = data.inputs_length, '
     'L_dec = data.targets_length.')
 
+# Dense bf16 peak FLOP/s per chip, by jax `device_kind` substring (first match wins).
+PEAK_FLOPS = (
+    ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12),
+    ('TPU v5', 459e12), ('TPU v4', 275e12), ('TPU v3', 123e12), ('H200', 989e12),
+    ('H100', 989e12), ('A100', 312e12), ('L4', 121e12), ('A10', 125e12),
+)
+
+
+def peak_flops_per_device(device_kind: str, override: float) -> float:
+  if override > 0:
+    return override
+  for name, peak in PEAK_FLOPS:
+    if name.lower() in device_kind.lower():
+      return peak
+  return 0.0  # unknown (e.g. CPU): MFU is not reported unless --peak_flops is given
+
 MIN_DIM_SIZE_TO_FACTOR = 128  # optax.adafactor default
 OPTIMIZERS = ('adafactor', 'adamw')
 TERMS = ('dense', 'self_attention', 'cross_attention', 'logits', 'forward', 'train')
@@ -121,8 +137,12 @@ def count_params(config, boxed=None) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- FLOPs
-def _lengths(config) -> Dict[str, int]:
-  """Tokens per example of each stream, and which stream carries the targets."""
+def sequence_lengths(config) -> Dict[str, int]:
+  """Tokens per example of each stream, and which stream carries the targets.
+
+  Decoder-only: causal LM rows hold `targets_length` tokens; prefix LM rows hold
+  inputs + targets (`inputs_length + targets_length`), as the data pipeline packs them.
+  """
   family = models.ModelConfig.from_config(config.model).family
   l_enc = int(config.data.inputs_length) if family != 'decoder' else 0
   l_dec = int(config.data.targets_length) if family != 'encoder' else 0
@@ -130,6 +150,8 @@ def _lengths(config) -> Dict[str, int]:
                             ('targets_length', l_dec, family != 'encoder')):
     if used and value <= 0:
       raise ValueError(f'config.data.{name}={value} must be a positive integer.')
+  if family == 'decoder' and config.data.objective == 'prefix_lm':
+    l_dec += int(config.data.inputs_length)
   return dict(encoder=l_enc, decoder=l_dec, target=l_enc if family == 'encoder' else l_dec)
 
 
@@ -157,7 +179,7 @@ def flops_per_token(config, boxed=None) -> Dict[str, Any]:
   """
   boxed = abstract_params(config) if boxed is None else boxed
   mcfg = models.ModelConfig.from_config(config.model)
-  lengths = _lengths(config)
+  lengths = sequence_lengths(config)
   l_enc, l_dec = lengths['encoder'], lengths['decoder']
   n_enc = mcfg.num_encoder_layers if mcfg.family != 'decoder' else 0
   n_dec = mcfg.num_decoder_layers if mcfg.family != 'encoder' else 0
@@ -217,7 +239,7 @@ def activation_bytes_estimate(config, axis_sizes: Dict[str, int]) -> Dict[str, A
   heads / mlp / vocab terms. XLA's buffer reuse and fusion make the true figure differ.
   """
   mcfg = models.ModelConfig.from_config(config.model)
-  lengths = _lengths(config)
+  lengths = sequence_lengths(config)
   batch_parts = axis_sizes['data'] * axis_sizes['fsdp']
   accum = int(config.train.get('grad_accum_steps', 1))
   micro = config.train.batch_size / max(accum, 1) / batch_parts  # examples per device

@@ -41,48 +41,6 @@ flags.DEFINE_integer('show_predictions', 3, 'Encoder-decoder: print this many pr
 
 log = logging.getLogger('t5x_lite.train')
 
-# Dense bf16 peak FLOP/s per chip, by jax `device_kind` substring (first match wins).
-PEAK_FLOPS = (
-    ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12),
-    ('TPU v5', 459e12), ('TPU v4', 275e12), ('TPU v3', 123e12), ('H200', 989e12),
-    ('H100', 989e12), ('A100', 312e12), ('L4', 121e12), ('A10', 125e12),
-)
-
-
-def peak_flops_per_device(device_kind: str, override: float) -> float:
-  if override > 0:
-    return override
-  for name, peak in PEAK_FLOPS:
-    if name.lower() in device_kind.lower():
-      return peak
-  return 0.0  # unknown (e.g. CPU): MFU is not reported unless --peak_flops is given
-
-
-def validate_config(config, num_devices: int) -> None:
-  """Every check that needs no compilation; raises ValueError naming the field."""
-  from t5x_lite import models, optim, partitioning
-  models.ModelConfig.from_config(config.model)
-  optim.validate(config.optimizer)
-  t = config.train
-  for name in ('steps', 'batch_size', 'grad_accum_steps', 'log_every'):
-    if int(t[name]) <= 0:
-      raise ValueError(f'config.train.{name}={t[name]} must be a positive integer.')
-  for name in ('eval_every', 'checkpoint_every', 'eval_steps'):
-    if int(t[name]) < 0:
-      raise ValueError(f'config.train.{name}={t[name]} must be >= 0 (0 = off / full pass).')
-  if t.batch_size % t.grad_accum_steps:
-    raise ValueError(f'config.train.batch_size={t.batch_size} is not divisible by '
-                     f'config.train.grad_accum_steps={t.grad_accum_steps}.')
-  if t.loss_normalization == 'constant' and not t.loss_normalization_constant > 0:
-    raise ValueError('config.train.loss_normalization_constant must be > 0.')
-  shape = partitioning.mesh_shape(config.partitioning, num_devices)
-  parts = shape['data'] * shape['fsdp']
-  if (t.batch_size // t.grad_accum_steps) % parts:
-    raise ValueError(
-        f'config.train.batch_size={t.batch_size} / grad_accum_steps={t.grad_accum_steps} is '
-        f'not divisible by the data x fsdp mesh axes ({shape["data"]} x {shape["fsdp"]}).')
-
-
 def check_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -222,10 +180,10 @@ def show_predictions(config, trainer, params, n: int):
 def train(config, workdir: str):
   import jax
   import numpy as np
-  from t5x_lite import checkpoints, partitioning, plan, trainer as trainer_lib
+  from t5x_lite import checkpoints, partitioning, plan, trainer as trainer_lib, validation
   from t5x_lite.data import pipeline
 
-  validate_config(config, jax.device_count())
+  validation.validate_config(config, jax.device_count())
   check_workdir(workdir)
   mesh = partitioning.create_mesh(config.partitioning)
   trainer = trainer_lib.Trainer(config, mesh)
@@ -246,7 +204,7 @@ def train(config, workdir: str):
   metrics_log = MetricsLog(workdir, start, enabled=pid == 0)
 
   flops = plan.flops_per_token(config)
-  peak = peak_flops_per_device(jax.devices()[0].device_kind, FLAGS.peak_flops
+  peak = plan.peak_flops_per_device(jax.devices()[0].device_kind, FLAGS.peak_flops
                                if FLAGS.is_parsed() else 0.0)
   lengths = flops['lengths']
   tokens_per_row = lengths['encoder'] + lengths['decoder']

@@ -184,3 +184,21 @@ def test_tfds_unknown_split_and_unprepared_data(monkeypatch, tmp_path):
   monkeypatch.setattr(tfds, 'builder', lambda *a, **k: type('B', (), {'info': Info})())
   with pytest.raises(DataError, match=r"no split 'nope'; it has \['train', 'validation'\]"):
     _get(train_source='tfds:c4/en;split=nope')
+
+
+def test_many_files_are_sharded_by_file(tmp_path, monkeypatch):
+  for i in range(5):
+    (tmp_path / f'part-{i}.txt').write_text(''.join(f'doc {i} {j}\n' for j in range(3)))
+  opened, real_open = [], open
+
+  def spy(path, *a, **k):
+    opened.append(os.path.basename(str(path)))
+    return real_open(path, *a, **k)
+
+  monkeypatch.setattr('builtins.open', spy)
+  shards = [_records(f'text:{tmp_path}/*.txt', boundary='line', shard_index=k, num_shards=2)[0]
+            for k in range(2)]
+  monkeypatch.undo()
+  assert opened == ['part-0.txt', 'part-2.txt', 'part-4.txt', 'part-1.txt', 'part-3.txt']
+  assert [r[0] for r in shards[0]] == [f'doc {i} {j}' for i in (0, 2, 4) for j in range(3)]
+  assert [r[0] for r in shards[1]] == [f'doc {i} {j}' for i in (1, 3) for j in range(3)]

@@ -16,7 +16,10 @@ Source spec: entries separated by ',', each `KIND:TARGET[;key=value...]`:
 Options: rate (mixture weight), boundary, field (document text field), inputs / targets
 (text-to-text fields), split, data_dir (TFDS).
 
-Files are read and tokenized once, in memory, when the dataset is built: every bad line is
+Sharding: with at least as many files as shards each host opens only its own files;
+otherwise each host keeps every num_shards-th document. TFDS sources read
+`tfds.even_splits` parts. Files are read and tokenized once, in memory, when the dataset is
+built (fine for corpora up to a few GB per host; larger ones belong in TFDS): every bad line is
 counted (or, with `data.on_bad_input='error'`, stops the run with its file and line), and
 the tf.data stream then only holds ids, so its position checkpoints in a few KB. TFDS
 sources stream (they may be large) and are tokenized inside the pipeline.
@@ -233,12 +236,18 @@ def read_records(src: SourceSpec, fields: Sequence[str], *, boundary: str = 'bla
                  skips: SkipCounter | None = None) -> list[tuple[str, ...]]:
   """Records (tuples of the named text fields) of a file source, this shard's only.
 
-  Documents are dealt round-robin to shards in file order, so shards are disjoint and
-  together cover the source.
+  With at least as many files as shards, files are dealt round-robin to shards and a host
+  opens only its own; otherwise documents are dealt round-robin in file order (every host
+  reads the files, keeps its documents). Either way shards are disjoint and together cover
+  the source. Skips are counted over what this host read.
   """
   skips = skips if skips is not None else SkipCounter()
   boundary = src.get('boundary', boundary)
   files = expand_glob(src.target, f'source {src}')
+  by_file = num_shards > 1 and len(files) >= num_shards
+  if by_file:
+    files = files[shard_index::num_shards]
+    shard_index, num_shards = 0, 1
   out, index = [], 0
   for path in files:
     if src.kind == 'text':
@@ -255,7 +264,8 @@ def read_records(src: SourceSpec, fields: Sequence[str], *, boundary: str = 'bla
         out.append(rec)
       index += 1
   if index == 0:
-    raise DataError(f'source {src}: no usable records in {len(files)} file(s); {skips.summary()}.')
+    raise DataError(f'source {src}: no usable records in {len(files)} file(s)'
+                    f'{" of this shard" if by_file else ""}; {skips.summary()}.')
   if index < num_shards:
     raise DataError(f'source {src}: {index} records cannot fill {num_shards} shards.')
   return out
