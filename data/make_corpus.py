@@ -25,7 +25,6 @@ Deterministic: the same sdist gives byte-identical files.
 import argparse
 import collections
 import hashlib
-import io
 import json
 import os
 import re

@@ -10,7 +10,6 @@ import pytest
 
 from test_data_helpers import ROOT, data_config, segments
 
-import tensorflow as tf  # noqa: E402
 
 from t5x_lite.data import pipeline, sources, vocab as vocab_lib  # noqa: E402
 from t5x_lite.data.sources import DataError  # noqa: E402

@@ -65,7 +65,7 @@ def _check_example(x, inputs, targets, vocab, density=0.15, mean=3.0):
 def reconstruct(inputs, targets, vocab):
   """Replace each sentinel of I (EOS dropped) by what follows it in T up to the next
   sentinel or EOS."""
-  spans, cur, key = {}, None, None
+  spans, key = {}, None
   for t in targets[:-1]:
     if t >= vocab.piece_size:
       key = int(t)

@@ -94,7 +94,7 @@ def run(seconds: float = 10.0, batch_size: int = 32, model_batch_size: int = 4,
     return out
   try:
     from configs import t5_v1_1
-    from t5x_lite import models  # noqa: F401
+    from t5x_lite import models  # noqa: F401  pylint: disable=unused-import
   except ImportError as e:
     print_fn(f'train step: not measured ({e}); the pipeline figure stands alone.')
     return out

@@ -30,7 +30,6 @@ import collections
 import dataclasses
 import glob as glob_lib
 import json
-import logging
 import os
 from typing import Sequence
 
