@@ -14,7 +14,7 @@ line endings and blank lines, and writes:
   data/corpus/train.txt, validation.txt   the works, speeches separated by blank lines;
                                           validation = the works in VALIDATION_WORKS
   data/tasks/speaker/{train,validation}.jsonl
-      {"inputs": "speaker: <play title> | <speech, first 24 words>", "targets": "<speaker>"}
+      {"inputs": "speaker: <play title>. <speech, first 24 words>", "targets": "<speaker>"}
       for speeches of speakers with at least 40 speeches in their play; 1 in 20 goes to
       validation (by a hash of the play and speech number).
   data/tasks/next_line/{train,validation}.tsv   (header: inputs, targets)
@@ -103,7 +103,7 @@ def main():
       split = 'validation' if to_validation(w, i) else 'train'
       if counts[speaker] >= 40:
         words = ' '.join(body).split()[:24]
-        speaker_rows[split].append({'inputs': f'speaker: {title} | {" ".join(words)}', 'targets': speaker})
+        speaker_rows[split].append({'inputs': f'speaker: {title}. {" ".join(words)}', 'targets': speaker})
       for j in range(len(body) - 1):
         a, b = body[j], body[j + 1]
         if '\t' in a + b or len(a.split()) < 3 or len(b.split()) < 3:

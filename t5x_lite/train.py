@@ -135,20 +135,30 @@ def restore_or_init(config, trainer, ckpts, train_iter):
       'config.init_from)')
 
 
-def evaluate(config, trainer, params):
-  """Teacher-forced loss / accuracy over `train.eval_steps` validation batches (0 = all)."""
+def evaluate(config, trainer, params, split: str = 'validation'):
+  """Teacher-forced loss / accuracy over `train.eval_steps` batches of `split` (0 = all)."""
   import jax
   from t5x_lite.data import pipeline
-  it = pipeline.get_dataset(config, 'validation', shard_index=jax.process_index(),
+  import numpy as np
+  from jax.experimental import multihost_utils
+  it = pipeline.get_dataset(config, split, shard_index=jax.process_index(),
                             num_shards=jax.process_count())
-  totals = None
-  for i, batch in enumerate(it):
-    if config.train.eval_steps and i >= config.train.eval_steps:
+  # All-padding batch (zero loss weight) for a host whose shard ran out before the others'.
+  padding = {k: np.zeros(shape, np.int32) for k, shape in it.shapes.items()}
+  totals, steps = None, 0
+  while not (config.train.eval_steps and steps >= config.train.eval_steps):
+    batch = next(it, None)
+    if jax.process_count() > 1:  # every host must run the same number of steps
+      if multihost_utils.process_allgather(np.array(batch is None)).all():
+        break
+      batch = padding if batch is None else batch
+    elif batch is None:
       break
     stats = jax.device_get(trainer.eval_step(params, trainer.shard_batch(batch)))
     totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
+    steps += 1
   if not totals:
-    raise ValueError('the validation split yielded no batch; check config.data.validation_source.')
+    raise ValueError(f'the {split} split yielded no batch; check config.data.{split}_source.')
   w = max(float(totals['weight_sum']), 1.0)
   return {'eval_loss': float(totals['loss_sum']) / w,
           'eval_accuracy': float(totals['correct_sum']) / w}

@@ -186,3 +186,20 @@ def test_unwritable_workdir(tmp_path):
   proc = run(str(blocker / 'sub'), check=False, timeout=120)
   assert proc.returncode == 1
   assert 'is not writable' in proc.stderr.strip().splitlines()[-1]
+
+
+def test_two_processes_train_and_checkpoint_together(tmp_path):
+  """Multi-host on localhost: 2 processes x 4 CPU devices (jax.distributed, gloo); each
+  host feeds its own data shard, Orbax writes one checkpoint with both data positions."""
+  workdir = str(tmp_path / 'multi')
+  env = dict(os.environ, PYTHON=sys.executable, CONFIG='configs/default.py')
+  overrides = [o for o in TINY if not o.startswith('--config=')]
+  proc = subprocess.run(['bash', 'launch/local_multiprocess.sh', workdir, '2', '4', *overrides,
+                         '--config.train.steps=4', '--config.train.checkpoint_every=4'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s)" in proc.stdout
+  assert sorted(losses(workdir)) == [1, 2, 3, 4]
+  data_dir = os.path.join(workdir, 'checkpoints', '4', 'data')
+  assert sorted(d for d in os.listdir(data_dir) if d.startswith('process_')) == [
+      'process_0', 'process_1']

@@ -1,0 +1,217 @@
+r"""Evaluate the latest checkpoint of a run:
+
+    python -m t5x_lite.eval --config=CFG --workdir=DIR [--split=validation] [--eval_steps=N]
+        [--config.x=v ...] [--show_predictions=3]
+
+Read-only on the checkpoint: restores only the params of the latest step in
+DIR/checkpoints/ (the optimizer state and data position are not read, nothing is saved).
+
+1. Teacher-forced loss and token accuracy over `--eval_steps` batches of the split
+   (default `config.train.eval_steps`, 0 = the whole split), exactly as training reports
+   `eval_loss` / `eval_accuracy` (`train.evaluate`, same packing as the config).
+2. For text-to-text tasks (`data.objective=text_to_text`) of encoder-decoder and
+   decoder-only models: greedy decoding of the same number of unpacked batches
+   (`data.pack=False`, so one example per row) up to `data.targets_length` tokens, scored
+   against the targets with `t5x_lite.metrics` (sequence accuracy, SQuAD exact match and
+   token F1, corpus BLEU, ROUGE-1/2/L; all in percent, whitespace tokens).
+
+Prints one JSON line on stdout with every figure (progress and a few predictions go to
+stderr) and writes it to DIR/eval_<split>_<step>.json. A workdir without a checkpoint, or a
+config that does not match the checkpoint, is a one-line `error: ...` and exit status 1.
+JSON keys: step, split, eval_steps, eval_loss, eval_accuracy, then (when it decodes)
+decoded_examples, sequence_accuracy, exact_match, f1, bleu, rouge1, rouge2, rougeL; seconds.
+
+The config is the one given on the command line (use the run's config and overrides, or
+the same file); the checkpoint's params must have the shapes it describes.
+"""
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import json
+import logging
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+# The shared command-line flags (--config, --workdir, --num_cpu_devices, --show_predictions)
+# are train's: defining them again here would clash when both modules are imported.
+from t5x_lite import train as train_lib
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when run as a command, so importing this module has no side effects."""
+  flags.DEFINE_enum('split', 'validation', ['train', 'validation'], 'Split to evaluate.')
+  flags.DEFINE_integer('eval_steps', None, 'Batches to evaluate and decode (default '
+                       'config.train.eval_steps; 0 = the whole split, which the endless '
+                       'train split does not allow).')
+
+
+# ----------------------------------------------------------------- checkpoints
+def latest_checkpoint(workdir: str) -> Tuple[int, str]:
+  """(step, path of its state item) of the newest complete checkpoint in workdir."""
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = []
+  if os.path.isdir(directory):
+    steps = sorted(int(d) for d in os.listdir(directory)
+                   if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'state')))
+  if not steps:
+    raise ValueError(f'--workdir={workdir} has no checkpoint (no {directory}/<step>/state); '
+                     'train one first with `python -m t5x_lite.train`.')
+  return steps[-1], os.path.join(directory, str(steps[-1]), 'state')
+
+
+def _check_param_shapes(path: str, abstract_params) -> None:
+  """Clear error when the saved params' shapes differ from the config's."""
+  import jax
+  import orbax.checkpoint as ocp
+  from t5x_lite.checkpoints import _path_name
+  meta = ocp.StandardCheckpointer().metadata(path)
+  meta = getattr(meta, 'item_metadata', meta)
+  meta = getattr(meta, 'tree', meta)['params']
+  saved = {_path_name(p): tuple(v.shape) for p, v in
+           jax.tree_util.tree_flatten_with_path(meta)[0] if hasattr(v, 'shape')}
+  want = {_path_name(p): tuple(v.shape) for p, v in
+          jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  diffs = [f'{k}: saved {saved.get(k)} vs config {want.get(k)}'
+           for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
+  if diffs:
+    more = f' (and {len(diffs) - 3} more)' if len(diffs) > 3 else ''
+    raise ValueError(f'checkpoint {path} does not match this config: {"; ".join(diffs[:3])}'
+                     f'{more}. Pass the config (and --config overrides) the run was trained with.')
+
+
+def load(config, workdir: str):
+  """Validates the config, builds the Trainer on a mesh of the local devices and restores
+  the params of the latest checkpoint in workdir (read-only). Returns (trainer, params,
+  step)."""
+  step, path = latest_checkpoint(workdir)  # before anything compiles: a fast, clear error
+  import jax
+  from t5x_lite import checkpoints, partitioning, trainer as trainer_lib, validation
+  validation.validate_config(config, jax.device_count())
+  trainer = trainer_lib.Trainer(config, partitioning.create_mesh(config.partitioning))
+  _check_param_shapes(path, trainer.abstract_state.params)
+  params, _ = checkpoints.load_params(path, trainer.abstract_state.params)
+  return trainer, params, step
+
+
+# -------------------------------------------------------------------- decoding
+def can_decode(config) -> Optional[str]:
+  """None if eval decodes this config's task, else the reason it does not."""
+  if config.model.family not in ('encoder_decoder', 'decoder'):
+    return f'model.family={config.model.family!r} does not generate text'
+  if config.data.objective != 'text_to_text':
+    return f'data.objective={config.data.objective!r} is not text_to_text'
+  return None
+
+
+def pad_rows(x, n: int):
+  """Repeat the first row so `x` has `n` rows (fixed shapes: one compilation per length)."""
+  import numpy as np
+  return x if x.shape[0] == n else np.concatenate([x, np.repeat(x[:1], n - x.shape[0], 0)])
+
+
+def decode_split(config, trainer, params, split: str, steps: int) -> Dict[str, List[str]]:
+  """Greedy predictions on `steps` unpacked batches of `split` (0 = all):
+  {'inputs', 'targets', 'predictions'}, text per real example (padding rows dropped)."""
+  import numpy as np
+  from t5x_lite import decoding
+  from t5x_lite.data import pipeline
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.data.pack = False
+  it = pipeline.get_dataset(cfg, split)
+  vocab, model, length = it.vocab, trainer.model, cfg.data.targets_length
+  out = {'inputs': [], 'targets': [], 'predictions': []}
+  for i, batch in enumerate(it):
+    if steps and i >= steps:
+      break
+    real = np.nonzero(batch['decoder_loss_weights'].sum(axis=1) > 0)[0]
+    if cfg.model.family == 'encoder_decoder':
+      pred = np.asarray(decoding.encoder_decoder_generate(
+          model, params, batch['encoder_input_tokens'], length))
+      rows = [(batch['encoder_input_tokens'][r], batch['decoder_target_tokens'][r], pred[r])
+              for r in real]
+    else:  # decoder-only prefix LM: prompt = BOS + inputs + EOS (the causal-attention span)
+      prompt_len = batch['decoder_causal_attention'].sum(axis=1)
+      preds = {}
+      for n in sorted(set(prompt_len[real].tolist())):
+        idx = real[prompt_len[real] == n]
+        prompts = pad_rows(batch['decoder_input_tokens'][idx, :n], len(prompt_len))
+        got = np.asarray(decoding.decoder_only_generate(model, params, prompts, length,
+                                                        prefix_lm=True))
+        preds.update({int(r): got[j] for j, r in enumerate(idx)})
+      rows = [(batch['decoder_input_tokens'][r, 1:prompt_len[r]],
+               batch['decoder_target_tokens'][r][batch['decoder_loss_weights'][r] > 0],
+               preds[int(r)]) for r in real]
+    for inputs, targets, pred in rows:
+      out['inputs'].append(vocab.decode(inputs))
+      out['targets'].append(vocab.decode(targets))
+      out['predictions'].append(vocab.decode(pred))
+  return out
+
+
+# ------------------------------------------------------------------------ run
+def run_eval(config, workdir: str, split: str = 'validation',
+             eval_steps: Optional[int] = None, show: int = 0) -> dict:
+  """Everything `python -m t5x_lite.eval` does; returns the figures it prints."""
+  from t5x_lite import metrics as metrics_lib
+  start = time.time()
+  config = config.copy_and_resolve_references()
+  if eval_steps is not None:
+    if eval_steps < 0:
+      raise ValueError(f'--eval_steps={eval_steps} must be >= 0 (0 = the whole split).')
+    config.train.eval_steps = eval_steps
+  steps = int(config.train.eval_steps)
+  if not steps and (split == 'train' or config.data.eval_repeat):
+    raise ValueError(f'the {split} split is endless here: pass --eval_steps > 0.')
+  trainer, params, step = load(config, workdir)
+  print(f'[t5x_lite] eval: params of step {step} from {workdir}/checkpoints/{step}; '
+        f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
+        file=sys.stderr, flush=True)
+  result = {'step': step, 'split': split, 'eval_steps': steps}
+  result.update(train_lib.evaluate(config, trainer, params, split))
+  why_not = can_decode(config)
+  if why_not:
+    print(f'[t5x_lite] eval: no decoding ({why_not}).', file=sys.stderr, flush=True)
+  else:
+    decoded = decode_split(config, trainer, params, split, steps)
+    result['decoded_examples'] = len(decoded['targets'])
+    if decoded['targets']:
+      result.update(metrics_lib.text_metrics(decoded['targets'], decoded['predictions']))
+    for i in range(min(show, len(decoded['targets']))):
+      print(f'  input:      {decoded["inputs"][i][:300]}\n'
+            f'  target:     {decoded["targets"][i][:200]}\n'
+            f'  prediction: {decoded["predictions"][i][:200]}', file=sys.stderr)
+  result['seconds'] = round(time.time() - start, 2)
+  path = os.path.join(workdir, f'eval_{split}_{step}.json')
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about metadata it reads
+  if FLAGS.workdir is None:
+    raise app.UsageError('--workdir is required.')
+  import jax
+  if FLAGS.num_cpu_devices:
+    jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
+  try:
+    result = run_eval(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.eval_steps,
+                      FLAGS.show_predictions)
+  except (ValueError, OSError) as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr, flush=True)
+    sys.exit(1)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

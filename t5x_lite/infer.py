@@ -1,0 +1,258 @@
+r"""Generate with the latest checkpoint of a run, from a file or stdin, JSONL out:
+
+    python -m t5x_lite.infer --config=CFG --workdir=DIR [--input=FILE|-] [--output=FILE|-]
+        [--max_length=N] [--temperature=0 --top_k=0 --top_p=1 --seed=0] [--batch_size=N]
+
+Input: one example per line, detected per line: a JSON object with a string "inputs" field
+(its other fields are copied to the output), else the line itself as plain text. Empty
+lines, and JSON objects without a non-empty string "inputs", are skipped and reported
+(count and line numbers) on stderr; nothing is dropped silently.
+
+Each input is tokenized with the config's vocabulary exactly as training's text_to_text
+pipeline does: ids[:data.inputs_length - 1] + EOS (inputs cut this way are counted and
+reported on stderr). Encoder-decoder models get them as encoder_input_tokens, in fixed-
+shape batches of --batch_size (one compilation). Decoder-only models get BOS + ids + EOS
+as the (bidirectional, prefix-LM) prompt; with data.objective=causal_lm the prompt is
+BOS + ids without EOS and decoding is causal. Prompts must have equal lengths in a batch,
+so decoder-only lines are grouped by length (one compilation per distinct length).
+
+Output: one JSON object per predicted line, in input order:
+    {"inputs": "<the input text>", "prediction": "<decoded text>", ...input JSON fields}
+Decoding: greedy by default (--temperature=0); otherwise sampling with temperature,
+top-k and top-p; --seed seeds it (results then also depend on the batching).
+--max_length defaults to data.targets_length.
+"""
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import json
+import logging
+import sys
+from typing import List, Optional, TextIO, Tuple
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from t5x_lite import eval as eval_lib  # also brings train's --config / --workdir flags
+
+FLAGS = flags.FLAGS
+_SHOW = 10  # line numbers listed per kind of report
+
+
+def _define_flags():
+  """Defined only when run as a command, so importing this module has no side effects."""
+  flags.DEFINE_string('input', '-', 'Input file (one example per line: text or JSONL with an '
+                      '"inputs" field), or - for stdin.')
+  flags.DEFINE_string('output', '-', 'Output JSONL file, or - for stdout.')
+  flags.DEFINE_integer('max_length', 0, 'Tokens to generate (0 = data.targets_length).')
+  flags.DEFINE_float('temperature', 0.0, 'Sampling temperature (0 = greedy).')
+  flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely tokens (0 = all).')
+  flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off).')
+  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+  flags.DEFINE_integer('batch_size', 0, 'Lines per decoding batch (0 = config.train.batch_size).')
+
+
+class Report:
+  """Counts of what happened to the input lines; printed on stderr at the end."""
+
+  def __init__(self):
+    self.lines = 0
+    self.predicted = 0
+    self.empty: List[int] = []
+    self.bad: List[Tuple[int, str]] = []
+    self.truncated: List[Tuple[int, int]] = []
+
+  @staticmethod
+  def _which(numbers) -> str:
+    more = f', ... ({len(numbers) - _SHOW} more)' if len(numbers) > _SHOW else ''
+    return ', '.join(str(n) for n in numbers[:_SHOW]) + more
+
+  def summary(self, inputs_length: int) -> str:
+    s = lambda n: '' if n == 1 else 's'
+    parts = [f'read {self.lines} line{s(self.lines)}',
+             f'wrote {self.predicted} prediction{s(self.predicted)}',
+             f'skipped {len(self.empty)} empty line{s(len(self.empty))}' +
+             (f' (line{s(len(self.empty))} {self._which(self.empty)})' if self.empty else '')]
+    if self.bad:
+      parts.append(f'skipped {len(self.bad)} JSON line{s(len(self.bad))} without a non-empty '
+                   f'string "inputs" (line{s(len(self.bad))} '
+                   f'{self._which([n for n, _ in self.bad])})')
+    parts.append(f'truncated {len(self.truncated)} input{s(len(self.truncated))} to '
+                 f'data.inputs_length={inputs_length} tokens' +
+                 (f' (line{s(len(self.truncated))} '
+                  f'{self._which([f"{n}: {k} tokens" for n, k in self.truncated])})'
+                  if self.truncated else ''))
+    return '[t5x_lite] infer: ' + '; '.join(parts) + '.'
+
+
+def parse_line(line: str) -> Tuple[Optional[str], dict, Optional[str]]:
+  """(inputs text or None, JSON fields to copy, why skipped or None) of one input line."""
+  text = line.rstrip('\r\n')
+  if not text.strip():
+    return None, {}, 'empty'
+  if text.lstrip().startswith('{'):
+    try:
+      obj = json.loads(text)
+    except json.JSONDecodeError:
+      obj = None  # not JSON after all: plain text that starts with '{'
+    if isinstance(obj, dict):
+      inputs = obj.get('inputs')
+      if not isinstance(inputs, str) or not inputs.strip():
+        return None, {}, 'bad'
+      return inputs, obj, None
+  return text, {}, None
+
+
+def read_examples(stream: TextIO, report: Report) -> List[Tuple[int, str, dict]]:
+  """[(line number, inputs text, fields)] of the usable lines; the rest go to `report`."""
+  examples = []
+  for number, line in enumerate(stream, start=1):
+    report.lines += 1
+    text, fields, skip = parse_line(line)
+    if skip == 'empty':
+      report.empty.append(number)
+    elif skip == 'bad':
+      report.bad.append((number, line))
+    else:
+      examples.append((number, text, fields))
+  return examples
+
+
+def tokenize(vocab, text: str, inputs_length: int, eos: bool) -> Tuple[List[int], int]:
+  """(ids, original length): ids[:inputs_length - 1] + EOS like the text_to_text pipeline
+  (without EOS: ids[:inputs_length - 1], leaving room for the decoder-only BOS)."""
+  ids = vocab.encode(text)
+  return ids[:inputs_length - 1] + ([vocab.eos_id] if eos else []), len(ids) + int(eos)
+
+
+def predict(config, model, params, token_lists: List[List[int]], *, batch_size: int,
+            max_length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+            seed: int = 0, on_batch=None) -> List:
+  """Generated ids ([max_length] arrays) for each token list, in order. Encoder-decoder:
+  fixed [batch_size, data.inputs_length] zero-padded batches. Decoder-only: the lists are
+  prompts (BOS included), grouped by length. `on_batch(indices, their rows)` after each
+  batch (the writer streams finished lines in input order from it)."""
+  import jax
+  import numpy as np
+  from t5x_lite import decoding
+  rng = jax.random.PRNGKey(seed)
+  out = [None] * len(token_lists)
+  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  if config.model.family == 'encoder_decoder':
+    groups = [list(range(len(token_lists)))]
+  else:
+    by_len = {}
+    for i, t in enumerate(token_lists):
+      by_len.setdefault(len(t), []).append(i)
+    groups = [by_len[n] for n in sorted(by_len, key=lambda n: by_len[n][0])]
+  count = 0
+  for group in groups:
+    for start in range(0, len(group), batch_size):
+      idx = group[start:start + batch_size]
+      key = jax.random.fold_in(rng, count)
+      count += 1
+      if config.model.family == 'encoder_decoder':
+        enc = np.zeros((batch_size, config.data.inputs_length), np.int32)
+        for row, i in enumerate(idx):
+          enc[row, :len(token_lists[i])] = token_lists[i]
+        got = decoding.encoder_decoder_generate(model, params, enc, max_length, rng=key, **kw)
+      else:
+        prompts = eval_lib.pad_rows(np.array([token_lists[i] for i in idx], np.int32), batch_size)
+        got = decoding.decoder_only_generate(
+            model, params, prompts, max_length, rng=key,
+            prefix_lm=config.data.objective != 'causal_lm', **kw)
+      got = np.asarray(got)
+      for row, i in enumerate(idx):
+        out[i] = got[row]
+      if on_batch:
+        on_batch(idx, got[:len(idx)])
+  return out
+
+
+def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-', *,
+              max_length: int = 0, temperature: float = 0.0, top_k: int = 0,
+              top_p: float = 1.0, seed: int = 0, batch_size: int = 0) -> Report:
+  """Everything `python -m t5x_lite.infer` does; returns its report."""
+  from t5x_lite.data import vocab as vocab_lib
+  family = config.model.family
+  if family not in ('encoder_decoder', 'decoder'):
+    raise ValueError(f'config.model.family={family!r} does not generate text; infer needs '
+                     'encoder_decoder or decoder.')
+  if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+    raise ValueError(f'--temperature={temperature} / --top_k={top_k} / --top_p={top_p}: need '
+                     'temperature >= 0, top_k >= 0 and 0 < top_p <= 1.')
+  eval_lib.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
+  max_length = max_length or config.data.targets_length
+  batch_size = batch_size or config.train.batch_size
+  if max_length < 1 or batch_size < 1:
+    raise ValueError(f'--max_length={max_length} and --batch_size={batch_size} must be >= 1.')
+  report = Report()
+  if input_path == '-':
+    examples = read_examples(sys.stdin, report)
+  else:
+    with open(input_path, encoding='utf-8') as f:
+      examples = read_examples(f, report)
+
+  vocab = vocab_lib.from_config(config.data)
+  inputs_length = config.data.inputs_length
+  eos = not (family == 'decoder' and config.data.objective == 'causal_lm')
+  token_lists = []
+  for number, text, _ in examples:
+    ids, n = tokenize(vocab, text, inputs_length, eos)
+    if n > len(ids):
+      report.truncated.append((number, n))
+    token_lists.append(([0] if family == 'decoder' else []) + ids)  # decoder-only: BOS
+
+  trainer, params, step = eval_lib.load(config, workdir) if examples else (None, None, None)
+  if examples:
+    print(f'[t5x_lite] infer: params of step {step} from {workdir}/checkpoints/{step}; '
+          f'{len(examples)} inputs, batches of {batch_size}, up to {max_length} tokens, '
+          f'{"greedy" if temperature == 0 else f"sampling (T={temperature}, top_k={top_k}, top_p={top_p}, seed={seed})"}.',
+          file=sys.stderr, flush=True)
+  out = sys.stdout if output_path == '-' else open(output_path, 'w', encoding='utf-8')
+  predictions: List[Optional[str]] = [None] * len(examples)
+
+  def write_ready(idx, rows):
+    """Decode a finished batch; write every line whose earlier lines are all written."""
+    for i, row in zip(idx, rows):
+      predictions[i] = vocab.decode(row)
+    while report.predicted < len(examples) and predictions[report.predicted] is not None:
+      _, text, fields = examples[report.predicted]
+      out.write(json.dumps({**fields, 'inputs': text, 'prediction': predictions[report.predicted]},
+                           ensure_ascii=False) + '\n')
+      report.predicted += 1
+    out.flush()
+
+  try:
+    if examples:
+      predict(config, trainer.model, params, token_lists, batch_size=batch_size,
+              max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p,
+              seed=seed, on_batch=write_ready)
+  finally:
+    if out is not sys.stdout:
+      out.close()
+  print(report.summary(inputs_length), file=sys.stderr, flush=True)
+  return report
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about metadata it reads
+  if FLAGS.workdir is None:
+    raise app.UsageError('--workdir is required.')
+  import jax
+  if FLAGS.num_cpu_devices:
+    jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
+  try:
+    run_infer(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+              max_length=FLAGS.max_length, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+              top_p=FLAGS.top_p, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
+  except (ValueError, OSError) as e:
+    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
