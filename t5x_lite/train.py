@@ -20,6 +20,7 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import signal
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -44,10 +45,9 @@ log = logging.getLogger('t5x_lite.train')
 def check_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    # A unique name: every host of a multi-host run probes the same (shared) workdir.
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
+      pass
   except OSError as e:
     raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}).') from None
 
