@@ -12,13 +12,11 @@ Restore precedence (`restore_or_init`), said in one log line:
     3. else a fresh start from `config.train.seed`.
 """
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 

@@ -10,7 +10,7 @@ marking it as the bidirectional prefix when the model was trained as a prefix LM
 tokens are generated one at a time.
 """
 import functools
-from typing import Dict, Optional
+from typing import Dict
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,6 @@ def _choose(logits, rng, temperature: float, top_k: int, top_p: float):
 
 
 def _generate(step_fn, cache, first_token, max_length, rng, temperature, top_k, top_p):
-  batch = first_token.shape[0]
 
   def body(carry, i):
     cache, token, done = carry

@@ -28,16 +28,13 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import json
-import logging
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 
-# The shared command-line flags (--config, --workdir, --num_cpu_devices, --show_predictions)
-# are train's: defining them again here would clash when both modules are imported.
+from t5x_lite import cli
 from t5x_lite import train as train_lib
 
 FLAGS = flags.FLAGS
@@ -194,24 +191,13 @@ def run_eval(config, workdir: str, split: str = 'validation',
   return result
 
 
-def main(argv):
-  del argv
-  logging.basicConfig(level=logging.WARNING)
-  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about metadata it reads
-  if FLAGS.workdir is None:
-    raise app.UsageError('--workdir is required.')
-  import jax
-  if FLAGS.num_cpu_devices:
-    jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
-  try:
-    result = run_eval(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.eval_steps,
-                      FLAGS.show_predictions)
-  except (ValueError, OSError) as e:
-    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr, flush=True)
-    sys.exit(1)
+def main():
+  result = run_eval(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.eval_steps,
+                    FLAGS.show_predictions)
   print(json.dumps(result), flush=True)
 
 
 if __name__ == '__main__':
+  cli.define_common_flags()
   _define_flags()
-  app.run(main)
+  cli.run(main)

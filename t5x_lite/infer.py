@@ -26,14 +26,13 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import json
-import logging
 import sys
 from typing import List, Optional, TextIO, Tuple
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 
-from t5x_lite import eval as eval_lib  # also brings train's --config / --workdir flags
+from t5x_lite import cli
+from t5x_lite import eval as eval_lib
 
 FLAGS = flags.FLAGS
 _SHOW = 10  # line numbers listed per kind of report
@@ -235,24 +234,13 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   return report
 
 
-def main(argv):
-  del argv
-  logging.basicConfig(level=logging.WARNING)
-  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about metadata it reads
-  if FLAGS.workdir is None:
-    raise app.UsageError('--workdir is required.')
-  import jax
-  if FLAGS.num_cpu_devices:
-    jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
-  try:
-    run_infer(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
-              max_length=FLAGS.max_length, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-              top_p=FLAGS.top_p, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
-  except (ValueError, OSError) as e:
-    print(f'error: {e}'.replace('\n', ' '), file=sys.stderr, flush=True)
-    sys.exit(1)
+def main():
+  run_infer(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
+            max_length=FLAGS.max_length, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+            top_p=FLAGS.top_p, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
 
 
 if __name__ == '__main__':
+  cli.define_common_flags()
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -14,7 +14,7 @@ time) gives the same logits as a full forward pass.
 """
 import dataclasses
 import functools
-from typing import Any, Optional, Tuple
+from typing import Tuple
 
 import flax.linen as nn
 import jax

@@ -19,26 +19,26 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import signal
-import sys
 import tempfile
 import time
 
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+from absl import flags
+
+from t5x_lite import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (get_config()).')
-flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, metrics, TensorBoard).')
-flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device for MFU (0 = from the table).')
-flags.DEFINE_string('distributed', 'off', 'off | auto (jax.distributed cluster detection) | '
-                    'manual (use --coordinator_address, --num_processes, --process_id).')
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (manual mode).')
-flags.DEFINE_integer('num_processes', None, 'Number of processes (manual mode).')
-flags.DEFINE_integer('process_id', None, 'This process (manual mode).')
-flags.DEFINE_integer('num_cpu_devices', 0, 'Fake CPU devices (tests / local multi-process).')
-flags.DEFINE_integer('show_predictions', 3, 'Encoder-decoder: print this many predictions '
-                     'on validation examples at the end.')
+
+
+def _define_flags():
+  cli.define_common_flags()
+  flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device for MFU (0 = from the table).')
+  flags.DEFINE_enum('distributed', 'off', ['off', 'auto', 'manual'],
+                    'auto: jax.distributed cluster detection (TPU, SLURM); manual: use '
+                    '--coordinator_address, --num_processes, --process_id.')
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (manual mode).')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes (manual mode).')
+  flags.DEFINE_integer('process_id', None, 'This process (manual mode).')
+
 
 log = logging.getLogger('t5x_lite.train')
 
@@ -52,11 +52,11 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}).') from None
 
 
-def initialize_distributed():
+def initialize_distributed(mode: str):
   import jax
-  if FLAGS.distributed == 'auto':
+  if mode == 'auto':
     jax.distributed.initialize(initialization_timeout=120, heartbeat_timeout_seconds=30)
-  elif FLAGS.distributed == 'manual':
+  elif mode == 'manual':
     missing = [n for n in ('coordinator_address', 'num_processes', 'process_id')
                if getattr(FLAGS, n) is None]
     if missing:
@@ -64,8 +64,6 @@ def initialize_distributed():
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id, initialization_timeout=120,
                                heartbeat_timeout_seconds=30)
-  elif FLAGS.distributed != 'off':
-    raise ValueError(f'--distributed={FLAGS.distributed!r} must be off, auto or manual.')
 
 
 class MetricsLog:
@@ -187,9 +185,8 @@ def show_predictions(config, trainer, params, n: int):
     print(f'  prediction: {vocab.decode(out[i])[:200]}')
 
 
-def train(config, workdir: str):
+def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 0):
   import jax
-  import numpy as np
   from t5x_lite import checkpoints, partitioning, plan, trainer as trainer_lib, validation
   from t5x_lite.data import pipeline
 
@@ -214,8 +211,7 @@ def train(config, workdir: str):
   metrics_log = MetricsLog(workdir, start, enabled=pid == 0)
 
   flops = plan.flops_per_token(config)
-  peak = plan.peak_flops_per_device(jax.devices()[0].device_kind, FLAGS.peak_flops
-                               if FLAGS.is_parsed() else 0.0)
+  peak = plan.peak_flops_per_device(jax.devices()[0].device_kind, peak_flops)
   lengths = flops['lengths']
   tokens_per_row = lengths['encoder'] + lengths['decoder']
   print(f'[t5x_lite] mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} '
@@ -311,26 +307,15 @@ def train(config, workdir: str):
         f'{first_loss if first_loss is None else round(first_loss, 4)}, last loss '
         f'{last_loss if last_loss is None else round(last_loss, 4)}; checkpoint step {step} in '
         f'{ckpts.directory}.', flush=True)
-  if pid == 0 and FLAGS.is_parsed():
-    show_predictions(config, trainer, state.params, FLAGS.show_predictions)
+  if pid == 0:
+    show_predictions(config, trainer, state.params, num_predictions)
 
 
-def main(argv):
-  del argv
-  logging.basicConfig(level=logging.WARNING)
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax / TF are chatty at INFO
-  if FLAGS.workdir is None:
-    raise app.UsageError('--workdir is required.')
-  import jax
-  if FLAGS.num_cpu_devices:
-    jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
-  try:
-    initialize_distributed()
-    train(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FloatingPointError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
+def main():
+  initialize_distributed(FLAGS.distributed)
+  train(FLAGS.config, FLAGS.workdir, FLAGS.peak_flops, FLAGS.show_predictions)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _define_flags()
+  cli.run(main)

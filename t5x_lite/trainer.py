@@ -10,7 +10,7 @@ Gradient accumulation: the global batch is split into `grad_accum_steps` microba
 rows i, i+k, i+2k, ... (each device keeps its own rows); every microbatch loss is divided by
 the token count of the whole batch, so k x (batch/k) gives the gradient of 1 x batch.
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import flax
 import flax.linen as nn

@@ -50,33 +50,6 @@ def pipeline_throughput(config, seconds: float, batch_size: int):
   return n * batch_size * width / dt, real / dt, first
 
 
-def train_step_throughput(model_config, batch, steps: int):
-  """Token positions/s of a jitted value_and_grad step of `model_config` on `batch`."""
-  import jax
-  import jax.numpy as jnp
-  from t5x_lite import models
-
-  model = models.build(model_config)
-  batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  params = jax.jit(lambda r: model.init(r, batch, deterministic=True))(jax.random.PRNGKey(0))['params']
-
-  def loss_fn(p):
-    logits = model.apply({'params': p}, batch, deterministic=True)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    nll = -jnp.take_along_axis(logp, batch['decoder_target_tokens'][..., None], -1)[..., 0]
-    w = batch['decoder_loss_weights'].astype(jnp.float32)
-    return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-  step = jax.jit(jax.value_and_grad(loss_fn))
-  jax.block_until_ready(step(params))  # compile
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    jax.block_until_ready(step(params))
-  dt = (time.perf_counter() - t0) / steps
-  width = batch['encoder_input_tokens'].shape[1] + batch['decoder_target_tokens'].shape[1]
-  return batch['encoder_input_tokens'].shape[0] * width / dt, dt
-
-
 def run(seconds: float = 10.0, batch_size: int = 32, model_batch_size: int = 4,
         model_steps: int = 2, inputs_length: int = 512, targets_length: int = 114,
         print_fn=print) -> dict:
@@ -92,17 +65,15 @@ def run(seconds: float = 10.0, batch_size: int = 32, model_batch_size: int = 4,
            f'shipped corpus: {pos:,.0f} token positions/s ({real:,.0f} non-padding tokens/s)')
   if model_steps <= 0:
     return out
-  try:
-    from configs import t5_v1_1
-    from t5x_lite import models  # noqa: F401  pylint: disable=unused-import
-  except ImportError as e:
-    print_fn(f'train step: not measured ({e}); the pipeline figure stands alone.')
-    return out
   import jax
-  model_cfg = t5_v1_1.get_config('small').model
-  small = {k: v[:model_batch_size] for k, v in batch.items()}
-  step_pos, dt = train_step_throughput(model_cfg, small, model_steps)
-  print_fn(f'train step: T5 v1.1 small, value_and_grad, batch {model_batch_size} x '
+  from configs import t5_v1_1
+  from t5x_lite import bench
+  small = t5_v1_1.get_config('small')
+  small.data.update(dict(inputs_length=inputs_length, targets_length=targets_length))
+  small.train.batch_size = model_batch_size
+  measured = bench.measure_train_step(small, model_steps)  # full step: loss, grads, Adafactor
+  step_pos, dt = measured['tokens_per_sec'], measured['step_time']
+  print_fn(f'train step: T5 v1.1 small (loss, gradients, Adafactor update), batch {model_batch_size} x '
            f'({inputs_length}+{targets_length}) on {jax.devices()[0].platform}: {dt:.2f} s/step, '
            f'{step_pos:,.0f} token positions/s')
   ratio = pos / step_pos
