@@ -71,7 +71,16 @@ def create_mesh(partitioning_cfg, devices: Optional[Sequence[Any]] = None) -> Me
   shape = [total[a] for a in MESH_AXES]
   if math.prod(dcn.values()) > 1:
     ici = [total[a] // dcn[a] for a in MESH_AXES]
-    arr = mesh_utils.create_hybrid_device_mesh(ici, [dcn[a] for a in MESH_AXES], devices)
+    # Slices (TPU multi-slice) or, where devices have no slice index (GPU / CPU clusters),
+    # processes are the granules that the slow dcn network connects.
+    by_process = getattr(devices[0], 'slice_index', None) is None
+    granules = len({d.process_index if by_process else d.slice_index for d in devices})
+    if granules != math.prod(dcn.values()):
+      raise ValueError(
+          f'config.partitioning.dcn_mesh {dict(dcn)} needs {math.prod(dcn.values())} '
+          f'{"processes" if by_process else "slices"} but there are {granules}.')
+    arr = mesh_utils.create_hybrid_device_mesh(ici, [dcn[a] for a in MESH_AXES], devices,
+                                               process_is_granule=by_process)
   else:
     try:
       arr = mesh_utils.create_device_mesh(shape, devices)

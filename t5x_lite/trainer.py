@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5x_lite import losses, models, optim, partitioning
+from t5x_lite import layers, losses, models, optim, partitioning
 
 
 @flax.struct.dataclass
@@ -122,7 +122,7 @@ class Trainer:
 
       def body(carry, inputs):
         i, mb = inputs
-        mb = jax.tree.map(lambda x: partitioning_constraint(x), mb)
+        mb = jax.tree.map(_rows_over_batch_axes, mb)
         (l, s), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), num_real)
         acc_l, acc_s, acc_g = carry
         return (acc_l + l, jax.tree.map(jnp.add, acc_s, s), jax.tree.map(jnp.add, acc_g, g)), None
@@ -174,6 +174,6 @@ class Trainer:
       return self._jit_eval(params, batch)
 
 
-def partitioning_constraint(x):
-  """Keep microbatch rows split over the batch axes (a no-op outside a mesh)."""
-  return nn.with_logical_constraint(x, ('batch',) + (None,) * (x.ndim - 1))
+def _rows_over_batch_axes(x):
+  """Keep microbatch rows split over the batch mesh axes (a no-op outside a mesh)."""
+  return layers.constrain(x, ('batch',) + (None,) * (x.ndim - 1))

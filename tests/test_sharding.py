@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -278,3 +279,12 @@ def test_indivisible_embed_under_fsdp_raises_naming_the_parameter():
   message = str(info.value)
   assert re.search(r'parameter params/\S+', message), message
   assert 'embed' in message and 'size 36' in message, message
+
+
+def test_dcn_mesh_multiplies_axes_and_needs_matching_granules():
+  """Multi-slice: mesh sizes are per slice (ici), dcn_mesh multiplies them across slices."""
+  cfg = ml_collections.ConfigDict(dict(
+      mesh=dict(data=-1, fsdp=2, tensor=1), dcn_mesh=dict(data=2, fsdp=1, tensor=1)))
+  assert dict(partitioning.mesh_shape(cfg, 8)) == {'data': 4, 'fsdp': 2, 'tensor': 1}
+  with pytest.raises(ValueError, match='config.partitioning.dcn_mesh .* needs 2 processes'):
+    partitioning.create_mesh(cfg, jax.devices()[:8])  # one process here
