@@ -12,8 +12,10 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from t5x_lite import cli
 
 FLAGS = flags.FLAGS
 
@@ -67,8 +69,7 @@ def measure_train_step(config, steps: int = 5) -> dict:
               formula=flops['formula'])
 
 
-def main(argv):
-  del argv
+def main():
   import jax
   from t5x_lite import plan, validation
   config = FLAGS.config
@@ -87,4 +88,4 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
   flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile + warm-up step).')
   flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device (0 = from the table).')
-  app.run(main)
+  cli.run(main, needs_workdir=False)

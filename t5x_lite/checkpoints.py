@@ -66,7 +66,7 @@ class Checkpoints:
   """Thin wrapper over `ocp.CheckpointManager` for the three items above."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-    self.directory = epath.Path(directory)
+    self.directory = epath.Path(os.path.abspath(directory))  # Orbax needs absolute paths
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(
@@ -124,7 +124,7 @@ class Checkpoints:
 
 def resolve_params_dir(directory: str) -> epath.Path:
   """A workdir, its checkpoints/, a step dir, or a plain pytree dir -> the pytree dir."""
-  path = epath.Path(directory)
+  path = epath.Path(os.path.abspath(directory))
   if (path / 'checkpoints').exists():
     path = path / 'checkpoints'
   steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) \

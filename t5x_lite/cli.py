@@ -28,16 +28,16 @@ def define_common_flags():
   flags.DEFINE_integer('show_predictions', 3, 'Print this many example predictions.')
 
 
-def run(body):
+def run(body, needs_workdir: bool = True):
   """`app.run` a command body (no arguments) with the shared set-up and error contract."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     logging.basicConfig(level=logging.WARNING)
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TF are chatty below that
-    if FLAGS.workdir is None:
+    if needs_workdir and FLAGS.workdir is None:
       raise app.UsageError('--workdir is required.')
-    if FLAGS.num_cpu_devices:
+    if 'num_cpu_devices' in FLAGS and FLAGS.num_cpu_devices:
       import jax
       jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
     try:

@@ -19,11 +19,16 @@ import os
 from absl import app
 from absl import flags
 
+from t5x_lite import cli
+
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('direction', None, ['hf_to_t5x', 't5x_to_hf'], 'Conversion direction.')
-flags.DEFINE_string('input', None, 'Input directory (HF model dir, or t5x_lite params dir).')
-flags.DEFINE_string('output', None, 'Output directory (must not exist or be empty).')
-flags.DEFINE_bool('scan_layers', False, 'hf_to_t5x: store layers stacked (scan_layers=True).')
+
+
+def _define_flags():
+  flags.DEFINE_enum('direction', None, ['hf_to_t5x', 't5x_to_hf'], 'Conversion direction.')
+  flags.DEFINE_string('input', None, 'Input directory (HF model dir, or t5x_lite params dir).')
+  flags.DEFINE_string('output', None, 'Output directory (must not exist or be empty).')
+  flags.DEFINE_bool('scan_layers', False, 'hf_to_t5x: store layers stacked (scan_layers=True).')
 
 CONFIG_NAME = 'config.json'
 
@@ -78,9 +83,7 @@ def t5x_to_hf(directory: str, out_dir: str) -> str:
   return hf.save(model_cfg, params, out_dir)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+def main():
   for name in ('direction', 'input', 'output'):
     if not getattr(FLAGS, name):
       raise app.UsageError(f'--{name} is required.')
@@ -92,4 +95,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _define_flags()
+  cli.run(main, needs_workdir=False)

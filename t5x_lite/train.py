@@ -19,6 +19,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import signal
+import sys
 import tempfile
 import time
 
@@ -94,6 +95,13 @@ class MetricsLog:
         if isinstance(v, (int, float)) and math.isfinite(v):
           tf.summary.scalar(k, v)
     self.writer.flush()
+
+
+def report_skips(split: str, data_iterator) -> None:
+  """Skipped input (bad bytes, empty lines, missing fields) is counted, never silent."""
+  if data_iterator.skips.total():
+    print(f'[t5x_lite] data {split} (this host shard): {data_iterator.skips.summary()}',
+          file=sys.stderr, flush=True)
 
 
 def _config_dict(config) -> dict:
@@ -198,8 +206,13 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   host_batch = config.train.batch_size // nproc
   train_iter = pipeline.get_dataset(config, 'train', shard_index=pid, num_shards=nproc,
                                     batch_size=host_batch)
+  report_skips('train', train_iter)
   if config.train.eval_every:
-    pipeline.get_dataset(config, 'validation', shard_index=pid, num_shards=nproc)  # validates
+    try:  # build it once now: a missing or broken validation source fails before compiling
+      report_skips('validation', pipeline.get_dataset(config, 'validation', shard_index=pid,
+                                                      num_shards=nproc))
+    except ValueError as e:
+      raise ValueError(f'config.data.validation_source: {e}') from None
   ckpts = checkpoints.Checkpoints(os.path.join(workdir, 'checkpoints'), config.checkpoint.keep,
                                   config.checkpoint.async_save)
   state, why = restore_or_init(config, trainer, ckpts, train_iter)
@@ -302,6 +315,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
     for s, h in old_handlers.items():
       signal.signal(s, h)
 
+  report_skips('train', train_iter)  # again: streamed sources (TFDS) count as they read
   total = time.time() - run_start
   print(f'[t5x_lite] done: {step - start} steps in {total:.0f}s; first loss '
         f'{first_loss if first_loss is None else round(first_loss, 4)}, last loss '

@@ -203,3 +203,16 @@ def test_two_processes_train_and_checkpoint_together(tmp_path):
   data_dir = os.path.join(workdir, 'checkpoints', '4', 'data')
   assert sorted(d for d in os.listdir(data_dir) if d.startswith('process_')) == [
       'process_0', 'process_1']
+
+
+def test_skipped_input_is_counted_and_reported(tmp_path):
+  """Invalid UTF-8 and an empty file are skipped with a count on stderr, never silently."""
+  corpus = tmp_path / 'corpus'
+  corpus.mkdir()
+  text = open(os.path.join(ROOT, 'data', 'corpus', 'validation.txt'), 'rb').read()[:60000]
+  (corpus / 'a.txt').write_bytes(text + b'\n\nbad \xff\xfe bytes here\n')
+  (corpus / 'b.txt').write_bytes(b'')
+  proc = run(str(tmp_path / 'skips'), '--config.train.steps=2',
+             f'--config.data.train_source=text:{corpus}/*.txt')
+  assert 'data train' in proc.stderr and 'invalid UTF-8' in proc.stderr
+  assert 'empty file' in proc.stderr and 'b.txt' in proc.stderr
