@@ -5,6 +5,11 @@ factored second moments for rank>=2 params whose two largest dims are >= 128,
 multiply_by_parameter_scale, update clipping 1.0, eps1 1e-30, eps2 (parameter-scale floor)
 1e-3, no weight decay. AdamW for BERT / GPT recipes.
 
+T5 factors attention kernels as the matrices [d_model, heads * d_kv] / [heads * d_kv, d_model];
+this codebase stores them as [embed, heads, kv] / [heads, kv, embed] (for logical-axis
+sharding), where optax's rule (the two largest dims, both >= 128) would not factor them when
+d_kv < 128. So Adafactor sees those kernels through `matrix_view`, as T5 does.
+
 Schedules (`config.optimizer.schedule`):
     rsqrt:    lr = peak * sqrt(warmup / max(step, warmup))   (T5: peak 0.01, warmup 10k
               gives 1/sqrt(max(step, 10000)): constant 0.01, then inverse square root)
@@ -47,6 +52,45 @@ def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   return optax.constant_schedule(peak)
 
 
+def matrix_view(path_names, shape) -> tuple:
+  """The shape Adafactor factors for a parameter (attention kernels as T5's matrices).
+
+  [..., embed, heads, kv] query / key / value kernels -> [..., embed, heads * kv];
+  [..., heads, kv, embed] output kernels -> [..., heads * kv, embed]; others unchanged.
+  A leading scanned `layers` axis stays in front (optax factors the two largest dims).
+  """
+  shape = tuple(shape)
+  if len(path_names) >= 2 and path_names[-1] == 'kernel' and len(shape) >= 3:
+    if path_names[-2] in ('query', 'key', 'value'):
+      return shape[:-2] + (shape[-2] * shape[-1],)
+    if path_names[-2] == 'out':
+      return shape[:-3] + (shape[-3] * shape[-2], shape[-1])
+  return shape
+
+
+def _names(path) -> tuple:
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def _as_matrices(tree):
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: x.reshape(matrix_view(_names(p), x.shape)) if hasattr(x, 'shape') else x,
+      tree)
+
+
+def view_as_matrices(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Run `tx` on `matrix_view`-reshaped params / gradients; updates come back in shape."""
+  def init(params):
+    return tx.init(_as_matrices(params))
+
+  def update(updates, state, params=None):
+    new, state = tx.update(_as_matrices(updates), state,
+                           None if params is None else _as_matrices(params))
+    return jax.tree.map(lambda u, g: u.reshape(g.shape), new, updates), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def create(opt_cfg, total_steps: int) -> optax.GradientTransformation:
   """The configured optimizer, with optional global-norm clipping in front."""
   lr = schedule(opt_cfg, total_steps)
@@ -56,6 +100,7 @@ def create(opt_cfg, total_steps: int) -> optax.GradientTransformation:
         multiply_by_parameter_scale=True, clipping_threshold=1.0, momentum=None,
         eps=1e-30, factored=True,
         weight_decay_rate=opt_cfg.weight_decay or None)
+    tx = view_as_matrices(tx)
   else:
     tx = optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=1e-8,
                      weight_decay=opt_cfg.weight_decay)
@@ -64,27 +109,51 @@ def create(opt_cfg, total_steps: int) -> optax.GradientTransformation:
   return tx
 
 
-def state_shardings(tx, abstract_params, param_shardings, mesh):
+class _View:
+  """A parameter's shape and mesh spec as the optimizer sees it (a pytree leaf)."""
+
+  def __init__(self, shape, spec):
+    self.shape, self.spec = tuple(shape), tuple(spec)
+
+
+def _merged_spec(spec, shape, view_shape):
+  """Spec of `view_shape` when two dims of `shape` were merged (major dim keeps its axes)."""
+  spec = tuple(spec) + (None,) * (len(shape) - len(spec))
+  if view_shape == shape:
+    return spec
+  for i in range(len(shape) - 1):
+    if shape[:i] + (shape[i] * shape[i + 1],) + shape[i + 2:] == view_shape:
+      merged = spec[i] if spec[i + 1] is None else None  # minor dim sharded: replicate
+      return spec[:i] + (merged,) + spec[i + 2:]
+  return (None,) * len(view_shape)
+
+
+def state_shardings(tx, abstract_params, param_shardings, mesh, matrix_views: bool = False):
   """Optimizer state sharded like its parameters.
 
-  Leaves shaped like their parameter take its sharding; Adafactor's factored moments
-  (the parameter's shape with one dimension removed) take the parameter's spec with that
-  dimension dropped; everything else (counts, placeholders) is replicated.
+  Leaves shaped like their parameter (or its `matrix_view` when `matrix_views`) take its
+  sharding; Adafactor's factored moments (that shape with one dimension removed) take the
+  spec with that dimension dropped; everything else (counts, placeholders) is replicated.
   """
   replicated = NamedSharding(mesh, P())
   abstract_state = jax.eval_shape(tx.init, abstract_params)
 
-  def pick(leaf, param, sharding):
+  def view(path, param, sharding):
+    shape = tuple(param.shape)
+    view_shape = matrix_view(_names(path), shape) if matrix_views else shape
+    return _View(view_shape, _merged_spec(sharding.spec, shape, view_shape))
+  views = jax.tree_util.tree_map_with_path(view, abstract_params, param_shardings)
+
+  def pick(leaf, v):
     if not hasattr(leaf, 'shape'):
       return replicated
-    spec = tuple(sharding.spec) + (None,) * (len(param.shape) - len(sharding.spec))
-    if leaf.shape == param.shape:
-      return sharding
-    if len(leaf.shape) == len(param.shape) - 1:
-      for drop in reversed(range(len(param.shape))):
-        if param.shape[:drop] + param.shape[drop + 1:] == leaf.shape:
-          return NamedSharding(mesh, P(*(spec[:drop] + spec[drop + 1:])))
+    if tuple(leaf.shape) == v.shape:
+      return NamedSharding(mesh, P(*v.spec))
+    if len(leaf.shape) == len(v.shape) - 1:
+      for drop in reversed(range(len(v.shape))):
+        if v.shape[:drop] + v.shape[drop + 1:] == tuple(leaf.shape):
+          return NamedSharding(mesh, P(*(v.spec[:drop] + v.spec[drop + 1:])))
     return replicated
 
-  return optax.tree_map_params(tx, pick, abstract_state, abstract_params, param_shardings,
+  return optax.tree_map_params(tx, pick, abstract_state, views,
                                transform_non_params=lambda _: replicated)

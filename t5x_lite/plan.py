@@ -54,6 +54,7 @@ import jax
 import numpy as np
 
 from t5x_lite import models
+from t5x_lite import optim
 from t5x_lite import partitioning
 
 FORMULA = (
@@ -214,11 +215,14 @@ def mesh_axis_sizes(config, num_devices: int) -> Dict[str, int]:
   return partitioning.mesh_shape(config.partitioning, num_devices)
 
 
-def _optimizer_state_shapes(shape, local_shape, name: str):
+def _optimizer_state_shapes(path, shape, local_shape, name: str):
   """Per-device shapes of the optimizer state kept for one parameter."""
   if name == 'adamw':
     return [local_shape, local_shape]  # mu, nu
   if name == 'adafactor':
+    # Adafactor sees attention kernels as T5's matrices (optim.matrix_view).
+    shape = optim.matrix_view(path, shape)
+    local_shape = optim.matrix_view(path, local_shape)
     if len(shape) >= 2:
       d1, d0 = np.argsort(shape)[-2:]  # as optax._src.factorized._factored_dims
       if shape[d1] >= MIN_DIM_SIZE_TO_FACTOR:
@@ -301,7 +305,7 @@ def memory_per_device(config, num_devices: int, boxed=None) -> Dict[str, Any]:
       local.append(size // math.prod(sizes[ax] for ax in axes))
     local = tuple(local)
     p_bytes = 4 * math.prod(local)
-    o_bytes = 4 * sum(math.prod(s) for s in _optimizer_state_shapes(shape, local, opt_name))
+    o_bytes = 4 * sum(math.prod(s) for s in _optimizer_state_shapes(path, shape, local, opt_name))
     params_bytes += p_bytes
     opt_bytes += o_bytes
     per_param[_name(path)] = dict(shape=shape, spec=tuple(spec), local_shape=local,

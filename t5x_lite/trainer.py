@@ -60,7 +60,9 @@ class Trainer:
     abstract_params = nn.unbox(boxed)['params']
     self.state_shardings = TrainState(
         step=NamedSharding(mesh, P()), params=param_shardings,
-        opt_state=optim.state_shardings(self.tx, abstract_params, param_shardings, mesh))
+        opt_state=optim.state_shardings(
+            self.tx, abstract_params, param_shardings, mesh,
+            matrix_views=config.optimizer.name == 'adafactor'))
     abstract = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,

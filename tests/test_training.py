@@ -85,38 +85,54 @@ def test_same_losses_across_meshes_and_grad_accumulation():
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=name)
 
 
-def _adafactor_reference(param, grad, lr):
-  """One Adafactor step from its definition (reference page, section 6; Shazeer & Stern).
+def _adafactor_reference(param, grads, lr):
+  """Adafactor from its definition (reference page, section 6; Shazeer & Stern), in float64.
 
-  Step 1: decay 1 - 1^-0.8 = 0, so the second moment is g^2 + eps1 (factored for rank-2
-  params whose dims are both >= 128: row and column means, v = outer(r, c) / mean(r)).
-  u = g / sqrt(v); u /= max(1, RMS(u) / 1.0); step = lr * max(1e-3, RMS(param)) * u.
+  Step t: decay 1 - t^-0.8; g2 = g^2 + eps1 (1e-30). Rank-2 params whose dims are both
+  >= 128 keep row / column means r, c of g2 (each decayed), v = outer(r, c) / mean(r);
+  others keep v itself. u = g / sqrt(v); u /= max(1, RMS(u) / 1.0) (update clipping);
+  param -= lr * max(1e-3, RMS(param)) * u (parameter-scaled step, eps2 = 1e-3).
   """
-  g2 = grad.astype(np.float64) ** 2 + 1e-30
-  if min(param.shape) >= 128:
-    r, c = g2.mean(axis=1), g2.mean(axis=0)
-    v = np.outer(r, c) / r.mean()
-  else:
-    v = g2
-  u = grad / np.sqrt(v)
-  u = u / max(1.0, np.sqrt(np.mean(u ** 2)) / 1.0)
-  scale = max(1e-3, np.sqrt(np.mean(param.astype(np.float64) ** 2)))
-  return param - lr * scale * u
+  param = param.astype(np.float64)
+  factored = min(param.shape) >= 128
+  r = c = v = 0.0
+  for t, grad in enumerate(grads, start=1):
+    grad = grad.astype(np.float64)
+    decay = 1.0 - t ** -0.8
+    g2 = grad ** 2 + 1e-30
+    if factored:
+      r = decay * r + (1 - decay) * g2.mean(axis=1)
+      c = decay * c + (1 - decay) * g2.mean(axis=0)
+      v_hat = np.outer(r, c) / r.mean()
+    else:
+      v = decay * v + (1 - decay) * g2
+      v_hat = v
+    u = grad / np.sqrt(v_hat)
+    u = u / max(1.0, np.sqrt(np.mean(u ** 2)) / 1.0)
+    param = param - lr * max(1e-3, np.sqrt(np.mean(param ** 2))) * u
+  return param
 
 
-@pytest.mark.parametrize('shape', [(3, 4), (128, 130)])
-def test_adafactor_step_matches_reference_formula(shape):
+@pytest.mark.parametrize('name,shape', [
+    ('w', (3, 4)),                  # unfactored; clipping acts from step 2 on
+    ('w', (128, 130)),              # factored
+    ('query', (130, 2, 64)),        # attention kernel: factored as T5's [130, 128] matrix
+])
+def test_adafactor_steps_match_reference_formula(name, shape):
   cfg = base.get_base_config()
   cfg.optimizer.update(dict(name='adafactor', schedule='constant', learning_rate=0.01))
   tx = optim.create(cfg.optimizer, 10)
   rng = np.random.RandomState(0)
   param = rng.normal(size=shape).astype(np.float32)
-  grad = rng.normal(size=shape).astype(np.float32)
-  state = tx.init({'w': param})
-  updates, _ = tx.update({'w': grad}, state, {'w': param})
-  got = param + np.asarray(updates['w'])
-  np.testing.assert_allclose(got, _adafactor_reference(param, grad, 0.01), rtol=1e-5,
-                             atol=1e-7)
+  grads = [rng.normal(size=shape).astype(np.float32) * s for s in (1.0, 0.1, 3.0)]
+  tree = lambda x: {name: {'kernel': x}}
+  state, got = tx.init(tree(param)), param
+  for g in grads:
+    updates, state = tx.update(tree(g), state, tree(got))
+    got = got + np.asarray(updates[name]['kernel'])
+  matrix = lambda x: x.reshape(x.shape[0], -1)
+  want = _adafactor_reference(matrix(param), [matrix(g) for g in grads], 0.01)
+  np.testing.assert_allclose(matrix(got), want, rtol=2e-5, atol=1e-6)
 
 
 def test_rsqrt_schedule_is_t5s():
