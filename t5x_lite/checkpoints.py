@@ -5,6 +5,7 @@ Each step directory `WORKDIR/checkpoints/<step>/` holds three items written by o
     state/   the TrainState {step, params, opt_state} (global arrays, any mesh)
     data/    each host's data-iterator position: data/process_<i>/ (tf.data checkpoint)
     config/  the full config as JSON
+    progress/ host-side counters as JSON (tokens seen)
 
 Restore precedence (`restore_or_init`), said in one log line:
     1. the latest checkpoint in the workdir (resume: state, optimizer and data position),
@@ -73,14 +74,17 @@ class Checkpoints:
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'config': ocp.JsonCheckpointHandler(),
+                       'progress': ocp.JsonCheckpointHandler(),
                        'data': DataIteratorHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: TrainState, data_iterator, config_dict: dict) -> bool:
+  def save(self, step: int, state: TrainState, data_iterator, config_dict: dict,
+           progress: Optional[dict] = None) -> bool:
     args = {'state': ocp.args.StandardSave(state.as_dict()),
-            'config': ocp.args.JsonSave(config_dict)}
+            'config': ocp.args.JsonSave(config_dict),
+            'progress': ocp.args.JsonSave(progress or {})}
     if data_iterator is not None:
       args['data'] = DataIteratorSave(data_iterator)
     return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
@@ -89,6 +93,13 @@ class Checkpoints:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))
     return restored['config']
+
+  def progress(self, step: int) -> dict:
+    path = self.directory / str(step) / 'progress'
+    if not path.exists():
+      return {}
+    return self.manager.restore(step, args=ocp.args.Composite(
+        progress=ocp.args.JsonRestore()))['progress']
 
   def check_compatible(self, step: int, abstract_state: TrainState) -> None:
     """Clear error if the saved state's shapes differ from the current config's."""

@@ -217,6 +217,8 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
                                   config.checkpoint.async_save)
   state, why = restore_or_init(config, trainer, ckpts, train_iter)
   start = int(jax.device_get(state.step))
+  resumed = ckpts.latest_step() is not None
+  tokens_seen = int(ckpts.progress(start).get('tokens_seen', 0)) if resumed else 0
   print(f'[t5x_lite] {why}.', flush=True)
   if pid == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -248,7 +250,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
 
   def sync_pending():
     """Fetch pending metrics; stop at the first non-finite step."""
-    nonlocal first_loss, last_loss
+    nonlocal first_loss, last_loss, tokens_seen
     fetched = jax.device_get([m for _, m in pending])
     for (step, _), m in zip(pending, fetched):
       if not bool(m['finite']):
@@ -256,6 +258,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
             f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) at '
             f'step {step}; the update was not applied and no checkpoint was written after step '
             f'{last_saved}. Lower optimizer.learning_rate or enable optimizer.clip_grad_norm.')
+      tokens_seen += int(m['target_tokens'])
       if first_loss is None:
         first_loss = float(m['loss'])
       last_loss = float(m['loss'])
@@ -264,7 +267,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
 
   def save(step):
     nonlocal last_saved
-    ckpts.save(step, state, train_iter, config_dict)
+    ckpts.save(step, state, train_iter, config_dict, {'tokens_seen': tokens_seen})
     last_saved = step
 
   step = start
@@ -276,11 +279,13 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
       window_steps += 1
       pending.append((step, metrics))
       is_last = step == config.train.steps
+      record = {}  # one metrics.jsonl object per logged step (train and eval figures)
       if step % config.train.log_every == 0 or is_last or stop['signal']:
         m = sync_pending()[-1]
         elapsed = time.time() - window_start
         rows_per_sec = window_steps * config.train.batch_size / max(elapsed, 1e-9)
-        record = {k: float(v) for k, v in m.items() if k != 'finite'}
+        record.update({k: float(v) for k, v in m.items() if k != 'finite'})
+        record['tokens_seen'] = tokens_seen
         record['tokens_per_sec'] = rows_per_sec * tokens_per_row
         record['steps_per_sec'] = window_steps / max(elapsed, 1e-9)
         record['mfu'] = (flops['per_example']['train'] * rows_per_sec /
@@ -292,14 +297,15 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
               f'{record["tokens_per_sec"]:,.0f} tok/s  '
               f'MFU {mfu}  '
               f'ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}', flush=True)
-        metrics_log.write(step, record)
         window_start, window_steps = time.time(), 0
       if config.train.eval_every and (step % config.train.eval_every == 0 or is_last):
         ev = evaluate(config, trainer, state.params)
         print(f'step {step:>6}  eval_loss {ev["eval_loss"]:.4f}  '
               f'eval_accuracy {ev["eval_accuracy"]:.3f}', flush=True)
-        metrics_log.write(step, ev)
+        record.update(ev)
         window_start = time.time()
+      if record:
+        metrics_log.write(step, record)
       if (config.train.checkpoint_every and step % config.train.checkpoint_every == 0) \
           or is_last or stop['signal']:
         sync_pending()  # never checkpoint past a non-finite step

@@ -72,9 +72,13 @@ class Trainer:
 
     with partitioning.activate(mesh, self.rules):
       self._jit_init = jax.jit(self._init_state, out_shardings=self.state_shardings)
-      self._jit_train = jax.jit(self._train_step, donate_argnums=(0,),
-                                out_shardings=(self.state_shardings, self.replicated))
-      self._jit_eval = jax.jit(self._eval_step, out_shardings=self.replicated)
+      self._jit_train = jax.jit(
+          self._train_step, donate_argnums=(0,),
+          in_shardings=(self.state_shardings, self.batch_sharding, self.replicated),
+          out_shardings=(self.state_shardings, self.replicated))
+      self._jit_eval = jax.jit(self._eval_step,
+                               in_shardings=(self.state_shardings.params, self.batch_sharding),
+                               out_shardings=self.replicated)
 
   # ---------------------------------------------------------------------- creation
   def _init_variables(self, rng):

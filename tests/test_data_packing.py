@@ -94,9 +94,16 @@ def check_packed(b, encoder=True):
         np.testing.assert_array_equal(p[s == k], np.arange((s == k).sum()))
   if encoder:
     np.testing.assert_array_equal(b['encoder_segment_ids'].max(1), b['decoder_segment_ids'].max(1))
-  np.testing.assert_array_equal(b['decoder_loss_weights'] > 0 if 'decoder_causal_attention' not in b
-                                else b['decoder_target_tokens'] != 0,
-                                b['decoder_target_tokens'] != 0)
+  real = b['decoder_target_tokens'] != 0
+  if 'decoder_causal_attention' in b:
+    # Prefix LM: the bidirectional region covers inputs + EOS plus the first target position
+    # (seqio's convention), so a position is an input exactly when it and the next position
+    # of the same segment are both in that region; loss weights are on the rest.
+    dca, seg = b['decoder_causal_attention'] > 0, b['decoder_segment_ids']
+    next_dca = np.concatenate([dca[:, 1:], np.zeros_like(dca[:, :1])], axis=1)
+    next_seg = np.concatenate([seg[:, 1:], np.zeros_like(seg[:, :1])], axis=1)
+    real &= ~(dca & next_dca & (next_seg == seg))
+  np.testing.assert_array_equal(b['decoder_loss_weights'] > 0, real)
   # Decoder inputs: shifted right inside each segment, 0 at segment starts.
   for t, i, s in zip(b['decoder_target_tokens'], b['decoder_input_tokens'], b['decoder_segment_ids']):
     for k in range(1, s.max() + 1):

@@ -36,10 +36,12 @@ def run(workdir, *overrides, check=True, timeout=300):
   return proc
 
 
-def losses(workdir):
+def losses(workdir, key='loss'):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(l) for l in f if l.strip()]
-  return {r['step']: r['loss'] for r in rows if 'loss' in r}
+  steps = [r['step'] for r in rows]
+  assert len(steps) == len(set(steps)), 'one metrics.jsonl object per step'
+  return {r['step']: r[key] for r in rows if key in r}
 
 
 def final_params(workdir, step):
@@ -68,8 +70,10 @@ def test_writes_metrics_tensorboard_config_and_checkpoints(uninterrupted):
   rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [r['step'] for r in rows] == list(range(1, 13))
   for key in ('loss', 'accuracy', 'z_loss', 'grad_norm', 'learning_rate', 'tokens_per_sec',
-              'target_tokens', 'mfu'):
+              'target_tokens', 'tokens_seen', 'mfu'):
     assert key in rows[0], key
+  seen = [r['tokens_seen'] for r in rows]
+  assert seen == list(np.cumsum([r['target_tokens'] for r in rows]))  # log_every=1
   assert any(f.startswith('events.out.tfevents') for f in
              os.listdir(os.path.join(workdir, 'tensorboard')))
   assert json.load(open(os.path.join(workdir, 'config.json')))['train']['steps'] == 12
@@ -101,6 +105,7 @@ def test_sigkill_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
   resumed = run(workdir, '--config.train.steps=12', '--config.train.checkpoint_every=4')
   assert 'restored step' in resumed.stdout and 'latest checkpoint' in resumed.stdout
   assert losses(workdir) == losses(ref_dir)  # exact, every step
+  assert losses(workdir, 'tokens_seen') == losses(ref_dir, 'tokens_seen')
   assert_trees_equal(final_params(workdir, 12), final_params(ref_dir, 12))
 
 

@@ -3,8 +3,9 @@
     python -m t5x_lite.data.bench [--seconds=10] [--batch_size=32] [--model_steps=3]
 
 Times span corruption + packing (inputs 512 / targets 114, the shipped corpus, the
-training split: shuffled, endless) and, on the same machine, a jitted value_and_grad step
-of T5 v1.1 small (configs/t5_v1_1.py:small) on the very batches the pipeline makes. Both
+training split: shuffled, endless) and, on the same machine, a full train step of T5 v1.1
+small (configs/t5_v1_1.py:small: loss, gradients, Adafactor update; `bench.measure_train_step`
+on batches of the same shapes). Both
 figures count token positions per second, `batch x (inputs_length + targets_length)`, so
 the ratio says how many such train steps one pipeline keeps fed (the requirement is >= 5x).
 The pipeline also reports real (non-padding) tokens/s. `--model_steps=0` skips the model.
