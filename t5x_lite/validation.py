@@ -21,6 +21,26 @@ def validate_config(config, num_devices: int) -> None:
   if t.batch_size % t.grad_accum_steps:
     raise ValueError(f'config.train.batch_size={t.batch_size} is not divisible by '
                      f'config.train.grad_accum_steps={t.grad_accum_steps}.')
+  if not 0.0 <= t.label_smoothing < 1.0:
+    raise ValueError(f'config.train.label_smoothing={t.label_smoothing} must be in [0, 1).')
+  if t.z_loss < 0:
+    raise ValueError(f'config.train.z_loss={t.z_loss} must be >= 0.')
+  if int(config.checkpoint.keep) < 1:
+    raise ValueError(f'config.checkpoint.keep={config.checkpoint.keep} must be >= 1.')
+  o = config.optimizer
+  if o.clip_grad_norm < 0 or o.weight_decay < 0:
+    raise ValueError('config.optimizer.clip_grad_norm and weight_decay must be >= 0 '
+                     f'(got {o.clip_grad_norm}, {o.weight_decay}).')
+  for name in ('b1', 'b2'):
+    if not 0.0 <= o[name] < 1.0:
+      raise ValueError(f'config.optimizer.{name}={o[name]} must be in [0, 1).')
+  for logical, mesh_axes in config.partitioning.logical_axis_rules:
+    names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+    unknown = [a for a in names if a not in partitioning.MESH_AXES]
+    if unknown:
+      raise ValueError(f'config.partitioning.logical_axis_rules maps {logical!r} to unknown '
+                       f'mesh axis {unknown[0]!r}; mesh axes are '
+                       f'{", ".join(partitioning.MESH_AXES)}.')
   if t.loss_normalization == 'constant' and not t.loss_normalization_constant > 0:
     raise ValueError('config.train.loss_normalization_constant must be > 0.')
   shape = partitioning.mesh_shape(config.partitioning, num_devices)
