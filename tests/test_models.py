@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from configs import bert, gpt, t5_decoder_only, t5_v1_1
+import random_params as random_params_lib
 from t5x_lite import models
 
 TINY = dict(vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8)
@@ -53,21 +54,7 @@ def tiny_config(name, **overrides):
 def random_params(module, batch, seed=0):
   """Random float32 params with the structure of `module.init` (nothing is compiled)."""
   abstract = nn.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), batch))['params']
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name, shape = path[-1].key, leaf.shape
-    if name in ('embedding', 'rel_embedding'):
-      x = rng.normal(0.0, 1.0, shape)
-    elif name == 'kernel':
-      x = rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[:-1])), shape)
-    elif name == 'scale':
-      x = 1.0 + 0.2 * rng.normal(size=shape)
-    else:  # biases
-      x = 0.2 * rng.normal(size=shape)
-    return jnp.asarray(x, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, abstract)
+  return jax.tree.map(jnp.asarray, random_params_lib.random_params(abstract, seed))
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,6 +19,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import base, gpt, t5_v1_1
+from random_params import random_params
 from t5x_lite import models, partitioning
 
 TINY = dict(vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8)
@@ -44,24 +45,6 @@ def tiny_config(name, **overrides):
     cfg.model.update(num_decoder_layers=2, max_position_embeddings=64)
   cfg.model.update(overrides)
   return cfg
-
-
-def random_params(abstract_params, seed=0):
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name, shape = path[-1].key, leaf.shape
-    if name in ('embedding', 'rel_embedding'):
-      x = rng.normal(0.0, 1.0, shape)
-    elif name == 'kernel':
-      x = rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[:-1])), shape)
-    elif name == 'scale':
-      x = 1.0 + 0.2 * rng.normal(size=shape)
-    else:
-      x = 0.2 * rng.normal(size=shape)
-    return np.asarray(x, np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, abstract_params)
 
 
 def make_batch(name, rng, rows=8, length=8):
