@@ -221,3 +221,25 @@ def test_skipped_input_is_counted_and_reported(tmp_path):
              f'--config.data.train_source=text:{corpus}/*.txt')
   assert 'data train' in proc.stderr and 'invalid UTF-8' in proc.stderr
   assert 'empty file' in proc.stderr and 'b.txt' in proc.stderr
+
+
+def test_trained_workdir_exports_to_transformers_with_equal_logits(uninterrupted, tmp_path):
+  """convert t5x_to_hf on a training workdir (latest checkpoint) -> transformers logits."""
+  import jax
+  import torch
+  import transformers
+  from t5x_lite import convert, models
+  ref_dir, _ = uninterrupted
+  model_cfg, params = convert.load_t5x(ref_dir)
+  convert.t5x_to_hf(ref_dir, str(tmp_path / 'hf'))
+  hf_model = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / 'hf'))
+  rng = np.random.RandomState(0)
+  enc = rng.randint(2, 1100, (2, 20)).astype(np.int32)
+  dec = np.concatenate([np.zeros((2, 1), np.int32), rng.randint(2, 1100, (2, 9))], axis=1)
+  ours = np.asarray(jax.jit(models.build(model_cfg).apply)({'params': params}, {
+      'encoder_input_tokens': enc, 'decoder_input_tokens': dec,
+      'decoder_target_tokens': np.ones_like(dec)}))
+  with torch.no_grad():
+    theirs = hf_model(input_ids=torch.tensor(enc, dtype=torch.long),
+                      decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
+  assert np.abs(ours - theirs[..., :ours.shape[-1]]).max() <= 1e-4 * np.abs(theirs).max()
