@@ -62,6 +62,18 @@ def _path_name(path) -> str:
                   for k in path)
 
 
+def shape_mismatch(saved_tree, abstract_tree) -> str:
+  """'' if the shapes agree, else the first differing leaves ('path: saved X vs config Y')."""
+  saved = {_path_name(p): tuple(v.shape) for p, v in
+           jax.tree_util.tree_flatten_with_path(saved_tree)[0] if hasattr(v, 'shape')}
+  want = {_path_name(p): tuple(v.shape) for p, v in
+          jax.tree_util.tree_flatten_with_path(abstract_tree)[0]}
+  diffs = [f'{k}: saved {saved.get(k)} vs config {want.get(k)}'
+           for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
+  more = f' (and {len(diffs) - 3} more)' if len(diffs) > 3 else ''
+  return '; '.join(diffs[:3]) + more
+
+
 # ----------------------------------------------------------------------- manager
 class Checkpoints:
   """Thin wrapper over `ocp.CheckpointManager` for the three items above."""
@@ -104,19 +116,11 @@ class Checkpoints:
   def check_compatible(self, step: int, abstract_state: TrainState) -> None:
     """Clear error if the saved state's shapes differ from the current config's."""
     meta = self.manager.item_metadata(step)['state']
-    meta = getattr(meta, 'tree', meta)
-    saved = {_path_name(p): tuple(v.shape) for p, v in
-             jax.tree_util.tree_flatten_with_path(meta)[0] if hasattr(v, 'shape')}
-    want = {_path_name(p): tuple(v.shape) for p, v in
-            jax.tree_util.tree_flatten_with_path(abstract_state.as_dict())[0]}
-    diffs = [f'{k}: saved {saved.get(k)} vs config {want.get(k)}'
-             for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
-    if diffs:
-      more = f' (and {len(diffs) - 3} more)' if len(diffs) > 3 else ''
+    mismatch = shape_mismatch(getattr(meta, 'tree', meta), abstract_state.as_dict())
+    if mismatch:
       raise ValueError(
-          f'checkpoint {self.directory / str(step)} does not match this config: '
-          f'{"; ".join(diffs[:3])}{more}. Use a new --workdir (or delete '
-          f'{self.directory}) to start fresh.')
+          f'checkpoint {self.directory / str(step)} does not match this config: {mismatch}. '
+          f'Use a new --workdir (or delete {self.directory}) to start fresh.')
 
   def restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
     self.check_compatible(step, abstract_state)

@@ -64,22 +64,14 @@ def latest_checkpoint(workdir: str) -> Tuple[int, str]:
 
 def _check_param_shapes(path: str, abstract_params) -> None:
   """Clear error when the saved params' shapes differ from the config's."""
-  import jax
   import orbax.checkpoint as ocp
-  from t5x_lite.checkpoints import _path_name
+  from t5x_lite import checkpoints
   meta = ocp.StandardCheckpointer().metadata(path)
   meta = getattr(meta, 'item_metadata', meta)
-  meta = getattr(meta, 'tree', meta)['params']
-  saved = {_path_name(p): tuple(v.shape) for p, v in
-           jax.tree_util.tree_flatten_with_path(meta)[0] if hasattr(v, 'shape')}
-  want = {_path_name(p): tuple(v.shape) for p, v in
-          jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
-  diffs = [f'{k}: saved {saved.get(k)} vs config {want.get(k)}'
-           for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
-  if diffs:
-    more = f' (and {len(diffs) - 3} more)' if len(diffs) > 3 else ''
-    raise ValueError(f'checkpoint {path} does not match this config: {"; ".join(diffs[:3])}'
-                     f'{more}. Pass the config (and --config overrides) the run was trained with.')
+  mismatch = checkpoints.shape_mismatch(getattr(meta, 'tree', meta)['params'], abstract_params)
+  if mismatch:
+    raise ValueError(f'checkpoint {path} does not match this config: {mismatch}. Pass the '
+                     'config (and --config overrides) the run was trained with.')
 
 
 def load(config, workdir: str):
