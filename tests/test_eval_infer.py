@@ -7,15 +7,11 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tiny_run import ROOT, TINY_MODEL
 
-# tests/test_train_cli.py's TINY model, on the text-to-text speaker task.
-CONFIG = [
-    '--config=configs/default.py',
-    '--config.model.d_model=32', '--config.model.d_ff=64', '--config.model.num_heads=2',
-    '--config.model.d_kv=16', '--config.data.inputs_length=64',
-    '--config.data.targets_length=8', '--config.train.batch_size=8',
-    '--config.data.objective=text_to_text',
+# The tiny model on the text-to-text speaker task.
+CONFIG = TINY_MODEL + [
+    '--config.data.targets_length=8', '--config.data.objective=text_to_text',
     '--config.data.train_source=jsonl:data/tasks/speaker/train.jsonl',
     '--config.data.validation_source=jsonl:data/tasks/speaker/validation.jsonl',
 ]

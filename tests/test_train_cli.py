@@ -12,15 +12,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tiny_run import ROOT, TINY_MODEL
 
-TINY = [
-    '--config=configs/default.py',
-    '--config.model.d_model=32', '--config.model.d_ff=64', '--config.model.num_heads=2',
-    '--config.model.d_kv=16', '--config.data.inputs_length=64',
-    '--config.data.targets_length=14', '--config.train.batch_size=8',
-    '--config.train.log_every=1', '--config.train.eval_every=0',
-    '--config.checkpoint.keep=10', '--show_predictions=0',
+TINY = TINY_MODEL + [
+    '--config.data.targets_length=14', '--config.train.log_every=1',
+    '--config.train.eval_every=0', '--config.checkpoint.keep=10', '--show_predictions=0',
 ]
 
 
