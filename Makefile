@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	# tensorflow-text's wheel requires `tensorflow`; beside tensorflow-cpu it imports and works.
+	$(PY) -m pip install --quiet --no-deps tensorflow-text==2.21.1
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
