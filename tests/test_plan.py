@@ -16,17 +16,15 @@ T5_DIMS = {
 
 # Counted by `transformers` in a subprocess started with the module (it overlaps the other
 # tests; importing torch + transformers is most of this file's time). Models are built on
-# the meta device: no memory, no init. `parameters()` counts a shared tensor once.
+# the meta device: no memory, no init. `parameters()` counts a shared tensor once. torch and
+# transformers are pinned test requirements: if they do not import, the tests fail.
 HF_SCRIPT = """
 import json, os, sys
 os.environ['USE_TF'] = '0'; os.environ['USE_FLAX'] = '0'
-try:
-  import torch
-  from transformers.models.bert import configuration_bert, modeling_bert
-  from transformers.models.gpt2 import configuration_gpt2, modeling_gpt2
-  from transformers.models.t5 import configuration_t5, modeling_t5
-except ImportError as e:
-  print(json.dumps({'skip': str(e)})); sys.exit(0)
+import torch
+from transformers.models.bert import configuration_bert, modeling_bert
+from transformers.models.gpt2 import configuration_gpt2, modeling_gpt2
+from transformers.models.t5 import configuration_t5, modeling_t5
 dims = json.loads(sys.argv[1])
 models = {f't5_{k}': (modeling_t5.T5ForConditionalGeneration, configuration_t5.T5Config(
               vocab_size=32128, feed_forward_proj='gated-gelu', tie_word_embeddings=False, **v))
@@ -50,10 +48,8 @@ def hf_counts():
   def get():
     if not result:
       out, err = proc.communicate(timeout=300)
-      assert proc.returncode == 0, err
+      assert proc.returncode == 0, f'counting with transformers failed: {err}'
       result.update(json.loads(out.strip().splitlines()[-1]))
-    if 'skip' in result:
-      pytest.skip(f'transformers / torch not importable: {result["skip"]}')
     return result
 
   yield get
