@@ -38,6 +38,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.init_scheme = 't5'            # t5 (variance scaling, reference page) | normal_0.02 (BERT, GPT-2)
   m.scan_layers = False
   m.remat = 'none'                  # none | full | dots (jax.checkpoint policies)
+  m.attention_impl = 'auto'         # auto (cuDNN on GPU in 16-bit, else xla) | xla | cudnn | einsum
 
   # ---- data: owned by t5x_lite/data (see t5x_lite/data/pipeline.py) ----
   d = cfg.data = ml_collections.ConfigDict()
