@@ -225,14 +225,17 @@ def stack_attention_inputs(mask: Optional[Array], bias: Optional[Array], impl: s
                            dtype) -> Tuple[Optional[Array], Optional[Array]]:
   """(bias, mask) as the implementation takes them, built once per stack (not per layer).
 
-  cuDNN folds a boolean mask into its bias anyway (in the activation dtype); doing it here
-  once saves a [batch, heads, q, k] select per layer. XLA and einsum take both as they are.
+  xla / cudnn: the boolean mask is folded into one additive bias here, once, instead of a
+  [batch, heads, q, k] select in every layer (cuDNN would fold it per call anyway, in the
+  activation dtype). Rows with no allowed key (padding queries) then get arbitrary outputs,
+  which nothing reads. 'einsum' keeps mask and bias apart: it is the reference.
   """
-  if impl != 'cudnn' or mask is None:
+  if impl == 'einsum' or mask is None:
     return bias, mask
-  neg = jnp.asarray(-2 ** 40 if jnp.dtype(dtype) == jnp.bfloat16 else -2 ** 14, dtype)
-  base = jnp.zeros((1, 1) + mask.shape[2:], dtype) if bias is None else bias.astype(dtype)
-  return jnp.where(mask, base, neg), None
+  bias_dtype = jnp.float32 if impl == 'xla' else dtype
+  neg = NEG_INF if impl == 'xla' else (-2 ** 40 if jnp.dtype(dtype) == jnp.bfloat16 else -2 ** 14)
+  base = jnp.zeros((1, 1) + mask.shape[2:], bias_dtype) if bias is None else bias
+  return jnp.where(mask, base.astype(bias_dtype), jnp.asarray(neg, bias_dtype)), None
 
 
 def dot_product_attention(query: Array, key: Array, value: Array, bias: Optional[Array],
