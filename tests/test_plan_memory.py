@@ -9,13 +9,13 @@ buffers (gradients, saved activations, workspaces). The plan must land within 15
 import jax
 
 from configs import t5_v1_1
-from t5x_lite import bench, partitioning, plan, trainer as trainer_lib
+from t5x_lite import accounting, families, partitioning, trainer as trainer_lib
 
 
 def compiled_step_bytes(config):
   mesh = partitioning.create_mesh(config.partitioning)
   trainer = trainer_lib.Trainer(config, mesh)
-  batch = bench.synthetic_batch(config, config.train.batch_size)
+  batch = families.synthetic_batch(config, config.train.batch_size)
   with partitioning.activate(mesh, trainer.rules):
     compiled = trainer._jit_train.lower(trainer.abstract_state, batch,
                                         jax.random.PRNGKey(0)).compile()
@@ -27,7 +27,7 @@ def compiled_step_bytes(config):
 def test_plan_bytes_within_15_percent_of_compiled_t5_small_step():
   config = t5_v1_1.get_config('small')
   config.partitioning.mesh.update(dict(data=-1, fsdp=1, tensor=1))
-  memory = plan.memory_per_device(config, jax.device_count())
+  memory = accounting.memory_per_device(config, jax.device_count())
   planned = memory['total_bytes']
   compiled = compiled_step_bytes(config)
   # Not vacuous: activations are a large part of the figure, not just params and grads.
