@@ -4,7 +4,7 @@ Owns: `ModelConfig` (validated, hashable view of `config.model`), the transforme
 and `Stack`, and the families `EncoderDecoder` (T5 v1.1 / v1.0), `EncoderOnly` (BERT with
 its MLM head) and `DecoderOnly` (GPT-2, or T5-style with prefix LM), built by `build`.
 
-Call contract (DESIGN.md): `model.apply({'params': p}, batch, deterministic=True)` with a
+Call contract (docs/design.md): `model.apply({'params': p}, batch, deterministic=True)` with a
 dict of seqio feature names returns float32 logits [batch, length, vocab] for the target
 side (decoder, or encoder for MLM). Packed batches pass `*_segment_ids` / `*_positions`.
 
@@ -20,9 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t5x_lite import families
 from t5x_lite import layers
 
-FAMILIES = ('encoder_decoder', 'encoder', 'decoder')
+FAMILIES = tuple(families.FAMILIES)
 REMAT_POLICIES = {
     'none': None,
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -34,8 +35,9 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Frozen mirror of `config.model` (see configs/base.py for the meaning of each field)."""
-  family: str = 'encoder_decoder'
+  """`config.model`, frozen and validated. These defaults ARE the config defaults
+  (configs/base.py builds its model section from them)."""
+  family: str = 'encoder_decoder'   # encoder_decoder | encoder | decoder (families.py)
   vocab_size: int = 32128
   d_model: int = 512
   d_ff: int = 1024
@@ -43,24 +45,28 @@ class ModelConfig:
   d_kv: int = 64
   num_encoder_layers: int = 8
   num_decoder_layers: int = 8
+  # gated-GELU (T5 v1.1); ('relu',) v1.0; ('gelu_exact',) BERT
   mlp_activations: Tuple[str, ...] = ('gelu', 'linear')
-  norm: str = 'rms'
+  norm: str = 'rms'                 # rms | layer
   norm_eps: float = 1e-6
-  post_norm: bool = False
-  use_bias: bool = False
-  position_embedding: str = 'relative'
-  max_position_embeddings: int = 512
-  type_vocab_size: int = 0
+  post_norm: bool = False           # True: BERT-style x = Norm(x + Sublayer(x))
+  use_bias: bool = False            # biases in dense and attention projections (BERT, GPT-2)
+  position_embedding: str = 'relative'  # relative (T5 bias) | absolute (learned, BERT/GPT-2)
+  max_position_embeddings: int = 512    # absolute positions only
+  type_vocab_size: int = 0          # BERT token-type embeddings (0 = none)
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
+  # True: q.k / sqrt(d_kv) (BERT, GPT-2); T5 folds it into the query init
   scale_attention_logits: bool = False
-  tie_embeddings: bool = False
-  rescale_tied_logits: bool = False
-  init_scheme: str = 't5'
+  tie_embeddings: bool = False      # logits from the input embedding (T5 v1.0, BERT, GPT-2)
+  rescale_tied_logits: bool = False # T5 v1.0: tied logits divided by sqrt(d_model)
+  init_scheme: str = 't5'           # t5 (variance scaling, docs/t5.md §5) | normal_0.02
   dropout_rate: float = 0.0
-  dtype: str = 'float32'
+  dtype: str = 'float32'            # activation dtype; params, norms and logits stay float32
   scan_layers: bool = False
-  remat: str = 'none'
+  remat: str = 'none'               # none | full | dots | dots_no_batch (jax.checkpoint policies)
+  # auto (cuDNN on a GPU in 16-bit, else xla) | xla | cudnn | einsum (reference, dropout)
+  attention_impl: str = 'auto'
 
   @classmethod
   def from_config(cls, model_cfg) -> 'ModelConfig':
@@ -85,9 +91,9 @@ class ModelConfig:
     if self.family not in FAMILIES:
       fail('family', f'must be one of {", ".join(FAMILIES)}')
     positive = ['vocab_size', 'd_model', 'd_ff', 'num_heads', 'd_kv']
-    if self.family != 'decoder':
+    if families.FAMILIES[self.family].has_encoder:
       positive.append('num_encoder_layers')
-    if self.family != 'encoder':
+    if families.FAMILIES[self.family].has_decoder:
       positive.append('num_decoder_layers')
     if self.position_embedding == 'absolute':
       positive.append('max_position_embeddings')
@@ -102,7 +108,8 @@ class ModelConfig:
       fail('mlp_activations', f'each entry must be one of {", ".join(layers.ACTIVATIONS)}')
     choices = {'norm': ('rms', 'layer'), 'position_embedding': ('relative', 'absolute'),
                'dtype': tuple(DTYPES), 'remat': tuple(REMAT_POLICIES),
-               'init_scheme': ('t5', 'normal_0.02')}
+               'init_scheme': ('t5', 'normal_0.02'),
+               'attention_impl': layers.ATTENTION_IMPLS}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         fail(name, f'must be one of {", ".join(allowed)}')
@@ -147,7 +154,7 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, self_mask, self_bias, encoded, cross_mask, decode_index):
+  def __call__(self, x, self_mask, self_bias, encoded, cross_mask, cross_bias, decode_index):
     cfg, inits = self.cfg, _inits(self.cfg)
     dtype = cfg.activation_dtype
     dropout = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
@@ -155,7 +162,8 @@ class Block(nn.Module):
         layers.MultiHeadAttention, num_heads=cfg.num_heads, d_kv=cfg.d_kv,
         out_features=cfg.d_model, use_bias=cfg.use_bias,
         scale_logits=cfg.scale_attention_logits, dropout_rate=cfg.dropout_rate,
-        dtype=dtype, q_init=inits['q'], kv_init=inits['kv'], o_init=inits['o'])
+        dtype=dtype, attention_impl=cfg.attention_impl, q_init=inits['q'],
+        kv_init=inits['kv'], o_init=inits['o'])
     norm = lambda name: layers.Norm(cfg.norm, cfg.norm_eps, dtype, name=name)
 
     def residual(x, sublayer, norm_name):
@@ -168,7 +176,8 @@ class Block(nn.Module):
         'self_attention_norm')
     if self.cross_attention:
       x = residual(x, lambda h: attention(name='cross_attention')(
-          h, encoded, cross_mask, None, self.deterministic), 'cross_attention_norm')
+          h, encoded, cross_mask, cross_bias, self.deterministic, self.decode, decode_index,
+          cross_cache=True), 'cross_attention_norm')
     mlp = layers.Mlp(cfg.d_ff, cfg.mlp_activations, cfg.use_bias, cfg.dropout_rate, dtype,
                      inits['mlp_in'], inits['mlp_out'], name='mlp')
     x = residual(x, lambda h: mlp(h, self.deterministic), 'mlp_norm')
@@ -223,16 +232,18 @@ class Stack(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x.astype(dtype), ('batch', 'length', 'embed'))
 
-    # Self-attention mask and relative position bias.
+    # Masks and the relative position bias: built once per stack, shared by every layer.
     if use_cache:
+      # Keys are the whole cache; positions not yet written are excluded by causality.
       cache_len = key_prefix.value.shape[1]
       key_positions = jnp.arange(cache_len)
       q_prefix = prefix if prefix is not None else jnp.zeros((batch, length), bool)
       key_prefix.value = jax.lax.dynamic_update_slice(key_prefix.value, q_prefix,
                                                       (0, decode_index))
-      allowed = key_positions[None, None, :] <= step_positions[None, :, None]
-      allowed = allowed | (q_prefix[:, :, None] & key_prefix.value[:, None, :])
-      self_mask = allowed[:, None]
+      self_mask = layers.attention_mask(
+          jnp.ones((batch, length), bool), jnp.ones((batch, cache_len), bool),
+          causal=True, query_prefix=q_prefix, key_prefix=key_prefix.value,
+          query_positions=step_positions, key_positions=key_positions)
     else:
       key_positions = step_positions
       self_mask = layers.attention_mask(valid, valid, segment_ids, segment_ids, self.causal,
@@ -243,19 +254,23 @@ class Stack(nn.Module):
           cfg.num_heads, cfg.relative_attention_num_buckets,
           cfg.relative_attention_max_distance, bidirectional=not self.causal,
           name='relpos_bias')(step_positions, key_positions)
-    cross_mask = None
+    dropout_active = not deterministic and cfg.dropout_rate > 0
+    impl = layers.resolve_attention_impl(cfg.attention_impl, dtype, dropout_active, decode)
+    self_bias, self_mask = layers.stack_attention_inputs(self_mask, self_bias, impl, dtype)
+    cross_mask = cross_bias = None
     if self.cross_attention:
       query_valid = valid if not use_cache else jnp.ones((batch, length), bool)
       query_segments = segment_ids if not use_cache else None
       cross_mask = layers.attention_mask(query_valid, encoder_valid, query_segments,
                                          encoder_segment_ids if query_segments is not None
                                          else None)
+      cross_bias, cross_mask = layers.stack_attention_inputs(cross_mask, None, impl, dtype)
 
     block = Block
     policy = REMAT_POLICIES[cfg.remat]
     if cfg.remat != 'none':
       block = nn.remat(block, policy=policy, prevent_cse=not cfg.scan_layers)
-    args = (self_mask, self_bias, encoded, cross_mask, decode_index)
+    args = (self_mask, self_bias, encoded, cross_mask, cross_bias, decode_index)
     if cfg.scan_layers:
       scanned = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
                         split_rngs={'params': True, 'dropout': True},
@@ -388,15 +403,8 @@ def build(model_cfg) -> nn.Module:
 
 def dummy_batch(cfg, batch_size: int = 1, inputs_length: int = 8, targets_length: int = 8):
   """All-ones int32 batch with the features the family reads (for `init` and shapes)."""
-  cfg = ModelConfig.from_config(cfg)
-  ones = lambda n: jnp.ones((batch_size, n), jnp.int32)
-  if cfg.family == 'encoder':
-    return {'encoder_input_tokens': ones(inputs_length)}
-  batch = {'decoder_input_tokens': ones(targets_length),
-           'decoder_target_tokens': ones(targets_length)}
-  if cfg.family == 'encoder_decoder':
-    batch['encoder_input_tokens'] = ones(inputs_length)
-  return batch
+  return families.dummy_batch(ModelConfig.from_config(cfg).family, batch_size, inputs_length,
+                              targets_length, ones=lambda shape: jnp.ones(shape, jnp.int32))
 
 
 # ------------------------------------------------------------- scanned <-> unscanned
