@@ -235,9 +235,9 @@ def test_init_from_checkpoint_fine_tunes_with_fresh_optimizer(uninterrupted, tmp
 
 def test_init_from_hf_directory(uninterrupted, tmp_path):
   """init_from=hf:DIR with a directory exported from the trained workdir."""
-  from t5x_lite import convert
+  from t5x_lite import conversion
   ref_dir, _ = uninterrupted
-  hf_dir = convert.t5x_to_hf(ref_dir, str(tmp_path / 'hf'))
+  hf_dir = conversion.t5x_to_hf(ref_dir, str(tmp_path / 'hf'))
   workdir = str(tmp_path / 'ft_hf')
   proc = run(workdir, '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}')
   assert 'initialized params from Hugging Face directory' in proc.stdout
