@@ -186,8 +186,10 @@ def test_signal_saves_and_resumes_exactly_with_dropout(with_dropout, tmp_path, s
 
 def test_nan_loss_stops_and_writes_no_checkpoint(tmp_path):
   workdir = str(tmp_path / 'nan')
+  # log_every 10 > checkpoint_every 1: only the check before each save can stop the run in
+  # time (logging would find the bad step too late).
   proc = run(workdir, '--config.train.steps=30', '--config.train.checkpoint_every=1',
-             '--config.optimizer.name=adamw', '--config.optimizer.schedule=constant',
+             '--config.train.log_every=10', '--config.optimizer.name=adamw', '--config.optimizer.schedule=constant',
              '--config.optimizer.learning_rate=1e30', check=False)
   assert proc.returncode == 1
   assert 'non-finite loss' in proc.stderr and 'at step' in proc.stderr
@@ -196,7 +198,6 @@ def test_nan_loss_stops_and_writes_no_checkpoint(tmp_path):
   # keeps its params finite, so finiteness alone would not show a late save).
   steps = checkpoint_steps(workdir)
   assert steps and max(steps) == bad - 1, (steps, bad)
-  assert max(losses(workdir)) < bad
   for step in steps:
     import jax
     for leaf in jax.tree.leaves(final_params(workdir, step)):
