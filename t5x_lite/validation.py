@@ -23,6 +23,11 @@ def validate_config(config, num_devices: int) -> None:
                      f'config.train.grad_accum_steps={t.grad_accum_steps}.')
   if not 0.0 <= t.label_smoothing < 1.0:
     raise ValueError(f'config.train.label_smoothing={t.label_smoothing} must be in [0, 1).')
+  if t.on_nonfinite not in ('stop', 'skip'):
+    raise ValueError(f'config.train.on_nonfinite={t.on_nonfinite!r} must be stop or skip.')
+  if int(t.max_consecutive_skips) < 1:
+    raise ValueError(f'config.train.max_consecutive_skips={t.max_consecutive_skips} must be '
+                     '>= 1.')
   if t.z_loss < 0:
     raise ValueError(f'config.train.z_loss={t.z_loss} must be >= 0.')
   if int(config.checkpoint.keep) < 1:
