@@ -218,11 +218,8 @@ class Checkpoints:
     self.manager.close()
 
   def abandon(self):
-    """Close while another error is already on its way out: never raise over it."""
-    try:
-      self.manager.close()
-    except Exception:  # the save's failure is already being reported
-      pass
+    """Another error is on its way out: leave Orbax's threads (closing would wait on a save
+    that may be failing, and raise over that error); the command exits after reporting."""
 
 
 # ------------------------------------------------------------------ finding steps

@@ -15,6 +15,7 @@ import difflib
 import logging
 import os
 import sys
+import threading
 import traceback
 from typing import Callable, List, Optional
 
@@ -35,10 +36,24 @@ class FlagError(ValueError):
   """A bad command line: unknown flag, bad config file or override."""
 
 
+# Default config file of each config flag. The flag itself is defined without a default:
+# ml_collections would load a default (and apply the overrides) while the flag is being
+# *defined*, before `parse_flags` can turn a mistake into one line.
+_CONFIG_DEFAULTS = {}
+
+
+def define_config_flag(default: Optional[str], help_text: str, lock_config: bool = False,
+                       flag_values=FLAGS, name: str = 'config'):
+  """`--config=FILE[:ARG]` (+ `--config.a.b=v` overrides); `default` used when not given."""
+  config_flags.DEFINE_config_file(name, None, help_text, flag_values=flag_values,
+                                  lock_config=lock_config)
+  _CONFIG_DEFAULTS[(id(flag_values), name)] = default
+
+
 def define_common_flags():
   if 'workdir' in FLAGS:
     return
-  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (get_config()).')
+  define_config_flag('configs/default.py', 'Config file (get_config()).')
   flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, TensorBoard).')
   flags.DEFINE_integer('num_cpu_devices', 0, 'Fake CPU devices (tests, local multi-process).')
   flags.DEFINE_integer('show_predictions', 3, 'Print this many example predictions.')
@@ -127,8 +142,6 @@ def _check_config_flags(argv: List[str], flag_values) -> None:
       continue
     argument = _flag_argument(argv, name)
     if argument is None:
-      argument = flag.default_unparsed
-    if argument is None:
       continue  # required-ness is checked by absl (mark_flags_as_required) or the command
     config = _load_config_file(argument, flag.parser)
     for arg in argv:
@@ -136,9 +149,21 @@ def _check_config_flags(argv: List[str], flag_values) -> None:
         check_override(config, name, arg[len(name) + 3:].split('=', 1)[0])
 
 
+def _with_default_configs(argv: List[str], flag_values) -> List[str]:
+  """argv with `--NAME=DEFAULT` first for each config flag that was not given."""
+  given = [f'--{name}={default}' for (fv, name), default in _CONFIG_DEFAULTS.items()
+           if fv == id(flag_values) and default and _flag_argument(argv, name) is None]
+  if not given:
+    return argv
+  argv = argv[:1] + given + argv[1:]
+  sys.argv = list(argv)  # ml_collections reads the overrides from sys.argv
+  return argv
+
+
 def parse_flags(argv: List[str], flag_values=FLAGS) -> List[str]:
   """absl parsing with every error as FlagError (one line); returns the positional args."""
   try:
+    argv = _with_default_configs(list(argv), flag_values)
     _check_config_flags(argv[1:], flag_values)
     return flag_values(argv)
   except FlagError:
@@ -165,6 +190,20 @@ def call(body: Callable[[], None], name: str = '') -> int:
   return 0
 
 
+def _quiet_thread_failure(args) -> None:
+  """A background thread's exception (an Orbax async save) is re-raised to the main thread
+  (`Checkpoints.check_for_errors`), which reports it in one line; its traceback is logged
+  only at INFO verbosity."""
+  absl_logging.info('thread %s failed', getattr(args.thread, 'name', '?'),
+                    exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
+  """Orbax logs a failed async save with its traceback; the main thread re-raises it."""
+  return not (f'{os.sep}orbax{os.sep}' in record.pathname and record.levelno >= logging.ERROR
+              and absl_logging.get_verbosity() < absl_logging.INFO)
+
+
 def run(body, needs_workdir: bool = True, name: str = ''):
   """`app.run` a command body (no arguments) with the shared set-up and error contract;
   `name` prefixes the error line (`plan: error: ...`)."""
@@ -178,6 +217,8 @@ def run(body, needs_workdir: bool = True, name: str = ''):
   def main(argv):
     logging.basicConfig(level=logging.WARNING)
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TF are chatty below that
+    threading.excepthook = _quiet_thread_failure
+    logging.getLogger('absl').addFilter(_drop_orbax_background_errors)
 
     def checked_body():
       if len(argv) > 1:
@@ -188,5 +229,13 @@ def run(body, needs_workdir: bool = True, name: str = ''):
         import jax
         jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
       body()
-    sys.exit(call(checked_body, name))
+    status = call(checked_body, name)
+    if status and [t for t in threading.enumerate() if t.is_alive() and not t.daemon
+                   and t is not threading.current_thread()]:
+      # Background work (a failing Orbax save) is still running: interpreter shutdown
+      # would wait for it and print its errors. It is abandoned; the error line said why.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(status)
+    sys.exit(status)
   app.run(main, flags_parser=parse)

@@ -22,7 +22,6 @@ import json
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from t5x_lite import cli
 
@@ -31,7 +30,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   """Defined only when run as a command, so importing this module has no side effects."""
-  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  cli.define_config_flag(None, 'Config file.', lock_config=True)
   flags.DEFINE_enum('split', 'train', ['train', 'validation'], 'Split.')
   flags.DEFINE_integer('n', 3, 'Rows to print.')
   flags.DEFINE_integer('shard_index', 0, 'Shard to read.')

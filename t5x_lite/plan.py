@@ -102,8 +102,7 @@ def main():
 
 
 def _define_flags():
-  config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/t5_v1_1.py:small.',
-                                  lock_config=True)
+  cli.define_config_flag(None, 'Config file, e.g. configs/t5_v1_1.py:small.', lock_config=True)
   flags.DEFINE_integer('num_devices', None, 'Devices to plan for (default: jax.device_count()).')
   flags.DEFINE_bool('per_param', False, 'Also list every parameter and its sharding.')
   flags.mark_flags_as_required(['config'])
