@@ -328,6 +328,8 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
         f'{last_loss if last_loss is None else round(last_loss, 4)}; checkpoint step {step} in '
         f'{ckpts.directory}.', flush=True)
   if pid == 0:
+    from t5x_lite import loss_curve
+    print(loss_curve.report(workdir), flush=True)
     show_predictions(config, trainer, state.params, num_predictions)
 
 
