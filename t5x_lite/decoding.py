@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import models
+from t5x_lite import families
 
 EOS_ID = 1
 DEFAULT_ALPHA = 0.6  # T5X's default length-penalty exponent
@@ -187,20 +187,26 @@ def decoder_only_generate(model, params, prompt_tokens, max_length: int, rng=Non
                               top_k, top_p, prefix_lm)[0]
 
 
+def how_it_generates(model) -> str:
+  """'encoder_decoder' or 'decoder_only', from the family table (families.py); a family
+  that does not generate (encoder-only) is a ValueError."""
+  generates = families.get(model.cfg.family).generates
+  if generates is None:
+    raise ValueError(f'model.family={model.cfg.family!r} does not generate text; decoding '
+                     'needs encoder_decoder or decoder.')
+  return generates
+
+
 def generate(model, params, batch: Dict[str, np.ndarray], max_length: int, **kwargs):
   """Family dispatch: encoder-decoder reads `encoder_input_tokens`, decoder-only a prompt."""
-  if isinstance(model, models.EncoderDecoder):
+  if how_it_generates(model) == 'encoder_decoder':
     return encoder_decoder_generate(model, params, batch['encoder_input_tokens'], max_length,
                                     **kwargs)
-  if isinstance(model, models.DecoderOnly):
-    return decoder_only_generate(model, params, batch['decoder_input_tokens'], max_length,
-                                 **kwargs)
-  raise ValueError(_NO_DECODER)
+  return decoder_only_generate(model, params, batch['decoder_input_tokens'], max_length,
+                               **kwargs)
 
 
 # ------------------------------------------------------------------------ beam search
-_NO_DECODER = ('decoding needs config.model.family=encoder_decoder or decoder; an encoder-only '
-               'model has no decoder to generate with.')
 
 
 def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_length: int,
@@ -308,10 +314,9 @@ def beam_search(model, params, batch: Dict[str, np.ndarray], max_length: int, be
   prompts in `decoder_input_tokens` (bidirectional prefix when `prefix_lm`) and returns
   only the generated tokens. Scores as in the module docstring.
   """
-  if not isinstance(model, (models.EncoderDecoder, models.DecoderOnly)):
-    raise ValueError(_NO_DECODER)
+  encoder_decoder = how_it_generates(model) == 'encoder_decoder'
   check_beam_size(beam_size, model.cfg.vocab_size)
-  if isinstance(model, models.EncoderDecoder):
+  if encoder_decoder:
     return _encoder_decoder_beam_search(model, params, batch['encoder_input_tokens'],
                                         max_length, beam_size, float(alpha))
   return _decoder_only_beam_search(model, params, batch['decoder_input_tokens'], max_length,
@@ -327,14 +332,13 @@ def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
   temperature > 0 samples (one sequence per row; beam_size must be 1); otherwise beam
   search with `beam_size` beams, keeping the best (beam_size=1 is greedy).
   """
-  if not isinstance(model, (models.EncoderDecoder, models.DecoderOnly)):
-    raise ValueError(_NO_DECODER)
+  encoder_decoder = how_it_generates(model) == 'encoder_decoder'
   if temperature > 0:
     if beam_size != 1:
       raise ValueError(f'--beam_size={beam_size} with --temperature={temperature}: sampling '
                        'draws one sequence per input; use --beam_size=1 to sample.')
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    if isinstance(model, models.EncoderDecoder):
+    if encoder_decoder:
       tokens, log_prob = _encoder_decoder_sample(model, params, batch['encoder_input_tokens'],
                                                  max_length, rng, temperature, top_k, top_p)
     else:

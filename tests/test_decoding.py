@@ -200,7 +200,7 @@ def test_bad_beam_sizes_and_encoder_only_are_one_line_errors(encdec):
       decoding.beam_search(model, params, {'encoder_input_tokens': enc}, MAX_LEN, k)
   bert = models.build({'family': 'encoder', 'vocab_size': VOCAB, 'd_model': 32, 'd_ff': 64,
                        'num_heads': 2, 'd_kv': 16, 'num_encoder_layers': 1})
-  with pytest.raises(ValueError, match='encoder-only model has no decoder'):
+  with pytest.raises(ValueError, match="model.family='encoder' does not generate text"):
     decoding.beam_search(bert, {}, {'encoder_input_tokens': enc}, MAX_LEN, 2)
   with pytest.raises(ValueError, match='sampling draws one sequence'):
     decoding.decode(model, params, {'encoder_input_tokens': enc}, MAX_LEN, beam_size=2,
