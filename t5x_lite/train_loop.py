@@ -267,6 +267,9 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
         f'{first if first is None else round(first, 4)}, last loss '
         f'{last if last is None else round(last, 4)}; checkpoint step {step} in '
         f'{ckpts.directory}.', flush=True)
+  if pid == 0:
+    from t5x_lite import loss_curve
+    print(loss_curve.report(workdir), flush=True)
   if pid == 0 and num_predictions > 0 and \
       families.get(config.model.family).generates == 'encoder_decoder':
     decoded = evaluation.decode_split(config, trainer.model, jax.device_get(state.params),
