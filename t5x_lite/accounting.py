@@ -34,8 +34,8 @@ V = vocab_size. Per example, forward:
 the last two are the same. MFU = per_example['train'] * examples_per_second
 / (num_devices * peak_flops_per_device) needs no choice of token at all.
 
-Memory per device: float32 params, float32 gradients, optimizer state (adafactor: factored
-second moments like `optax.adafactor` -- for a param of rank >= 2 whose second-largest dim is
+Memory per device: float32 params, float32 gradients and update, optimizer state (adafactor:
+factored second moments like `optax.adafactor` -- for a param of rank >= 2 whose second-largest dim is
 >= 128, a row and a column statistic, else a full-size one; no momentum. adamw: 2 x params),
 each split like its parameter (a dim sharded over mesh axes of total size k holds size / k
 per device; factored statistics keep the sharding of the dims they keep). Activations are
@@ -233,7 +233,9 @@ def activation_bytes_estimate(config, axis_sizes: Dict[str, int]) -> Dict[str, A
   n_wi = len(mcfg.mlp_activations)
 
   def attention(key_len):  # bytes per query token
-    return (2 * d + 4 * hd) * a + mcfg.num_heads / t * key_len * (4 + a)
+    # Per head and key: float32 logits, float32 softmax and the weights in the activation
+    # dtype (calibrated against the compiled step's memory analysis, tests/test_plan_memory.py).
+    return (2 * d + 4 * hd) * a + mcfg.num_heads / t * key_len * (8 + a)
 
   mlp = (2 * d + (2 * n_wi + 1) * ff) * a
   streams = []  # (tokens per example, layers, bytes per token per layer)
@@ -294,6 +296,8 @@ def memory_per_device(config, num_devices: int, boxed=None) -> Dict[str, Any]:
   activations = activation_bytes_estimate(config, sizes)
   return dict(mesh=sizes, num_devices=num_devices, optimizer=opt_name,
               params_bytes=params_bytes, grads_bytes=params_bytes,
+              # optax computes the whole update before apply_updates adds it to the params.
+              update_bytes=params_bytes,
               optimizer_bytes=opt_bytes, activations_estimate=activations,
-              total_bytes=2 * params_bytes + opt_bytes + activations['bytes'],
+              total_bytes=3 * params_bytes + opt_bytes + activations['bytes'],
               per_param=per_param)
