@@ -148,7 +148,7 @@ def test_optimizer_state_bytes():
   # q kernel [512, 6, 64] is factored as T5's [512, 6 * 64] matrix: 512 + 384 statistics.
   q = 'encoder/layers_0/self_attention/query/kernel'
   assert mem[q]['optimizer_bytes'] == 4 * (512 + 384)
-  # The whole plan equals the size of the state optax itself creates (counts aside).
+  # The per-parameter figures add up to the state optax itself creates (counts aside).
   import flax.linen as nn
   import jax
   from t5x_lite import optim
@@ -158,6 +158,13 @@ def test_optimizer_state_bytes():
   optax_bytes = sum(4 * x.size for x in jax.tree.leaves(state) if x.ndim > 0 and x.size > 1)
   assert sum(m['optimizer_bytes'] for m in mem.values()) == optax_bytes
   assert mem['encoder/final_norm/scale']['optimizer_bytes'] == 4 * 512  # rank 1: full
+  # Under FSDP the statistics keep the sharding of the dim they keep: the embedding's column
+  # statistic (embed: 512 over fsdp=8) shrinks 8x, its row statistic (vocab) does not.
+  cfg.partitioning.mesh.update(dict(data=1, fsdp=8, tensor=1))
+  fsdp = accounting.memory_per_device(cfg, 8, boxed)['per_param']
+  assert fsdp['token_embedder/embedding']['optimizer_bytes'] == 4 * (32128 + 64)
+  assert fsdp[q]['optimizer_bytes'] == 4 * (64 + 384)
+  cfg.partitioning.mesh.update(dict(data=1, fsdp=1, tensor=1))
   cfg.optimizer.name = 'adamw'
   adamw = accounting.memory_per_device(cfg, 1, boxed)
   assert adamw['optimizer_bytes'] == 2 * adamw['params_bytes']
