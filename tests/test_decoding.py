@@ -3,13 +3,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import t5_decoder_only, t5_v1_1
 from t5x_lite import decoding, models
+from tiny_run import tiny_config
 
 
-def _tiny(cfg):
-  cfg.model.update(dict(vocab_size=64, d_model=32, d_ff=64, num_heads=2, d_kv=16))
-  return cfg.model
+def _tiny(name):
+  return tiny_config(name, vocab_size=64).model
 
 
 def _greedy_by_full_forward(step_logits, start, n):
@@ -27,7 +26,7 @@ def _greedy_by_full_forward(step_logits, start, n):
 
 
 def test_encoder_decoder_greedy_equals_full_forward_argmax():
-  cfg = _tiny(t5_v1_1.get_config('tiny'))
+  cfg = _tiny('t5')
   model = models.build(cfg)
   enc = np.random.RandomState(0).randint(2, 64, (3, 10)).astype(np.int32)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), {
@@ -41,7 +40,7 @@ def test_encoder_decoder_greedy_equals_full_forward_argmax():
 
 
 def test_decoder_only_prefix_lm_greedy_equals_full_forward_argmax():
-  cfg = _tiny(t5_decoder_only.get_config('tiny'))
+  cfg = _tiny('t5_decoder')
   model = models.build(cfg)
   prompt = np.random.RandomState(1).randint(2, 64, (2, 5)).astype(np.int32)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), {'decoder_input_tokens': prompt})['params']

@@ -8,6 +8,7 @@ import pytest
 
 from configs import bert, gpt, t5_v1_1
 from t5x_lite import accounting
+from tiny_run import tiny_config
 
 T5_DIMS = {
     'small': dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6),
@@ -81,11 +82,8 @@ def test_gpt_flops_match_independent_formula():
 
 
 def _tiny_t5():
-  cfg = t5_v1_1.get_config('tiny')
-  cfg.model.update(dict(vocab_size=128, d_model=16, d_ff=32, num_heads=2, d_kv=8,
-                        num_encoder_layers=1, num_decoder_layers=1))
-  cfg.data.inputs_length, cfg.data.targets_length = 8, 4
-  return cfg
+  return tiny_config('t5', layers=1, vocab_size=128, d_model=16, d_ff=32, d_kv=8,
+                     data=dict(inputs_length=8, targets_length=4))
 
 
 def test_tiny_encoder_decoder_flops_by_hand():
