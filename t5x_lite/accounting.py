@@ -34,11 +34,11 @@ V = vocab_size. Per example, forward:
 the last two are the same. MFU = per_example['train'] * examples_per_second
 / (num_devices * peak_flops_per_device) needs no choice of token at all.
 
-Memory per device: params and gradients as declared (float32), and the optimizer state that
-optax's own `init` creates (`jax.eval_shape`, nothing allocated), each leaf split by the
-sharding the trainer gives it (`optim.state_shardings`) on an abstract mesh of the planned
-size. One-element leaves (step counts, optax's placeholders) are not counted. Activations
-are a rough ESTIMATE (see `activation_bytes_estimate`).
+Memory per device: params, gradients and the update as declared (float32), and the optimizer
+state that optax's own `init` creates (`jax.eval_shape`, nothing allocated), each leaf split
+by the sharding the trainer gives it (`optim.state_shardings`) on an abstract mesh of the
+planned size. One-element leaves (step counts, optax's placeholders) are not counted.
+Activations are a rough ESTIMATE (see `activation_bytes_estimate`).
 """
 import functools
 import math
@@ -201,7 +201,9 @@ def activation_bytes_estimate(config, axis_sizes: Dict[str, int]) -> Dict[str, A
   n_wi = len(mcfg.mlp_activations)
 
   def attention(key_len):  # bytes per query token
-    return (2 * d + 4 * hd) * a + mcfg.num_heads / t * key_len * (4 + a)
+    # Per head and key: float32 logits, float32 softmax and the weights in the activation
+    # dtype (calibrated against the compiled step's memory analysis, tests/test_plan_memory.py).
+    return (2 * d + 4 * hd) * a + mcfg.num_heads / t * key_len * (8 + a)
 
   mlp = (2 * d + (2 * n_wi + 1) * ff) * a
   streams = []  # (tokens per example, layers, bytes per token per layer)
@@ -266,6 +268,8 @@ def memory_per_device(config, num_devices: int, boxed=None) -> Dict[str, Any]:
   opt_bytes = sum(jax.tree.leaves(state_bytes))
   return dict(mesh=sizes, num_devices=num_devices, optimizer=str(config.optimizer.name),
               params_bytes=params_bytes, grads_bytes=params_bytes,
+              # optax computes the whole update before apply_updates adds it to the params.
+              update_bytes=params_bytes,
               optimizer_bytes=opt_bytes, activations_estimate=activations,
-              total_bytes=2 * params_bytes + opt_bytes + activations['bytes'],
+              total_bytes=3 * params_bytes + opt_bytes + activations['bytes'],
               per_param=per_param)

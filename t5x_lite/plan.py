@@ -82,6 +82,7 @@ def report(config, num_devices: int, per_param: bool = False, name: str = '') ->
             f'  params (float32)          {_human(mem["params_bytes"]):>12}',
             f'  optimizer state           {_human(mem["optimizer_bytes"]):>12}',
             f'  gradients (float32)       {_human(mem["grads_bytes"]):>12}',
+            f'  update (float32)          {_human(mem["update_bytes"]):>12}',
             f'  activations (ESTIMATE)    {_human(act["bytes"]):>12}  '
             f'({act["examples_per_device"]:g} examples/device per microbatch, '
             f'remat={act["remat"]}, dtype={act["dtype"]})',
