@@ -101,7 +101,7 @@ def test_same_losses_across_meshes_and_grad_accumulation():
 def test_grad_accumulation_with_adamw():
   """AdamW on a decoder: 4 x (batch/4) on data=2 == 1 x batch on one device."""
   def config(accum):
-    cfg = tiny(gpt.get_config('tiny'), 'causal_lm', targets_length=32)
+    cfg = tiny('gpt', 'causal_lm', targets_length=32)
     cfg.optimizer.update(dict(schedule='constant', learning_rate=1e-3, clip_grad_norm=0.0))
     cfg.train.grad_accum_steps = accum
     return cfg
@@ -215,7 +215,7 @@ def test_adamw_clipping_cosine_weight_decay_label_smoothing_match_numpy():
   the definition above, global-norm clipping, the warmup-cosine learning rate and AdamW with
   decoupled weight decay in float64 numpy."""
   peak, warmup, decay_steps, wd, smoothing, z_loss, b1, b2 = 1e-2, 2, 5, 1.0, 0.1, 1e-4, 0.9, 0.99
-  cfg = tiny(gpt.get_config('tiny'), 'causal_lm', targets_length=32)
+  cfg = tiny('gpt', 'causal_lm', targets_length=32)
   cfg.train.update(dict(steps=8, label_smoothing=smoothing, z_loss=z_loss))
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=peak,
                             warmup_steps=warmup, decay_steps=decay_steps, weight_decay=wd,
