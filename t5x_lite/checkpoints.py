@@ -212,8 +212,18 @@ class Checkpoints:
     self.manager.close()
 
   def abandon(self):
-    """Another error is on its way out: leave Orbax's threads (closing would wait on a save
-    that may be failing, and raise over that error); the command exits after reporting."""
+    """A save failed: leave Orbax's threads (closing would wait on that save and raise over
+    the error); the command exits after reporting."""
+
+  def finish_after_error(self):
+    """Another error (a non-finite step, bad input, Ctrl-C twice) stops the run: the save in
+    flight holds steps trained before it, so let it complete; its own failure is only warned
+    about, never raised over the error that stopped the run."""
+    try:
+      self.wait()
+      self.close()
+    except Exception as e:  # noqa: BLE001 - the first error is the one to report
+      warn(f'the checkpoint save in flight failed too: {e}')
 
 
 # ------------------------------------------------------------------ finding steps

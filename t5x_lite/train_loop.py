@@ -252,8 +252,11 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
         if stop.signal:
           break
       ckpts.wait()  # the last save: CheckpointError if it failed
-    except BaseException:
+    except checkpoints.CheckpointError:
       ckpts.abandon()  # the error in flight says what failed; closing must not hide it
+      raise
+    except BaseException:
+      ckpts.finish_after_error()  # steps before the error are kept
       raise
     ckpts.close()
   if stop.signal:
