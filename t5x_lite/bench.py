@@ -2,7 +2,7 @@ r"""`python -m t5x_lite.bench`: train step, decode and input-pipeline speed in o
 
     python -m t5x_lite.bench [--config=configs/default.py] [--steps=3] [--rounds=3]
         [--beam_size=4] [--decode_batch_size=0] [--decode_length=0] [--peak_flops=0]
-        [--noreference] [--pipeline_seconds=5] [--json]
+        [--noreference] [--pipeline_seconds=5] [--train_only] [--json]
 
 Prints, side by side: this machine's measured float32 matmul peak (or --peak_flops), the
 full train step (ms, tokens/s, MFU against that peak; formula printed), loss + gradients of
@@ -41,6 +41,7 @@ def _define_flags():
   flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device (0 = measure a matmul).')
   flags.DEFINE_bool('reference', True, 'Time Hugging Face FlaxT5 beside ours.')
   flags.DEFINE_float('pipeline_seconds', 5.0, 'How long to run the input pipeline.')
+  flags.DEFINE_bool('train_only', False, 'Only the peak and the full train step.')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of lines.')
 
 
@@ -53,6 +54,7 @@ def main():
       config, steps=FLAGS.steps, rounds=FLAGS.rounds, decode_batch_size=FLAGS.decode_batch_size,
       decode_length=FLAGS.decode_length, beam_size=FLAGS.beam_size, peak_flops=FLAGS.peak_flops,
       reference=FLAGS.reference, pipeline_seconds=FLAGS.pipeline_seconds,
+      train_only=FLAGS.train_only,
       print_fn=(lambda _: None) if FLAGS.json else print)
   if FLAGS.json:
     print(json.dumps(out, sort_keys=True))

@@ -13,8 +13,9 @@ r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` sho
    for greedy and beam search (`decoding`), beside FlaxT5 `generate` at equal shapes, paired.
 5. input pipeline: `get_dataset(config, 'train')` token positions/s (and non-padding tokens/s).
 
-Every figure is also returned in one flat dict (`--json` prints it); a figure that cannot be
-measured here is None with its reason under `notes`.
+`train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh). Every figure is also
+returned in one flat dict (`--json` prints it); a figure that cannot be measured here is
+None with its reason under `notes`.
 """
 from typing import Any, Callable, Dict
 
@@ -83,7 +84,7 @@ def _reference_reason(config, reference: bool) -> str:
 
 def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
         decode_length: int = 0, beam_size: int = 4, peak_flops: float = 0.0,
-        reference: bool = True, pipeline_seconds: float = 5.0,
+        reference: bool = True, pipeline_seconds: float = 5.0, train_only: bool = False,
         print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
   import jax
   from t5x_lite import hf_reference
@@ -107,6 +108,8 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
            f'{dict(lengths)}): {out["train_step_ms"]:,.1f} ms, {r["tokens_per_sec"]:,.0f} '
            f'tokens/s, {r["flops_per_sec"] / 1e9:,.1f} GFLOP/s, MFU {100 * mfu:.1f}%')
   print_fn(f'  {MFU_FORMULA}; FLOPs: {r["formula"]}')
+  if train_only:
+    return out
 
   why_not = _reference_reason(config, reference)
   batch = families.synthetic_batch(config, tc.batch_size)
