@@ -24,7 +24,6 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags
-from ml_collections import config_flags
 
 from t5x_lite import cli
 
@@ -32,7 +31,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
+  cli.define_config_flag('configs/default.py', 'Config file.')
   flags.DEFINE_integer('steps', 3, 'Timed train steps (after one compile + warm-up step).')
   flags.DEFINE_integer('rounds', 3, 'Alternating timed rounds of ours vs FlaxT5 (medians).')
   flags.DEFINE_integer('beam_size', 4, 'Beams for the beam-search decode figure.')
