@@ -9,9 +9,9 @@ python=${PYTHON:-.venv/bin/python}
 batch=${1:-32}
 steps=${2:-10}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
-for impl in cudnn xla einsum; do
+for impl in cudnn xla folded einsum; do
   echo "== attention_impl=$impl"
   CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$python" -m t5x_lite.bench \
     --config=configs/t5_v1_1_bf16.py:large --config.model.attention_impl="$impl" \
-    --config.train.batch_size="$batch" --steps="$steps" || echo "attention_impl=$impl failed"
+    --config.train.batch_size="$batch" --steps="$steps" --train_only || echo "attention_impl=$impl failed"
 done

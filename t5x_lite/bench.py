@@ -1,12 +1,24 @@
-r"""Train-step benchmark: step time, tokens/s and MFU for a config on this machine's devices.
+r"""`python -m t5x_lite.bench`: train step, decode and input-pipeline speed in one run.
 
-    python -m t5x_lite.bench --config=configs/t5_v1_1.py:small [--steps=10] [--peak_flops=...]
+    python -m t5x_lite.bench [--config=configs/default.py] [--steps=3] [--rounds=3]
+        [--beam_size=4] [--decode_batch_size=0] [--decode_length=0] [--peak_flops=0]
+        [--noreference] [--pipeline_seconds=5] [--train_only] [--json]
 
-Feeds synthetic batches of the configured shapes (random ids, full loss weights), so it
-measures the model + optimizer step alone. Compilation and one warm-up step are excluded.
-MFU = 3 x forward matmul FLOPs per example (accounting.flops_per_token, formula printed)
-x examples/s / (devices x peak FLOP/s per device).
+Prints, side by side: this machine's measured float32 matmul peak (or --peak_flops), the
+full train step (ms, tokens/s, MFU against that peak; formula printed), loss + gradients of
+ours beside Hugging Face FlaxT5 at equal shapes (ratio), greedy and beam decode new tokens/s
+beside FlaxT5 `generate` (ratios), and the input pipeline's tokens/s. `--json` prints one
+JSON object instead. The default config runs in a few minutes on a 2-core CPU; the issue's
+shapes (T5 v1.1 small dims, 4+4 layers, batch 8, 512/114):
+
+    python -m t5x_lite.bench --config=configs/t5_v1_1.py:small \
+        --config.model.num_encoder_layers=4 --config.model.num_decoder_layers=4 \
+        --config.train.batch_size=8 --config.data.inputs_length=512 \
+        --config.data.targets_length=114
+
+What each figure means: `t5x_lite.benchmark`.
 """
+import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -18,23 +30,35 @@ from t5x_lite import cli
 FLAGS = flags.FLAGS
 
 
+def _define_flags():
+  cli.define_config_flag('configs/default.py', 'Config file.')
+  flags.DEFINE_integer('steps', 3, 'Timed train steps (after one compile + warm-up step).')
+  flags.DEFINE_integer('rounds', 3, 'Alternating timed rounds of ours vs FlaxT5 (medians).')
+  flags.DEFINE_integer('beam_size', 4, 'Beams for the beam-search decode figure.')
+  flags.DEFINE_integer('decode_batch_size', 0, 'Rows decoded (0 = train.batch_size).')
+  flags.DEFINE_integer('decode_length', 0, 'New tokens per row (0 = the target length).')
+  flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device (0 = measure a matmul).')
+  flags.DEFINE_bool('reference', True, 'Time Hugging Face FlaxT5 beside ours.')
+  flags.DEFINE_float('pipeline_seconds', 5.0, 'How long to run the input pipeline.')
+  flags.DEFINE_bool('train_only', False, 'Only the peak and the full train step.')
+  flags.DEFINE_bool('json', False, 'Print one JSON object instead of lines.')
+
+
 def main():
   import jax
-  from t5x_lite import accounting, throughput, validation
+  from t5x_lite import benchmark, validation
   config = FLAGS.config
   validation.validate_config(config, jax.device_count())
-  r = throughput.measure_train_step(config, FLAGS.steps)
-  peak = accounting.peak_flops_per_device(r['device_kind'], FLAGS.peak_flops)
-  mfu = (f'{100 * r["flops_per_sec"] / (r["devices"] * peak):.1f}%' if peak else
-         f'n/a (no peak for {r["device_kind"]!r}; pass --peak_flops)')
-  print(f'{r["devices"]} x {r["device_kind"]}, batch {config.train.batch_size}: '
-        f'{1000 * r["step_time"]:.1f} ms/step, {r["tokens_per_sec"]:,.0f} tokens/s, '
-        f'{r["flops_per_sec"] / 1e9:,.1f} GFLOP/s, MFU {mfu}')
-  print(f'FLOPs: {r["formula"]}')
+  out = benchmark.run(
+      config, steps=FLAGS.steps, rounds=FLAGS.rounds, decode_batch_size=FLAGS.decode_batch_size,
+      decode_length=FLAGS.decode_length, beam_size=FLAGS.beam_size, peak_flops=FLAGS.peak_flops,
+      reference=FLAGS.reference, pipeline_seconds=FLAGS.pipeline_seconds,
+      train_only=FLAGS.train_only,
+      print_fn=(lambda _: None) if FLAGS.json else print)
+  if FLAGS.json:
+    print(json.dumps(out, sort_keys=True))
 
 
 if __name__ == '__main__':
-  cli.define_config_flag('configs/default.py', 'Config file.')
-  flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile + warm-up step).')
-  flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device (0 = from the table).')
+  _define_flags()
   cli.run(main, needs_workdir=False)

@@ -322,6 +322,11 @@ def _architecture_of(cfg) -> str:
         f'architecture; {_SUPPORTED_MSG}.')
 
 
+def hf_config_dict(model_cfg) -> dict:
+  """The Hugging Face config.json fields of the architecture a model config matches."""
+  return _config_to_hf(_architecture_of(model_cfg), model_cfg)
+
+
 def _config_to_hf(arch: str, c) -> dict:
   acts = tuple(c.mlp_activations)
   if arch == 'T5ForConditionalGeneration':

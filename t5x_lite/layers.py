@@ -202,22 +202,28 @@ def attention_mask(query_valid: Array, key_valid: Array,
 # 'xla' and 'cudnn' go through jax.nn.dot_product_attention; 'einsum' is the explicit
 # logits -> bias -> mask -> softmax path, kept as the fallback for attention dropout
 # (dot_product_attention has none) and as the reference the equality tests compare against.
-ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
+# 'folded' is the same einsum path with the mask folded into the bias once per stack (as
+# FlaxT5 does): on CPU it moves the fewest bytes (XLA cost analysis, T5 v1.1 small grad step:
+# folded < xla (whose vmap adds a transpose and a second divide per layer) < einsum (a select
+# per layer, forward and backward)), so 'auto' picks it there.
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum', 'folded')
 
 
 def resolve_attention_impl(impl: str, dtype, dropout_active: bool, decode: bool) -> str:
   """The implementation one attention call uses.
 
   'auto': cuDNN flash attention on a GPU for 16-bit activations outside decoding (cuDNN
-  takes neither float32 nor single-token queries well), XLA's fused path elsewhere. Any
-  implementation falls back to 'einsum' when attention dropout is active.
+  takes neither float32 nor single-token queries well), 'folded' on CPU, XLA's fused path
+  elsewhere. Any implementation falls back to 'einsum' when attention dropout is active.
   """
   if dropout_active:
     return 'einsum'
   if impl == 'auto':
-    gpu = jax.default_backend() == 'gpu'
+    backend = jax.default_backend()
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return 'cudnn' if gpu and half and not decode else 'xla'
+    if backend == 'cpu':
+      return 'folded'
+    return 'cudnn' if backend == 'gpu' and half and not decode else 'xla'
   return impl
 
 
@@ -225,15 +231,16 @@ def stack_attention_inputs(mask: Optional[Array], bias: Optional[Array], impl: s
                            dtype) -> Tuple[Optional[Array], Optional[Array]]:
   """(bias, mask) as the implementation takes them, built once per stack (not per layer).
 
-  xla / cudnn: the boolean mask is folded into one additive bias here, once, instead of a
+  xla / cudnn / folded: the boolean mask is folded into one additive bias here, once, instead of a
   [batch, heads, q, k] select in every layer (cuDNN would fold it per call anyway, in the
   activation dtype). Rows with no allowed key (padding queries) then get arbitrary outputs,
   which nothing reads. 'einsum' keeps mask and bias apart: it is the reference.
   """
   if impl == 'einsum' or mask is None:
     return bias, mask
-  bias_dtype = jnp.float32 if impl == 'xla' else dtype
-  neg = NEG_INF if impl == 'xla' else (-2 ** 40 if jnp.dtype(dtype) == jnp.bfloat16 else -2 ** 14)
+  bias_dtype = jnp.float32 if impl in ('xla', 'folded') else dtype
+  neg = (NEG_INF if impl in ('xla', 'folded') else
+         -2 ** 40 if jnp.dtype(dtype) == jnp.bfloat16 else -2 ** 14)
   base = jnp.zeros((1, 1) + mask.shape[2:], bias_dtype) if bias is None else bias
   return jnp.where(mask, base.astype(bias_dtype), jnp.asarray(neg, bias_dtype)), None
 

@@ -65,7 +65,7 @@ class ModelConfig:
   dtype: str = 'float32'            # activation dtype; params, norms and logits stay float32
   scan_layers: bool = False
   remat: str = 'none'               # none | full | dots | dots_no_batch (jax.checkpoint policies)
-  # auto (cuDNN on a GPU in 16-bit, else xla) | xla | cudnn | einsum (reference, dropout)
+  # auto (cuDNN on a GPU in 16-bit, folded on CPU, else xla) | xla | cudnn | folded | einsum
   attention_impl: str = 'auto'
 
   @classmethod

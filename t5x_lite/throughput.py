@@ -1,10 +1,12 @@
-"""Throughput measurements: a train step's time and tokens/s, the input pipeline's tokens/s.
+"""Throughput measurements: a train step's time and tokens/s, the input pipeline's tokens/s,
+this machine's float32 matmul peak, decode tokens/s, and paired (alternating) timings.
 
 Used by `python -m t5x_lite.bench` (train step on synthetic batches of the configured shapes,
 `families.synthetic_batch`) and `python -m t5x_lite.data.bench` (span corruption + packing
 beside a T5 v1.1 small train step, and their ratio). Token positions per row and FLOPs come
 from `families.stream_lengths` and `accounting.flops_per_token`, as in training's log.
 """
+import statistics
 import time
 
 from t5x_lite import accounting
@@ -35,6 +37,37 @@ def measure_train_step(config, steps: int = 5) -> dict:
               flops_per_sec=flops['per_example']['train'] * examples_per_sec,
               devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
               formula=flops['formula'])
+
+
+def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
+  """FLOP/s of the best of `repeats` jitted float32 [n, n] x [n, n] matmuls (2 n^3 FLOPs each)
+  on the default device: the peak MFU is measured against where no peak is given."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(f(a, a))
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a, a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best
+
+
+def paired_medians(fns: dict, rounds: int) -> dict:
+  """{name: median seconds} of each no-argument callable, called once each in turn per round
+  after one untimed (compiling) call, so load changes hit every entry alike."""
+  import jax
+  for f in fns.values():
+    jax.block_until_ready(f())
+  times = {k: [] for k in fns}
+  for _ in range(rounds):
+    for k, f in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(f())
+      times[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
 def pipeline_throughput(config, seconds: float, batch_size: int):

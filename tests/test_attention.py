@@ -1,5 +1,6 @@
-"""Attention implementations agree: `xla` (jax.nn.dot_product_attention) vs `einsum` (the
-explicit logits -> bias -> mask -> softmax path), on CPU float32.
+"""Attention implementations agree: `xla` (jax.nn.dot_product_attention) and `folded` (einsum
+with the mask folded into the bias once per stack) vs `einsum` (the explicit logits -> bias
+-> mask -> softmax path), on CPU float32.
 
 - forward logits, packed rows (segment masks) and a prefix-LM batch;
 - gradients of every parameter, the relative-position table (the bias gradient) included;
@@ -37,11 +38,12 @@ CASES = [('t5', 'packed'), ('t5', 'padded'), ('bert', 'packed'), ('gpt', 'packed
          ('t5_decoder', 'prefix'), ('t5_decoder', 'packed')]
 
 
+@pytest.mark.parametrize('impl', ['xla', 'folded'])
 @pytest.mark.parametrize('name,kind', CASES)
-def test_xla_forward_equals_einsum(name, kind):
+def test_forward_equals_einsum(name, kind, impl):
   params, batch = params_for(name), batch_for(name, kind)
   expected = forward(name, params, batch, attention_impl='einsum')
-  got = forward(name, params, batch, attention_impl='xla')
+  got = forward(name, params, batch, attention_impl=impl)
   side = 'encoder' if name == 'bert' else 'decoder'
   real = batch.get(f'{side}_target_tokens', batch[f'{side}_input_tokens']) > 0
   np.testing.assert_allclose(got[real], expected[real], atol=ATOL, rtol=0)
@@ -59,10 +61,11 @@ def grads(name, params, batch, impl):
   return jax.jit(jax.grad(loss))(params)
 
 
+@pytest.mark.parametrize('impl', ['xla', 'folded'])
 @pytest.mark.parametrize('name,kind', [('t5', 'packed'), ('t5_decoder', 'prefix')])
-def test_xla_gradients_equal_einsum_including_bias_table(name, kind):
+def test_gradients_equal_einsum_including_bias_table(name, kind, impl):
   params, batch = params_for(name), batch_for(name, kind)
-  expected, got = grads(name, params, batch, 'einsum'), grads(name, params, batch, 'xla')
+  expected, got = grads(name, params, batch, 'einsum'), grads(name, params, batch, impl)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
                got, expected)
   stack = 'encoder' if name == 't5' else 'decoder'
@@ -70,13 +73,14 @@ def test_xla_gradients_equal_einsum_including_bias_table(name, kind):
   assert np.abs(table).max() > 1e-3  # the bias gradient is really there
 
 
+@pytest.mark.parametrize('impl', ['xla', 'folded'])
 @pytest.mark.parametrize('name,prefill', [('t5', 3), ('gpt', 0)])
-def test_xla_kv_cache_decoding_equals_einsum_forward(name, prefill):
+def test_kv_cache_decoding_equals_einsum_forward(name, prefill, impl):
   full = standard_batch(name)
   params = params_for(name)
   expected = forward(name, params, full, attention_impl='einsum')
   chunks = ([(0, prefill)] if prefill else []) + one_at_a_time(prefill)
-  got = incremental_logits(name, params, full, chunks, overrides=(('attention_impl', 'xla'),))
+  got = incremental_logits(name, params, full, chunks, overrides=(('attention_impl', impl),))
   np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
@@ -135,7 +139,8 @@ def test_folded_mask_bias_equals_separate_mask_and_bias():
 
 
 @pytest.mark.parametrize('impl,dtype,dropout,decode,backend,expected', [
-    ('auto', jnp.float32, False, False, 'cpu', 'xla'),
+    ('auto', jnp.float32, False, False, 'cpu', 'folded'),
+    ('auto', jnp.float32, False, False, 'tpu', 'xla'),
     ('auto', jnp.bfloat16, False, False, 'gpu', 'cudnn'),
     ('auto', jnp.float32, False, False, 'gpu', 'xla'),
     ('auto', jnp.bfloat16, False, True, 'gpu', 'xla'),

@@ -1,0 +1,178 @@
+r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` shows.
+
+1. peak: this machine's float32 matmul FLOP/s (`throughput.matmul_peak`, best of 10 jitted
+   1024 x 1024 matmuls, 2 n^3 FLOPs each) unless a peak is given.
+2. train step: the full step (loss, gradients, optimizer update; `throughput.measure_train_step`
+   on synthetic batches of the config's shapes): ms, tokens/s (every input + target position),
+   MFU = train FLOPs per example (3 x forward matmul FLOPs, `accounting.FORMULA`) x examples/s
+   / (devices x peak FLOP/s per device).
+3. grad step vs FlaxT5: loss + gradients of ours and of Hugging Face FlaxT5 at the same sizes,
+   same loss function and batch (`hf_reference.grad_step`), timed in alternating rounds;
+   ratio = FlaxT5 median / ours (> 1: ours is faster).
+4. decode: new tokens/s = rows x new tokens / s (a beam search's K beams count once per row)
+   for greedy and beam search (`decoding`), beside FlaxT5 `generate` at equal shapes, paired.
+5. input pipeline: `get_dataset(config, 'train')` token positions/s (and non-padding tokens/s).
+
+`train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh). Every figure is also
+returned in one flat dict (`--json` prints it); a figure that cannot be measured here is
+None with its reason under `notes`.
+"""
+from typing import Any, Callable, Dict
+
+import numpy as np
+
+from t5x_lite import families
+from t5x_lite import throughput
+
+MFU_FORMULA = ('MFU = train FLOPs per example (3 x forward matmul FLOPs) x examples/s / '
+               '(devices x peak FLOP/s per device)')
+
+
+def _our_model(config):
+  import flax.linen as nn
+  import jax
+  from t5x_lite import models
+  model = models.build(config.model)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), models.dummy_batch(config.model, 1))
+  return model, nn.unbox(variables)['params']
+
+
+def _our_grad_step(config, batch) -> Callable[[], Any]:
+  """Loss + gradients of our model, the same loss function `hf_reference.grad_step` uses."""
+  import jax
+  from t5x_lite import losses
+  model, params = _our_model(config)
+  family = families.get(config.model.family)
+
+  def loss(p, b):
+    logits = model.apply({'params': p}, b)
+    return losses.weighted_loss(logits, b[family.targets], b[family.weights],
+                                z_loss=config.train.z_loss)[0]
+
+  f = jax.jit(jax.value_and_grad(loss))
+  batch = jax.device_put(batch)
+  return lambda: f(params, batch)
+
+
+def _our_decoder(config, batch, max_length: int, beam_size: int):
+  """A no-argument callable decoding `batch`, or None when this checkout has no beam search."""
+  from t5x_lite import decoding
+  model, params = _our_model(config)
+  if beam_size == 1:
+    if hasattr(decoding, 'decode'):
+      return lambda: decoding.decode(model, params, batch, max_length, beam_size=1)
+    return lambda: decoding.generate(model, params, batch, max_length)
+  if not hasattr(decoding, 'beam_search'):
+    return None
+  return lambda: decoding.beam_search(model, params, batch, max_length, beam_size)
+
+
+def _reference_reason(config, reference: bool) -> str:
+  """Why FlaxT5 is not timed beside us ('' when it is)."""
+  from t5x_lite import hf, hf_reference
+  if not reference:
+    return 'not asked (--noreference)'
+  if not hf_reference.available():
+    return 'transformers is not installed'
+  try:
+    if hf.hf_config_dict(config.model).get('model_type') != 't5':
+      return 'the config is not a T5 encoder-decoder'
+  except ValueError as e:
+    return str(e)
+  return ''
+
+
+def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
+        decode_length: int = 0, beam_size: int = 4, peak_flops: float = 0.0,
+        reference: bool = True, pipeline_seconds: float = 5.0, train_only: bool = False,
+        print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
+  import jax
+  from t5x_lite import hf_reference
+  out: Dict[str, Any] = {'notes': {}}
+  notes = out['notes']
+  tc, lengths = config.train, families.stream_lengths(config)
+  family = families.get(config.model.family)
+
+  peak = peak_flops if peak_flops > 0 else throughput.matmul_peak()
+  out.update(peak_flops=peak, peak_source='given' if peak_flops > 0 else 'measured')
+  print_fn(f'peak: {peak / 1e9:,.1f} GFLOP/s per device ({out["peak_source"]}'
+           f'{"" if peak_flops > 0 else ": best of 10 float32 1024x1024 matmuls, 2n^3 FLOPs"})')
+
+  r = throughput.measure_train_step(config, steps)
+  mfu = r['flops_per_sec'] / (r['devices'] * peak)
+  out.update(devices=r['devices'], device_kind=r['device_kind'], batch_size=tc.batch_size,
+             lengths=dict(lengths), train_step_ms=1000 * r['step_time'],
+             train_tokens_per_s=r['tokens_per_sec'], train_flops_per_s=r['flops_per_sec'],
+             train_mfu=mfu, mfu_formula=MFU_FORMULA, flops_formula=r['formula'])
+  print_fn(f'train step ({r["devices"]} x {r["device_kind"]}, batch {tc.batch_size}, lengths '
+           f'{dict(lengths)}): {out["train_step_ms"]:,.1f} ms, {r["tokens_per_sec"]:,.0f} '
+           f'tokens/s, {r["flops_per_sec"] / 1e9:,.1f} GFLOP/s, MFU {100 * mfu:.1f}%')
+  print_fn(f'  {MFU_FORMULA}; FLOPs: {r["formula"]}')
+  if train_only:
+    return out
+
+  why_not = _reference_reason(config, reference)
+  batch = families.synthetic_batch(config, tc.batch_size)
+  fns = {'ours': _our_grad_step(config, batch)}
+  if not why_not:
+    fns['flax_t5'] = hf_reference.grad_step(config, batch)
+  med = throughput.paired_medians(fns, rounds)
+  out.update(grad_step_ms=1000 * med['ours'],
+             hf_grad_step_ms=1000 * med['flax_t5'] if 'flax_t5' in med else None,
+             grad_step_ratio_vs_hf=med['flax_t5'] / med['ours'] if 'flax_t5' in med else None)
+  ref = (f'FlaxT5 {out["hf_grad_step_ms"]:,.1f} ms, ratio FlaxT5/ours '
+         f'{out["grad_step_ratio_vs_hf"]:.2f}x' if not why_not else f'FlaxT5 n/a ({why_not})')
+  print_fn(f'grad step (loss + gradients, median of {rounds} alternating rounds): ours '
+           f'{out["grad_step_ms"]:,.1f} ms, {ref}')
+  if why_not:
+    notes['hf'] = why_not
+
+  if not family.has_decoder:
+    notes['decode'] = 'encoder-only family: nothing to decode'
+    for k in ('greedy', 'beam'):
+      out.update({f'{k}_tokens_per_s': None, f'hf_{k}_tokens_per_s': None,
+                  f'{k}_ratio_vs_hf': None})
+  else:
+    _decode(config, out, rounds, decode_batch_size or tc.batch_size,
+            decode_length or lengths['decoder'], beam_size, why_not, print_fn)
+
+  pos, real, _ = throughput.pipeline_throughput(config, pipeline_seconds, tc.batch_size)
+  out.update(pipeline_positions_per_s=pos, pipeline_tokens_per_s=real)
+  print_fn(f'input pipeline ({config.data.objective}, batch {tc.batch_size}): {pos:,.0f} token '
+           f'positions/s ({real:,.0f} non-padding tokens/s), '
+           f'{pos / out["train_tokens_per_s"]:,.1f}x the train step\'s')
+  return out
+
+
+def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn):
+  from t5x_lite import hf_reference
+  batch = families.synthetic_batch(config, rows)
+  if 'encoder_input_tokens' in batch:
+    batch = {'encoder_input_tokens': batch['encoder_input_tokens']}
+  else:  # decoder-only: continue 16-token prompts
+    batch = {'decoder_input_tokens': np.ascontiguousarray(batch['decoder_input_tokens'][:, :16])}
+  out.update(decode_rows=rows, decode_new_tokens=new_tokens, beam_size=beam_size)
+  for key, k in (('greedy', 1), ('beam', beam_size)):
+    fns = {}
+    ours = _our_decoder(config, batch, new_tokens, k)
+    if ours is None:
+      out.update({f'{key}_tokens_per_s': None, f'hf_{key}_tokens_per_s': None,
+                  f'{key}_ratio_vs_hf': None})
+      out['notes'][key] = 'pending: this checkout has no decoding.beam_search'
+      print_fn(f'beam-{k} decode: pending (no decoding.beam_search in this checkout)')
+      continue
+    fns['ours'] = ours
+    if not why_not:
+      fns['flax_t5'] = hf_reference.generator(config, batch['encoder_input_tokens'], new_tokens,
+                                              num_beams=k)
+    med = throughput.paired_medians(fns, rounds)
+    speed = {n: rows * new_tokens / t for n, t in med.items()}
+    out[f'{key}_tokens_per_s'] = speed['ours']
+    out[f'hf_{key}_tokens_per_s'] = speed.get('flax_t5')
+    out[f'{key}_ratio_vs_hf'] = speed['ours'] / speed['flax_t5'] if 'flax_t5' in speed else None
+    ref = (f'FlaxT5 generate {speed["flax_t5"]:,.0f}, ratio ours/FlaxT5 '
+           f'{out[f"{key}_ratio_vs_hf"]:.2f}x' if 'flax_t5' in speed else 'FlaxT5 n/a')
+    name = 'greedy' if k == 1 else f'beam-{k}'
+    print_fn(f'{name} decode ({rows} rows x {new_tokens} new tokens): ours '
+             f'{speed["ours"]:,.0f} new tokens/s, {ref}')
+

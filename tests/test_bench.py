@@ -1,0 +1,79 @@
+"""`python -m t5x_lite.bench` at tiny shapes: every figure printed and returned, honest MFU."""
+import json
+import os
+import subprocess
+import sys
+
+from tiny_run import ROOT
+
+TINY = dict(d_model=32, d_ff=64, num_heads=2, d_kv=16, num_encoder_layers=1,
+            num_decoder_layers=1)
+FIGURES = ('peak_flops', 'train_step_ms', 'train_tokens_per_s', 'train_mfu', 'grad_step_ms',
+           'hf_grad_step_ms', 'grad_step_ratio_vs_hf', 'greedy_tokens_per_s',
+           'hf_greedy_tokens_per_s', 'greedy_ratio_vs_hf', 'beam_tokens_per_s',
+           'hf_beam_tokens_per_s', 'beam_ratio_vs_hf', 'pipeline_positions_per_s',
+           'pipeline_tokens_per_s')
+
+
+def _tiny_config():
+  from configs import default
+  cfg = default.get_config()
+  cfg.model.update(TINY)
+  cfg.data.update(dict(inputs_length=32, targets_length=8))
+  cfg.train.batch_size = 8  # the test session's 8 CPU devices split the batch
+  return cfg
+
+
+def test_bench_prints_and_returns_every_figure_and_mfu_is_flops_over_time_over_peak():
+  from t5x_lite import accounting, benchmark, decoding
+  cfg = _tiny_config()
+  lines = []
+  out = benchmark.run(cfg, steps=1, rounds=1, beam_size=2, pipeline_seconds=0.2,
+                      print_fn=lines.append)
+  text = '\n'.join(lines)
+  beam_pending = not hasattr(decoding, 'beam_search')
+  for key in FIGURES:
+    if beam_pending and key.startswith(('beam', 'hf_beam')):
+      assert out[key] is None and 'pending' in out['notes']['beam']
+    else:
+      assert out[key] > 0, key
+  # The printed lines carry the figures (rounded as printed).
+  assert f'{out["peak_flops"] / 1e9:,.1f} GFLOP/s' in text
+  assert f'{out["train_step_ms"]:,.1f} ms' in text and f'MFU {100 * out["train_mfu"]:.1f}%' in text
+  assert f'ratio FlaxT5/ours {out["grad_step_ratio_vs_hf"]:.2f}x' in text
+  assert f'ours {out["greedy_tokens_per_s"]:,.0f} new tokens/s' in text
+  assert f'{out["pipeline_positions_per_s"]:,.0f} token positions/s' in text
+  assert 'MFU = train FLOPs per example' in text
+  # MFU recomputed from the accounting's FLOPs, the step time and the peak.
+  per_example = accounting.flops_per_token(cfg)['per_example']['train']
+  import jax
+  assert out['devices'] == jax.device_count()
+  expected = (per_example * cfg.train.batch_size / (out['train_step_ms'] / 1e3)
+              / (jax.device_count() * out['peak_flops']))
+  assert abs(out['train_mfu'] - expected) <= 1e-9 * expected
+  # Tokens/s counts every input and target position of a row.
+  assert abs(out['train_tokens_per_s'] - 8 * 40 / (out['train_step_ms'] / 1e3)) < 1e-6 * 40
+  # Greedy ratio is ours / FlaxT5.
+  assert abs(out['greedy_ratio_vs_hf'] - out['greedy_tokens_per_s'] /
+             out['hf_greedy_tokens_per_s']) < 1e-9
+
+
+def test_measured_peak_is_a_real_matmul_rate():
+  from t5x_lite import throughput
+  peak = throughput.matmul_peak(n=256, repeats=3)
+  assert 1e8 < peak < 1e13  # between 0.1 GFLOP/s and 10 TFLOP/s on any CPU
+
+
+def test_bench_command_json():
+  args = [f'--config.model.{k}={v}' for k, v in TINY.items()] + [
+      '--config.data.inputs_length=32', '--config.data.targets_length=8',
+      '--config.train.batch_size=2', '--steps=1', '--rounds=1', '--beam_size=2',
+      '--pipeline_seconds=0.2', '--noreference', '--peak_flops=1e9', '--json']
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, '-m', 't5x_lite.bench', *args], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600, env=env)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out['peak_source'] == 'given' and out['peak_flops'] == 1e9
+  assert out['hf_grad_step_ms'] is None and 'noreference' in out['notes']['hf']
+  assert out['train_mfu'] > 0 and out['greedy_tokens_per_s'] > 0
