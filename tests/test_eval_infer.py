@@ -1,13 +1,15 @@
 """`python -m t5x_lite.eval` and `python -m t5x_lite.infer` end to end, in subprocesses, on a
 tiny encoder-decoder fine-tuned for a few steps on the shipped speaker task."""
+import functools
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from tiny_run import ROOT, TINY_MODEL
+from tiny_run import ROOT, TINY_MODEL, config_from_flags, numpy_loss
 
 # The tiny model on the text-to-text speaker task.
 CONFIG = TINY_MODEL + [
@@ -15,8 +17,12 @@ CONFIG = TINY_MODEL + [
     '--config.data.train_source=jsonl:data/tasks/speaker/train.jsonl',
     '--config.data.validation_source=jsonl:data/tasks/speaker/validation.jsonl',
 ]
-TRAIN = ['--config.train.log_every=1', '--config.train.eval_every=0',
-         '--config.train.steps=6', '--config.train.checkpoint_every=6', '--show_predictions=0']
+# Training-time eval at steps 5 and 6 (the last) on 1 validation batch; a checkpoint every
+# step, of which keep=2 leaves steps 5 and 6.
+TRAIN = ['--config.train.log_every=1', '--config.train.eval_every=5',
+         '--config.train.eval_steps=1', '--config.train.steps=6',
+         '--config.train.checkpoint_every=1', '--config.checkpoint.keep=2',
+         '--show_predictions=0']
 
 
 def run(module, *args, check=True, stdin=None, timeout=300):
@@ -32,6 +38,23 @@ def snapshot(directory):
                 for d, _, files in os.walk(directory) for f in files)
 
 
+@functools.lru_cache(maxsize=None)
+def numpy_eval(workdir, step):
+  """(loss, token accuracy) of the checkpoint at `step` on the first validation batch (what
+  eval_steps=1 evaluates), recomputed in float64 numpy from its params read with Orbax."""
+  import jax
+  import orbax.checkpoint as ocp
+  from t5x_lite import models
+  from t5x_lite.data import pipeline
+  params = ocp.PyTreeCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(step), 'state'))['params']
+  cfg = config_from_flags(CONFIG)
+  batch = next(pipeline.get_dataset(cfg, 'validation'))
+  logits = jax.jit(models.build(cfg.model).apply)({'params': params}, batch)
+  return numpy_loss(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+                    cfg.train.z_loss)
+
+
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('speaker'))
@@ -45,7 +68,9 @@ def test_eval_prints_and_writes_metrics_without_touching_checkpoints(workdir):
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result['step'] == 6 and result['split'] == 'validation'
   assert result['eval_steps'] == 1
-  assert result['eval_loss'] > 0 and 0 <= result['eval_accuracy'] <= 1
+  loss, accuracy = numpy_eval(workdir, 6)
+  assert result['eval_loss'] == pytest.approx(loss, rel=1e-5)
+  assert result['eval_accuracy'] == pytest.approx(accuracy, rel=1e-6)
   assert result['decoded_examples'] == 8  # 1 unpacked batch of 8
   for key in ('sequence_accuracy', 'exact_match', 'f1', 'bleu', 'rouge1', 'rouge2', 'rougeL'):
     assert 0 <= result[key] <= 100, key
@@ -64,6 +89,23 @@ def test_eval_prints_and_writes_metrics_without_touching_checkpoints(workdir):
   for key, value in recomputed.items():
     assert result[key] == pytest.approx(value), key
   assert snapshot(os.path.join(workdir, 'checkpoints')) == before  # read-only
+
+
+def test_training_eval_and_checkpoint_keep(workdir):
+  """train.eval_every: metrics.jsonl's eval figures at steps 5 and 6 are those of the
+  checkpoints at 5 and 6, recomputed in numpy; checkpoint.keep=2 with a checkpoint every step
+  leaves exactly steps 5 and 6, both restorable (numpy_eval reads their params)."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = {r['step']: r for r in map(json.loads, f)}
+  assert sorted(rows) == [1, 2, 3, 4, 5, 6]
+  assert [s for s, r in rows.items() if 'eval_loss' in r] == [5, 6]
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                if d.isdigit()) == [5, 6]
+  for step in (5, 6):
+    loss, accuracy = numpy_eval(workdir, step)
+    assert rows[step]['eval_loss'] == pytest.approx(loss, rel=1e-5), step
+    assert rows[step]['eval_accuracy'] == pytest.approx(accuracy, rel=1e-6), step
+  assert rows[5]['eval_loss'] != rows[6]['eval_loss']  # the params moved in step 6
 
 
 def test_beam_search_eval_and_infer_write_scores(workdir, tmp_path):
@@ -105,6 +147,39 @@ def test_infer_keeps_order_reports_skips_and_truncation(workdir, tmp_path):
   assert 'skipped 1 empty line (line 2)' in proc.stderr
   assert 'wrote 2 predictions' in proc.stderr
   assert 'truncated 1 input to data.inputs_length=64 tokens (line 1:' in proc.stderr
+
+
+def test_infer_sampling_flags(workdir, tmp_path):
+  """--temperature / --top_k / --seed: top_k=1 sampling is greedy decoding exactly; a fixed
+  seed reproduces its samples, which differ from greedy somewhere."""
+  with open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) as f:
+    lines = [json.loads(next(f))['inputs'] for _ in range(4)]
+  source = tmp_path / 'in.txt'
+  source.write_text('\n'.join(lines) + '\n')
+
+  def predictions(name, *flags):
+    out = tmp_path / f'{name}.jsonl'
+    proc = run('infer', f'--workdir={workdir}', f'--input={source}', f'--output={out}', *flags)
+    return [json.loads(l)['prediction'] for l in out.read_text().splitlines()], proc.stderr
+
+  greedy, err = predictions('greedy')
+  assert len(greedy) == 4 and 'greedy' in err
+  top1, err = predictions('top1', '--temperature=1', '--top_k=1', '--seed=3')
+  assert 'sampling (T=1.0, top_k=1' in err
+  assert top1 == greedy
+  sampled, _ = predictions('sampled', '--temperature=1', '--seed=3')
+  again, _ = predictions('again', '--temperature=1', '--seed=3')
+  assert sampled == again
+  assert sampled != greedy
+
+
+@pytest.mark.parametrize('flag', ['--temperature=-1', '--top_k=-1', '--top_p=0'])
+def test_bad_sampling_flag_is_a_one_line_error(workdir, flag):
+  proc = run('infer', f'--workdir={workdir}', flag, check=False, stdin='x\n', timeout=120)
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and flag.split('=')[0] in lines[0] and \
+      'need temperature >= 0, top_k >= 0 and 0 < top_p <= 1' in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize('module', ['eval', 'infer'])
