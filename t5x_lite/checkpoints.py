@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from t5x_lite import checkpoint_integrity as integrity
+from t5x_lite import tree_paths
 from t5x_lite.trainer import TrainState
 
 
@@ -74,18 +75,11 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: Any
 
 
-def _path_name(path) -> str:
-  """'opt_state/0/v/encoder/...' whether a level is a dict, a tuple or a named tuple."""
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
-                  for k in path)
-
-
 def shape_mismatch(saved_tree, abstract_tree) -> str:
   """'' if the shapes agree, else the first differing leaves ('path: saved X vs config Y')."""
-  saved = {_path_name(p): tuple(v.shape) for p, v in
-           jax.tree_util.tree_flatten_with_path(saved_tree)[0] if hasattr(v, 'shape')}
-  want = {_path_name(p): tuple(v.shape) for p, v in
-          jax.tree_util.tree_flatten_with_path(abstract_tree)[0]}
+  saved = {'/'.join(p): tuple(v.shape) for p, v in tree_paths.named_leaves(saved_tree)
+           if hasattr(v, 'shape')}
+  want = {'/'.join(p): tuple(v.shape) for p, v in tree_paths.named_leaves(abstract_tree)}
   diffs = [f'{k}: saved {saved.get(k)} vs config {want.get(k)}'
            for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
   more = f' (and {len(diffs) - 3} more)' if len(diffs) > 3 else ''

@@ -123,10 +123,11 @@ def pad_rows(x, n: int):
 def decode_split(config, model, params, split: str, steps: int,
                  batch_size: Optional[int] = None, beam_size: int = 1) -> Dict[str, list]:
   """Predictions (greedy, or beam search with `beam_size` beams) on `steps` unpacked batches
-  of `split` (0 = all): {'inputs', 'targets', 'predictions', 'scores'}, one entry per real
-  example (padding rows dropped); scores as `decoding.decode` defines them."""
+  of `split` (0 = all): {'inputs', 'targets', 'predictions', 'scores', 'span_tokens'}, one
+  entry per real example (padding rows dropped); scores as `decoding.decode` defines them,
+  span_tokens (correct, total) as `metrics.span_tokens`."""
   import numpy as np
-  from t5x_lite import decoding
+  from t5x_lite import decoding, metrics
   from t5x_lite.data import pipeline
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
@@ -134,7 +135,7 @@ def decode_split(config, model, params, split: str, steps: int,
   it = pipeline.get_dataset(cfg, split, batch_size=batch_size)
   vocab, length = it.vocab, cfg.data.targets_length
   generates = families.get(cfg.model.family).generates
-  out = {'inputs': [], 'targets': [], 'predictions': [], 'scores': []}
+  out = {'inputs': [], 'targets': [], 'predictions': [], 'scores': [], 'span_tokens': []}
   for i, batch in enumerate(it):
     if steps and i >= steps:
       break
@@ -160,6 +161,7 @@ def decode_split(config, model, params, split: str, steps: int,
       out['targets'].append(vocab.decode(targets))
       out['predictions'].append(vocab.decode(pred))
       out['scores'].append(float(score))
+      out['span_tokens'].append(metrics.span_tokens(targets, pred, vocab.is_sentinel))
   return out
 
 
@@ -172,12 +174,22 @@ def write_predictions(path: str, decoded: Dict[str, list]) -> None:
                          ensure_ascii=False) + '\n')
 
 
-def print_predictions(decoded: Dict[str, List[str]], n: int, file=sys.stdout) -> None:
-  """The first `n` decoded examples: input, target and prediction, cut to a line each."""
+def span_accuracy(decoded: Dict[str, list]) -> str:
+  """'P% (c/t target span tokens)' over every decoded example (`metrics.span_tokens`)."""
+  correct = sum(c for c, _ in decoded['span_tokens'])
+  total = sum(t for _, t in decoded['span_tokens'])
+  return f'{100 * correct / max(total, 1):.1f}% ({correct}/{total} target span tokens)'
+
+
+def print_predictions(decoded: Dict[str, list], n: int, file=sys.stdout) -> None:
+  """The first `n` decoded examples: input, target and prediction, cut to a line each, with
+  each example's span accuracy."""
   for i in range(min(n, len(decoded['targets']))):
+    c, t = decoded['span_tokens'][i]
     print(f'  input:      {decoded["inputs"][i][:300]}\n'
           f'  target:     {decoded["targets"][i][:200]}\n'
-          f'  prediction: {decoded["predictions"][i][:200]}', file=file)
+          f'  prediction: {decoded["predictions"][i][:200]}\n'
+          f'  span accuracy: {c}/{t}', file=file)
 
 
 def predict(config, model, params, token_lists: List[List[int]], *, batch_size: int,

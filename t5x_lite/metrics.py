@@ -18,6 +18,12 @@ strings (variable count per example).
                        (`score_multi`), mean over examples. rougeLsum follows rouge-score's
                        convention: sentences are the lines of the text, so put '\n' between
                        sentences; texts are passed unchanged.
+
+One metric on token ids instead of strings (`span_tokens`, for span corruption): each
+target span (the tokens after sentinel k, up to the next sentinel or EOS) is compared
+position by position with the predicted span after the same sentinel k; the count of equal
+tokens over the count of target span tokens is the span accuracy. Sentinels and EOS are not
+counted (they are free to predict); targets without sentinels are one span.
 """
 from __future__ import annotations
 
@@ -128,3 +134,31 @@ def text_metrics(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[
           'f1': f1(targets, predictions),
           'bleu': bleu(targets, predictions),
           **rouge(targets, predictions)}
+
+
+def _spans(ids: Sequence[int], is_sentinel) -> Dict[object, List[int]]:
+  """{sentinel id (None before the first): its span's tokens}, cut at the first EOS (1)."""
+  spans, key = {None: []}, None
+  for i in ids:
+    i = int(i)
+    if i in (0, 1):  # padding or EOS ends the sequence
+      break
+    if is_sentinel(i):
+      key = i
+      spans.setdefault(key, [])
+    else:
+      spans[key].append(i)
+  return spans
+
+
+def span_tokens(target_ids: Sequence[int], predicted_ids: Sequence[int],
+                is_sentinel) -> tuple:
+  """(correct, total) target span tokens of one example: position-wise agreement with the
+  predicted span after the same sentinel (module docstring)."""
+  want, got = _spans(target_ids, is_sentinel), _spans(predicted_ids, is_sentinel)
+  correct = total = 0
+  for key, tokens in want.items():
+    guess = got.get(key, [])
+    total += len(tokens)
+    correct += sum(1 for j, t in enumerate(tokens) if j < len(guess) and guess[j] == t)
+  return correct, total

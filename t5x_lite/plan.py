@@ -13,6 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from t5x_lite import accounting
+from t5x_lite import partitioning
 from t5x_lite import cli
 from t5x_lite import models
 
@@ -36,7 +37,7 @@ def _flops(n: float) -> str:
 def report(config, num_devices: int, per_param: bool = False, name: str = '') -> str:
   """The plan as text (raises ValueError for an impossible mesh or config)."""
   # Fail on an impossible mesh before tracing the model.
-  accounting.mesh_axis_sizes(config, num_devices)
+  partitioning.mesh_shape(config.partitioning, num_devices)
   boxed = accounting.abstract_params(config)
   counts = accounting.count_params(config, boxed)
   flops = accounting.flops_per_token(config, boxed)

@@ -135,3 +135,28 @@ def test_t5_iid_noise_bert_style(vocab):
   assert _within(sentinel.sum() / noise.sum(), 0.9, int(noise.sum()))
   assert not np.isin(inp[noise & ~sentinel], list(_special_ids(vocab))).any()
   assert (inp[tgt == EOS] == EOS).all()
+
+
+@pytest.mark.parametrize('objective,selected', [
+    ('mlm', lambda r: r['loss_weights'] == 1),
+    ('iid_noise', lambda r: r['inputs'] != r['targets']),
+])
+def test_rows_get_distinct_masks_and_even_per_position_rates(objective, selected):
+  """Every example has its own seed: full-length rows never share a selection pattern, and
+  the selection rate is the same at every position (no position favoured)."""
+  cfg = data_config(objective=objective, inputs_length=128, targets_length=128, pack=False)
+  if objective == 'mlm':
+    cfg.model.family = 'encoder'
+  rows = _rows(cfg)
+  # Positions that can be selected (not special): MLM skips EOS / pad, iid noise only pad.
+  candidate = rows['targets'] > (3 if objective == 'mlm' else 1)
+  picked, candidate = selected(rows)[:, :120], candidate[:, :120]
+  long_rows = candidate.sum(axis=1) >= 100
+  assert long_rows.sum() > 200
+  assert len({p.tobytes() for p in picked[long_rows]}) == long_rows.sum()
+  rate = 0.15 * (1 - 0.1 / 996) if objective == 'iid_noise' else 0.15
+  # 8 bins of 15 positions: each bin's rate within 5 sigma of the configured rate.
+  for b in range(8):
+    part = slice(15 * b, 15 * b + 15)
+    n = int(candidate[:, part].sum())
+    assert _within(picked[:, part][candidate[:, part]].mean(), rate, n), b

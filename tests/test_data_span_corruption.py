@@ -117,17 +117,102 @@ def test_pipeline_output_reconstructs_the_validation_corpus(vocab):
   np.testing.assert_array_equal(np.concatenate(pieces), expected)
 
 
-def test_mean_span_length_and_density_over_many_masks():
-  masks = [objectives.random_spans_noise_mask(568, 0.15, 3.0, tf.constant([3, i], tf.int64)).numpy()
-           for i in range(50)]
+def _masks(length, count, seed=3):
+  """`count` masks from seeds (seed, 0..count-1), built in one tf.data graph (fast)."""
+  ds = tf.data.Dataset.range(count).map(lambda i: objectives.random_spans_noise_mask(
+      length, 0.15, 3.0, tf.stack([tf.constant(seed, tf.int64), i])))
+  return next(ds.batch(count).as_numpy_iterator())
+
+
+def _run_lengths(mask):
+  """Lengths of the runs of equal values, in order (non-noise first)."""
+  edges = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
+  return np.diff(np.concatenate([[0], edges, [len(mask)]]))
+
+
+def _partition_part_pmf(n, s):
+  """P(one part = k), k = 1..n-s+1, for n split into s positive parts uniformly at random:
+  the other s-1 parts are a uniform composition of n-k, so C(n-k-1, s-2) / C(n-1, s-1)."""
+  from math import comb
+  return np.array([comb(n - k - 1, s - 2) / comb(n - 1, s - 1) for k in range(1, n - s + 2)])
+
+
+def _chi_square_p(lengths, pmf, min_expected=20):
+  """p-value of a chi-square test of observed part lengths against pmf (tail bins merged)."""
+  from scipy import stats
+  observed = np.bincount(lengths - 1, minlength=len(pmf))[:len(pmf)].astype(float)
+  expected = pmf * len(lengths)
+  cut = int(np.argmax(expected[::-1].cumsum()[::-1] < min_expected)) or len(pmf)
+  obs = np.concatenate([observed[:cut - 1], [observed[cut - 1:].sum()]])
+  exp = np.concatenate([expected[:cut - 1], [expected[cut - 1:].sum()]])
+  return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+
+
+def test_span_lengths_follow_the_random_partition_distribution():
+  """568 tokens: N 85 noise tokens in S 28 spans, M 483 non-noise in 28. Over 400 masks the
+  span lengths match the distribution of one part of a uniform random composition."""
+  masks = _masks(568, 400)
+  noise, nonnoise = [], []
   for m in masks:
     assert m.sum() == 85 and not m[0] and m[-1]
-    starts = m & ~np.pad(m[:-1], (1, 0))
-    assert starts.sum() == 28
-  # Different seeds give different masks, the same seed the same one (invariant 7).
+    runs = _run_lengths(m)
+    assert len(runs) == 56
+    nonnoise.extend(runs[0::2])
+    noise.extend(runs[1::2])
+  for name, got, (n, s) in (('noise', noise, (85, 28)), ('non-noise', nonnoise, (483, 28))):
+    p = _chi_square_p(np.array(got), _partition_part_pmf(n, s))
+    assert p > 1e-4, (name, p, np.mean(got))
+
+
+def _spec_masks(length, n, s, count, rng):
+  """Noise masks drawn in numpy per the reference page §1 (independent of the library)."""
+  def compositions(total):
+    cuts = np.sort(np.argsort(rng.random((count, total - 1)), axis=1)[:, :s - 1], axis=1) + 1
+    bounds = np.concatenate([np.zeros((count, 1), int), cuts, np.full((count, 1), total)], 1)
+    return np.diff(bounds, axis=1)
+  runs = np.stack([compositions(length - n), compositions(n)], axis=2).reshape(count, 2 * s)
+  kinds = np.tile([False, True], s)
+  return np.stack([np.repeat(kinds, r) for r in runs])
+
+
+def test_per_position_noise_rates_match_the_spec():
+  """The rate at which each position is noise (0 at the start, rising to 1 at the end) over
+  2,000 masks equals that of 20,000 masks drawn from the spec in numpy."""
+  got = _masks(141, 2000).mean(axis=0)
+  n, s = spec_counts(141)
+  want = _spec_masks(141, n, s, 20000, np.random.default_rng(0)).mean(axis=0)
+  assert got[0] == want[0] == 0 and got[-1] == want[-1] == 1
+  sigma = np.sqrt(want * (1 - want) / 2000 + want * (1 - want) / 20000)
+  z = np.abs(got - want) / np.maximum(sigma, 1e-9)
+  assert z.max() < 5, (int(z.argmax()), got[z.argmax()], want[z.argmax()])
+  # Averaged over the first and last 10 positions (where the ends shape the rate).
+  for part in (slice(0, 10), slice(-10, None)):
+    assert abs(got[part].mean() - want[part].mean()) < 0.01, (part, got[part], want[part])
+
+
+def test_same_seed_same_mask_different_seeds_different_masks():
+  masks = _masks(568, 50)
   assert len({m.tobytes() for m in masks}) == 50
   again = objectives.random_spans_noise_mask(568, 0.15, 3.0, tf.constant([3, 0], tf.int64)).numpy()
   np.testing.assert_array_equal(again, masks[0])
+
+
+def test_rows_of_the_dataset_get_distinct_masks(vocab):
+  """Through the dataset transform (where each example gets its own seed): full-length
+  rows must not share one noise pattern."""
+  docs = blank_line_documents(os.path.join(ROOT, 'data/corpus/validation.txt'))[:800]
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter([np.array(t, np.int32) for t in vocab.encode_batch(docs)]),
+      output_signature=tf.TensorSpec([None], tf.int32))
+  ds = objectives.span_corruption(ds, vocab_size=vocab.vocab_size, inputs_length=64)
+  patterns = []
+  for ex in ds.take(200).as_numpy_iterator():
+    # The noise pattern: where the sentinels sit in the inputs, and the span lengths in
+    # the targets (sentinel positions there).
+    patterns.append((tuple(np.flatnonzero(ex['inputs'] >= vocab.piece_size)),
+                     tuple(np.flatnonzero(ex['targets'] >= vocab.piece_size))))
+  assert len(patterns) == 200
+  assert len(set(patterns)) >= 195, len(set(patterns))
 
 
 def test_length_one_has_no_noise(vocab):

@@ -52,6 +52,7 @@ def test_eval_prints_and_writes_metrics_without_touching_checkpoints(workdir):
   with open(os.path.join(workdir, 'eval_validation_6.json')) as f:
     assert json.load(f) == result
   assert 'prediction:' in proc.stderr and 'target:' in proc.stderr
+  assert 'span accuracy: ' in proc.stderr
   # Every decoded example is on disk, and the reported text metrics follow from the file.
   from t5x_lite import metrics
   with open(os.path.join(workdir, 'predictions_validation_6.jsonl')) as f:

@@ -26,7 +26,7 @@ from configs import gpt as gpt_config
 from configs import t5_v1_0_base, t5_v1_1
 from t5x_lite import hf, models
 
-RTOL = 1e-4
+RTOL = 1e-5
 VOCAB = 160
 ENC_LEN, DEC_LEN = 100, 72  # past 64 / 32: the log-spaced relative-position buckets are used
 
@@ -37,15 +37,30 @@ def rel_err(ours, ref):
 
 
 def perturb_torch(model, seed):
-  """HF inits norms to 1, biases to 0 and relative-bias tables small: randomise them so
-  that a wrongly mapped norm, bias or bucket shows up in the logits."""
+  """Redraw every HF weight so that a wrong mapping or a dropped scale shows in the logits.
+
+  HF's N(0, 0.02) init leaves attention near-uniform (a dropped 1/sqrt(d) or swapped query
+  and key kernels then change the logits by less than 1e-4): kernels are drawn N(0, 1/fan_in)
+  instead, embeddings and relative-bias tables N(0, 1), norm scales 1 + noise, biases noise.
+  """
   gen = torch.Generator().manual_seed(seed)
+  normal = lambda shape, std: std * torch.randn(shape, generator=gen)
+  seen = set()                                # tied weights: drawn once, as the embedding
   with torch.no_grad():
-    for name, p in model.named_parameters():
-      if 'relative_attention_bias' in name:
-        p.copy_(torch.randn(p.shape, generator=gen))
-      elif p.ndim == 1:
-        p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    for module in model.modules():
+      for name, p in module.named_parameters(recurse=False):
+        if id(p) in seen:
+          continue
+        seen.add(id(p))
+        if isinstance(module, torch.nn.Embedding):
+          value = normal(p.shape, 1.0)
+        elif p.ndim == 1:                     # norm scales (weight) and biases
+          value = (1.0 if name == 'weight' else 0.0) + normal(p.shape, 0.2)
+        elif isinstance(module, transformers.pytorch_utils.Conv1D):
+          value = normal(p.shape, p.shape[0] ** -0.5)     # GPT-2 Conv1D: [in, out]
+        else:
+          value = normal(p.shape, p.shape[1] ** -0.5)     # nn.Linear: [out, in]
+        p.copy_(value)
   return model
 
 

@@ -94,3 +94,17 @@ def test_sequence_accuracy_and_text_metrics():
   assert got['sequence_accuracy'] == 0.0
   with pytest.raises(ValueError, match='2 targets but 1 predictions'):
     metrics.bleu(['a', 'b'], ['a'])
+
+
+def test_span_tokens_compares_each_span_with_the_same_sentinels_prediction():
+  sentinel = lambda i: i >= 90  # ids 90.. are sentinels here; 1 = EOS, 0 = padding
+  target = [99, 5, 6, 98, 7, 1, 0, 0]
+  # Span 99 right at both positions, span 98 wrong, and a stray span 97 that is not scored.
+  assert metrics.span_tokens(target, [99, 5, 6, 98, 8, 97, 7, 1], sentinel) == (2, 3)
+  # Spans are matched by sentinel, not by position in the sequence: a missing first span
+  # does not shift the second one.
+  assert metrics.span_tokens(target, [98, 7, 1], sentinel) == (1, 3)
+  # Position-wise inside a span; tokens after EOS never count; sentinels are free.
+  assert metrics.span_tokens(target, [99, 6, 5, 1, 98, 7], sentinel) == (0, 3)
+  # No sentinels (a text-to-text target): the whole sequence is one span.
+  assert metrics.span_tokens([4, 5, 6, 1], [4, 0, 6, 1], sentinel) == (1, 3)

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tiny_run import ROOT, TINY_MODEL
+from tiny_run import ROOT, TINY_MODEL, config_from_flags, numpy_loss
 
 TINY = TINY_MODEL + [
     '--config.data.targets_length=14', '--config.train.log_every=1',
@@ -40,9 +40,28 @@ def losses(workdir, key='loss'):
   return {r['step']: r[key] for r in rows if key in r}
 
 
-def final_params(workdir, step):
+def final_state(workdir, step):
   path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  return ocp.PyTreeCheckpointer().restore(path)['params']
+  return ocp.PyTreeCheckpointer().restore(path)
+
+
+def final_params(workdir, step):
+  return final_state(workdir, step)['params']
+
+
+def checkpoint_steps(workdir):
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) \
+      if os.path.isdir(ckpt_dir) else []
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-7):
+  import jax
+  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for (path, x), y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
 
 
 def assert_trees_equal(a, b):
@@ -105,54 +124,127 @@ def test_sigkill_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
   assert_trees_equal(final_params(workdir, 12), final_params(ref_dir, 12))
 
 
-def test_eight_device_checkpoint_restores_on_one_device(tmp_path):
+def test_eight_device_checkpoint_restores_on_one_device(uninterrupted, tmp_path):
+  """fsdp=8 for 4 steps, then resumed on 1 device to step 8: every loss, and the params and
+  optimizer state at step 8, equal the uninterrupted 1-device run (up to summation order)."""
+  ref_dir, _ = uninterrupted
   workdir = str(tmp_path / 'mesh')
   run(workdir, '--num_cpu_devices=8', '--config.partitioning.mesh.data=1',
-      '--config.partitioning.mesh.fsdp=8', '--config.train.steps=3',
-      '--config.train.checkpoint_every=3')
-  proc = run(workdir, '--config.train.steps=5', '--config.train.checkpoint_every=5')
-  assert 'restored step 3' in proc.stdout
+      '--config.partitioning.mesh.fsdp=8', '--config.train.steps=4',
+      '--config.train.checkpoint_every=4')
+  proc = run(workdir, '--config.train.steps=8', '--config.train.checkpoint_every=4')
+  assert 'restored step 4' in proc.stdout
   assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in proc.stdout
-  assert sorted(losses(workdir)) == [1, 2, 3, 4, 5]
-  assert np.isfinite(list(losses(workdir).values())).all()
+  got, want = losses(workdir), losses(ref_dir)
+  assert sorted(got) == list(range(1, 9))
+  np.testing.assert_allclose([got[s] for s in range(1, 9)], [want[s] for s in range(1, 9)],
+                             rtol=2e-5)
+  got, want = final_state(workdir, 8), final_state(ref_dir, 8)
+  assert int(got['step']) == 8
+  # Params near 1 moved by ~lr * RMS: atol 1e-6 absorbs summation-order noise in a step.
+  assert_trees_close(got['params'], want['params'], rtol=1e-5, atol=1e-6)
+  # Adafactor's second moments (means of g^2, 1e-4 down to 1e-14): relative, with a floor.
+  assert_trees_close(got['opt_state'], want['opt_state'], rtol=1e-4, atol=1e-10)
 
 
-def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
-  workdir = str(tmp_path / 'term')
-  proc = subprocess.Popen(train_cmd(workdir, '--config.train.steps=100000',
-                                    '--config.train.checkpoint_every=0'),
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+DROPOUT = ['--config.model.dropout_rate=0.1', '--config.train.steps=30',
+           '--config.train.checkpoint_every=0']
+
+
+@pytest.fixture(scope='module')
+def with_dropout(tmp_path_factory):
+  """An uninterrupted 30-step run with dropout on (the reference for signal resumes)."""
+  workdir = str(tmp_path_factory.mktemp('dropout'))
+  run(workdir, *DROPOUT)
+  return workdir
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_resumes_exactly_with_dropout(with_dropout, tmp_path, sig):
+  """SIGTERM / SIGINT mid-run: a checkpoint at the current step, exit 0; rerunning the same
+  command gives the uninterrupted run's losses at every step and its final params (the
+  dropout RNG of each step does not depend on where the run restarted)."""
+  workdir = str(tmp_path / sig.name)
+  proc = subprocess.Popen(train_cmd(workdir, *DROPOUT), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and not (os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
                                         and len(losses(workdir)) >= 3):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
+    time.sleep(0.02)
+  proc.send_signal(sig)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err
-  assert 'SIGTERM: saved checkpoint at step' in out
-  step = int(out.split('SIGTERM: saved checkpoint at step ')[1].split()[0])
-  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(step), 'state'))
+  assert f'{sig.name}: saved checkpoint at step' in out
+  step = int(out.split(f'{sig.name}: saved checkpoint at step ')[1].split()[0])
+  assert 3 <= step < 30, 'the run finished before the signal; raise train.steps'
+  assert checkpoint_steps(workdir) == [step]
+  resumed = run(workdir, *DROPOUT)
+  assert f'restored step {step}' in resumed.stdout
+  assert losses(workdir) == losses(with_dropout)  # exact, every step
+  assert_trees_equal(final_state(workdir, 30), final_state(with_dropout, 30))
 
 
 def test_nan_loss_stops_and_writes_no_checkpoint(tmp_path):
   workdir = str(tmp_path / 'nan')
+  # log_every 10 > checkpoint_every 1: only the check before each save can stop the run in
+  # time (logging would find the bad step too late).
   proc = run(workdir, '--config.train.steps=30', '--config.train.checkpoint_every=1',
-             '--config.optimizer.name=adamw', '--config.optimizer.schedule=constant',
+             '--config.train.log_every=10', '--config.optimizer.name=adamw',
+             '--config.optimizer.schedule=constant',
              '--config.optimizer.learning_rate=1e30', check=False)
   assert proc.returncode == 1
   assert 'non-finite loss' in proc.stderr and 'at step' in proc.stderr
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  bad = int(proc.stderr.split(' at step ')[1].split(';')[0])
+  # checkpoint_every=1: no checkpoint at or after the bad step (the guard keeps its params
+  # finite, so finiteness alone would not show a late save).
+  steps = checkpoint_steps(workdir)
+  # (Step bad-1's async save is sometimes not finalized before the error exit.)
+  assert all(step < bad for step in steps), (steps, bad)
   for step in steps:
     import jax
     for leaf in jax.tree.leaves(final_params(workdir, step)):
       assert np.isfinite(np.asarray(leaf)).all(), f'checkpoint {step} holds non-finite values'
 
 
+def _step_one_loss_of(params):
+  """The loss the tiny run's first train batch has under `params`, in numpy."""
+  import jax
+  from t5x_lite import models
+  from t5x_lite.data import pipeline
+  cfg = config_from_flags(TINY)
+  batch = next(pipeline.get_dataset(cfg, 'train'))
+  logits = jax.jit(models.build(cfg.model).apply)({'params': params}, batch)
+  return numpy_loss(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+                    cfg.train.z_loss)[0]
+
+
+def _assert_fine_tune_started_from(workdir, source_params):
+  """Step 1's loss (before its update) is the source params' loss on batch 1, and the
+  optimizer state is fresh: every step count in it is 1 after one step."""
+  import jax
+  np.testing.assert_allclose(losses(workdir)[1], _step_one_loss_of(source_params), rtol=1e-5)
+  counts = [int(np.asarray(x)) for p, x in jax.tree_util.tree_flatten_with_path(
+      final_state(workdir, 1)['opt_state'])[0] if 'count' in jax.tree_util.keystr(p)]
+  assert counts and set(counts) == {1}, counts
+
+
 def test_init_from_checkpoint_fine_tunes_with_fresh_optimizer(uninterrupted, tmp_path):
   ref_dir, _ = uninterrupted
-  proc = run(str(tmp_path / 'ft'), '--config.train.steps=2', f'--config.init_from={ref_dir}')
+  workdir = str(tmp_path / 'ft')
+  proc = run(workdir, '--config.train.steps=1', f'--config.init_from={ref_dir}')
   assert 'initialized params from' in proc.stdout and 'fresh optimizer state' in proc.stdout
+  _assert_fine_tune_started_from(workdir, final_params(ref_dir, 12))
+
+
+def test_init_from_hf_directory(uninterrupted, tmp_path):
+  """init_from=hf:DIR with a directory exported from the trained workdir."""
+  from t5x_lite import conversion
+  ref_dir, _ = uninterrupted
+  hf_dir = conversion.t5x_to_hf(ref_dir, str(tmp_path / 'hf'))
+  workdir = str(tmp_path / 'ft_hf')
+  proc = run(workdir, '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}')
+  assert 'initialized params from Hugging Face directory' in proc.stdout
+  _assert_fine_tune_started_from(workdir, final_params(ref_dir, 12))
 
 
 @pytest.mark.parametrize('overrides,message', [

@@ -35,7 +35,7 @@ try:  # TF only feeds the host; keep it off accelerators.
 except (RuntimeError, ValueError):
   pass
 
-from t5x_lite import families  # noqa: E402
+from t5x_lite import families, partitioning  # noqa: E402
 from t5x_lite.data import objectives as obj_lib  # noqa: E402
 from t5x_lite.data import packing  # noqa: E402
 from t5x_lite.data import sources as src_lib  # noqa: E402
@@ -196,10 +196,7 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
     return ds, vocab
 
   if batch_size is None:
-    if config.train.batch_size % num_shards:
-      raise DataError(f'train.batch_size={config.train.batch_size} is not divisible by '
-                      f'num_shards={num_shards}.')
-    batch_size = config.train.batch_size // num_shards
+    batch_size = partitioning.split_batch(config.train, num_shards, f'num_shards={num_shards}')
   drop = train or bool(d.eval_repeat)
   ds = ds.batch(batch_size, drop_remainder=drop)
   if not drop:
