@@ -18,6 +18,14 @@ from t5x_lite import families
 
 
 # ------------------------------------------------------------------ metrics log
+def _step_of(line: str):
+  """The step of one metrics.jsonl line; None for a blank or cut-short line."""
+  try:
+    return json.loads(line).get('step', 0) if line.endswith('\n') else None
+  except ValueError:
+    return None
+
+
 class MetricsLog:
   """metrics.jsonl + TensorBoard event files (process 0 only)."""
 
@@ -27,12 +35,14 @@ class MetricsLog:
     if not enabled:
       return
     import tensorflow as tf
-    # A resumed run rewrites the steps after its checkpoint: drop their old lines.
+    # A resumed run rewrites the steps after its checkpoint: drop their old lines (and a
+    # line cut short by a kill); atomic, so a kill here loses nothing.
     if os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
-      with open(self.path, 'w') as f:
+        kept = [l for l in f if _step_of(l) is not None and _step_of(l) <= resume_step]
+      with open(self.path + '.tmp', 'w') as f:
         f.writelines(kept)
+      os.replace(self.path + '.tmp', self.path)
     self.writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict):
