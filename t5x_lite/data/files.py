@@ -209,12 +209,13 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
   if src.kind == 'text' and nf != 1:
     raise DataError(f'source {src}: plain text has one field per document; the text_to_text '
                     f'objective needs a jsonl, tsv or tfds source with {list(fields)}.')
+  num_files = len(files)
   for f in files:
     if os.path.getsize(f) == 0:
       skips.add('empty file', f)
   files = [f for f in files if os.path.getsize(f) > 0]
   if not files:
-    raise DataError(f'source {src}: no usable records ({skips.summary()}).')
+    raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
   mine, dealt = split_files(files, stream, num_streams)
   if dealt and stream == 0:
     logging.info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
