@@ -1,43 +1,22 @@
 """Shared base of every config: one place where each default lives.
 
 Config files call `get_base_config()` and override what differs; nothing else sets
-defaults, so a value either comes from here, from the config file, or from the
+defaults (the model section is generated from `t5x_lite.models.ModelConfig`), so a value either comes from here, from the config file, or from the
 command line (`--config.a.b=v`).
 """
+import dataclasses
+
 import ml_collections
+
+from t5x_lite import models
 
 
 def get_base_config() -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict()
 
-  # ---- model: one set of layers; the families are configurations of it ----
-  m = cfg.model = ml_collections.ConfigDict()
-  m.family = 'encoder_decoder'      # encoder_decoder | encoder | decoder
-  m.vocab_size = 32128
-  m.d_model = 512
-  m.d_ff = 1024
-  m.num_heads = 6
-  m.d_kv = 64
-  m.num_encoder_layers = 8
-  m.num_decoder_layers = 8
-  m.mlp_activations = ('gelu', 'linear')  # gated-GELU (T5 v1.1); ('relu',) v1.0; ('gelu_exact',) BERT
-  m.norm = 'rms'                    # rms | layer
-  m.norm_eps = 1e-6
-  m.post_norm = False               # True: BERT-style x = Norm(x + Sublayer(x))
-  m.use_bias = False                # biases in dense and attention projections (BERT, GPT-2)
-  m.position_embedding = 'relative' # relative (T5 bias) | absolute (learned, BERT/GPT-2)
-  m.max_position_embeddings = 512   # absolute positions only
-  m.type_vocab_size = 0             # BERT token-type embeddings (0 = none)
-  m.relative_attention_num_buckets = 32
-  m.relative_attention_max_distance = 128
-  m.scale_attention_logits = False  # True: q.k / sqrt(d_kv) (BERT, GPT-2); T5 folds it into the init
-  m.tie_embeddings = False          # logits from the input embedding (T5 v1.0, BERT, GPT-2)
-  m.rescale_tied_logits = False     # T5 v1.0: tied logits divided by sqrt(d_model)
-  m.dropout_rate = 0.0
-  m.dtype = 'float32'               # activation dtype; params, norms and logits stay float32
-  m.init_scheme = 't5'            # t5 (variance scaling, reference page) | normal_0.02 (BERT, GPT-2)
-  m.scan_layers = False
-  m.remat = 'none'                  # none | full | dots (jax.checkpoint policies)
+  # ---- model: one set of layers; the families are configurations of it. Its defaults and
+  # what each field means are declared once, in t5x_lite.models.ModelConfig.
+  cfg.model = ml_collections.ConfigDict(dataclasses.asdict(models.ModelConfig()))
 
   # ---- data: owned by t5x_lite/data (see t5x_lite/data/pipeline.py) ----
   d = cfg.data = ml_collections.ConfigDict()

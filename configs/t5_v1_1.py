@@ -1,4 +1,4 @@
-"""T5 v1.1 sizes (reference page, section 5): `get_config('small')` etc.
+"""T5 v1.1 sizes (docs/t5.md §5): `get_config('small')` etc.
 
 Use as `--config=configs/t5_v1_1.py:base`. Sizes: tiny (for tests and the CPU demo),
 small, base, large, xl, xxl.

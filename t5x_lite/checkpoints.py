@@ -7,23 +7,24 @@ Each step directory `WORKDIR/checkpoints/<step>/` holds three items written by o
     config/  the full config as JSON
     progress/ host-side counters as JSON (tokens seen)
 
+Also owns finding the latest complete checkpoint (`complete_steps`, `latest_checkpoint`,
+`resolve_params_dir`), the one shape check against a config (`check_shapes`), params-only
+loading for fine-tuning and evaluation, and the restore precedence.
+
 Restore precedence (`restore_or_init`), said in one log line:
     1. the latest checkpoint in the workdir (resume: state, optimizer and data position),
     2. else `config.init_from` (fine-tune: params only, fresh optimizer, fresh data),
     3. else a fresh start from `config.train.seed`.
 """
 import dataclasses
-import logging
 import os
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from t5x_lite.trainer import TrainState
-
-log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------- data-iterator item
@@ -71,6 +72,21 @@ def shape_mismatch(saved_tree, abstract_tree) -> str:
   return '; '.join(diffs[:3]) + more
 
 
+def check_shapes(where, saved_tree, abstract_tree, advice: str) -> None:
+  """ValueError naming the checkpoint and the first differing leaves, if any differ."""
+  mismatch = shape_mismatch(saved_tree, abstract_tree)
+  if mismatch:
+    raise ValueError(f'checkpoint {where} does not match this config: {mismatch}. {advice}')
+
+
+def check_params_match(state_path, abstract_params) -> None:
+  """The params of a saved train state (`<step>/state`) against the config's."""
+  meta = ocp.StandardCheckpointer().metadata(state_path)
+  meta = getattr(meta, 'item_metadata', meta)
+  check_shapes(state_path, getattr(meta, 'tree', meta)['params'], abstract_params,
+               'Pass the config (and --config overrides) the run was trained with.')
+
+
 # ----------------------------------------------------------------------- manager
 class Checkpoints:
   """Thin wrapper over `ocp.CheckpointManager` for the three items above."""
@@ -98,11 +114,6 @@ class Checkpoints:
       args['data'] = DataIteratorSave(data_iterator)
     return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
 
-  def saved_config(self, step: int) -> dict:
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))
-    return restored['config']
-
   def progress(self, step: int) -> dict:
     path = self.directory / str(step) / 'progress'
     if not path.exists():
@@ -113,11 +124,9 @@ class Checkpoints:
   def check_compatible(self, step: int, abstract_state: TrainState) -> None:
     """Clear error if the saved state's shapes differ from the current config's."""
     meta = self.manager.item_metadata(step)['state']
-    mismatch = shape_mismatch(getattr(meta, 'tree', meta), abstract_state.as_dict())
-    if mismatch:
-      raise ValueError(
-          f'checkpoint {self.directory / str(step)} does not match this config: {mismatch}. '
-          f'Use a new --workdir (or delete {self.directory}) to start fresh.')
+    check_shapes(self.directory / str(step), getattr(meta, 'tree', meta),
+                 abstract_state.as_dict(),
+                 f'Use a new --workdir (or delete {self.directory}) to start fresh.')
 
   def restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
     self.check_compatible(step, abstract_state)
@@ -134,13 +143,33 @@ class Checkpoints:
     self.manager.close()
 
 
+# ------------------------------------------------------------------ finding steps
+def complete_steps(directory) -> List[int]:
+  """Sorted steps of `directory` (a checkpoints/ dir) whose step dir holds a state item;
+  Orbax renames a step dir into place only once it is complete."""
+  path = epath.Path(directory)
+  if not path.is_dir():
+    return []
+  return sorted(int(p.name) for p in path.iterdir()
+                if p.name.isdigit() and (p / 'state').is_dir())
+
+
+def latest_checkpoint(workdir: str) -> Tuple[int, str]:
+  """(step, path of its state item) of the newest complete checkpoint in workdir."""
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = complete_steps(directory)
+  if not steps:
+    raise ValueError(f'--workdir={workdir} has no checkpoint (no {directory}/<step>/state); '
+                     'train one first with `python -m t5x_lite.train`.')
+  return steps[-1], os.path.join(directory, str(steps[-1]), 'state')
+
+
 def resolve_params_dir(directory: str) -> epath.Path:
   """A workdir, its checkpoints/, a step dir, or a plain pytree dir -> the pytree dir."""
   path = epath.Path(os.path.abspath(directory))
   if (path / 'checkpoints').exists():
     path = path / 'checkpoints'
-  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) \
-      if path.is_dir() else []
+  steps = complete_steps(path)
   if steps:
     path = path / str(steps[-1])
   if (path / 'state').exists():
@@ -158,3 +187,37 @@ def load_params(directory: str, abstract_params):
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
   return restored['params'], path
+
+
+# --------------------------------------------------------------- restore precedence
+def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
+  """Latest workdir checkpoint > config.init_from > fresh. Returns (state, one-line why)."""
+  latest = ckpts.latest_step()
+  if latest is not None:
+    state = ckpts.restore(latest, trainer.abstract_state, train_iter)
+    why = (f'restored step {latest} from {ckpts.directory / str(latest)} (latest checkpoint '
+           'in the workdir wins): params, optimizer state and data position')
+    if config.init_from:
+      why += f'; config.init_from={config.init_from!r} ignored because the workdir resumes'
+    return state, why
+  if config.init_from.startswith('hf:'):
+    from t5x_lite import hf
+    hf_cfg, params = hf.load(config.init_from[3:], scan_layers=config.model.scan_layers)
+    mismatch = [k for k, v in hf_cfg.items() if k in config.model and config.model[k] != v
+                and k not in ('dropout_rate', 'dtype', 'scan_layers', 'remat')]
+    if mismatch:
+      raise ValueError(f'config.model.{mismatch[0]}={config.model[mismatch[0]]!r} differs from '
+                       f'the Hugging Face model in {config.init_from[3:]} '
+                       f'({hf_cfg[mismatch[0]]!r}).')
+    state = trainer.state_from_params(params)
+    return state, (f'initialized params from Hugging Face directory {config.init_from[3:]} '
+                   '(config.init_from; no checkpoint in the workdir); fresh optimizer state '
+                   'and data position')
+  if config.init_from:
+    params, path = load_params(config.init_from, trainer.abstract_state.params)
+    state = trainer.state_from_params(params)
+    return state, (f'initialized params from {path} (config.init_from; no checkpoint in the '
+                   'workdir); fresh optimizer state, step 0 and data position')
+  return trainer.init_state(config.train.seed), (
+      f'fresh start from seed {config.train.seed} (no checkpoint in the workdir, no '
+      'config.init_from)')

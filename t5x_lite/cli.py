@@ -1,8 +1,10 @@
-"""Command-line plumbing shared by `train`, `eval` and `infer`.
+"""Command-line plumbing shared by every command (`python -m t5x_lite.<cmd>`).
 
 Owns the flags every run command takes (`--config`, `--workdir`, `--num_cpu_devices`,
 `--show_predictions`), quiet logging, and the error contract: a bad config or input is one
-`error: ...` line on stderr and exit status 1, never a traceback.
+`error: ...` line on stderr and exit status 1, never a traceback. Commands are leaves: they
+parse flags, call one library function and print; no module imports a command module
+(tests/test_layering.py walks the imports).
 Flags are defined by `define_common_flags()` when a module runs as a command, so importing
 any of these modules has no side effects.
 """
@@ -28,8 +30,9 @@ def define_common_flags():
   flags.DEFINE_integer('show_predictions', 3, 'Print this many example predictions.')
 
 
-def run(body, needs_workdir: bool = True):
-  """`app.run` a command body (no arguments) with the shared set-up and error contract."""
+def run(body, needs_workdir: bool = True, name: str = ''):
+  """`app.run` a command body (no arguments) with the shared set-up and error contract;
+  `name` prefixes the error line (`plan: error: ...`)."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -43,6 +46,7 @@ def run(body, needs_workdir: bool = True):
     try:
       body()
     except (ValueError, OSError, FloatingPointError) as e:
-      print(f'error: {e}'.replace('\n', ' '), file=sys.stderr, flush=True)
+      prefix = f'{name}: ' if name else ''
+      print(f'{prefix}error: {e}'.replace('\n', ' '), file=sys.stderr, flush=True)
       sys.exit(1)
   app.run(main)

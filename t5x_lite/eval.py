@@ -8,7 +8,7 @@ DIR/checkpoints/ (the optimizer state and data position are not read, nothing is
 
 1. Teacher-forced loss and token accuracy over `--eval_steps` batches of the split
    (default `config.train.eval_steps`, 0 = the whole split), exactly as training reports
-   `eval_loss` / `eval_accuracy` (`train.evaluate`, same packing as the config).
+   `eval_loss` / `eval_accuracy` (`evaluation.evaluate`, same packing as the config).
 2. For text-to-text tasks (`data.objective=text_to_text`) of encoder-decoder and
    decoder-only models: greedy decoding of the same number of unpacked batches
    (`data.pack=False`, so one example per row) up to `data.targets_length` tokens, scored
@@ -30,12 +30,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import json
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 from absl import flags
 
 from t5x_lite import cli
-from t5x_lite import train as train_lib
+from t5x_lite import evaluation
 
 FLAGS = flags.FLAGS
 
@@ -46,102 +46,6 @@ def _define_flags():
   flags.DEFINE_integer('eval_steps', None, 'Batches to evaluate and decode (default '
                        'config.train.eval_steps; 0 = the whole split, which the endless '
                        'train split does not allow).')
-
-
-# ----------------------------------------------------------------- checkpoints
-def latest_checkpoint(workdir: str) -> Tuple[int, str]:
-  """(step, path of its state item) of the newest complete checkpoint in workdir."""
-  directory = os.path.join(workdir, 'checkpoints')
-  steps = []
-  if os.path.isdir(directory):
-    steps = sorted(int(d) for d in os.listdir(directory)
-                   if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'state')))
-  if not steps:
-    raise ValueError(f'--workdir={workdir} has no checkpoint (no {directory}/<step>/state); '
-                     'train one first with `python -m t5x_lite.train`.')
-  return steps[-1], os.path.join(directory, str(steps[-1]), 'state')
-
-
-def _check_param_shapes(path: str, abstract_params) -> None:
-  """Clear error when the saved params' shapes differ from the config's."""
-  import orbax.checkpoint as ocp
-  from t5x_lite import checkpoints
-  meta = ocp.StandardCheckpointer().metadata(path)
-  meta = getattr(meta, 'item_metadata', meta)
-  mismatch = checkpoints.shape_mismatch(getattr(meta, 'tree', meta)['params'], abstract_params)
-  if mismatch:
-    raise ValueError(f'checkpoint {path} does not match this config: {mismatch}. Pass the '
-                     'config (and --config overrides) the run was trained with.')
-
-
-def load(config, workdir: str):
-  """Validates the config, builds the Trainer on a mesh of the local devices and restores
-  the params of the latest checkpoint in workdir (read-only). Returns (trainer, params,
-  step)."""
-  step, path = latest_checkpoint(workdir)  # before anything compiles: a fast, clear error
-  import jax
-  from t5x_lite import checkpoints, partitioning, trainer as trainer_lib, validation
-  validation.validate_config(config, jax.device_count())
-  trainer = trainer_lib.Trainer(config, partitioning.create_mesh(config.partitioning))
-  _check_param_shapes(path, trainer.abstract_state.params)
-  params, _ = checkpoints.load_params(path, trainer.abstract_state.params)
-  return trainer, params, step
-
-
-# -------------------------------------------------------------------- decoding
-def can_decode(config) -> Optional[str]:
-  """None if eval decodes this config's task, else the reason it does not."""
-  if config.model.family not in ('encoder_decoder', 'decoder'):
-    return f'model.family={config.model.family!r} does not generate text'
-  if config.data.objective != 'text_to_text':
-    return f'data.objective={config.data.objective!r} is not text_to_text'
-  return None
-
-
-def pad_rows(x, n: int):
-  """Repeat the first row so `x` has `n` rows (fixed shapes: one compilation per length)."""
-  import numpy as np
-  return x if x.shape[0] == n else np.concatenate([x, np.repeat(x[:1], n - x.shape[0], 0)])
-
-
-def decode_split(config, trainer, params, split: str, steps: int) -> Dict[str, List[str]]:
-  """Greedy predictions on `steps` unpacked batches of `split` (0 = all):
-  {'inputs', 'targets', 'predictions'}, text per real example (padding rows dropped)."""
-  import numpy as np
-  from t5x_lite import decoding
-  from t5x_lite.data import pipeline
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.data.pack = False
-  it = pipeline.get_dataset(cfg, split)
-  vocab, model, length = it.vocab, trainer.model, cfg.data.targets_length
-  out = {'inputs': [], 'targets': [], 'predictions': []}
-  for i, batch in enumerate(it):
-    if steps and i >= steps:
-      break
-    real = np.nonzero(batch['decoder_loss_weights'].sum(axis=1) > 0)[0]
-    if cfg.model.family == 'encoder_decoder':
-      pred = np.asarray(decoding.encoder_decoder_generate(
-          model, params, batch['encoder_input_tokens'], length))
-      rows = [(batch['encoder_input_tokens'][r], batch['decoder_target_tokens'][r], pred[r])
-              for r in real]
-    else:  # decoder-only prefix LM: prompt = BOS + inputs + EOS (the causal-attention span)
-      prompt_len = batch['decoder_causal_attention'].sum(axis=1)
-      preds = {}
-      for n in sorted(set(prompt_len[real].tolist())):
-        idx = real[prompt_len[real] == n]
-        prompts = pad_rows(batch['decoder_input_tokens'][idx, :n], len(prompt_len))
-        got = np.asarray(decoding.decoder_only_generate(model, params, prompts, length,
-                                                        prefix_lm=True))
-        preds.update({int(r): got[j] for j, r in enumerate(idx)})
-      rows = [(batch['decoder_input_tokens'][r, 1:prompt_len[r]],
-               batch['decoder_target_tokens'][r][batch['decoder_loss_weights'][r] > 0],
-               preds[int(r)]) for r in real]
-    for inputs, targets, pred in rows:
-      out['inputs'].append(vocab.decode(inputs))
-      out['targets'].append(vocab.decode(targets))
-      out['predictions'].append(vocab.decode(pred))
-  return out
 
 
 # ------------------------------------------------------------------------ run
@@ -158,24 +62,21 @@ def run_eval(config, workdir: str, split: str = 'validation',
   steps = int(config.train.eval_steps)
   if not steps and (split == 'train' or config.data.eval_repeat):
     raise ValueError(f'the {split} split is endless here: pass --eval_steps > 0.')
-  trainer, params, step = load(config, workdir)
+  trainer, params, step = evaluation.load(config, workdir)
   print(f'[t5x_lite] eval: params of step {step} from {workdir}/checkpoints/{step}; '
         f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
         file=sys.stderr, flush=True)
   result = {'step': step, 'split': split, 'eval_steps': steps}
-  result.update(train_lib.evaluate(config, trainer, params, split))
-  why_not = can_decode(config)
+  result.update(evaluation.evaluate(config, trainer, params, split))
+  why_not = evaluation.can_decode(config)
   if why_not:
     print(f'[t5x_lite] eval: no decoding ({why_not}).', file=sys.stderr, flush=True)
   else:
-    decoded = decode_split(config, trainer, params, split, steps)
+    decoded = evaluation.decode_split(config, trainer.model, params, split, steps)
     result['decoded_examples'] = len(decoded['targets'])
     if decoded['targets']:
       result.update(metrics_lib.text_metrics(decoded['targets'], decoded['predictions']))
-    for i in range(min(show, len(decoded['targets']))):
-      print(f'  input:      {decoded["inputs"][i][:300]}\n'
-            f'  target:     {decoded["targets"][i][:200]}\n'
-            f'  prediction: {decoded["predictions"][i][:200]}', file=sys.stderr)
+    evaluation.print_predictions(decoded, show, file=sys.stderr)
   result['seconds'] = round(time.time() - start, 2)
   path = os.path.join(workdir, f'eval_{split}_{step}.json')
   with open(path, 'w') as f:

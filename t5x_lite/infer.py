@@ -31,8 +31,10 @@ from typing import List, Optional, TextIO, Tuple
 
 from absl import flags
 
+from t5x_lite import checkpoints
 from t5x_lite import cli
-from t5x_lite import eval as eval_lib
+from t5x_lite import evaluation
+from t5x_lite import families
 
 FLAGS = flags.FLAGS
 _SHOW = 10  # line numbers listed per kind of report
@@ -124,63 +126,19 @@ def tokenize(vocab, text: str, inputs_length: int, eos: bool) -> Tuple[List[int]
   return ids[:inputs_length - 1] + ([vocab.eos_id] if eos else []), len(ids) + int(eos)
 
 
-def predict(config, model, params, token_lists: List[List[int]], *, batch_size: int,
-            max_length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-            seed: int = 0, on_batch=None) -> List:
-  """Generated ids ([max_length] arrays) for each token list, in order. Encoder-decoder:
-  fixed [batch_size, data.inputs_length] zero-padded batches. Decoder-only: the lists are
-  prompts (BOS included), grouped by length. `on_batch(indices, their rows)` after each
-  batch (the writer streams finished lines in input order from it)."""
-  import jax
-  import numpy as np
-  from t5x_lite import decoding
-  rng = jax.random.PRNGKey(seed)
-  out = [None] * len(token_lists)
-  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-  if config.model.family == 'encoder_decoder':
-    groups = [list(range(len(token_lists)))]
-  else:
-    by_len = {}
-    for i, t in enumerate(token_lists):
-      by_len.setdefault(len(t), []).append(i)
-    groups = [by_len[n] for n in sorted(by_len, key=lambda n: by_len[n][0])]
-  count = 0
-  for group in groups:
-    for start in range(0, len(group), batch_size):
-      idx = group[start:start + batch_size]
-      key = jax.random.fold_in(rng, count)
-      count += 1
-      if config.model.family == 'encoder_decoder':
-        enc = np.zeros((batch_size, config.data.inputs_length), np.int32)
-        for row, i in enumerate(idx):
-          enc[row, :len(token_lists[i])] = token_lists[i]
-        got = decoding.encoder_decoder_generate(model, params, enc, max_length, rng=key, **kw)
-      else:
-        prompts = eval_lib.pad_rows(np.array([token_lists[i] for i in idx], np.int32), batch_size)
-        got = decoding.decoder_only_generate(
-            model, params, prompts, max_length, rng=key,
-            prefix_lm=config.data.objective != 'causal_lm', **kw)
-      got = np.asarray(got)
-      for row, i in enumerate(idx):
-        out[i] = got[row]
-      if on_batch:
-        on_batch(idx, got[:len(idx)])
-  return out
-
-
 def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-', *,
               max_length: int = 0, temperature: float = 0.0, top_k: int = 0,
               top_p: float = 1.0, seed: int = 0, batch_size: int = 0) -> Report:
   """Everything `python -m t5x_lite.infer` does; returns its report."""
   from t5x_lite.data import vocab as vocab_lib
   family = config.model.family
-  if family not in ('encoder_decoder', 'decoder'):
+  if families.get(family).generates is None:
     raise ValueError(f'config.model.family={family!r} does not generate text; infer needs '
                      'encoder_decoder or decoder.')
   if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
     raise ValueError(f'--temperature={temperature} / --top_k={top_k} / --top_p={top_p}: need '
                      'temperature >= 0, top_k >= 0 and 0 < top_p <= 1.')
-  eval_lib.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
+  checkpoints.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
   max_length = max_length or config.data.targets_length
   batch_size = batch_size or config.train.batch_size
   if max_length < 1 or batch_size < 1:
@@ -194,15 +152,16 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
 
   vocab = vocab_lib.from_config(config.data)
   inputs_length = config.data.inputs_length
-  eos = not (family == 'decoder' and config.data.objective == 'causal_lm')
+  decoder_only = families.get(family).generates == 'decoder_only'
+  eos = not (decoder_only and config.data.objective == 'causal_lm')
   token_lists = []
   for number, text, _ in examples:
     ids, n = tokenize(vocab, text, inputs_length, eos)
     if n > len(ids):
       report.truncated.append((number, n))
-    token_lists.append(([0] if family == 'decoder' else []) + ids)  # decoder-only: BOS
+    token_lists.append(([0] if decoder_only else []) + ids)  # decoder-only: BOS
 
-  trainer, params, step = eval_lib.load(config, workdir) if examples else (None, None, None)
+  trainer, params, step = evaluation.load(config, workdir) if examples else (None, None, None)
   if examples:
     print(f'[t5x_lite] infer: params of step {step} from {workdir}/checkpoints/{step}; '
           f'{len(examples)} inputs, batches of {batch_size}, up to {max_length} tokens, '
@@ -224,7 +183,7 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
 
   try:
     if examples:
-      predict(config, trainer.model, params, token_lists, batch_size=batch_size,
+      evaluation.predict(config, trainer.model, params, token_lists, batch_size=batch_size,
               max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p,
               seed=seed, on_batch=write_ready)
   finally:

@@ -15,7 +15,6 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are 
 import json
 import sys
 
-import numpy as np
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -31,29 +30,6 @@ def _define_flags():
   flags.DEFINE_integer('shard_index', 0, 'Shard to read.')
   flags.DEFINE_integer('num_shards', 1, 'Number of shards.')
   flags.DEFINE_integer('seed', None, 'Data seed (default: config.data.seed).')
-
-
-TOKEN_FEATURES = ('encoder_input_tokens', 'encoder_target_tokens', 'decoder_input_tokens',
-                  'decoder_target_tokens')
-
-
-def rows_as_json(batch: dict, vocab) -> list[dict]:
-  """One dict per row: feature -> {'ids': [...], 'text': [per-segment text]} (text only
-  for token features)."""
-  out = []
-  for r in range(next(iter(batch.values())).shape[0]):
-    row = {}
-    for name, arr in batch.items():
-      ids = np.asarray(arr[r])
-      side = name.split('_')[0]
-      seg = np.asarray(batch.get(f'{side}_segment_ids', arr)[r])
-      n = int(np.max(np.nonzero(seg)[0], initial=-1)) + 1
-      entry = {'ids': ids[:n].tolist()}
-      if name in TOKEN_FEATURES:
-        entry['text'] = [vocab.decode(ids[seg == s], stop_at_eos=False) for s in range(1, int(seg.max(initial=0)) + 1)]
-      row[name] = entry
-    out.append(row)
-  return out
 
 
 def main(argv):
@@ -72,7 +48,8 @@ def main(argv):
     sys.exit(f'error: {e}')
   except StopIteration:
     sys.exit(f'error: the {FLAGS.split} split of shard {FLAGS.shard_index} is empty.')
-  for row in rows_as_json(batch, it.vocab):
+  from t5x_lite.data import rows
+  for row in rows.rows_as_json(batch, it.vocab):
     print(json.dumps(row, ensure_ascii=False))
   print(f'{it.skips.summary()}', file=sys.stderr)
 

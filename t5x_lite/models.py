@@ -4,7 +4,7 @@ Owns: `ModelConfig` (validated, hashable view of `config.model`), the transforme
 and `Stack`, and the families `EncoderDecoder` (T5 v1.1 / v1.0), `EncoderOnly` (BERT with
 its MLM head) and `DecoderOnly` (GPT-2, or T5-style with prefix LM), built by `build`.
 
-Call contract (DESIGN.md): `model.apply({'params': p}, batch, deterministic=True)` with a
+Call contract (docs/design.md): `model.apply({'params': p}, batch, deterministic=True)` with a
 dict of seqio feature names returns float32 logits [batch, length, vocab] for the target
 side (decoder, or encoder for MLM). Packed batches pass `*_segment_ids` / `*_positions`.
 
@@ -20,9 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t5x_lite import families
 from t5x_lite import layers
 
-FAMILIES = ('encoder_decoder', 'encoder', 'decoder')
+FAMILIES = tuple(families.FAMILIES)
 REMAT_POLICIES = {
     'none': None,
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -34,8 +35,9 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Frozen mirror of `config.model` (see configs/base.py for the meaning of each field)."""
-  family: str = 'encoder_decoder'
+  """`config.model`, frozen and validated. These defaults ARE the config defaults
+  (configs/base.py builds its model section from them)."""
+  family: str = 'encoder_decoder'   # encoder_decoder | encoder | decoder (families.py)
   vocab_size: int = 32128
   d_model: int = 512
   d_ff: int = 1024
@@ -43,24 +45,26 @@ class ModelConfig:
   d_kv: int = 64
   num_encoder_layers: int = 8
   num_decoder_layers: int = 8
+  # gated-GELU (T5 v1.1); ('relu',) v1.0; ('gelu_exact',) BERT
   mlp_activations: Tuple[str, ...] = ('gelu', 'linear')
-  norm: str = 'rms'
+  norm: str = 'rms'                 # rms | layer
   norm_eps: float = 1e-6
-  post_norm: bool = False
-  use_bias: bool = False
-  position_embedding: str = 'relative'
-  max_position_embeddings: int = 512
-  type_vocab_size: int = 0
+  post_norm: bool = False           # True: BERT-style x = Norm(x + Sublayer(x))
+  use_bias: bool = False            # biases in dense and attention projections (BERT, GPT-2)
+  position_embedding: str = 'relative'  # relative (T5 bias) | absolute (learned, BERT/GPT-2)
+  max_position_embeddings: int = 512    # absolute positions only
+  type_vocab_size: int = 0          # BERT token-type embeddings (0 = none)
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
+  # True: q.k / sqrt(d_kv) (BERT, GPT-2); T5 folds it into the query init
   scale_attention_logits: bool = False
-  tie_embeddings: bool = False
-  rescale_tied_logits: bool = False
-  init_scheme: str = 't5'
+  tie_embeddings: bool = False      # logits from the input embedding (T5 v1.0, BERT, GPT-2)
+  rescale_tied_logits: bool = False # T5 v1.0: tied logits divided by sqrt(d_model)
+  init_scheme: str = 't5'           # t5 (variance scaling, docs/t5.md §5) | normal_0.02
   dropout_rate: float = 0.0
-  dtype: str = 'float32'
+  dtype: str = 'float32'            # activation dtype; params, norms and logits stay float32
   scan_layers: bool = False
-  remat: str = 'none'
+  remat: str = 'none'               # none | full | dots | dots_no_batch (jax.checkpoint policies)
 
   @classmethod
   def from_config(cls, model_cfg) -> 'ModelConfig':
@@ -85,9 +89,9 @@ class ModelConfig:
     if self.family not in FAMILIES:
       fail('family', f'must be one of {", ".join(FAMILIES)}')
     positive = ['vocab_size', 'd_model', 'd_ff', 'num_heads', 'd_kv']
-    if self.family != 'decoder':
+    if families.FAMILIES[self.family].has_encoder:
       positive.append('num_encoder_layers')
-    if self.family != 'encoder':
+    if families.FAMILIES[self.family].has_decoder:
       positive.append('num_decoder_layers')
     if self.position_embedding == 'absolute':
       positive.append('max_position_embeddings')
@@ -388,15 +392,8 @@ def build(model_cfg) -> nn.Module:
 
 def dummy_batch(cfg, batch_size: int = 1, inputs_length: int = 8, targets_length: int = 8):
   """All-ones int32 batch with the features the family reads (for `init` and shapes)."""
-  cfg = ModelConfig.from_config(cfg)
-  ones = lambda n: jnp.ones((batch_size, n), jnp.int32)
-  if cfg.family == 'encoder':
-    return {'encoder_input_tokens': ones(inputs_length)}
-  batch = {'decoder_input_tokens': ones(targets_length),
-           'decoder_target_tokens': ones(targets_length)}
-  if cfg.family == 'encoder_decoder':
-    batch['encoder_input_tokens'] = ones(inputs_length)
-  return batch
+  return families.dummy_batch(ModelConfig.from_config(cfg).family, batch_size, inputs_length,
+                              targets_length, ones=lambda shape: jnp.ones(shape, jnp.int32))
 
 
 # ------------------------------------------------------------- scanned <-> unscanned

@@ -1,6 +1,6 @@
 """Optimizers (optax) and learning-rate schedules, and shardings for optimizer state.
 
-Adafactor with the T5 defaults (reference page, section 6): decay_rate 0.8, no momentum,
+Adafactor with the T5 defaults (docs/t5.md §6): decay_rate 0.8, no momentum,
 factored second moments for rank>=2 params whose two largest dims are >= 128,
 multiply_by_parameter_scale, update clipping 1.0, eps1 1e-30, eps2 (parameter-scale floor)
 1e-3, no weight decay. AdamW for BERT / GPT recipes.

@@ -153,13 +153,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def validate_batch_size(global_batch: int, mesh: Mesh, field: str = 'train.batch_size'):
-  parts = mesh.shape['data'] * mesh.shape['fsdp']
-  if global_batch % parts:
-    raise ValueError(f'config.{field}={global_batch} is not divisible by the data x fsdp '
-                     f'mesh axes ({mesh.shape["data"]} x {mesh.shape["fsdp"]} = {parts}).')
-
-
 def global_batch(host_batch: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
   """Host-local numpy batch (this host's rows) -> global jax arrays sharded over the batch."""
   sharding = batch_sharding(mesh)

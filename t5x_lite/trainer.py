@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5x_lite import layers, losses, models, optim, partitioning
+from t5x_lite import families, layers, losses, models, optim, partitioning
 
 
 @flax.struct.dataclass
@@ -31,13 +31,6 @@ class TrainState:
 
   def as_dict(self) -> Dict[str, Any]:
     return {'step': self.step, 'params': self.params, 'opt_state': self.opt_state}
-
-
-def target_features(family: str):
-  """(targets, loss weights) feature names for the family's objective."""
-  if family == 'encoder':
-    return 'encoder_target_tokens', 'encoder_loss_weights'
-  return 'decoder_target_tokens', 'decoder_loss_weights'
 
 
 class Trainer:
@@ -51,7 +44,8 @@ class Trainer:
     self.model = models.build(self.model_cfg)
     self.schedule = optim.schedule(config.optimizer, config.train.steps)
     self.tx = optim.create(config.optimizer, config.train.steps)
-    self.targets_key, self.weights_key = target_features(self.model_cfg.family)
+    family = families.get(self.model_cfg.family)
+    self.targets_key, self.weights_key = family.targets, family.weights
 
     self._init_batch = models.dummy_batch(self.model_cfg, 1, 8, 8)
     boxed = jax.eval_shape(self._init_variables, jax.random.PRNGKey(0))

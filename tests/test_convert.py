@@ -13,7 +13,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from t5x_lite import convert, models
+from t5x_lite import conversion as convert, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

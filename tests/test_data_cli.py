@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from test_data_helpers import ROOT
+from data_helpers import ROOT
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
 
@@ -29,13 +29,13 @@ def test_inspect_prints_ids_and_text_per_feature():
 
 
 def test_inspect_rows_show_masks_for_mlm():
-  from test_data_helpers import data_config
-  from t5x_lite import inspect as inspect_cli
+  from data_helpers import data_config
+  from t5x_lite.data import rows
   from t5x_lite.data import pipeline
   cfg = data_config(objective='mlm', inputs_length=128)
   cfg.model.family = 'encoder'
   it = pipeline.get_dataset(cfg, 'validation', batch_size=1)
-  row = inspect_cli.rows_as_json(next(it), it.vocab)[0]
+  row = rows.rows_as_json(next(it), it.vocab)[0]
   assert '[MASK]' in ' '.join(row['encoder_input_tokens']['text'])
   assert '</s>' in ' '.join(row['encoder_target_tokens']['text'])        # documents end in EOS
   assert set(row) == {'encoder_input_tokens', 'encoder_target_tokens', 'encoder_loss_weights',
@@ -43,8 +43,8 @@ def test_inspect_rows_show_masks_for_mlm():
 
 
 def test_bench_prints_pipeline_tokens_per_second(capsys):
-  from t5x_lite.data import bench
-  out = bench.run(seconds=0.5, batch_size=8, model_steps=0)
+  from t5x_lite import throughput
+  out = throughput.pipeline_vs_train_step(seconds=0.5, batch_size=8, model_steps=0)
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert line.startswith('pipeline: span corruption + packing, inputs 512 / targets 114, shipped corpus: ')
   assert out['pipeline_positions_per_s'] > 10000 and f"{out['pipeline_positions_per_s']:,.0f}" in line

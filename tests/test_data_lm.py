@@ -1,10 +1,10 @@
-"""Causal and prefix LM (reference page §3), and long-document chunking (§1 step 2)."""
+"""Causal and prefix LM (docs/t5.md §3), and long-document chunking (§1 step 2)."""
 import collections
 import os
 
 import numpy as np
 
-from test_data_helpers import EOS, ROOT, blank_line_documents, data_config, segments
+from data_helpers import EOS, ROOT, blank_line_documents, data_config, segments
 
 import tensorflow as tf  # noqa: E402
 

@@ -1,10 +1,10 @@
-"""Masked-LM objectives (reference page §2): BERT 80/10/10 and T5's iid-noise BERT style."""
+"""Masked-LM objectives (docs/t5.md §2): BERT 80/10/10 and T5's iid-noise BERT style."""
 import os
 
 import numpy as np
 import pytest
 
-from test_data_helpers import EOS, ROOT, blank_line_documents, data_config
+from data_helpers import EOS, ROOT, blank_line_documents, data_config
 
 import tensorflow as tf  # noqa: E402
 

@@ -1,8 +1,8 @@
-"""Trim-and-pack and feature converters (reference page §3-4, §7.8)."""
+"""Trim-and-pack and feature converters (docs/t5.md §3-4, §7.8)."""
 import numpy as np
 import pytest
 
-from test_data_helpers import EOS, data_config, segments, strip_pad
+from data_helpers import EOS, data_config, segments, strip_pad
 
 import tensorflow as tf  # noqa: E402
 

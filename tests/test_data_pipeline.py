@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from test_data_helpers import ROOT, blank_line_documents, data_config, segments
+from data_helpers import ROOT, blank_line_documents, data_config, segments
 
 
 from t5x_lite.data import pipeline, sources, vocab as vocab_lib  # noqa: E402
@@ -138,7 +138,7 @@ def test_save_after_k_batches_restore_in_a_new_process(tmp_path):
   script = textwrap.dedent(f'''
       import sys, numpy as np
       sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-      from test_data_helpers import data_config
+      from data_helpers import data_config
       from t5x_lite.data import pipeline
       cfg = data_config(objective='span_corruption', inputs_length=128, targets_length=29,
                         train_source={cfg.data.train_source!r})

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from test_data_helpers import ROOT, data_config
+from data_helpers import ROOT, data_config
 
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402

@@ -1,10 +1,10 @@
-"""Span corruption (reference page §1 and the invariants of §7) on the shipped corpus."""
+"""Span corruption (docs/t5.md §1 and the invariants of §7) on the shipped corpus."""
 import os
 
 import numpy as np
 import pytest
 
-from test_data_helpers import EOS, ROOT, blank_line_documents, data_config, spec_counts, strip_pad
+from data_helpers import EOS, ROOT, blank_line_documents, data_config, spec_counts, strip_pad
 
 import tensorflow as tf  # noqa: E402  (after the helpers set the TF log level)
 

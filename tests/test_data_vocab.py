@@ -6,7 +6,7 @@ import sys
 import pytest
 import sentencepiece as spm
 
-from test_data_helpers import ROOT, data_config
+from data_helpers import ROOT, data_config
 
 from t5x_lite.data import vocab as vocab_lib  # noqa: E402
 

@@ -87,7 +87,7 @@ def test_decoder_only_predict_groups_by_length_and_keeps_order():
   import jax
   import numpy as np
   from configs import t5_decoder_only
-  from t5x_lite import decoding, infer, models
+  from t5x_lite import decoding, evaluation, models
   config = t5_decoder_only.get_config('tiny')
   config.model.update(dict(vocab_size=64, d_model=32, d_ff=64, num_heads=2, d_kv=16))
   config.data.objective = 'text_to_text'
@@ -97,7 +97,7 @@ def test_decoder_only_predict_groups_by_length_and_keeps_order():
   rng = np.random.RandomState(0)
   prompts = [[0] + rng.randint(3, 64, n).tolist() + [1] for n in (2, 4, 2, 3, 2)]
   done = []
-  got = infer.predict(config, model, params, prompts, batch_size=2, max_length=3,
+  got = evaluation.predict(config, model, params, prompts, batch_size=2, max_length=3,
                       on_batch=lambda idx, rows: done.append(list(idx)))
   assert sorted(i for idx in done for i in idx) == [0, 1, 2, 3, 4]
   for prompt, out in zip(prompts, got):

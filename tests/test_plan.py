@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import bert, gpt, t5_v1_1
-from t5x_lite import plan
+from t5x_lite import accounting
 
 T5_DIMS = {
     'small': dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6),
@@ -64,7 +64,7 @@ def hf_counts():
 
 def test_gpt_flops_match_independent_formula():
   cfg = gpt.get_config('small')
-  f = plan.flops_per_token(cfg)
+  f = accounting.flops_per_token(cfg)
   d, n_layers, seq, vocab = 768, 12, cfg.data.targets_length, 50257
   # Non-embedding matmul params of GPT-2: per layer qkv 3d^2 + out d^2 + mlp 8d^2 = 12 d^2.
   assert f['matmul_params'] == dict(encoder=0, decoder=12 * d * d * n_layers, logits=vocab * d)
@@ -76,7 +76,7 @@ def test_gpt_flops_match_independent_formula():
   assert f['train'] == 3 * f['forward']
   # nanoGPT's 6N + 12 L H Q T, with N = non-embedding matmul params + the tied wte.
   assert f['train'] == 6 * (12 * d * d * n_layers + vocab * d) + 12 * n_layers * d * seq
-  assert f['per_processed_token'] == {k: f[k] for k in plan.TERMS}
+  assert f['per_processed_token'] == {k: f[k] for k in accounting.TERMS}
   assert f['per_example']['train'] == f['train'] * seq
 
 
@@ -89,7 +89,7 @@ def _tiny_t5():
 
 
 def test_tiny_encoder_decoder_flops_by_hand():
-  f = plan.flops_per_token(_tiny_t5())
+  f = accounting.flops_per_token(_tiny_t5())
   # Kernels: attention q,k,v,o are 16x16 each (heads*d_kv = 16); gated MLP wi_0, wi_1 16x32,
   # wo 32x16. Encoder layer: 4*256 + 2*512 + 512 = 2560 params on 8 encoder tokens.
   # Decoder: self-attn 1024 + MLP 1536 + cross q,o 512 on 4 decoder tokens; cross k,v 512
@@ -109,19 +109,19 @@ def test_tiny_encoder_decoder_flops_by_hand():
 
 def test_scan_layers_does_not_change_counts():
   cfg = _tiny_t5()
-  unscanned = (plan.count_params(cfg)['total'], plan.flops_per_token(cfg)['per_example'])
+  unscanned = (accounting.count_params(cfg)['total'], accounting.flops_per_token(cfg)['per_example'])
   cfg.model.scan_layers = True
   cfg.model.num_encoder_layers = cfg.model.num_decoder_layers = 1
-  assert (plan.count_params(cfg)['total'], plan.flops_per_token(cfg)['per_example']) == unscanned
+  assert (accounting.count_params(cfg)['total'], accounting.flops_per_token(cfg)['per_example']) == unscanned
 
 
 def test_embed_sharded_bytes_shrink_8x_under_fsdp():
   cfg = t5_v1_1.get_config('small')
-  boxed = plan.abstract_params(cfg)
+  boxed = accounting.abstract_params(cfg)
   cfg.partitioning.mesh.update(dict(data=8, fsdp=1, tensor=1))
-  dp = plan.memory_per_device(cfg, 8, boxed)
+  dp = accounting.memory_per_device(cfg, 8, boxed)
   cfg.partitioning.mesh.update(dict(data=1, fsdp=8, tensor=1))
-  fsdp = plan.memory_per_device(cfg, 8, boxed)
+  fsdp = accounting.memory_per_device(cfg, 8, boxed)
   assert dp['mesh'] == dict(data=8, fsdp=1, tensor=1)
   assert fsdp['mesh'] == dict(data=1, fsdp=8, tensor=1)
   emb = 'token_embedder/embedding'  # [32128, 512] (vocab, embed)
@@ -141,8 +141,8 @@ def test_embed_sharded_bytes_shrink_8x_under_fsdp():
 
 def test_optimizer_state_bytes():
   cfg = t5_v1_1.get_config('small')
-  boxed = plan.abstract_params(cfg)
-  mem = plan.memory_per_device(cfg, 1, boxed)['per_param']
+  boxed = accounting.abstract_params(cfg)
+  mem = accounting.memory_per_device(cfg, 1, boxed)['per_param']
   # Adafactor: [32128, 512] factored into a row (32128) and a column (512) statistic.
   assert mem['token_embedder/embedding']['optimizer_bytes'] == 4 * (32128 + 512)
   # q kernel [512, 6, 64] is factored as T5's [512, 6 * 64] matrix: 512 + 384 statistics.
@@ -159,26 +159,26 @@ def test_optimizer_state_bytes():
   assert sum(m['optimizer_bytes'] for m in mem.values()) == optax_bytes
   assert mem['encoder/final_norm/scale']['optimizer_bytes'] == 4 * 512  # rank 1: full
   cfg.optimizer.name = 'adamw'
-  adamw = plan.memory_per_device(cfg, 1, boxed)
+  adamw = accounting.memory_per_device(cfg, 1, boxed)
   assert adamw['optimizer_bytes'] == 2 * adamw['params_bytes']
   cfg.optimizer.name = 'sgd'
   with pytest.raises(ValueError, match='config.optimizer.name'):
-    plan.memory_per_device(cfg, 1, boxed)
+    accounting.memory_per_device(cfg, 1, boxed)
 
 
 def test_bad_meshes_fail_with_one_sentence():
   cfg = t5_v1_1.get_config('small')
-  boxed = plan.abstract_params(cfg)
+  boxed = accounting.abstract_params(cfg)
   cfg.partitioning.mesh.update(dict(data=4, fsdp=1, tensor=1))
   with pytest.raises(ValueError, match='needs 4 devices but 6 are available'):
-    plan.memory_per_device(cfg, 6, boxed)
+    accounting.memory_per_device(cfg, 6, boxed)
   cfg.partitioning.mesh.update(dict(data=1, fsdp=1, tensor=8))  # 6 heads over 8
   with pytest.raises(ValueError, match=r'\(heads, size 6\) is not divisible by mesh axes'):
-    plan.memory_per_device(cfg, 8, boxed)
+    accounting.memory_per_device(cfg, 8, boxed)
   cfg.partitioning.mesh.update(dict(data=-1, fsdp=1, tensor=1))
   cfg.train.batch_size = 12
   with pytest.raises(ValueError, match='config.train.batch_size=12 is not divisible'):
-    plan.memory_per_device(cfg, 8, boxed)
+    accounting.memory_per_device(cfg, 8, boxed)
 
 
 CLI_RUNS = {
@@ -226,7 +226,7 @@ def test_cli_prints_total_params_and_fails_clearly(cli_runs):
 
 @pytest.mark.parametrize('size', ['small', 'base'])
 def test_t5_v1_1_param_count_matches_transformers(size, hf_counts):
-  counts = plan.count_params(t5_v1_1.get_config(size))
+  counts = accounting.count_params(t5_v1_1.get_config(size))
   assert sum(counts['by_module'].values()) == counts['total']
   assert set(counts['by_module']) == {'token_embedder', 'encoder', 'decoder', 'logits_head'}
   d_model = T5_DIMS[size]['d_model']
@@ -237,13 +237,13 @@ def test_t5_v1_1_param_count_matches_transformers(size, hf_counts):
 
 
 def test_gpt2_small_param_count(hf_counts):
-  counts = plan.count_params(gpt.get_config('small'))
+  counts = accounting.count_params(gpt.get_config('small'))
   assert counts['total'] == 124_439_808  # GPT-2 small, wte tied to the output layer
   assert counts['embedding'] == (50257 + 1024) * 768
   assert counts['total'] == hf_counts()['gpt2']
 
 
 def test_bert_base_mlm_param_count(hf_counts):
-  counts = plan.count_params(bert.get_config('base'))
+  counts = accounting.count_params(bert.get_config('base'))
   assert counts['total'] == 109_514_298  # BertForMaskedLM, bert-base (no pooler)
   assert counts['total'] == hf_counts()['bert_mlm']

@@ -1,8 +1,8 @@
-"""T5 relative-position buckets against the check values of the reference page (section 5).
+"""T5 relative-position buckets against the check values of docs/t5.md §5.
 
 rel = key_pos - query_pos. Encoder (bidirectional, 32 buckets): n = |rel|, +16 when rel > 0.
 Decoder (causal, 32 buckets): n = max(-rel, 0). max_distance 128. The expected values are the
-reference page's, written out literally.
+docs/t5.md's, written out literally.
 """
 import jax.numpy as jnp
 import numpy as np

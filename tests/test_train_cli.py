@@ -224,7 +224,7 @@ def test_trained_workdir_exports_to_transformers_with_equal_logits(uninterrupted
   import jax
   import torch
   import transformers
-  from t5x_lite import convert, models
+  from t5x_lite import conversion as convert, models
   ref_dir, _ = uninterrupted
   model_cfg, params = convert.load_t5x(ref_dir)
   convert.t5x_to_hf(ref_dir, str(tmp_path / 'hf'))

@@ -86,7 +86,7 @@ def test_same_losses_across_meshes_and_grad_accumulation():
 
 
 def _adafactor_reference(param, grads, lr):
-  """Adafactor from its definition (reference page, section 6; Shazeer & Stern), in float64.
+  """Adafactor from its definition (docs/t5.md §6; Shazeer & Stern), in float64.
 
   Step t: decay 1 - t^-0.8; g2 = g^2 + eps1 (1e-30). Rank-2 params whose dims are both
   >= 128 keep row / column means r, c of g2 (each decayed), v = outer(r, c) / mean(r);

@@ -1,11 +1,10 @@
-"""Input pipeline of t5x_lite: vocabulary, sources, objectives, packing, pipeline, tasks.
+"""Input pipeline of t5x_lite: vocabulary, sources, objectives, packing, pipeline, rows.
 
   vocab.py       SentencePiece vocabulary in the T5 id layout (sentinels, [MASK])
   sources.py     source specs; text / JSONL / TSV / TFDS readers; bad-input accounting
   objectives.py  span corruption, BERT MLM, T5 iid noise, causal and prefix LM, text-to-text
-  packing.py     trim-and-pack and the feature converters (DESIGN.md feature names)
+  packing.py     trim-and-pack and the feature converters (docs/design.md feature names)
   pipeline.py    get_dataset(config, split, ...) -> DataIterator (deterministic, resumable)
-  tasks.py       named presets of config.data for the shipped data
   bench.py       `python -m t5x_lite.data.bench`: pipeline tokens/s vs a train step
 """
 import os as _os

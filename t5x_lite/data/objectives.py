@@ -1,4 +1,4 @@
-"""Pretraining and fine-tuning objectives as tf.data transforms (reference page §1-3).
+"""Pretraining and fine-tuning objectives as tf.data transforms (docs/t5.md §1-3).
 
 Owns: turning a stream of token documents into examples `{'inputs', 'targets'}` (plus
 `'loss_weights'` for masked LM):

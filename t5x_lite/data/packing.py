@@ -1,4 +1,4 @@
-"""Trim-and-pack and feature converters (reference page §3-4).
+"""Trim-and-pack and feature converters (docs/t5.md §3-4).
 
 Owns: fitting variable-length examples into fixed-length rows and naming the result for
 the model.
@@ -10,7 +10,7 @@ emits the row (zero padded) and starts a new one. For each feature `f` it adds
 each example, 0 on padding). `pad_unpacked` gives the same keys for one example per row
 (segment id 1), so batches have the same features whether packed or not.
 
-Feature converters (on batches of rows, DESIGN.md names; every feature int32):
+Feature converters (on batches of rows, docs/design.md names; every feature int32):
   encoder_decoder: encoder_input_tokens, encoder_segment_ids, encoder_positions,
                    decoder_target_tokens, decoder_input_tokens (shifted right per segment),
                    decoder_loss_weights (targets != 0), decoder_segment_ids, decoder_positions

@@ -21,9 +21,8 @@ and positions are always present: packed rows carry one id per example, unpacked
 (data.pack=False) have segment id 1 on real tokens. Validation batches of a finite pass
 are padded to the full batch with all-zero rows (zero loss weights) so shapes never change.
 
-Feature lengths: encoder_decoder uses inputs_length / targets_length; encoder uses
-inputs_length; decoder uses targets_length for causal_lm and inputs_length +
-targets_length for objectives with inputs (prefix LM layout).
+Feature lengths: `families.feature_lengths` (the one lengths function; plan, bench and
+train count tokens with it too).
 """
 from __future__ import annotations
 
@@ -41,6 +40,7 @@ try:  # TF only feeds the host; keep it off accelerators.
 except (RuntimeError, ValueError):
   pass
 
+from t5x_lite import families  # noqa: E402
 from t5x_lite.data import objectives as obj_lib  # noqa: E402
 from t5x_lite.data import packing  # noqa: E402
 from t5x_lite.data import sources as src_lib  # noqa: E402
@@ -49,27 +49,10 @@ from t5x_lite.data.iterator import DataIterator  # noqa: E402
 from t5x_lite.data.sources import DataError  # noqa: E402
 
 OBJECTIVES = ('span_corruption', 'mlm', 'iid_noise', 'causal_lm', 'prefix_lm', 'text_to_text')
-FAMILY_OBJECTIVES = {
-    'encoder_decoder': ('span_corruption', 'iid_noise', 'prefix_lm', 'text_to_text'),
-    'decoder': ('causal_lm', 'prefix_lm', 'text_to_text', 'span_corruption', 'iid_noise'),
-    'encoder': ('mlm',),
-}
+FAMILY_OBJECTIVES = {name: f.objectives for name, f in families.FAMILIES.items()}
 
 
 # ---------------------------------------------------------------- validation
-def feature_lengths(config) -> dict[str, int]:
-  """Lengths of the packed per-example features for this family and objective."""
-  d, family = config.data, config.model.family
-  if family == 'encoder':
-    return {'inputs': d.inputs_length, 'targets': d.inputs_length, 'loss_weights': d.inputs_length}
-  if family == 'decoder':
-    if d.objective == 'causal_lm':
-      return {'targets': d.targets_length}
-    n = d.inputs_length + d.targets_length
-    return {'targets': n, 'causal_attention': n, 'loss_weights': n}
-  return {'inputs': d.inputs_length, 'targets': d.targets_length}
-
-
 def validate(config, vocab: vocab_lib.Vocabulary | None = None) -> vocab_lib.Vocabulary:
   """Checks config.data against itself, the vocabulary and config.model; returns the
   vocabulary. Raises DataError with one sentence naming the bad field."""
@@ -210,9 +193,9 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
   else:
     ds = obj_lib.text_to_text(ds, inputs_length=il, targets_length=tl)
 
-  if config.model.family == 'decoder' and d.objective != 'causal_lm':
+  if families.decoder_rows_hold_inputs(config.model.family, d.objective):
     ds = ds.map(packing.concat_for_decoder)
-  lengths = feature_lengths(config)
+  lengths = families.feature_lengths(config)
   ds = packing.trim_and_pack(ds, lengths) if d.pack else packing.pad_unpacked(ds, lengths)
   if not train and d.eval_repeat:
     ds = ds.repeat()
@@ -266,7 +249,7 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   num_streams = d.num_virtual_shards
   owned = owned_streams(shard_index, num_shards, num_streams)
   rows = stream_rows(batch_size * num_shards, num_streams)
-  lengths = feature_lengths(config)
+  lengths = families.feature_lengths(config)
   drop = split == 'train' or bool(d.eval_repeat)
   row_lengths = {k + sfx: n for k, n in lengths.items() for sfx in ('', '_segment_ids', '_positions')}
   datasets = {}

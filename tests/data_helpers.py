@@ -25,7 +25,7 @@ def data_config(**data):
 
 
 def spec_counts(length, density=0.15, mean=3.0):
-  """(N, S) per the reference page §1: L' = max(L, 2), N = round(L' d) in float32 (ties to
+  """(N, S) per docs/t5.md §1: L' = max(L, 2), N = round(L' d) in float32 (ties to
   even) clamped to [1, L'-1], S = max(1, round(N / m)); L = 1 keeps no noise."""
   if length == 1:
     return 0, 0

@@ -1,0 +1,299 @@
+r"""Parameter, FLOP and memory accounting of a config: used by plan, bench and train.
+
+Nothing is compiled or allocated: parameter shapes and logical axes come from
+`jax.eval_shape(module.init)`, and the mesh is a dict of axis sizes (no devices are created, so
+a pod-sized mesh can be planned on a laptop).
+
+FLOPs formula (matmul FLOPs only; norms, softmax, activations, biases, embedding gathers and
+the optimizer update are not counted). L_enc and L_dec are the tokens per row each stack reads
+(`families.stream_lengths`, the lengths the data pipeline builds rows to): L_enc =
+data.inputs_length; L_dec = data.targets_length, plus data.inputs_length for a decoder-only
+model whose objective has inputs (one prefix-LM row); the encoder-only family (MLM) has only
+L_enc, the decoder-only family only L_dec. H = num_heads, d_kv, d_model,
+V = vocab_size. Per example, forward:
+
+    dense           = 2 * sum over matmul kernels (params * tokens of the stream it runs on)
+                      encoder kernels (and the MLM transform) run on L_enc tokens, decoder
+                      kernels on L_dec tokens, except cross-attention key/value kernels,
+                      which project the encoder output: L_enc tokens. Embedding tables,
+                      the relative-position table and the logits kernel are not included.
+    self_attention  = 4 * H * d_kv * (n_enc_layers * L_enc^2 + n_dec_layers * L_dec^2)
+                      (QK^T and AV, 2 FLOPs per multiply-add each; the FULL non-causal count:
+                      the causal mask is applied to a full L x L score matrix, which is what
+                      the implementation computes, so causal attention is not halved)
+    cross_attention = 4 * H * d_kv * n_dec_layers * L_dec * L_enc
+    logits          = 2 * d_model * V * L_target   (tied or untied alike; L_target = L_dec, or
+                      L_enc for the MLM head, which scores every position)
+    forward         = dense + self_attention + cross_attention + logits
+    train           = 3 * forward   (forward + backward, backward = 2 x forward; remat
+                      recomputation is not counted, as is usual for MFU)
+
+`flops_per_token(config)` reports every term three ways: `per_example`, per TARGET token
+(the top-level keys: per_example / L_target) and `per_processed_token` (per_example /
+(L_enc + L_dec), every token either stack reads). For a decoder-only or encoder-only model
+the last two are the same. MFU = per_example['train'] * examples_per_second
+/ (num_devices * peak_flops_per_device) needs no choice of token at all.
+
+Memory per device: float32 params, float32 gradients, optimizer state (adafactor: factored
+second moments like `optax.adafactor` -- for a param of rank >= 2 whose second-largest dim is
+>= 128, a row and a column statistic, else a full-size one; no momentum. adamw: 2 x params),
+each split like its parameter (a dim sharded over mesh axes of total size k holds size / k
+per device; factored statistics keep the sharding of the dims they keep). Activations are
+a rough ESTIMATE (see `activation_bytes_estimate`).
+"""
+import functools
+import math
+from typing import Any, Dict
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from t5x_lite import families
+from t5x_lite import models
+from t5x_lite import optim
+from t5x_lite import partitioning
+
+FORMULA = (
+    'matmul FLOPs only. Per example forward: dense = 2 * sum(kernel params * tokens of its '
+    'stream) [encoder kernels and cross-attn key/value: L_enc; decoder kernels: L_dec]; '
+    'self_attention = 4*H*d_kv*(n_enc*L_enc^2 + n_dec*L_dec^2) (full non-causal L x L); '
+    'cross_attention = 4*H*d_kv*n_dec*L_dec*L_enc; logits = 2*d_model*V*L_target; '
+    'train = 3 x forward (no remat recompute). L_enc, L_dec = tokens per row of each stack '
+    '(families.stream_lengths).')
+
+# Dense bf16 peak FLOP/s per chip, by jax `device_kind` substring (first match wins).
+PEAK_FLOPS = (
+    ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12),
+    ('TPU v5', 459e12), ('TPU v4', 275e12), ('TPU v3', 123e12), ('H200', 989e12),
+    ('H100', 989e12), ('A100', 312e12), ('L4', 121e12), ('A10', 125e12),
+)
+
+
+def peak_flops_per_device(device_kind: str, override: float) -> float:
+  if override > 0:
+    return override
+  for name, peak in PEAK_FLOPS:
+    if name.lower() in device_kind.lower():
+      return peak
+  return 0.0  # unknown (e.g. CPU): MFU is not reported unless --peak_flops is given
+
+MIN_DIM_SIZE_TO_FACTOR = 128  # optax.adafactor default
+OPTIMIZERS = ('adafactor', 'adamw')
+TERMS = ('dense', 'self_attention', 'cross_attention', 'logits', 'forward', 'train')
+
+
+# ------------------------------------------------------------------------ shapes
+def abstract_params(config):
+  """Boxed abstract params (ShapeDtypeStruct leaves in `nn.LogicallyPartitioned` boxes).
+
+  Traced with `jax.eval_shape`: nothing is compiled or allocated. Cached per model config
+  (the shapes depend on `config.model` only); treat the result as read-only.
+  """
+  return _abstract_params(models.ModelConfig.from_config(config.model))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(mcfg: models.ModelConfig):
+  module = models.build(mcfg)
+
+  def init():
+    return module.init(jax.random.PRNGKey(0), models.dummy_batch(mcfg), deterministic=True)
+
+  return jax.eval_shape(init)['params']
+
+
+def _flat(boxed):
+  """[(path tuple of str, shape tuple)] of the unboxed tree, in tree order."""
+  leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
+  return [(tuple(str(getattr(k, 'key', k)) for k in path), tuple(v.shape))
+          for path, v in leaves]
+
+
+def _name(path) -> str:
+  return '/'.join(path)
+
+
+# ------------------------------------------------------------------------ params
+def count_params(config, boxed=None) -> Dict[str, Any]:
+  """{'total', 'by_module': {top-level name: n}, 'embedding', 'non_embedding'}.
+
+  `embedding` counts the embedding tables (token, absolute position, token type); a tied
+  output layer is counted once, in `token_embedder`.
+  """
+  boxed = abstract_params(config) if boxed is None else boxed
+  by_module: Dict[str, int] = {}
+  embedding = 0
+  for path, shape in _flat(boxed):
+    n = math.prod(shape)
+    by_module[path[0]] = by_module.get(path[0], 0) + n
+    if path[-1] == 'embedding':
+      embedding += n
+  total = sum(by_module.values())
+  return dict(total=total, by_module=by_module, embedding=embedding,
+              non_embedding=total - embedding)
+
+
+# ------------------------------------------------------------------------- FLOPs
+def _stream(path) -> str:
+  """Which token stream a matmul kernel runs over: 'encoder', 'decoder' or 'logits'."""
+  top = path[0]
+  if top == 'logits_head':
+    return 'logits'
+  if top == 'decoder':
+    if 'cross_attention' in path and path[-2] in ('key', 'value'):
+      return 'encoder'
+    return 'decoder'
+  if top == 'encoder' or top.startswith('mlm'):
+    return 'encoder'
+  return 'decoder'
+
+
+def flops_per_token(config, boxed=None) -> Dict[str, Any]:
+  """Matmul FLOPs of one forward / training pass (formula in the module docstring).
+
+  Returns a dict: the top-level keys dense, self_attention, cross_attention, logits,
+  forward, train are per TARGET token (decoder token; encoder token for MLM);
+  `per_example` and `per_processed_token` hold the same terms per example and per token
+  of encoder + decoder input; `lengths`, `formula` say what was assumed.
+  """
+  boxed = abstract_params(config) if boxed is None else boxed
+  mcfg = models.ModelConfig.from_config(config.model)
+  lengths = families.stream_lengths(config)
+  l_enc, l_dec = lengths['encoder'], lengths['decoder']
+  family = families.get(mcfg.family)
+  n_enc = mcfg.num_encoder_layers if family.has_encoder else 0
+  n_dec = mcfg.num_decoder_layers if family.has_decoder else 0
+  heads_dkv = mcfg.num_heads * mcfg.d_kv
+
+  matmul = {'encoder': 0, 'decoder': 0, 'logits': 0}
+  for path, shape in _flat(boxed):
+    if path[-1] == 'kernel':
+      matmul[_stream(path)] += math.prod(shape)
+  if mcfg.tie_embeddings:  # logits through the (tied) token embedding
+    matmul['logits'] += mcfg.vocab_size * mcfg.d_model
+
+  per_example = dict(
+      dense=2 * (matmul['encoder'] * l_enc + matmul['decoder'] * l_dec),
+      self_attention=4 * heads_dkv * (n_enc * l_enc ** 2 + n_dec * l_dec ** 2),
+      cross_attention=(4 * heads_dkv * n_dec * l_dec * l_enc
+                       if family.has_encoder and family.has_decoder else 0),
+      logits=2 * matmul['logits'] * lengths['target'])
+  per_example['forward'] = sum(per_example.values())
+  per_example['train'] = 3 * per_example['forward']
+  processed = l_enc + l_dec
+  out: Dict[str, Any] = {k: v / lengths['target'] for k, v in per_example.items()}
+  out.update(per_example=per_example,
+             per_processed_token={k: v / processed for k, v in per_example.items()},
+             matmul_params=matmul, lengths=lengths, formula=FORMULA)
+  return out
+
+
+# ------------------------------------------------------------------------ memory
+def mesh_axis_sizes(config, num_devices: int) -> Dict[str, int]:
+  """Resolved mesh axis sizes (ValueError if the mesh does not fit `num_devices`)."""
+  return partitioning.mesh_shape(config.partitioning, num_devices)
+
+
+def _optimizer_state_shapes(path, shape, local_shape, name: str):
+  """Per-device shapes of the optimizer state kept for one parameter."""
+  if name == 'adamw':
+    return [local_shape, local_shape]  # mu, nu
+  if name == 'adafactor':
+    # Adafactor sees attention kernels as T5's matrices (optim.matrix_view).
+    shape = optim.matrix_view(path, shape)
+    local_shape = optim.matrix_view(path, local_shape)
+    if len(shape) >= 2:
+      d1, d0 = np.argsort(shape)[-2:]  # as optax._src.factorized._factored_dims
+      if shape[d1] >= MIN_DIM_SIZE_TO_FACTOR:
+        drop = lambda d: tuple(s for i, s in enumerate(local_shape) if i != d)
+        return [drop(d0), drop(d1)]  # v_row, v_col
+    return [local_shape]  # v
+  raise ValueError(f'config.optimizer.name={name!r} is not one of {", ".join(OPTIMIZERS)}.')
+
+
+def activation_bytes_estimate(config, axis_sizes: Dict[str, int]) -> Dict[str, Any]:
+  """ROUGH per-device activation memory kept for the backward pass of one microbatch.
+
+  Per layer and token: the layer input (float32), the norm outputs, q/k/v/context and the
+  attention / MLP outputs, the MLP hidden units, the attention logits (float32) and weights
+  over the key length; plus float32 logits twice (logits and their softmax / gradient).
+  `remat='full'` keeps only each layer's input plus one layer's working set; other remat
+  policies are counted like 'none' (an upper bound). Tensor parallelism divides the
+  heads / mlp / vocab terms. XLA's buffer reuse and fusion make the true figure differ.
+  """
+  mcfg = models.ModelConfig.from_config(config.model)
+  lengths = families.stream_lengths(config)
+  batch_parts = axis_sizes['data'] * axis_sizes['fsdp']
+  accum = int(config.train.get('grad_accum_steps', 1))
+  micro = config.train.batch_size / max(accum, 1) / batch_parts  # examples per device
+  t = axis_sizes['tensor']
+  a = 2 if mcfg.dtype == 'bfloat16' else 4
+  d, hd, ff = mcfg.d_model, mcfg.num_heads * mcfg.d_kv / t, mcfg.d_ff / t
+  n_wi = len(mcfg.mlp_activations)
+
+  def attention(key_len):  # bytes per query token
+    return (2 * d + 4 * hd) * a + mcfg.num_heads / t * key_len * (4 + a)
+
+  mlp = (2 * d + (2 * n_wi + 1) * ff) * a
+  streams = []  # (tokens per example, layers, bytes per token per layer)
+  family = families.get(mcfg.family)
+  if family.has_encoder:
+    l = lengths['encoder']
+    streams.append((l, mcfg.num_encoder_layers, 4 * d + attention(l) + mlp))
+  if family.has_decoder:
+    l = lengths['decoder']
+    per = 4 * d + attention(l) + mlp
+    if family.has_encoder:
+      # cross-attention: queries over L_enc keys, plus k/v of the encoder output per layer
+      per += attention(lengths['encoder']) + 2 * hd * a * lengths['encoder'] / l
+    streams.append((l, mcfg.num_decoder_layers, per))
+  if mcfg.remat == 'full':
+    layers = sum(tok * n * 4 * d for tok, n, _ in streams)
+    layers += max(tok * per for tok, _, per in streams)
+  else:
+    layers = sum(tok * n * per for tok, n, per in streams)
+  logits = lengths['target'] * mcfg.vocab_size / t * 4 * 2
+  total = micro * (layers + logits)
+  return dict(bytes=int(total), examples_per_device=micro, remat=mcfg.remat,
+              dtype=mcfg.dtype)
+
+
+def memory_per_device(config, num_devices: int, boxed=None) -> Dict[str, Any]:
+  """Bytes per device of params, gradients and optimizer state (+ activation estimate).
+
+  Raises ValueError (one sentence naming the field) when the mesh does not fit the devices,
+  a sharded dimension does not divide its mesh axes, or the batch does not split.
+  """
+  boxed = abstract_params(config) if boxed is None else boxed
+  sizes = mesh_axis_sizes(config, num_devices)
+  rules = partitioning.axis_rules(config.partitioning)
+  partitioning.validate_divisibility(boxed, sizes, rules)
+  parts = sizes['data'] * sizes['fsdp']
+  if config.train.batch_size % parts:
+    raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible '
+                     f'by the data x fsdp mesh axes ({sizes["data"]} x {sizes["fsdp"]} = '
+                     f'{parts}).')
+  opt_name = str(config.optimizer.name)
+  specs = jax.tree.leaves(partitioning.mesh_specs(boxed, rules),
+                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  per_param = {}
+  params_bytes = opt_bytes = 0
+  for (path, shape), spec in zip(_flat(boxed), specs):
+    local = []
+    for size, axes in zip(shape, tuple(spec) + (None,) * len(shape)):
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      local.append(size // math.prod(sizes[ax] for ax in axes))
+    local = tuple(local)
+    p_bytes = 4 * math.prod(local)
+    o_bytes = 4 * sum(math.prod(s) for s in _optimizer_state_shapes(path, shape, local, opt_name))
+    params_bytes += p_bytes
+    opt_bytes += o_bytes
+    per_param[_name(path)] = dict(shape=shape, spec=tuple(spec), local_shape=local,
+                                  bytes=p_bytes, optimizer_bytes=o_bytes)
+  activations = activation_bytes_estimate(config, sizes)
+  return dict(mesh=sizes, num_devices=num_devices, optimizer=opt_name,
+              params_bytes=params_bytes, grads_bytes=params_bytes,
+              optimizer_bytes=opt_bytes, activations_estimate=activations,
+              total_bytes=2 * params_bytes + opt_bytes + activations['bytes'],
+              per_param=per_param)

@@ -1,0 +1,204 @@
+"""Evaluation and prediction: what `train`, `eval` and `infer` share after a model exists.
+
+Owns: loading the latest checkpoint's params for read-only use (`load`), teacher-forced
+loss / accuracy over a split (`evaluate`, the figures training logs as eval_loss /
+eval_accuracy), greedy decoding of a split (`decode_split`), batched generation of token
+lists (`predict`), printing a few predictions, and the run's metric log (metrics.jsonl +
+TensorBoard event files, `MetricsLog`). How each family generates comes from
+`families.Family.generates`.
+"""
+import json
+import math
+import os
+import sys
+from typing import Dict, List, Optional
+
+from t5x_lite import families
+
+
+# ------------------------------------------------------------------ metrics log
+class MetricsLog:
+  """metrics.jsonl + TensorBoard event files (process 0 only)."""
+
+  def __init__(self, workdir: str, resume_step: int, enabled: bool):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if not enabled:
+      return
+    import tensorflow as tf
+    # A resumed run rewrites the steps after its checkpoint: drop their old lines.
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
+      with open(self.path, 'w') as f:
+        f.writelines(kept)
+    self.writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: dict):
+    if not self.enabled:
+      return
+    import tensorflow as tf
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': step, **metrics}) + '\n')
+    with self.writer.as_default(step=step):
+      for k, v in metrics.items():
+        if isinstance(v, (int, float)) and math.isfinite(v):
+          tf.summary.scalar(k, v)
+    self.writer.flush()
+
+
+# ---------------------------------------------------------------------- loading
+def load(config, workdir: str):
+  """Validates the config, builds the Trainer on a mesh of the local devices and restores
+  the params of the latest checkpoint in workdir (read-only). Returns (trainer, params,
+  step)."""
+  from t5x_lite import checkpoints
+  step, path = checkpoints.latest_checkpoint(workdir)  # before compiling: a fast, clear error
+  import jax
+  from t5x_lite import partitioning, trainer as trainer_lib, validation
+  validation.validate_config(config, jax.device_count())
+  trainer = trainer_lib.Trainer(config, partitioning.create_mesh(config.partitioning))
+  checkpoints.check_params_match(path, trainer.abstract_state.params)
+  params, _ = checkpoints.load_params(path, trainer.abstract_state.params)
+  return trainer, params, step
+
+
+# ------------------------------------------------------------ teacher-forced eval
+def evaluate(config, trainer, params, split: str = 'validation'):
+  """Teacher-forced loss / accuracy over `train.eval_steps` batches of `split` (0 = all)."""
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+  from t5x_lite.data import pipeline
+  it = pipeline.get_dataset(config, split, shard_index=jax.process_index(),
+                            num_shards=jax.process_count())
+  # All-padding batch (zero loss weight) for a host whose shard ran out before the others'.
+  padding = {k: np.zeros(shape, np.int32) for k, shape in it.shapes.items()}
+  totals, steps = None, 0
+  while not (config.train.eval_steps and steps >= config.train.eval_steps):
+    batch = next(it, None)
+    if jax.process_count() > 1:  # every host must run the same number of steps
+      if multihost_utils.process_allgather(np.array(batch is None)).all():
+        break
+      batch = padding if batch is None else batch
+    elif batch is None:
+      break
+    stats = jax.device_get(trainer.eval_step(params, trainer.shard_batch(batch)))
+    totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
+    steps += 1
+  if not totals:
+    raise ValueError(f'the {split} split yielded no batch; check config.data.{split}_source.')
+  w = max(float(totals['weight_sum']), 1.0)
+  return {'eval_loss': float(totals['loss_sum']) / w,
+          'eval_accuracy': float(totals['correct_sum']) / w}
+
+
+# --------------------------------------------------------------------- decoding
+def can_decode(config) -> Optional[str]:
+  """None if eval decodes this config's task, else the reason it does not."""
+  if families.get(config.model.family).generates is None:
+    return f'model.family={config.model.family!r} does not generate text'
+  if config.data.objective != 'text_to_text':
+    return f'data.objective={config.data.objective!r} is not text_to_text'
+  return None
+
+
+def pad_rows(x, n: int):
+  """Repeat the first row so `x` has `n` rows (fixed shapes: one compilation per length)."""
+  import numpy as np
+  return x if x.shape[0] == n else np.concatenate([x, np.repeat(x[:1], n - x.shape[0], 0)])
+
+
+def decode_split(config, model, params, split: str, steps: int,
+                 batch_size: Optional[int] = None) -> Dict[str, List[str]]:
+  """Greedy predictions on `steps` unpacked batches of `split` (0 = all):
+  {'inputs', 'targets', 'predictions'}, text per real example (padding rows dropped)."""
+  import numpy as np
+  from t5x_lite import decoding
+  from t5x_lite.data import pipeline
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.data.pack = False
+  it = pipeline.get_dataset(cfg, split, batch_size=batch_size)
+  vocab, length = it.vocab, cfg.data.targets_length
+  generates = families.get(cfg.model.family).generates
+  out = {'inputs': [], 'targets': [], 'predictions': []}
+  for i, batch in enumerate(it):
+    if steps and i >= steps:
+      break
+    real = np.nonzero(batch['decoder_loss_weights'].sum(axis=1) > 0)[0]
+    if generates == 'encoder_decoder':
+      pred = np.asarray(decoding.encoder_decoder_generate(
+          model, params, batch['encoder_input_tokens'], length))
+      rows = [(batch['encoder_input_tokens'][r], batch['decoder_target_tokens'][r], pred[r])
+              for r in real]
+    else:  # decoder-only prefix LM: prompt = BOS + inputs + EOS (the causal-attention span)
+      prompt_len = batch['decoder_causal_attention'].sum(axis=1)
+      preds = {}
+      for n in sorted(set(prompt_len[real].tolist())):
+        idx = real[prompt_len[real] == n]
+        prompts = pad_rows(batch['decoder_input_tokens'][idx, :n], len(prompt_len))
+        got = np.asarray(decoding.decoder_only_generate(model, params, prompts, length,
+                                                        prefix_lm=True))
+        preds.update({int(r): got[j] for j, r in enumerate(idx)})
+      rows = [(batch['decoder_input_tokens'][r, 1:prompt_len[r]],
+               batch['decoder_target_tokens'][r][batch['decoder_loss_weights'][r] > 0],
+               preds[int(r)]) for r in real]
+    for inputs, targets, pred in rows:
+      out['inputs'].append(vocab.decode(inputs))
+      out['targets'].append(vocab.decode(targets))
+      out['predictions'].append(vocab.decode(pred))
+  return out
+
+
+def print_predictions(decoded: Dict[str, List[str]], n: int, file=sys.stdout) -> None:
+  """The first `n` decoded examples: input, target and prediction, cut to a line each."""
+  for i in range(min(n, len(decoded['targets']))):
+    print(f'  input:      {decoded["inputs"][i][:300]}\n'
+          f'  target:     {decoded["targets"][i][:200]}\n'
+          f'  prediction: {decoded["predictions"][i][:200]}', file=file)
+
+
+def predict(config, model, params, token_lists: List[List[int]], *, batch_size: int,
+            max_length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+            seed: int = 0, on_batch=None) -> List:
+  """Generated ids ([max_length] arrays) for each token list, in order. Encoder-decoder:
+  fixed [batch_size, data.inputs_length] zero-padded batches. Decoder-only: the lists are
+  prompts (BOS included), grouped by length. `on_batch(indices, their rows)` after each
+  batch (the writer streams finished lines in input order from it)."""
+  import jax
+  import numpy as np
+  from t5x_lite import decoding
+  rng = jax.random.PRNGKey(seed)
+  out = [None] * len(token_lists)
+  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  encoder_decoder = families.get(config.model.family).generates == 'encoder_decoder'
+  if encoder_decoder:
+    groups = [list(range(len(token_lists)))]
+  else:
+    by_len = {}
+    for i, t in enumerate(token_lists):
+      by_len.setdefault(len(t), []).append(i)
+    groups = [by_len[n] for n in sorted(by_len, key=lambda n: by_len[n][0])]
+  count = 0
+  for group in groups:
+    for start in range(0, len(group), batch_size):
+      idx = group[start:start + batch_size]
+      key = jax.random.fold_in(rng, count)
+      count += 1
+      if encoder_decoder:
+        enc = np.zeros((batch_size, config.data.inputs_length), np.int32)
+        for row, i in enumerate(idx):
+          enc[row, :len(token_lists[i])] = token_lists[i]
+        got = decoding.encoder_decoder_generate(model, params, enc, max_length, rng=key, **kw)
+      else:
+        prompts = pad_rows(np.array([token_lists[i] for i in idx], np.int32), batch_size)
+        got = decoding.decoder_only_generate(
+            model, params, prompts, max_length, rng=key,
+            prefix_lm=config.data.objective != 'causal_lm', **kw)
+      got = np.asarray(got)
+      for row, i in enumerate(idx):
+        out[i] = got[row]
+      if on_batch:
+        on_batch(idx, got[:len(idx)])
+  return out

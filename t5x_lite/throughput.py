@@ -1,0 +1,87 @@
+"""Throughput measurements: a train step's time and tokens/s, the input pipeline's tokens/s.
+
+Used by `python -m t5x_lite.bench` (train step on synthetic batches of the configured shapes,
+`families.synthetic_batch`) and `python -m t5x_lite.data.bench` (span corruption + packing
+beside a T5 v1.1 small train step, and their ratio). Token positions per row and FLOPs come
+from `families.stream_lengths` and `accounting.flops_per_token`, as in training's log.
+"""
+import time
+
+from t5x_lite import accounting
+from t5x_lite import families
+
+
+def measure_train_step(config, steps: int = 5) -> dict:
+  """Seconds per step, tokens/s (every input + target position), examples/s, FLOP/s."""
+  import jax
+  from t5x_lite import partitioning, trainer as trainer_lib
+  mesh = partitioning.create_mesh(config.partitioning)
+  trainer = trainer_lib.Trainer(config, mesh)
+  state = trainer.init_state(config.train.seed)
+  batch = trainer.shard_batch(families.synthetic_batch(config, config.train.batch_size))
+  rng = jax.random.PRNGKey(0)
+  state, m = trainer.train_step(state, batch, rng)  # compile + warm-up
+  jax.block_until_ready(m)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, m = trainer.train_step(state, batch, rng)
+  jax.block_until_ready(m)
+  step_time = (time.perf_counter() - start) / steps
+  flops = accounting.flops_per_token(config)
+  tokens_per_row = flops['lengths']['encoder'] + flops['lengths']['decoder']
+  examples_per_sec = config.train.batch_size / step_time
+  return dict(step_time=step_time, examples_per_sec=examples_per_sec,
+              tokens_per_sec=examples_per_sec * tokens_per_row,
+              flops_per_sec=flops['per_example']['train'] * examples_per_sec,
+              devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
+              formula=flops['formula'])
+
+
+def pipeline_throughput(config, seconds: float, batch_size: int):
+  """(positions/s, real tokens/s, one batch) of get_dataset(config, 'train')."""
+  from t5x_lite.data import pipeline
+  it = pipeline.get_dataset(config, 'train', batch_size=batch_size)
+  first = next(it)  # build, trace and fill buffers before timing
+  for _ in range(3):
+    next(it)
+  n = real = 0
+  t0 = time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    b = next(it)
+    n += 1
+    real += int((b['encoder_input_tokens'] != 0).sum() + (b['decoder_target_tokens'] != 0).sum())
+  dt = time.perf_counter() - t0
+  width = first['encoder_input_tokens'].shape[1] + first['decoder_target_tokens'].shape[1]
+  return n * batch_size * width / dt, real / dt, first
+
+
+def pipeline_vs_train_step(seconds: float = 10.0, batch_size: int = 32, model_batch_size: int = 4,
+        model_steps: int = 2, inputs_length: int = 512, targets_length: int = 114,
+        print_fn=print) -> dict:
+  """Runs the benchmark, prints its lines and returns the figures."""
+  from configs import base
+  cfg = base.get_base_config()
+  cfg.model.vocab_size = 32128
+  cfg.data.update(dict(objective='span_corruption', inputs_length=inputs_length,
+                       targets_length=targets_length, pack=True))
+  pos, real, batch = pipeline_throughput(cfg, seconds, batch_size)
+  out = dict(pipeline_positions_per_s=pos, pipeline_tokens_per_s=real)
+  print_fn(f'pipeline: span corruption + packing, inputs {inputs_length} / targets {targets_length}, '
+           f'shipped corpus: {pos:,.0f} token positions/s ({real:,.0f} non-padding tokens/s)')
+  if model_steps <= 0:
+    return out
+  import jax
+  from configs import t5_v1_1
+  small = t5_v1_1.get_config('small')
+  small.data.update(dict(inputs_length=inputs_length, targets_length=targets_length))
+  small.train.batch_size = model_batch_size
+  measured = measure_train_step(small, model_steps)  # full step: loss, grads, Adafactor
+  step_pos, dt = measured['tokens_per_sec'], measured['step_time']
+  print_fn(f'train step: T5 v1.1 small (loss, gradients, Adafactor update), batch {model_batch_size} x '
+           f'({inputs_length}+{targets_length}) on {jax.devices()[0].platform}: {dt:.2f} s/step, '
+           f'{step_pos:,.0f} token positions/s')
+  ratio = pos / step_pos
+  print_fn(f'ratio: pipeline / train step = {ratio:,.1f}x '
+           f'({"OK" if ratio >= 5 else "BELOW"} the 5x requirement)')
+  out.update(train_step_positions_per_s=step_pos, ratio=ratio)
+  return out

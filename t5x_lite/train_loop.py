@@ -1,0 +1,238 @@
+"""The training loop: restore, then step, log, evaluate, checkpoint, stop.
+
+Owns `train(config, workdir, ...)`, what `python -m t5x_lite.train` runs, and the small
+host-side objects it reads from top to bottom:
+    StopRequest  SIGTERM / SIGINT -> finish the current step, checkpoint it, exit cleanly
+    Progress     metrics fetched from the device in batches (the host never waits a step):
+                 stops at the first non-finite step, counts tokens seen, first / last loss
+    Throughput   tokens/s, steps/s and MFU over the window since the last log line
+A non-finite loss raises FloatingPointError naming the step; the trainer never applies
+that update, and `Progress.sync` runs before every checkpoint, so no checkpoint holds NaNs.
+"""
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from typing import Optional
+
+from t5x_lite import accounting
+from t5x_lite import checkpoints
+from t5x_lite import evaluation
+from t5x_lite import families
+
+
+def check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    # A unique name: every host of a multi-host run probes the same (shared) workdir.
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
+      pass
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}).') from None
+
+
+def report_skips(split: str, data_iterator) -> None:
+  """Skipped input (bad bytes, empty lines, missing fields) is counted, never silent."""
+  if data_iterator.skips.total():
+    print(f'[t5x_lite] data {split} (this host shard): {data_iterator.skips.summary()}',
+          file=sys.stderr, flush=True)
+
+
+class StopRequest:
+  """Context manager: while active, SIGTERM / SIGINT set `signal` (its name) instead of
+  killing the process; the loop checkpoints the step it is on and returns."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal: Optional[str] = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __enter__(self):
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    return False
+
+
+class Progress:
+  """Device metrics of the steps since the last sync, and what the host keeps of them."""
+
+  def __init__(self, tokens_seen: int, last_saved: int):
+    self.pending = []  # (step, device metrics)
+    self.tokens_seen = tokens_seen
+    self.last_saved = last_saved
+    self.first_loss = self.last_loss = None
+
+  def add(self, step: int, metrics) -> None:
+    self.pending.append((step, metrics))
+
+  def sync(self) -> list:
+    """Fetch the pending metrics; FloatingPointError at the first non-finite step."""
+    import jax
+    fetched = jax.device_get([m for _, m in self.pending])
+    for (step, _), m in zip(self.pending, fetched):
+      if not bool(m['finite']):
+        raise FloatingPointError(
+            f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) '
+            f'at step {step}; the update was not applied and no checkpoint was written after '
+            f'step {self.last_saved}. Lower optimizer.learning_rate or enable '
+            'optimizer.clip_grad_norm.')
+      self.tokens_seen += int(m['target_tokens'])
+      if self.first_loss is None:
+        self.first_loss = float(m['loss'])
+      self.last_loss = float(m['loss'])
+    self.pending.clear()
+    return fetched
+
+
+class Throughput:
+  """Rows, tokens and FLOPs per second over the window since the last `reset`."""
+
+  def __init__(self, config, num_devices: int, peak: float):
+    self.batch_size = config.train.batch_size
+    lengths = families.stream_lengths(config)
+    self.tokens_per_row = lengths['encoder'] + lengths['decoder']
+    self.train_flops_per_row = accounting.flops_per_token(config)['per_example']['train']
+    self.num_devices, self.peak = num_devices, peak
+    self.reset()
+
+  def reset(self):
+    self.start, self.steps = time.time(), 0
+
+  def figures(self) -> dict:
+    elapsed = max(time.time() - self.start, 1e-9)
+    rows_per_sec = self.steps * self.batch_size / elapsed
+    mfu = (self.train_flops_per_row * rows_per_sec / (self.num_devices * self.peak)
+           if self.peak else None)
+    return dict(tokens_per_sec=rows_per_sec * self.tokens_per_row,
+                steps_per_sec=self.steps / elapsed, mfu=mfu)
+
+
+def _log_line(step: int, total: int, record: dict) -> str:
+  eta = (total - step) / max(record['steps_per_sec'], 1e-9)
+  mfu = 'n/a' if record['mfu'] is None else f"{100 * record['mfu']:.1f}%"
+  return (f'step {step:>6}/{total}  loss {record["loss"]:.4f}  '
+          f'acc {record["accuracy"]:.3f}  lr {record["learning_rate"]:.2e}  '
+          f'{record["tokens_per_sec"]:,.0f} tok/s  MFU {mfu}  '
+          f'ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}')
+
+
+def _config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _every(period: int, step: int) -> bool:
+  return bool(period) and step % period == 0
+
+
+def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 0):
+  """Pretrain or fine-tune `config` in `workdir` (module docstring of t5x_lite.train)."""
+  import jax
+  from t5x_lite import partitioning, trainer as trainer_lib, validation
+  from t5x_lite.data import pipeline
+
+  # ---- set up: everything that can fail on a bad config fails before compiling
+  validation.validate_config(config, jax.device_count())
+  check_workdir(workdir)
+  mesh = partitioning.create_mesh(config.partitioning)
+  trainer = trainer_lib.Trainer(config, mesh)
+  pid, nproc = jax.process_index(), jax.process_count()
+  train_iter = pipeline.get_dataset(config, 'train', shard_index=pid, num_shards=nproc,
+                                    batch_size=config.train.batch_size // nproc)
+  report_skips('train', train_iter)
+  if config.train.eval_every:
+    try:  # build it once now: a missing or broken validation source fails before compiling
+      report_skips('validation', pipeline.get_dataset(config, 'validation', shard_index=pid,
+                                                      num_shards=nproc))
+    except ValueError as e:
+      raise ValueError(f'config.data.validation_source: {e}') from None
+  ckpts = checkpoints.Checkpoints(os.path.join(workdir, 'checkpoints'), config.checkpoint.keep,
+                                  config.checkpoint.async_save)
+
+  # ---- restore: latest checkpoint in the workdir > config.init_from > fresh
+  state, why = checkpoints.restore_or_init(config, trainer, ckpts, train_iter)
+  start = int(jax.device_get(state.step))
+  resumed = ckpts.latest_step() is not None
+  progress = Progress(int(ckpts.progress(start).get('tokens_seen', 0)) if resumed else 0,
+                      last_saved=start)
+  print(f'[t5x_lite] {why}.', flush=True)
+  config_dict = _config_dict(config)
+  if pid == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(config_dict, f, indent=2)
+  metrics_log = evaluation.MetricsLog(workdir, start, enabled=pid == 0)
+  device = jax.devices()[0]
+  peak = accounting.peak_flops_per_device(device.device_kind, peak_flops)
+  throughput = Throughput(config, jax.device_count(), peak)
+  print(f'[t5x_lite] mesh {dict(mesh.shape)} on {jax.device_count()} {device.platform} '
+        f'device(s); {config.train.steps} steps of {config.train.batch_size} rows x '
+        f'{throughput.tokens_per_row} tokens; MFU = 3 x forward matmul FLOPs (accounting.py) '
+        f'/ peak{"" if peak else f" (peak unknown for {device.device_kind}: pass --peak_flops)"}.',
+        flush=True)
+
+  # ---- loop: step, log, eval, checkpoint, stop
+  t = config.train
+  dropout_rng = jax.random.PRNGKey(t.seed + 1)
+  run_start = time.time()
+  step = start
+  with StopRequest() as stop:
+    try:
+      while step < t.steps:
+        state, metrics = trainer.train_step(state, trainer.shard_batch(next(train_iter)),
+                                            dropout_rng)
+        step += 1
+        throughput.steps += 1
+        progress.add(step, metrics)
+        is_last = step == t.steps
+        record = {}  # one metrics.jsonl object per logged step (train and eval figures)
+        if _every(t.log_every, step) or is_last or stop.signal:
+          m = progress.sync()[-1]
+          record.update({k: float(v) for k, v in m.items() if k != 'finite'})
+          record['tokens_seen'] = progress.tokens_seen
+          record.update(throughput.figures())
+          print(_log_line(step, t.steps, record), flush=True)
+          throughput.reset()
+        if _every(t.eval_every, step) or (t.eval_every and is_last):
+          ev = evaluation.evaluate(config, trainer, state.params)
+          print(f'step {step:>6}  eval_loss {ev["eval_loss"]:.4f}  '
+                f'eval_accuracy {ev["eval_accuracy"]:.3f}', flush=True)
+          record.update(ev)
+          throughput.start = time.time()  # the eval's time is not step time
+        if record:
+          metrics_log.write(step, record)
+        if _every(t.checkpoint_every, step) or is_last or stop.signal:
+          progress.sync()  # never checkpoint past a non-finite step
+          ckpts.save(step, state, train_iter, config_dict,
+                     {'tokens_seen': progress.tokens_seen})
+          progress.last_saved = step
+        if stop.signal:
+          ckpts.wait()
+          print(f'[t5x_lite] {stop.signal}: saved checkpoint at step {step} in '
+                f'{ckpts.directory}; rerun the same command to resume.', flush=True)
+          return
+    finally:
+      ckpts.wait()
+      ckpts.close()
+
+  report_skips('train', train_iter)  # again: streamed sources (TFDS) count as they read
+  first, last = progress.first_loss, progress.last_loss
+  print(f'[t5x_lite] done: {step - start} steps in {time.time() - run_start:.0f}s; first loss '
+        f'{first if first is None else round(first, 4)}, last loss '
+        f'{last if last is None else round(last, 4)}; checkpoint step {step} in '
+        f'{ckpts.directory}.', flush=True)
+  if pid == 0 and num_predictions > 0 and \
+      families.get(config.model.family).generates == 'encoder_decoder':
+    decoded = evaluation.decode_split(config, trainer.model, jax.device_get(state.params),
+                                      'validation', steps=1, batch_size=num_predictions)
+    print('Predictions on validation examples (greedy):')
+    evaluation.print_predictions(decoded, num_predictions)
