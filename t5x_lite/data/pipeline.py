@@ -141,6 +141,13 @@ def owned_streams(shard_index: int, num_shards: int, num_streams: int) -> range:
 
 
 # ---------------------------------------------------------------- dataset
+# Every dataset function below (and in sources/files/objectives/packing, called from here)
+# is plain graph code with no Python control flow on tensors: AutoGraph's source rewrite
+# would only cost start-up time (it was most of each stream's build), so it is off.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+@_no_autograph
 def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int,
                  skips: src_lib.SkipCounter, vocab: vocab_lib.Vocabulary) -> tf.data.Dataset:
   """Packed rows (unbatched) of virtual shard `stream`: its part of every source, the
@@ -152,6 +159,9 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
   specs = src_lib.parse_sources(spec, what)
   fields = ((d.inputs_field, d.targets_field) if d.objective == 'text_to_text' else (d.text_field,))
 
+  # data.shuffle_buffer_size documents in all, split over the streams: memory and the time
+  # to fill the buffers before the first batch do not grow with the stream count.
+  buffer = -(-int(d.shuffle_buffer_size) // num_streams)
   sources = []
   for i, s in enumerate(specs):
     f = fields
@@ -162,7 +172,7 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
     ds = src_lib.token_dataset(
         s, vocab, f, split=split, train=train, seed=seed * 1000 + i, stream=stream,
         num_streams=num_streams, boundary=d.doc_boundary, on_bad_input=d.on_bad_input,
-        tfds_data_dir=d.tfds_data_dir, shuffle_buffer_size=d.shuffle_buffer_size, skips=skips)
+        tfds_data_dir=d.tfds_data_dir, shuffle_buffer_size=buffer, skips=skips)
     if d.objective != 'text_to_text':
       ds = ds.map(lambda x: x)  # 1-tuples -> the tensor
     sources.append(ds)
@@ -213,6 +223,7 @@ def _check_split(split, shard_index, num_shards):
     raise DataError(f'shard_index={shard_index} is not in [0, num_shards={num_shards}).')
 
 
+@_no_autograph
 def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1,
                   seed: int | None = None, skips: src_lib.SkipCounter | None = None):
   """(packed rows of this process's streams, taken in turn, vocab): what `inspect` and the
@@ -231,6 +242,7 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
   return tf.data.Dataset.choose_from_datasets(streams, order, stop_on_empty_dataset=False), vocab
 
 
+@_no_autograph
 def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1,
                 seed: int | None = None, batch_size: int | None = None) -> DataIterator:
   """Host batches for `split` ('train': endless, shuffled; 'validation': one pass, or
