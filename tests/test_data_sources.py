@@ -136,8 +136,9 @@ def test_tfds_source_with_mock_data(mock_c4, monkeypatch, tmp_path):
   # TFRecords, which it can): saving says so in one line.
   with pytest.raises(DataError, match='cannot be checkpointed: GeneratorDataset does not support checkpointing'):
     it.save(str(tmp_path))
-  # Each host asks TFDS for only its even part of the split (mock data ignore slicing, so
-  # the test checks what is asked for; disjointness is then TFDS's even_splits contract).
+  # Each virtual shard asks TFDS for only its even part of the split, whichever process runs
+  # it (mock data ignore slicing, so the test checks what is asked for; disjointness is then
+  # TFDS's even_splits contract).
   asked, load = [], tfds.load
 
   def spy(name, split, **kw):
@@ -145,9 +146,10 @@ def test_tfds_source_with_mock_data(mock_c4, monkeypatch, tmp_path):
     return load(name, split=split, **kw)
 
   monkeypatch.setattr(tfds, 'load', spy)
-  for k in range(3):
-    next(pipeline.get_dataset(cfg, 'validation', shard_index=k, num_shards=3, batch_size=1))
-  assert [str(a) for a in asked] == [str(a) for a in tfds.even_splits('validation', n=3)]
+  assert cfg.data.num_virtual_shards == 4
+  for k in range(2):
+    next(pipeline.get_dataset(cfg, 'validation', shard_index=k, num_shards=2, batch_size=2))
+  assert [str(a) for a in asked] == [str(a) for a in tfds.even_splits('validation', n=4)]
 
 
 def test_streamed_tfds_tokenization_saves_and_restores(monkeypatch, tmp_path):
@@ -210,3 +212,46 @@ def test_gzip_files_stream(tmp_path):
   with gzip.open(tmp_path / 'a.txt.gz', 'wt') as f:
     f.write('first doc\n\nsecond doc\n')
   assert _records(f'text:{tmp_path}/a.txt.gz')[0] == [('first doc',), ('second doc',)]
+
+
+def _reference_documents(raw: bytes, boundary: str):
+  """Independent reference: the documents of one file, read whole in Python."""
+  lines = [l.decode('utf-8').rstrip('\r') for l in raw.split(b'\n')[:-1] if _utf8(l)]
+  if boundary == 'line':
+    return [l.strip() for l in lines if l.strip()]
+  if boundary == 'file':
+    return ['\n'.join(lines).strip()] if '\n'.join(lines).strip() else []
+  docs, cur = [], []
+  for l in lines + ['']:
+    if l.strip():
+      cur.append(l.strip())
+    elif cur:
+      docs.append('\n'.join(cur))
+      cur = []
+  return docs
+
+
+def _utf8(b):
+  try:
+    b.decode('utf-8')
+    return True
+  except UnicodeDecodeError:
+    return False
+
+
+@pytest.mark.parametrize('lines_per_call', [1, 3, 7, 256])
+def test_batched_reader_matches_a_whole_file_reference(tmp_path, monkeypatch, lines_per_call):
+  """Documents are split a batch of lines at a time; a paragraph, a run of blank lines or a
+  bad line can straddle any batch boundary (small batches put one everywhere)."""
+  monkeypatch.setattr(files, 'LINES_PER_CALL', lines_per_call)
+  rng = np.random.default_rng(lines_per_call)
+  words = ['alpha', 'béta', '  spaced  ', '', '   ', 'x\r', 'tab\tbed', '\xff bad'.encode('latin-1')]
+  raw = b''
+  for _ in range(120):
+    w = words[rng.integers(len(words))]
+    raw += (w if isinstance(w, bytes) else w.encode()) + b'\n'
+  (tmp_path / 'a.txt').write_bytes(raw)
+  for boundary in ('blank_line', 'line', 'file'):
+    recs, skips = _records(f'text:{tmp_path}/a.txt', boundary=boundary)
+    assert [r[0] for r in recs] == _reference_documents(raw, boundary), boundary
+    assert skips.counts['invalid UTF-8'] == raw.count(b'\xff')

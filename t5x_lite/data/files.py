@@ -35,6 +35,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from t5x_lite.data.sources import DataError, SkipCounter, bad_input
@@ -50,17 +51,22 @@ def split_files(files: list[str], stream: int, num_streams: int):
 
 
 def _report(skips: SkipCounter, policy: str, reason: str, path, line_number, line=None):
-  """Graph-side bad-input hook: a Python call only for the (rare) bad line; returns False."""
-  def call(path, n, raw):
-    where = path.numpy().decode() + (f':{int(n.numpy())}' if int(n.numpy()) > 0 else '')
-    detail = ''
-    if reason == 'invalid UTF-8':
-      raw = raw.numpy()
-      try:
-        raw.decode('utf-8')
-      except UnicodeDecodeError as e:
-        detail = f'byte {raw[e.start]:#04x} at column {e.start + 1}'
-    bad_input(policy, skips, reason, where, detail)
+  """Graph-side bad-input hook: a Python call only when there is bad input; returns False.
+
+  `line_number` (and `line`) may be scalars or vectors (every bad line of a batch, each
+  counted; with policy 'error' the first one raises)."""
+  def call(path, numbers, raws):
+    path = path.numpy().decode()
+    numbers = np.atleast_1d(numbers.numpy())
+    raws = np.broadcast_to(np.atleast_1d(raws.numpy()), numbers.shape)
+    for n, raw in zip(numbers, raws):
+      detail = ''
+      if reason == 'invalid UTF-8':
+        try:
+          raw.decode('utf-8')
+        except UnicodeDecodeError as e:
+          detail = f'byte {raw[e.start]:#04x} at column {e.start + 1}'
+      bad_input(policy, skips, reason, path + (f':{int(n)}' if int(n) > 0 else ''), detail)
     return False
   return tf.py_function(call, [path, line_number, line if line is not None else ''], tf.bool)
 
@@ -70,45 +76,79 @@ def _valid_utf8(line):
                                                replacement_char=0xFFFD), line)
 
 
+def _drop_bad(numbers, lines, bad, hook):
+  """(numbers, lines) without the `bad` ones, after `hook(bad numbers, bad lines)` (only
+  called, as a Python call, when the batch has a bad line)."""
+  checked = tf.cond(tf.reduce_any(bad),
+                    lambda: hook(tf.boolean_mask(numbers, bad), tf.boolean_mask(lines, bad)),
+                    lambda: tf.constant(True))
+  with tf.control_dependencies([checked]):
+    good = tf.logical_not(bad)
+    return tf.boolean_mask(numbers, good), tf.boolean_mask(lines, good)
+
+
 def _checked_lines(path, skips, policy):
-  """(line number, line) of one file, invalid UTF-8 lines counted and dropped."""
+  """Batches of (line numbers, lines) of one file, invalid UTF-8 lines counted and dropped.
+
+  Whole batches of lines go through each op (vectorised), not one line at a time: reading
+  and splitting documents costs per batch, which is most of the time to the first batch."""
   compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
   lines = tf.data.TextLineDataset(path, compression_type=compression).enumerate(start=1)
 
-  def ok(n, line):
-    return tf.cond(_valid_utf8(line), lambda: tf.constant(True),
-                   lambda: _report(skips, policy, 'invalid UTF-8', path, n, line))
-  return lines.filter(ok).map(lambda n, line: (n, tf.strings.regex_replace(line, '\r$', '')))
+  def check(numbers, lines):
+    numbers, lines = _drop_bad(numbers, lines, tf.logical_not(_valid_utf8(lines)),
+                               lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
+    return numbers, tf.strings.regex_replace(lines, '\r$', '')
+  return lines.batch(LINES_PER_CALL).map(check)
 
 
-def _grouped(lines, path, boundary: str):
-  """Lines -> documents (one string each): paragraphs (blank_line) or the whole file."""
-  end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.constant('')))
-  lines = lines.concatenate(end)  # n = -1 marks the end of the file: flush what is left
+def _grouped(batches, boundary: str):
+  """Batches of lines -> documents (one string each): paragraphs (blank_line), lines
+  (line) or the whole file (file); one `scan` step per batch carries the open document."""
+  end = tf.data.Dataset.from_tensors((tf.constant(True), tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
+  batches = batches.map(lambda n, lines: (tf.constant(False), n, lines)).concatenate(end)
 
-  def step(acc, element):
-    n, line = element
-    text = tf.strings.strip(line) if boundary == 'blank_line' else line
-    at_end = tf.equal(n, -1)
-    flush = tf.logical_or(at_end, tf.equal(text, '')) if boundary == 'blank_line' else at_end
-    joined = tf.where(tf.equal(acc, ''), text, tf.strings.join([acc, text], '\n'))
-    new_acc = tf.where(flush, '', joined)
-    out = acc if boundary == 'blank_line' else tf.strings.strip(acc)
-    return new_acc, (tf.logical_and(flush, tf.not_equal(out, '')), out)
+  def step(carry, element):
+    at_end, _, lines = element
+    text = lines if boundary == 'file' else tf.strings.strip(lines)
+    if boundary == 'file':    # no breaks: every line joins the one document
+      brk, keep = tf.zeros_like(text, tf.bool), tf.ones_like(text, tf.bool)
+    elif boundary == 'line':  # a break before every line; empty lines (counted before) dropped
+      brk, keep = tf.ones_like(text, tf.bool), tf.not_equal(text, '')
+    else:                     # a blank line ends the paragraph before it
+      brk = tf.equal(text, '')
+      keep = tf.logical_not(brk)
+    seg = tf.cumsum(tf.cast(brk, tf.int32))          # segment 0 continues the carried document
+    num = tf.reduce_max(tf.concat([[0], seg], 0)) + 1  # the last segment stays open
+    if boundary == 'file':  # one segment; unsorted_segment_join would drop leading '' lines
+      joined = tf.reshape(tf.strings.reduce_join(text, separator='\n'), [1])
+    else:                   # no empty strings here (blank lines are breaks, empty lines dropped)
+      joined = tf.strings.unsorted_segment_join(tf.boolean_mask(text, keep),
+                                                tf.boolean_mask(seg, keep), num, separator='\n')
+    has = tf.math.unsorted_segment_sum(tf.cast(keep, tf.int32), seg, num) > 0
+    first = tf.where(tf.equal(carry, ''), joined[0],
+                     tf.where(has[0], tf.strings.join([carry, joined[0]], '\n'), carry))
+    joined = tf.concat([[first], joined[1:]], 0)
+    docs = joined[:num - 1 + tf.cast(at_end, tf.int32)]
+    if boundary == 'file':
+      docs = tf.strings.strip(docs)
+    return tf.where(at_end, '', joined[-1]), tf.boolean_mask(docs, tf.not_equal(docs, ''))
 
-  docs = lines.scan(tf.constant(''), step)
-  return docs.filter(lambda emit, text: emit).map(lambda emit, text: (text,))
+  return batches.scan(tf.constant(''), step).unbatch().map(lambda text: (text,))
 
 
 def _text_documents(path, boundary, skips, policy):
-  lines = _checked_lines(path, skips, policy)
-  if boundary != 'line':
-    return _grouped(lines, path, boundary)
-
-  def keep(n, line):
-    return tf.cond(tf.equal(tf.strings.strip(line), ''),
-                   lambda: _report(skips, 'skip', 'empty line', path, n), lambda: tf.constant(True))
-  return lines.filter(keep).map(lambda n, line: (tf.strings.strip(line),))
+  batches = _checked_lines(path, skips, policy)
+  if boundary == 'line':
+    def count_empty(numbers, lines):
+      empty = tf.equal(tf.strings.strip(lines), '')
+      checked = tf.cond(tf.reduce_any(empty),
+                        lambda: _report(skips, 'skip', 'empty line', path, tf.boolean_mask(numbers, empty)),
+                        lambda: tf.constant(True))
+      with tf.control_dependencies([checked]):
+        return tf.identity(numbers), tf.identity(lines)
+    batches = batches.map(count_empty)
+  return _grouped(batches, boundary)
 
 
 def _parsed(lines, path, parse, nf: int, header=None):
