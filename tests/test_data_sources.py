@@ -214,6 +214,29 @@ def test_gzip_files_stream(tmp_path):
   assert _records(f'text:{tmp_path}/a.txt.gz')[0] == [('first doc',), ('second doc',)]
 
 
+def test_non_gzip_file_is_a_counted_skip_or_an_error_naming_it(tmp_path):
+  import gzip
+  with gzip.open(tmp_path / 'a.txt.gz', 'wt') as f:
+    f.write('first doc\n\nsecond doc\n')
+  (tmp_path / 'b.txt.gz').write_text('plain text named .gz\n')
+  recs, skips = _records(f'text:{tmp_path}/*.gz')
+  assert recs == [('first doc',), ('second doc',)]
+  assert skips.counts == {'not a gzip file': 1} and skips.first['not a gzip file'] == f'{tmp_path}/b.txt.gz'
+  with pytest.raises(DataError, match=r'b.txt.gz: not a gzip file: starts with b.pl., not 0x1f 0x8b'):
+    _records(f'text:{tmp_path}/*.gz', on_bad_input='error')
+
+
+def test_fewer_files_than_streams_split_documents_and_say_so(tmp_path, caplog):
+  (tmp_path / 'a.txt').write_text(''.join(f'doc {i}\n\n' for i in range(10)))
+  caplog.set_level('INFO')
+  parts = [[r[0] for r in _records(f'text:{tmp_path}/a.txt', shard_index=v, num_shards=3)[0]]
+           for v in range(3)]
+  assert parts == [[f'doc {i}' for i in range(v, 10, 3)] for v in range(3)]
+  said = [r.getMessage() for r in caplog.records if 'every stream reads every file' in r.getMessage()]
+  assert said == [f'source text:{tmp_path}/a.txt: 1 file(s) for 3 streams: every stream reads every '
+                  f'file and keeps every 3-th document']
+
+
 def _reference_documents(raw: bytes, boundary: str):
   """Independent reference: the documents of one file, read whole in Python."""
   lines = [l.decode('utf-8').rstrip('\r') for l in raw.split(b'\n')[:-1] if _utf8(l)]

@@ -240,6 +240,24 @@ def tsv_parser(fields, skips, policy):
   return parse
 
 
+def _usable(path: str, skips: SkipCounter, policy: str) -> bool:
+  """Start-up check of one file, O(1) in its size: readable, not empty, .gz with gzip's magic
+  bytes. An empty file is a counted skip; an unreadable or non-gzip .gz one follows `policy`."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(2)
+  except OSError as e:
+    bad_input(policy, skips, 'unreadable file', path, e.strerror or str(e))
+    return False
+  if not head:
+    skips.add('empty file', path)
+    return False
+  if path.endswith('.gz') and head != b'\x1f\x8b':
+    bad_input(policy, skips, 'not a gzip file', path, f'starts with {head!r}, not 0x1f 0x8b')
+    return False
+  return True
+
+
 def documents(src, files: list[str], fields, *, stream: int, num_streams: int, train: bool,
               seed: int, boundary: str, on_bad_input: str, skips: SkipCounter,
               shuffle_buffer_size: int = 1000, cycle_length: int = 4) -> tf.data.Dataset:
@@ -252,10 +270,7 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
     raise DataError(f'source {src}: plain text has one field per document; the text_to_text '
                     f'objective needs a jsonl, tsv or tfds source with {list(fields)}.')
   num_files = len(files)
-  for f in files:
-    if os.path.getsize(f) == 0:
-      skips.add('empty file', f)
-  files = [f for f in files if os.path.getsize(f) > 0]
+  files = [f for f in files if _usable(f, skips, on_bad_input)]
   if not files:
     raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
   mine, dealt = split_files(files, stream, num_streams)
