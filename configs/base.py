@@ -68,6 +68,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.loss_normalization_constant = 1.0
   t.label_smoothing = 0.0
   t.z_loss = 1e-4
+  t.on_nonfinite = 'stop'           # non-finite loss / grad norm: stop | skip (the update is
+                                    # never applied; skip counts it in metrics skipped_steps)
+  t.max_consecutive_skips = 10      # skip: stop after this many consecutive non-finite steps
 
   # ---- optimizer ----
   o = cfg.optimizer = ml_collections.ConfigDict()

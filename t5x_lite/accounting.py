@@ -34,12 +34,11 @@ V = vocab_size. Per example, forward:
 the last two are the same. MFU = per_example['train'] * examples_per_second
 / (num_devices * peak_flops_per_device) needs no choice of token at all.
 
-Memory per device: float32 params, float32 gradients, optimizer state (adafactor: factored
-second moments like `optax.adafactor` -- for a param of rank >= 2 whose second-largest dim is
->= 128, a row and a column statistic, else a full-size one; no momentum. adamw: 2 x params),
-each split like its parameter (a dim sharded over mesh axes of total size k holds size / k
-per device; factored statistics keep the sharding of the dims they keep). Activations are
-a rough ESTIMATE (see `activation_bytes_estimate`).
+Memory per device: params, gradients and the update as declared (float32), and the optimizer
+state that optax's own `init` creates (`jax.eval_shape`, nothing allocated), each leaf split
+by the sharding the trainer gives it (`optim.state_shardings`) on an abstract mesh of the
+planned size. One-element leaves (step counts, optax's placeholders) are not counted.
+Activations are a rough ESTIMATE (see `activation_bytes_estimate`).
 """
 import functools
 import math
@@ -47,12 +46,13 @@ from typing import Any, Dict
 
 import flax.linen as nn
 import jax
-import numpy as np
+import optax
 
 from t5x_lite import families
 from t5x_lite import models
 from t5x_lite import optim
 from t5x_lite import partitioning
+from t5x_lite import tree_paths
 
 FORMULA = (
     'matmul FLOPs only. Per example forward: dense = 2 * sum(kernel params * tokens of its '
@@ -78,8 +78,6 @@ def peak_flops_per_device(device_kind: str, override: float) -> float:
       return peak
   return 0.0  # unknown (e.g. CPU): MFU is not reported unless --peak_flops is given
 
-MIN_DIM_SIZE_TO_FACTOR = 128  # optax.adafactor default
-OPTIMIZERS = ('adafactor', 'adamw')
 TERMS = ('dense', 'self_attention', 'cross_attention', 'logits', 'forward', 'train')
 
 
@@ -104,14 +102,8 @@ def _abstract_params(mcfg: models.ModelConfig):
 
 
 def _flat(boxed):
-  """[(path tuple of str, shape tuple)] of the unboxed tree, in tree order."""
-  leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
-  return [(tuple(str(getattr(k, 'key', k)) for k in path), tuple(v.shape))
-          for path, v in leaves]
-
-
-def _name(path) -> str:
-  return '/'.join(path)
+  """[(path names, shape)] of the unboxed tree, in tree order."""
+  return [(path, tuple(v.shape)) for path, v in tree_paths.named_leaves(nn.unbox(boxed))]
 
 
 # ------------------------------------------------------------------------ params
@@ -190,28 +182,6 @@ def flops_per_token(config, boxed=None) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ memory
-def mesh_axis_sizes(config, num_devices: int) -> Dict[str, int]:
-  """Resolved mesh axis sizes (ValueError if the mesh does not fit `num_devices`)."""
-  return partitioning.mesh_shape(config.partitioning, num_devices)
-
-
-def _optimizer_state_shapes(path, shape, local_shape, name: str):
-  """Per-device shapes of the optimizer state kept for one parameter."""
-  if name == 'adamw':
-    return [local_shape, local_shape]  # mu, nu
-  if name == 'adafactor':
-    # Adafactor sees attention kernels as T5's matrices (optim.matrix_view).
-    shape = optim.matrix_view(path, shape)
-    local_shape = optim.matrix_view(path, local_shape)
-    if len(shape) >= 2:
-      d1, d0 = np.argsort(shape)[-2:]  # as optax._src.factorized._factored_dims
-      if shape[d1] >= MIN_DIM_SIZE_TO_FACTOR:
-        drop = lambda d: tuple(s for i, s in enumerate(local_shape) if i != d)
-        return [drop(d0), drop(d1)]  # v_row, v_col
-    return [local_shape]  # v
-  raise ValueError(f'config.optimizer.name={name!r} is not one of {", ".join(OPTIMIZERS)}.')
-
-
 def activation_bytes_estimate(config, axis_sizes: Dict[str, int]) -> Dict[str, Any]:
   """ROUGH per-device activation memory kept for the backward pass of one microbatch.
 
@@ -224,16 +194,16 @@ def activation_bytes_estimate(config, axis_sizes: Dict[str, int]) -> Dict[str, A
   """
   mcfg = models.ModelConfig.from_config(config.model)
   lengths = families.stream_lengths(config)
-  batch_parts = axis_sizes['data'] * axis_sizes['fsdp']
-  accum = int(config.train.get('grad_accum_steps', 1))
-  micro = config.train.batch_size / max(accum, 1) / batch_parts  # examples per device
+  micro = partitioning.microbatch_rows_per_device(config, axis_sizes)
   t = axis_sizes['tensor']
   a = 2 if mcfg.dtype == 'bfloat16' else 4
   d, hd, ff = mcfg.d_model, mcfg.num_heads * mcfg.d_kv / t, mcfg.d_ff / t
   n_wi = len(mcfg.mlp_activations)
 
   def attention(key_len):  # bytes per query token
-    return (2 * d + 4 * hd) * a + mcfg.num_heads / t * key_len * (4 + a)
+    # Per head and key: float32 logits, float32 softmax and the weights in the activation
+    # dtype (calibrated against the compiled step's memory analysis, tests/test_plan_memory.py).
+    return (2 * d + 4 * hd) * a + mcfg.num_heads / t * key_len * (8 + a)
 
   mlp = (2 * d + (2 * n_wi + 1) * ff) * a
   streams = []  # (tokens per example, layers, bytes per token per layer)
@@ -259,6 +229,10 @@ def activation_bytes_estimate(config, axis_sizes: Dict[str, int]) -> Dict[str, A
               dtype=mcfg.dtype)
 
 
+def _local_bytes(leaf, sharding) -> int:
+  return math.prod(sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+
+
 def memory_per_device(config, num_devices: int, boxed=None) -> Dict[str, Any]:
   """Bytes per device of params, gradients and optimizer state (+ activation estimate).
 
@@ -266,34 +240,36 @@ def memory_per_device(config, num_devices: int, boxed=None) -> Dict[str, Any]:
   a sharded dimension does not divide its mesh axes, or the batch does not split.
   """
   boxed = abstract_params(config) if boxed is None else boxed
-  sizes = mesh_axis_sizes(config, num_devices)
+  sizes = partitioning.mesh_shape(config.partitioning, num_devices)
   rules = partitioning.axis_rules(config.partitioning)
   partitioning.validate_divisibility(boxed, sizes, rules)
-  parts = sizes['data'] * sizes['fsdp']
-  if config.train.batch_size % parts:
-    raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible '
-                     f'by the data x fsdp mesh axes ({sizes["data"]} x {sizes["fsdp"]} = '
-                     f'{parts}).')
-  opt_name = str(config.optimizer.name)
-  specs = jax.tree.leaves(partitioning.mesh_specs(boxed, rules),
-                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  per_param = {}
-  params_bytes = opt_bytes = 0
-  for (path, shape), spec in zip(_flat(boxed), specs):
-    local = []
-    for size, axes in zip(shape, tuple(spec) + (None,) * len(shape)):
-      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-      local.append(size // math.prod(sizes[ax] for ax in axes))
-    local = tuple(local)
-    p_bytes = 4 * math.prod(local)
-    o_bytes = 4 * sum(math.prod(s) for s in _optimizer_state_shapes(path, shape, local, opt_name))
-    params_bytes += p_bytes
-    opt_bytes += o_bytes
-    per_param[_name(path)] = dict(shape=shape, spec=tuple(spec), local_shape=local,
-                                  bytes=p_bytes, optimizer_bytes=o_bytes)
   activations = activation_bytes_estimate(config, sizes)
-  return dict(mesh=sizes, num_devices=num_devices, optimizer=opt_name,
+  mesh = jax.sharding.AbstractMesh(tuple(sizes.values()), tuple(sizes))
+  param_shardings = partitioning.shardings(boxed, mesh, rules)
+  params = nn.unbox(boxed)
+  tx = optim.create(config.optimizer, config.train.steps)
+  state = jax.eval_shape(tx.init, params)
+  state_bytes = jax.tree.map(
+      lambda leaf, sharding: _local_bytes(leaf, sharding) if leaf.size > 1 else 0, state,
+      optim.state_shardings(tx, params, param_shardings, mesh,
+                            matrix_views=config.optimizer.name == 'adafactor'))
+  names = jax.tree_util.tree_map_with_path(lambda p, _: '/'.join(tree_paths.path_names(p)),
+                                           params)
+  per_param = {
+      name: dict(shape=leaf.shape, spec=tuple(sharding.spec),
+                 local_shape=sharding.shard_shape(leaf.shape),
+                 bytes=_local_bytes(leaf, sharding), optimizer_bytes=0)
+      for name, leaf, sharding in zip(*map(jax.tree.leaves, (names, params, param_shardings)))}
+
+  def add_optimizer_bytes(n, name):
+    per_param[name]['optimizer_bytes'] += n
+  optax.tree_map_params(tx, add_optimizer_bytes, state_bytes, names)
+  params_bytes = sum(p['bytes'] for p in per_param.values())
+  opt_bytes = sum(jax.tree.leaves(state_bytes))
+  return dict(mesh=sizes, num_devices=num_devices, optimizer=str(config.optimizer.name),
               params_bytes=params_bytes, grads_bytes=params_bytes,
+              # optax computes the whole update before apply_updates adds it to the params.
+              update_bytes=params_bytes,
               optimizer_bytes=opt_bytes, activations_estimate=activations,
-              total_bytes=2 * params_bytes + opt_bytes + activations['bytes'],
+              total_bytes=3 * params_bytes + opt_bytes + activations['bytes'],
               per_param=per_param)

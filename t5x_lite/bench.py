@@ -12,7 +12,6 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags
-from ml_collections import config_flags
 
 from t5x_lite import cli
 
@@ -35,7 +34,7 @@ def main():
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file.')
+  cli.define_config_flag('configs/default.py', 'Config file.')
   flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile + warm-up step).')
   flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device (0 = from the table).')
   cli.run(main, needs_workdir=False)

@@ -7,6 +7,12 @@ Each step directory `WORKDIR/checkpoints/<step>/` holds three items written by o
     config/  the full config as JSON
     progress/ host-side counters as JSON (tokens seen)
 
+Integrity (`checkpoint_integrity`): once Orbax has finished a step, a manifest of its files'
+sizes and CRC-32s is written beside it; resume and eval verify before use, and a corrupt,
+truncated or partly deleted newest checkpoint is reported in one warning and skipped (moved
+aside by a resuming run, never deleted) in favour of the newest intact one. A save that
+fails in the background surfaces as `CheckpointError` at the next `check_for_errors`.
+
 Also owns finding the latest complete checkpoint (`complete_steps`, `latest_checkpoint`,
 `resolve_params_dir`), the one shape check against a config (`check_shapes`), params-only
 loading for fine-tuning and evaluation, and the restore precedence.
@@ -18,13 +24,24 @@ Restore precedence (`restore_or_init`), said in one log line:
 """
 import dataclasses
 import os
+import sys
 from typing import Any, List, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from t5x_lite import checkpoint_integrity as integrity
+from t5x_lite import tree_paths
 from t5x_lite.trainer import TrainState
+
+
+class CheckpointError(OSError):
+  """A checkpoint save failed (often in the background); earlier checkpoints are intact."""
+
+
+def warn(line: str) -> None:
+  print(f'[t5x_lite] warning: {line}', file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------- data-iterator item
@@ -54,18 +71,11 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: Any
 
 
-def _path_name(path) -> str:
-  """'opt_state/0/v/encoder/...' whether a level is a dict, a tuple or a named tuple."""
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
-                  for k in path)
-
-
 def shape_mismatch(saved_tree, abstract_tree) -> str:
   """'' if the shapes agree, else the first differing leaves ('path: saved X vs config Y')."""
-  saved = {_path_name(p): tuple(v.shape) for p, v in
-           jax.tree_util.tree_flatten_with_path(saved_tree)[0] if hasattr(v, 'shape')}
-  want = {_path_name(p): tuple(v.shape) for p, v in
-          jax.tree_util.tree_flatten_with_path(abstract_tree)[0]}
+  saved = {'/'.join(p): tuple(v.shape) for p, v in tree_paths.named_leaves(saved_tree)
+           if hasattr(v, 'shape')}
+  want = {'/'.join(p): tuple(v.shape) for p, v in tree_paths.named_leaves(abstract_tree)}
   diffs = [f'{k}: saved {saved.get(k)} vs config {want.get(k)}'
            for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
   more = f' (and {len(diffs) - 3} more)' if len(diffs) > 3 else ''
@@ -101,18 +111,73 @@ class Checkpoints:
                        'config': ocp.JsonCheckpointHandler(),
                        'progress': ocp.JsonCheckpointHandler(),
                        'data': DataIteratorHandler()})
+    self._unfinished: Optional[int] = None  # saved step whose manifest is not written yet
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def newest_intact_step(self) -> Optional[int]:
+    """The newest step that verifies; newer bad ones are moved aside, each with a warning."""
+    if jax.process_index() == 0:
+      integrity.newest_intact(os.fspath(self.directory), warn, move=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('t5x_lite_checkpoint_verify')
+    self.manager.reload()
+    return self.manager.latest_step()
+
+  def move_aside(self, step: int, why: str) -> None:
+    """A step that verified but failed to restore: set aside like a corrupt one."""
+    if jax.process_index() == 0:
+      integrity.report_bad(os.fspath(self.directory), step, why, warn, move=True)
+    self.manager.reload()
+
+  def _failed(self, step, e: BaseException) -> CheckpointError:
+    kept = [s for s in integrity.step_dirs(os.fspath(self.directory)) if s != step]
+    cause = ' '.join(f'{type(e).__name__}: {e}'.split())
+    return CheckpointError(
+        f'saving checkpoint step {step} in {self.directory} failed: {cause[:300]}; earlier '
+        f'checkpoints ({", ".join(map(str, sorted(kept))) or "none"}) are untouched.')
+
+  def _finish_unfinished(self) -> None:
+    """Wait for the save in flight, raise if it failed, then write its manifest."""
+    step = self._unfinished
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # any background failure: the run must stop, saying so
+      raise self._failed(step, e) from None
+    self._unfinished = None
+    step_dir = os.path.join(os.fspath(self.directory), str(step))
+    if step is not None and jax.process_index() == 0 and os.path.isdir(step_dir):
+      try:
+        integrity.write_manifest(step_dir)
+      except OSError as e:
+        raise self._failed(step, e) from None
+
+  def check_for_errors(self) -> None:
+    """Raise CheckpointError if a background save has failed (cheap; call every step)."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:
+      raise self._failed(self._unfinished, e) from None
+
   def save(self, step: int, state: TrainState, data_iterator, config_dict: dict,
            progress: Optional[dict] = None) -> bool:
+    self._finish_unfinished()
     args = {'state': ocp.args.StandardSave(state.as_dict()),
             'config': ocp.args.JsonSave(config_dict),
             'progress': ocp.args.JsonSave(progress or {})}
     if data_iterator is not None:
       args['data'] = DataIteratorSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    self._unfinished = step
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    except Exception as e:
+      raise self._failed(step, e) from None
+    if not self.manager.is_saving_in_progress():
+      self._finish_unfinished()  # synchronous save: write its manifest now
+    return saved
 
   def progress(self, step: int) -> dict:
     path = self.directory / str(step) / 'progress'
@@ -137,10 +202,15 @@ class Checkpoints:
     return TrainState(**restored['state'])
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Finish the save in flight (CheckpointError if it failed) and write its manifest."""
+    self._finish_unfinished()
 
   def close(self):
     self.manager.close()
+
+  def abandon(self):
+    """Another error is on its way out: leave Orbax's threads (closing would wait on a save
+    that may be failing, and raise over that error); the command exits after reporting."""
 
 
 # ------------------------------------------------------------------ finding steps
@@ -157,11 +227,15 @@ def complete_steps(directory) -> List[int]:
 def latest_checkpoint(workdir: str) -> Tuple[int, str]:
   """(step, path of its state item) of the newest complete checkpoint in workdir."""
   directory = os.path.join(workdir, 'checkpoints')
-  steps = complete_steps(directory)
-  if not steps:
+  if not complete_steps(directory):
     raise ValueError(f'--workdir={workdir} has no checkpoint (no {directory}/<step>/state); '
                      'train one first with `python -m t5x_lite.train`.')
-  return steps[-1], os.path.join(directory, str(steps[-1]), 'state')
+  step = integrity.newest_intact(directory, warn, move=False)  # read-only: skip, keep
+  if step is None:
+    raise ValueError(f'--workdir={workdir}: no intact checkpoint in {directory} (see the '
+                     f'warnings above; `python -m t5x_lite.inspect --workdir={workdir}` '
+                     'lists them).')
+  return step, os.path.join(directory, str(step), 'state')
 
 
 def resolve_params_dir(directory: str) -> epath.Path:
@@ -192,9 +266,16 @@ def load_params(directory: str, abstract_params):
 # --------------------------------------------------------------- restore precedence
 def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
   """Latest workdir checkpoint > config.init_from > fresh. Returns (state, one-line why)."""
-  latest = ckpts.latest_step()
+  latest = ckpts.newest_intact_step()
+  while latest is not None:
+    ckpts.check_compatible(latest, trainer.abstract_state)  # a config mistake: no fallback
+    try:
+      state = ckpts.restore(latest, trainer.abstract_state, train_iter)
+      break
+    except Exception as e:  # verified, yet unreadable: set it aside like a corrupt one
+      ckpts.move_aside(latest, f'restore failed: {type(e).__name__}: {str(e)[:200]}')
+      latest = ckpts.newest_intact_step()
   if latest is not None:
-    state = ckpts.restore(latest, trainer.abstract_state, train_iter)
     why = (f'restored step {latest} from {ckpts.directory / str(latest)} (latest checkpoint '
            'in the workdir wins): params, optimizer state and data position')
     if config.init_from:

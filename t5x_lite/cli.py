@@ -1,52 +1,241 @@
 """Command-line plumbing shared by every command (`python -m t5x_lite.<cmd>`).
 
 Owns the flags every run command takes (`--config`, `--workdir`, `--num_cpu_devices`,
-`--show_predictions`), quiet logging, and the error contract: a bad config or input is one
-`error: ...` line on stderr and exit status 1, never a traceback. Commands are leaves: they
-parse flags, call one library function and print; no module imports a command module
-(tests/test_layering.py walks the imports).
+`--show_predictions`), quiet logging, and the error contract: a bad flag, config file,
+override or input is one `error: ...` line on stderr and exit status 1, never a traceback.
+That covers flag parsing too (`parse_flags`): a config file that is missing, has a syntax
+error (file and line) or rejects its `:argument`, an override of an unknown field (with a
+did-you-mean from the config's own field names) or of the wrong type.
+Commands are leaves: they parse flags, call one library function and print; no module
+imports a command module (tests/test_layering.py walks the imports).
 Flags are defined by `define_common_flags()` when a module runs as a command, so importing
 any of these modules has no side effects.
 """
+import difflib
 import logging
 import os
 import sys
+import threading
+import traceback
+from typing import Callable, List, Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_impl
 
 FLAGS = flags.FLAGS
+
+# What a command body may raise for bad input; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, app.UsageError)
+
+
+class FlagError(ValueError):
+  """A bad command line: unknown flag, bad config file or override."""
+
+
+# Default config file of each config flag. The flag itself is defined without a default:
+# ml_collections would load a default (and apply the overrides) while the flag is being
+# *defined*, before `parse_flags` can turn a mistake into one line.
+_CONFIG_DEFAULTS = {}
+
+
+def define_config_flag(default: Optional[str], help_text: str, lock_config: bool = False,
+                       flag_values=FLAGS, name: str = 'config'):
+  """`--config=FILE[:ARG]` (+ `--config.a.b=v` overrides); `default` used when not given."""
+  config_flags.DEFINE_config_file(name, None, help_text, flag_values=flag_values,
+                                  lock_config=lock_config)
+  _CONFIG_DEFAULTS[(id(flag_values), name)] = default
 
 
 def define_common_flags():
   if 'workdir' in FLAGS:
     return
-  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (get_config()).')
+  define_config_flag('configs/default.py', 'Config file (get_config()).')
   flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, TensorBoard).')
   flags.DEFINE_integer('num_cpu_devices', 0, 'Fake CPU devices (tests, local multi-process).')
   flags.DEFINE_integer('show_predictions', 3, 'Print this many example predictions.')
 
 
+# ------------------------------------------------------------------ config flags
+def _root_cause(e: BaseException) -> BaseException:
+  """ml_collections and absl re-raise config errors wrapped (with the traceback as text)."""
+  seen = {id(e)}
+  while (e.__cause__ or e.__context__) is not None and id(e.__cause__ or e.__context__) not in seen:
+    e = e.__cause__ or e.__context__
+    seen.add(id(e))
+  return e
+
+
+def _flag_argument(argv: List[str], name: str) -> Optional[str]:
+  """The value given for --name (last one wins, as in absl), else None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _load_config_file(argument: str, parser):
+  """The config a `--config=FILE[:ARG]` argument names, or FlagError saying why not."""
+  path = argument.split(':', 1)[0]
+  if not os.path.isfile(path):
+    raise FlagError(f'config file {path} does not exist (--config={argument}).')
+  try:
+    config = parser.parse(argument)
+  except Exception as e:  # the user's code ran: any error is theirs, shown as one line
+    cause = _root_cause(e)
+    if isinstance(cause, SyntaxError):
+      raise FlagError(f'config file {cause.filename} line {cause.lineno}: {cause.msg} '
+                      f'(--config={argument}).') from None
+    frames = [f for f in traceback.extract_tb(cause.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    where = f'{path} line {frames[-1].lineno}' if frames else path
+    raise FlagError(f'config file {where}: {type(cause).__name__}: {cause} '
+                    f'(--config={argument}).') from None
+  if type(config).__name__ == '_ErrorConfig':  # ml_collections defers load errors
+    raise FlagError(f'config file {path} could not be loaded (--config={argument}).')
+  return config
+
+
+def _field_paths(config, prefix: str = '') -> List[str]:
+  paths = []
+  for key in config.keys():
+    value = config[key]
+    paths.append(prefix + key)
+    if hasattr(value, 'keys') and callable(value.keys):
+      paths += _field_paths(value, prefix + key + '.')
+  return paths
+
+
+def check_override(config, flag_name: str, path: str) -> None:
+  """FlagError naming an override of a field the config does not have, with a did-you-mean."""
+  node = config
+  parts = path.split('.')
+  for depth, key in enumerate(parts):
+    if hasattr(node, 'keys') and key in node.keys():
+      node = node[key]
+      continue
+    here = '.'.join(parts[:depth])
+    owner = f'config.{here}' if here else 'the config'
+    if not hasattr(node, 'keys'):
+      raise FlagError(f'--{flag_name}.{path}: config.{here} is a value, not a section.')
+    close = difflib.get_close_matches(key, list(node.keys()), n=1, cutoff=0.7)
+    guess = f'{here}.{close[0]}' if close and here else (close[0] if close else None)
+    if guess is None:  # the key may live in another section: --config.steps -> train.steps
+      same_leaf = [p for p in _field_paths(config) if p.split('.')[-1] == key]
+      close = difflib.get_close_matches(path, _field_paths(config), n=1, cutoff=0.6)
+      guess = (same_leaf or close or [None])[0]
+    hint = f'; did you mean --{flag_name}.{guess}?' if guess else ''
+    raise FlagError(f'--{flag_name}.{path}: {owner} has no field {key!r}{hint}')
+
+
+def _check_config_flags(argv: List[str], flag_values) -> None:
+  """Load each config-file flag's file and check its overrides, before absl parses them."""
+  for name in list(flag_values):
+    flag = flag_values[name]
+    if not isinstance(flag.parser, config_flags_impl.ConfigFileFlagParser) or flag.name != name:
+      continue
+    argument = _flag_argument(argv, name)
+    if argument is None:
+      continue  # required-ness is checked by absl (mark_flags_as_required) or the command
+    config = _load_config_file(argument, flag.parser)
+    for arg in argv:
+      if arg.startswith(f'--{name}.'):
+        check_override(config, name, arg[len(name) + 3:].split('=', 1)[0])
+
+
+def _with_default_configs(argv: List[str], flag_values) -> List[str]:
+  """argv with `--NAME=DEFAULT` first for each config flag that was not given."""
+  given = [f'--{name}={default}' for (fv, name), default in _CONFIG_DEFAULTS.items()
+           if fv == id(flag_values) and default and _flag_argument(argv, name) is None]
+  if not given:
+    return argv
+  argv = argv[:1] + given + argv[1:]
+  sys.argv = list(argv)  # ml_collections reads the overrides from sys.argv
+  return argv
+
+
+def parse_flags(argv: List[str], flag_values=FLAGS) -> List[str]:
+  """absl parsing with every error as FlagError (one line); returns the positional args."""
+  try:
+    argv = _with_default_configs(list(argv), flag_values)
+    _check_config_flags(argv[1:], flag_values)
+    return flag_values(argv)
+  except FlagError:
+    raise
+  except flags.Error as e:
+    raise FlagError(str(_root_cause(e) if 'Error whilst parsing' in str(e) else e)
+                    .strip().splitlines()[0]) from None
+
+
+# ----------------------------------------------------------------- error contract
+def report_error(e: BaseException, name: str = '') -> None:
+  prefix = f'{name}: ' if name else ''
+  message = ' '.join(str(e).split('\n')) or type(e).__name__
+  print(f'{prefix}error: {message}', file=sys.stderr, flush=True)
+
+
+def call(body: Callable[[], None], name: str = '') -> int:
+  """Run `body` under the error contract: 0, or 1 after one `error:` line on stderr."""
+  try:
+    body()
+  except USER_ERRORS as e:
+    report_error(e, name)
+    return 1
+  return 0
+
+
+def _quiet_thread_failure(args) -> None:
+  """A background thread's exception (an Orbax async save) is re-raised to the main thread
+  (`Checkpoints.check_for_errors`), which reports it in one line; its traceback is logged
+  only at INFO verbosity."""
+  absl_logging.info('thread %s failed', getattr(args.thread, 'name', '?'),
+                    exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
+  """Orbax logs a failed async save with its traceback; the main thread re-raises it."""
+  return not (f'{os.sep}orbax{os.sep}' in record.pathname and record.levelno >= logging.ERROR
+              and absl_logging.get_verbosity() < absl_logging.INFO)
+
+
 def run(body, needs_workdir: bool = True, name: str = ''):
   """`app.run` a command body (no arguments) with the shared set-up and error contract;
   `name` prefixes the error line (`plan: error: ...`)."""
+  def parse(argv):
+    try:
+      return parse_flags(argv)
+    except FlagError as e:
+      report_error(e, name)
+      sys.exit(1)
+
   def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     logging.basicConfig(level=logging.WARNING)
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TF are chatty below that
-    if needs_workdir and FLAGS.workdir is None:
-      raise app.UsageError('--workdir is required.')
-    if 'num_cpu_devices' in FLAGS and FLAGS.num_cpu_devices:
-      import jax
-      jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
-    try:
+    threading.excepthook = _quiet_thread_failure
+    logging.getLogger('absl').addFilter(_drop_orbax_background_errors)
+
+    def checked_body():
+      if len(argv) > 1:
+        raise FlagError(f'unexpected arguments: {" ".join(argv[1:])}')
+      if needs_workdir and FLAGS.workdir is None:
+        raise FlagError('--workdir is required.')
+      if 'num_cpu_devices' in FLAGS and FLAGS.num_cpu_devices:
+        import jax
+        jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
       body()
-    except (ValueError, OSError, FloatingPointError) as e:
-      prefix = f'{name}: ' if name else ''
-      print(f'{prefix}error: {e}'.replace('\n', ' '), file=sys.stderr, flush=True)
-      sys.exit(1)
-  app.run(main)
+    status = call(checked_body, name)
+    if status and [t for t in threading.enumerate() if t.is_alive() and not t.daemon
+                   and t is not threading.current_thread()]:
+      # Background work (a failing Orbax save) is still running: interpreter shutdown
+      # would wait for it and print its errors. It is abandoned; the error line said why.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(status)
+    sys.exit(status)
+  app.run(main, flags_parser=parse)

@@ -1,31 +1,97 @@
-"""Autoregressive decoding with the KV cache: greedy and temperature / top-k / top-p sampling.
+"""Autoregressive decoding with the KV cache: greedy, temperature / top-k / top-p sampling,
+and beam search with the T5X / GNMT length penalty.
 
-Worked example (encoder-decoder, greedy): the encoder runs once; the decoder starts from
+Greedy worked example (encoder-decoder): the encoder runs once; the decoder starts from
 token 0 (T5's BOS = pad) and, one position per step, feeds back argmax(logits). After a
 row emits EOS (1) every later position is 0. So with max_length 4, a row whose argmaxes
 are [7, 9, 1, 5] returns [7, 9, 1, 0].
 
 Decoder-only: the prompt is prefilled in one cached call (with `decoder_causal_attention`
 marking it as the bidirectional prefix when the model was trained as a prefix LM), then
-tokens are generated one at a time.
+tokens are generated one at a time. Only the generated tokens are returned.
+
+Scores (beam search, and `decode` for every method): score = log P(y | x) / lp(|y|) with
+lp(n) = ((5 + n) / 6) ** alpha (Wu et al. 2016, as in T5X `brevity_penalty`), where
+log P sums the model's log-softmax over the generated tokens up to and including the first
+EOS and |y| counts them (max_length when no EOS). alpha = 0 gives the plain log-likelihood.
+
+Beam search (`beam_search`): K beams per example, flattened into the batch axis (row
+b * K + k). Each step takes the 2K best one-token extensions by log P; those among the
+top K that end in EOS become finished hypotheses (ranked by score), the K best that do
+not end in EOS stay alive. An example stops once it has K finished hypotheses (Hugging
+Face's `early_stopping=True`); at max_length, missing finished slots are filled with the
+alive beams. With K = 1 this is exactly greedy decoding. The model's decode cache is an
+opaque pytree: beams are expanded and reordered along each leaf's batch axis, found by
+comparing the cache shapes at two batch sizes, so new cache entries need no change here.
 """
 import functools
-from typing import Dict
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import models
+from t5x_lite import families
 
 EOS_ID = 1
+DEFAULT_ALPHA = 0.6  # T5X's default length-penalty exponent
+_NEG = -1.0e7        # log-prob of impossible beams (finite: no inf - inf = nan)
+_EMPTY = -1.0e9      # score of an empty finished slot
+
+
+def brevity_penalty(alpha: float, length):
+  """GNMT length penalty ((5 + length) / 6) ** alpha (T5X `brevity_penalty`)."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+# ---------------------------------------------------------------------- cache plumbing
+def _init_cache_shapes(model, batch):
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, decode=True))['cache']
 
 
 def _empty_cache(model, batch: Dict[str, jax.Array]):
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, decode=True))
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _init_cache_shapes(model, batch))
 
 
+def _cache_batch_axes(model, batch):
+  """Per cache leaf, the axis that grows with the batch (None for e.g. a decode index)."""
+  bigger = jax.tree.map(lambda x: jnp.concatenate([x, x[:1]]), batch)
+  small, large = _init_cache_shapes(model, batch), _init_cache_shapes(model, bigger)
+
+  def axis(a, b):
+    diff = [i for i, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n]
+    return diff[0] if diff else None
+  return jax.tree.map(axis, small, large)
+
+
+def _map_batch(fn, cache, axes):
+  """fn(leaf, batch_axis) on every cache leaf that has a batch axis."""
+  return jax.tree.map(lambda x, a: x if a is None else fn(x, a), cache, axes)
+
+
+def _encoder_decoder_step(model, params, enc, encoded):
+  """step(cache, tokens [rows, n]) -> (logits [rows, n, vocab], cache)."""
+  def step(cache, token):
+    logits, mutated = model.apply(
+        {'params': params, 'cache': cache}, encoded,
+        {'encoder_input_tokens': enc, 'decoder_input_tokens': token}, decode=True,
+        method=model.decode, mutable=['cache'])
+    return logits, mutated['cache']
+  return step
+
+
+def _decoder_only_step(model, params):
+  def step(cache, tokens, prefix=None):
+    batch_in = {'decoder_input_tokens': tokens}
+    if prefix is not None:
+      batch_in['decoder_causal_attention'] = prefix
+    logits, mutated = model.apply({'params': params, 'cache': cache}, batch_in, decode=True,
+                                  mutable=['cache'])
+    return logits, mutated['cache']
+  return step
+
+
+# ------------------------------------------------------------------ greedy / sampling
 def _choose(logits, rng, temperature: float, top_k: int, top_p: float):
   """Next token from [batch, vocab] float32 logits."""
   if temperature == 0.0:
@@ -44,22 +110,63 @@ def _choose(logits, rng, temperature: float, top_k: int, top_p: float):
   return jax.random.categorical(rng, logits).astype(jnp.int32)
 
 
-def _generate(step_fn, cache, first_token, max_length, rng, temperature, top_k, top_p):
+def _token_log_prob(logits, token):
+  return jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
+
+
+def _generate(step_fn, cache, first_logits, max_length, rng, temperature, top_k, top_p):
+  """Tokens [batch, max_length] and their summed model log-prob (through the first EOS)."""
 
   def body(carry, i):
-    cache, token, done = carry
+    cache, logits, done, log_prob = carry
+    token = _choose(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p)
+    token = jnp.where(done, 0, token)
+    log_prob = log_prob + jnp.where(done, 0.0, _token_log_prob(logits, token))
+    done = done | (token == EOS_ID)
     logits, cache = step_fn(cache, token[:, None])
-    next_token = _choose(logits[:, -1], jax.random.fold_in(rng, i), temperature, top_k, top_p)
-    next_token = jnp.where(done, 0, next_token)
-    done = done | (next_token == EOS_ID)
-    return (cache, next_token, done), next_token
+    return (cache, logits[:, -1], done, log_prob), token
 
-  init = (cache, first_token, first_token == EOS_ID)
-  _, tokens = jax.lax.scan(body, init, jnp.arange(max_length))
-  return tokens.T
+  rows = first_logits.shape[0]
+  init = (cache, first_logits, jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32))
+  (_, _, _, log_prob), tokens = jax.lax.scan(body, init, jnp.arange(max_length))
+  return tokens.T, log_prob
 
 
-_STATIC = ('model', 'max_length', 'temperature', 'top_k', 'top_p', 'prefix_lm')
+def _lengths(tokens):
+  """Generated length through the first EOS (max_length when there is none)."""
+  is_eos = tokens == EOS_ID
+  return jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1) + 1, tokens.shape[-1])
+
+
+_SAMPLE_STATIC = ('model', 'max_length', 'temperature', 'top_k', 'top_p', 'prefix_lm')
+
+
+@functools.partial(jax.jit, static_argnames=_SAMPLE_STATIC[:5])
+def _encoder_decoder_sample(model, params, encoder_input_tokens, max_length, rng,
+                            temperature, top_k, top_p):
+  enc = jnp.asarray(encoder_input_tokens, jnp.int32)
+  rows = enc.shape[0]
+  # One spare cache position: the last chosen token is fed once more (its logits unused).
+  cache = _empty_cache(model, {'encoder_input_tokens': enc, 'decoder_input_tokens':
+                               jnp.zeros((rows, max_length + 1), jnp.int32)})
+  encoded = model.apply({'params': params}, {'encoder_input_tokens': enc}, method=model.encode)
+  step = _encoder_decoder_step(model, params, enc, encoded)
+  logits, cache = step(cache, jnp.zeros((rows, 1), jnp.int32))
+  return _generate(step, cache, logits[:, -1], max_length, rng, temperature, top_k, top_p)
+
+
+@functools.partial(jax.jit, static_argnames=_SAMPLE_STATIC)
+def _decoder_only_sample(model, params, prompt_tokens, max_length, rng, temperature,
+                         top_k, top_p, prefix_lm):
+  prompt = jnp.asarray(prompt_tokens, jnp.int32)
+  rows, prompt_len = prompt.shape
+  cache = _empty_cache(model, {'decoder_input_tokens':
+                               jnp.zeros((rows, prompt_len + max_length + 1), jnp.int32)})
+  step = _decoder_only_step(model, params)
+  # Prefill the whole prompt (bidirectionally for a prefix LM), then one token at a time.
+  prefix = jnp.ones((rows, prompt_len), jnp.int32) if prefix_lm else None
+  logits, cache = step(cache, prompt, prefix)
+  return _generate(step, cache, logits[:, -1], max_length, rng, temperature, top_k, top_p)
 
 
 def encoder_decoder_generate(model, params, encoder_input_tokens, max_length: int,
@@ -67,30 +174,8 @@ def encoder_decoder_generate(model, params, encoder_input_tokens, max_length: in
                              top_p: float = 1.0):
   """[batch, inputs_length] -> [batch, max_length] generated target tokens."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return _encoder_decoder_generate(model, params, encoder_input_tokens, max_length, rng,
-                                   temperature, top_k, top_p)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC[:5])
-def _encoder_decoder_generate(model, params, encoder_input_tokens, max_length, rng,
-                              temperature, top_k, top_p):
-  enc = jnp.asarray(encoder_input_tokens, jnp.int32)
-  batch = enc.shape[0]
-  full = {'encoder_input_tokens': enc,
-          'decoder_input_tokens': jnp.zeros((batch, max_length), jnp.int32)}
-  cache = _empty_cache(model, full)
-  encoded = model.apply({'params': params}, {'encoder_input_tokens': enc},
-                        method=model.encode)
-
-  def step_fn(cache, token):
-    logits, mutated = model.apply(
-        {'params': params, 'cache': cache}, encoded,
-        {'encoder_input_tokens': enc, 'decoder_input_tokens': token}, decode=True,
-        method=model.decode, mutable=['cache'])
-    return logits, mutated['cache']
-
-  return _generate(step_fn, cache, jnp.zeros((batch,), jnp.int32), max_length, rng,
-                   temperature, top_k, top_p)
+  return _encoder_decoder_sample(model, params, encoder_input_tokens, max_length, rng,
+                                 temperature, top_k, top_p)[0]
 
 
 def decoder_only_generate(model, params, prompt_tokens, max_length: int, rng=None,
@@ -98,42 +183,169 @@ def decoder_only_generate(model, params, prompt_tokens, max_length: int, rng=Non
                           prefix_lm: bool = False):
   """Continue equal-length prompts [batch, prompt_len] by `max_length` tokens."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return _decoder_only_generate(model, params, prompt_tokens, max_length, rng, temperature,
-                                top_k, top_p, prefix_lm)
+  return _decoder_only_sample(model, params, prompt_tokens, max_length, rng, temperature,
+                              top_k, top_p, prefix_lm)[0]
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _decoder_only_generate(model, params, prompt_tokens, max_length, rng, temperature,
-                           top_k, top_p, prefix_lm):
-  prompt = jnp.asarray(prompt_tokens, jnp.int32)
-  batch, prompt_len = prompt.shape
-  total = prompt_len + max_length
-  cache = _empty_cache(model, {'decoder_input_tokens': jnp.zeros((batch, total), jnp.int32)})
-
-  def call(cache, tokens, prefix=None):
-    batch_in = {'decoder_input_tokens': tokens}
-    if prefix is not None:
-      batch_in['decoder_causal_attention'] = prefix
-    logits, mutated = model.apply({'params': params, 'cache': cache}, batch_in, decode=True,
-                                  mutable=['cache'])
-    return logits, mutated['cache']
-
-  # Prefill the whole prompt (bidirectionally for a prefix LM), then one token at a time.
-  prefix = jnp.ones((batch, prompt_len), jnp.int32) if prefix_lm else None
-  logits, cache = call(cache, prompt, prefix)
-  first = _choose(logits[:, -1], jax.random.fold_in(rng, max_length), temperature, top_k,
-                  top_p)
-  rest = _generate(call, cache, first, max_length - 1, rng, temperature, top_k, top_p)
-  rest = jnp.where((first == EOS_ID)[:, None], 0, rest)
-  return jnp.concatenate([first[:, None], rest], axis=1)
+def how_it_generates(model) -> str:
+  """'encoder_decoder' or 'decoder_only', from the family table (families.py); a family
+  that does not generate (encoder-only) is a ValueError."""
+  generates = families.get(model.cfg.family).generates
+  if generates is None:
+    raise ValueError(f'model.family={model.cfg.family!r} does not generate text; decoding '
+                     'needs encoder_decoder or decoder.')
+  return generates
 
 
 def generate(model, params, batch: Dict[str, np.ndarray], max_length: int, **kwargs):
   """Family dispatch: encoder-decoder reads `encoder_input_tokens`, decoder-only a prompt."""
-  if isinstance(model, models.EncoderDecoder):
+  if how_it_generates(model) == 'encoder_decoder':
     return encoder_decoder_generate(model, params, batch['encoder_input_tokens'], max_length,
                                     **kwargs)
-  if isinstance(model, models.DecoderOnly):
-    return decoder_only_generate(model, params, batch['decoder_input_tokens'], max_length,
-                                 **kwargs)
-  raise ValueError('decoding needs an encoder_decoder or decoder model family.')
+  return decoder_only_generate(model, params, batch['decoder_input_tokens'], max_length,
+                               **kwargs)
+
+
+# ------------------------------------------------------------------------ beam search
+
+
+def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_length: int,
+               alpha: float):
+  """Beam search from `logits` [batch * K, vocab] (next-token logits of each beam, all
+  beams of an example identical) and the matching cache. Returns tokens
+  [batch, K, max_length] and scores [batch, K], best first."""
+  k = beam_size
+  vocab = logits.shape[-1]
+  positions = jnp.arange(max_length)
+  # Only beam 0 is live at the start, so the K copies do not fill the beam with duplicates.
+  alive_lp = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG)[None], (batch, 1))
+  zeros = jnp.zeros((batch, k, max_length), jnp.int32)
+  state = (jnp.int32(0), cache, logits, zeros, alive_lp, zeros,
+           jnp.full((batch, k), _EMPTY), jnp.zeros((batch, k), bool))
+
+  def not_done(state):
+    i, *_, finished = state
+    return (i < max_length) & ~jnp.all(finished.sum(-1) >= k)
+
+  def body(state):
+    i, cache, logits, alive, alive_lp, fin, fin_scores, finished = state
+    lp = jax.nn.log_softmax(logits).reshape(batch, k, vocab) + alive_lp[:, :, None]
+    cand_lp, flat_index = jax.lax.top_k(lp.reshape(batch, k * vocab), 2 * k)
+    parent, token = flat_index // vocab, (flat_index % vocab).astype(jnp.int32)
+    cand = jnp.take_along_axis(alive, parent[:, :, None], axis=1)
+    cand = jnp.where(positions == i, token[:, :, None], cand)
+    is_eos = token == EOS_ID
+    # Finished: EOS extensions ranked in the top K, unless the example is already done.
+    full = finished.sum(-1, keepdims=True) >= k
+    finishing = is_eos & (jnp.arange(2 * k) < k) & ~full
+    new_scores = jnp.where(finishing, cand_lp / brevity_penalty(alpha, i + 1), _EMPTY)
+    pool_scores = jnp.concatenate([fin_scores, new_scores], 1)
+    fin_scores, keep = jax.lax.top_k(pool_scores, k)
+    fin = jnp.take_along_axis(jnp.concatenate([fin, cand], 1), keep[:, :, None], axis=1)
+    finished = jnp.take_along_axis(jnp.concatenate([finished, finishing], 1), keep, axis=1)
+    # Alive: the K best extensions that do not end in EOS.
+    alive_lp, keep = jax.lax.top_k(jnp.where(is_eos, _NEG, cand_lp), k)
+    alive = jnp.take_along_axis(cand, keep[:, :, None], axis=1)
+    rows = (jnp.arange(batch)[:, None] * k + jnp.take_along_axis(parent, keep, 1)).reshape(-1)
+    cache = _map_batch(lambda x, a: jnp.take(x, rows, axis=a), cache, axes)
+    logits, cache = step_fn(cache, jnp.take_along_axis(token, keep, 1).reshape(-1, 1))
+    return (i + 1, cache, logits[:, -1], alive, alive_lp, fin, fin_scores, finished)
+
+  _, _, _, alive, alive_lp, fin, fin_scores, finished = jax.lax.while_loop(
+      not_done, body, state)
+  # Fill missing finished slots with the alive beams (scored at max_length), ranked after
+  # every finished hypothesis.
+  alive_scores = alive_lp / brevity_penalty(alpha, max_length)
+  flags = jnp.concatenate([finished, jnp.zeros_like(finished)], 1)
+  scores = jnp.concatenate([fin_scores, alive_scores], 1)
+  _, order = jax.lax.top_k(jnp.where(flags, scores, scores + _EMPTY), k)
+  tokens = jnp.take_along_axis(jnp.concatenate([fin, alive], 1), order[:, :, None], axis=1)
+  return tokens, jnp.take_along_axis(scores, order, axis=1)
+
+
+_BEAM_STATIC = ('model', 'max_length', 'beam_size', 'alpha', 'prefix_lm')
+
+
+@functools.partial(jax.jit, static_argnames=_BEAM_STATIC[:4])
+def _encoder_decoder_beam_search(model, params, encoder_input_tokens, max_length, beam_size,
+                                 alpha):
+  enc = jnp.asarray(encoder_input_tokens, jnp.int32)
+  batch = enc.shape[0]
+  encoded = model.apply({'params': params}, {'encoder_input_tokens': enc}, method=model.encode)
+  enc = jnp.repeat(enc, beam_size, axis=0)
+  encoded = jnp.repeat(encoded, beam_size, axis=0)  # the encoder runs once per example
+  full = {'encoder_input_tokens': enc,
+          'decoder_input_tokens': jnp.zeros((enc.shape[0], max_length + 1), jnp.int32)}
+  cache = _empty_cache(model, full)
+  step = _encoder_decoder_step(model, params, enc, encoded)
+  logits, cache = step(cache, jnp.zeros((enc.shape[0], 1), jnp.int32))
+  return _beam_loop(step, cache, _cache_batch_axes(model, full), logits[:, -1], batch,
+                    beam_size, max_length, alpha)
+
+
+@functools.partial(jax.jit, static_argnames=_BEAM_STATIC)
+def _decoder_only_beam_search(model, params, prompt_tokens, max_length, beam_size, alpha,
+                              prefix_lm):
+  prompt = jnp.asarray(prompt_tokens, jnp.int32)
+  batch, prompt_len = prompt.shape
+  full = {'decoder_input_tokens': jnp.zeros((batch, prompt_len + max_length + 1), jnp.int32)}
+  cache = _empty_cache(model, full)
+  step = _decoder_only_step(model, params)
+  prefix = jnp.ones((batch, prompt_len), jnp.int32) if prefix_lm else None
+  logits, cache = step(cache, prompt, prefix)  # prefill once per example, then expand
+  axes = _cache_batch_axes(model, full)
+  cache = _map_batch(lambda x, a: jnp.repeat(x, beam_size, axis=a), cache, axes)
+  logits = jnp.repeat(logits[:, -1], beam_size, axis=0)
+  return _beam_loop(step, cache, axes, logits, batch, beam_size, max_length, alpha)
+
+
+def check_beam_size(beam_size: int, vocab_size: int) -> None:
+  if not 1 <= beam_size <= vocab_size:
+    raise ValueError(f'--beam_size={beam_size} must be between 1 and the vocabulary size '
+                     f'({vocab_size}).')
+
+
+def beam_search(model, params, batch: Dict[str, np.ndarray], max_length: int, beam_size: int,
+                alpha: float = DEFAULT_ALPHA, prefix_lm: bool = False
+                ) -> Tuple[jax.Array, jax.Array]:
+  """(tokens [batch, K, max_length], scores [batch, K]), best beam first.
+
+  Encoder-decoder reads `encoder_input_tokens`; decoder-only continues the equal-length
+  prompts in `decoder_input_tokens` (bidirectional prefix when `prefix_lm`) and returns
+  only the generated tokens. Scores as in the module docstring.
+  """
+  encoder_decoder = how_it_generates(model) == 'encoder_decoder'
+  check_beam_size(beam_size, model.cfg.vocab_size)
+  if encoder_decoder:
+    return _encoder_decoder_beam_search(model, params, batch['encoder_input_tokens'],
+                                        max_length, beam_size, float(alpha))
+  return _decoder_only_beam_search(model, params, batch['decoder_input_tokens'], max_length,
+                                   beam_size, float(alpha), bool(prefix_lm))
+
+
+def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
+           beam_size: int = 1, alpha: float = DEFAULT_ALPHA, temperature: float = 0.0,
+           top_k: int = 0, top_p: float = 1.0, rng=None, prefix_lm: bool = False
+           ) -> Tuple[np.ndarray, np.ndarray]:
+  """What eval and infer call: (tokens [batch, max_length], scores [batch]).
+
+  temperature > 0 samples (one sequence per row; beam_size must be 1); otherwise beam
+  search with `beam_size` beams, keeping the best (beam_size=1 is greedy).
+  """
+  encoder_decoder = how_it_generates(model) == 'encoder_decoder'
+  if temperature > 0:
+    if beam_size != 1:
+      raise ValueError(f'--beam_size={beam_size} with --temperature={temperature}: sampling '
+                       'draws one sequence per input; use --beam_size=1 to sample.')
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    if encoder_decoder:
+      tokens, log_prob = _encoder_decoder_sample(model, params, batch['encoder_input_tokens'],
+                                                 max_length, rng, temperature, top_k, top_p)
+    else:
+      tokens, log_prob = _decoder_only_sample(model, params, batch['decoder_input_tokens'],
+                                              max_length, rng, temperature, top_k, top_p,
+                                              prefix_lm)
+    scores = log_prob / brevity_penalty(alpha, _lengths(tokens))
+    return np.asarray(tokens), np.asarray(scores)
+  tokens, scores = beam_search(model, params, batch, max_length, beam_size, alpha, prefix_lm)
+  return np.asarray(tokens[:, 0]), np.asarray(scores[:, 0])

@@ -1,7 +1,7 @@
 r"""Evaluate the latest checkpoint of a run:
 
     python -m t5x_lite.eval --config=CFG --workdir=DIR [--split=validation] [--eval_steps=N]
-        [--config.x=v ...] [--show_predictions=3]
+        [--config.x=v ...] [--show_predictions=3] [--beam_size=1]
 
 Read-only on the checkpoint: restores only the params of the latest step in
 DIR/checkpoints/ (the optimizer state and data position are not read, nothing is saved).
@@ -10,16 +10,19 @@ DIR/checkpoints/ (the optimizer state and data position are not read, nothing is
    (default `config.train.eval_steps`, 0 = the whole split), exactly as training reports
    `eval_loss` / `eval_accuracy` (`evaluation.evaluate`, same packing as the config).
 2. For text-to-text tasks (`data.objective=text_to_text`) of encoder-decoder and
-   decoder-only models: greedy decoding of the same number of unpacked batches
-   (`data.pack=False`, so one example per row) up to `data.targets_length` tokens, scored
-   against the targets with `t5x_lite.metrics` (sequence accuracy, SQuAD exact match and
-   token F1, corpus BLEU, ROUGE-1/2/L; all in percent, whitespace tokens).
+   decoder-only models: greedy decoding (or beam search, `--beam_size=K`, T5X length
+   penalty alpha 0.6) of the same number of unpacked batches (`data.pack=False`, so one
+   example per row) up to `data.targets_length` tokens, scored against the targets with
+   `t5x_lite.metrics` (sequence accuracy, SQuAD v1.1 exact match and F1, sacrebleu BLEU,
+   rouge-score ROUGE-1/2/L/Lsum; all in percent). Every decoded example goes to
+   DIR/predictions_<split>_<step>.jsonl: {inputs, targets, predictions, score}.
 
 Prints one JSON line on stdout with every figure (progress and a few predictions go to
 stderr) and writes it to DIR/eval_<split>_<step>.json. A workdir without a checkpoint, or a
 config that does not match the checkpoint, is a one-line `error: ...` and exit status 1.
 JSON keys: step, split, eval_steps, eval_loss, eval_accuracy, then (when it decodes)
-decoded_examples, sequence_accuracy, exact_match, f1, bleu, rouge1, rouge2, rougeL; seconds.
+beam_size, decoded_examples, sequence_accuracy, exact_match, f1, bleu, rouge1, rouge2,
+rougeL, rougeLsum; seconds.
 
 The config is the one given on the command line (use the run's config and overrides, or
 the same file); the checkpoint's params must have the shapes it describes.
@@ -43,6 +46,8 @@ FLAGS = flags.FLAGS
 def _define_flags():
   """Defined only when run as a command, so importing this module has no side effects."""
   flags.DEFINE_enum('split', 'validation', ['train', 'validation'], 'Split to evaluate.')
+  flags.DEFINE_integer('beam_size', 1, 'Beams for decoding (1 = greedy); scores use the '
+                       'T5X length penalty alpha=0.6.')
   flags.DEFINE_integer('eval_steps', None, 'Batches to evaluate and decode (default '
                        'config.train.eval_steps; 0 = the whole split, which the endless '
                        'train split does not allow).')
@@ -50,8 +55,9 @@ def _define_flags():
 
 # ------------------------------------------------------------------------ run
 def run_eval(config, workdir: str, split: str = 'validation',
-             eval_steps: Optional[int] = None, show: int = 0) -> dict:
+             eval_steps: Optional[int] = None, show: int = 0, beam_size: int = 1) -> dict:
   """Everything `python -m t5x_lite.eval` does; returns the figures it prints."""
+  from t5x_lite import decoding
   from t5x_lite import metrics as metrics_lib
   start = time.time()
   config = config.copy_and_resolve_references()
@@ -62,6 +68,7 @@ def run_eval(config, workdir: str, split: str = 'validation',
   steps = int(config.train.eval_steps)
   if not steps and (split == 'train' or config.data.eval_repeat):
     raise ValueError(f'the {split} split is endless here: pass --eval_steps > 0.')
+  decoding.check_beam_size(beam_size, config.model.vocab_size)
   trainer, params, step = evaluation.load(config, workdir)
   print(f'[t5x_lite] eval: params of step {step} from {workdir}/checkpoints/{step}; '
         f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
@@ -72,8 +79,12 @@ def run_eval(config, workdir: str, split: str = 'validation',
   if why_not:
     print(f'[t5x_lite] eval: no decoding ({why_not}).', file=sys.stderr, flush=True)
   else:
-    decoded = evaluation.decode_split(config, trainer.model, params, split, steps)
+    decoded = evaluation.decode_split(config, trainer.model, params, split, steps,
+                                      beam_size=beam_size)
+    result['beam_size'] = beam_size
     result['decoded_examples'] = len(decoded['targets'])
+    evaluation.write_predictions(
+        os.path.join(workdir, f'predictions_{split}_{step}.jsonl'), decoded)
     if decoded['targets']:
       result.update(metrics_lib.text_metrics(decoded['targets'], decoded['predictions']))
     evaluation.print_predictions(decoded, show, file=sys.stderr)
@@ -86,7 +97,7 @@ def run_eval(config, workdir: str, split: str = 'validation',
 
 def main():
   result = run_eval(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.eval_steps,
-                    FLAGS.show_predictions)
+                    FLAGS.show_predictions, FLAGS.beam_size)
   print(json.dumps(result), flush=True)
 
 

@@ -2,8 +2,9 @@
 
 Owns: loading the latest checkpoint's params for read-only use (`load`), teacher-forced
 loss / accuracy over a split (`evaluate`, the figures training logs as eval_loss /
-eval_accuracy), greedy decoding of a split (`decode_split`), batched generation of token
-lists (`predict`), printing a few predictions, and the run's metric log (metrics.jsonl +
+eval_accuracy), greedy or beam-search decoding of a split with scores (`decode_split`) and
+its predictions file (`write_predictions`), batched generation of token lists (`predict`),
+printing a few predictions, and the run's metric log (metrics.jsonl +
 TensorBoard event files, `MetricsLog`). How each family generates comes from
 `families.Family.generates`.
 """
@@ -110,11 +111,13 @@ def pad_rows(x, n: int):
 
 
 def decode_split(config, model, params, split: str, steps: int,
-                 batch_size: Optional[int] = None) -> Dict[str, List[str]]:
-  """Greedy predictions on `steps` unpacked batches of `split` (0 = all):
-  {'inputs', 'targets', 'predictions'}, text per real example (padding rows dropped)."""
+                 batch_size: Optional[int] = None, beam_size: int = 1) -> Dict[str, list]:
+  """Predictions (greedy, or beam search with `beam_size` beams) on `steps` unpacked batches
+  of `split` (0 = all): {'inputs', 'targets', 'predictions', 'scores', 'span_tokens'}, one
+  entry per real example (padding rows dropped); scores as `decoding.decode` defines them,
+  span_tokens (correct, total) as `metrics.span_tokens`."""
   import numpy as np
-  from t5x_lite import decoding
+  from t5x_lite import decoding, metrics
   from t5x_lite.data import pipeline
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
@@ -122,56 +125,77 @@ def decode_split(config, model, params, split: str, steps: int,
   it = pipeline.get_dataset(cfg, split, batch_size=batch_size)
   vocab, length = it.vocab, cfg.data.targets_length
   generates = families.get(cfg.model.family).generates
-  out = {'inputs': [], 'targets': [], 'predictions': []}
+  out = {'inputs': [], 'targets': [], 'predictions': [], 'scores': [], 'span_tokens': []}
   for i, batch in enumerate(it):
     if steps and i >= steps:
       break
     real = np.nonzero(batch['decoder_loss_weights'].sum(axis=1) > 0)[0]
     if generates == 'encoder_decoder':
-      pred = np.asarray(decoding.encoder_decoder_generate(
-          model, params, batch['encoder_input_tokens'], length))
-      rows = [(batch['encoder_input_tokens'][r], batch['decoder_target_tokens'][r], pred[r])
-              for r in real]
+      pred, score = decoding.decode(model, params, batch, length, beam_size=beam_size)
+      rows = [(batch['encoder_input_tokens'][r], batch['decoder_target_tokens'][r], pred[r],
+               score[r]) for r in real]
     else:  # decoder-only prefix LM: prompt = BOS + inputs + EOS (the causal-attention span)
       prompt_len = batch['decoder_causal_attention'].sum(axis=1)
       preds = {}
       for n in sorted(set(prompt_len[real].tolist())):
         idx = real[prompt_len[real] == n]
         prompts = pad_rows(batch['decoder_input_tokens'][idx, :n], len(prompt_len))
-        got = np.asarray(decoding.decoder_only_generate(model, params, prompts, length,
-                                                        prefix_lm=True))
-        preds.update({int(r): got[j] for j, r in enumerate(idx)})
+        got, score = decoding.decode(model, params, {'decoder_input_tokens': prompts}, length,
+                                     beam_size=beam_size, prefix_lm=True)
+        preds.update({int(r): (got[j], score[j]) for j, r in enumerate(idx)})
       rows = [(batch['decoder_input_tokens'][r, 1:prompt_len[r]],
                batch['decoder_target_tokens'][r][batch['decoder_loss_weights'][r] > 0],
-               preds[int(r)]) for r in real]
-    for inputs, targets, pred in rows:
+               *preds[int(r)]) for r in real]
+    for inputs, targets, pred, score in rows:
       out['inputs'].append(vocab.decode(inputs))
       out['targets'].append(vocab.decode(targets))
       out['predictions'].append(vocab.decode(pred))
+      out['scores'].append(float(score))
+      out['span_tokens'].append(metrics.span_tokens(targets, pred, vocab.is_sentinel))
   return out
 
 
-def print_predictions(decoded: Dict[str, List[str]], n: int, file=sys.stdout) -> None:
-  """The first `n` decoded examples: input, target and prediction, cut to a line each."""
+def write_predictions(path: str, decoded: Dict[str, list]) -> None:
+  """One JSON object per decoded example: inputs, targets, predictions, score."""
+  with open(path, 'w', encoding='utf-8') as f:
+    for i, o, p, s in zip(decoded['inputs'], decoded['targets'], decoded['predictions'],
+                          decoded['scores']):
+      f.write(json.dumps({'inputs': i, 'targets': o, 'predictions': p, 'score': s},
+                         ensure_ascii=False) + '\n')
+
+
+def span_accuracy(decoded: Dict[str, list]) -> str:
+  """'P% (c/t target span tokens)' over every decoded example (`metrics.span_tokens`)."""
+  correct = sum(c for c, _ in decoded['span_tokens'])
+  total = sum(t for _, t in decoded['span_tokens'])
+  return f'{100 * correct / max(total, 1):.1f}% ({correct}/{total} target span tokens)'
+
+
+def print_predictions(decoded: Dict[str, list], n: int, file=sys.stdout) -> None:
+  """The first `n` decoded examples: input, target and prediction, cut to a line each, with
+  each example's span accuracy."""
   for i in range(min(n, len(decoded['targets']))):
+    c, t = decoded['span_tokens'][i]
     print(f'  input:      {decoded["inputs"][i][:300]}\n'
           f'  target:     {decoded["targets"][i][:200]}\n'
-          f'  prediction: {decoded["predictions"][i][:200]}', file=file)
+          f'  prediction: {decoded["predictions"][i][:200]}\n'
+          f'  span accuracy: {c}/{t}', file=file)
 
 
 def predict(config, model, params, token_lists: List[List[int]], *, batch_size: int,
             max_length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-            seed: int = 0, on_batch=None) -> List:
+            seed: int = 0, beam_size: int = 1, on_batch=None) -> List:
   """Generated ids ([max_length] arrays) for each token list, in order. Encoder-decoder:
   fixed [batch_size, data.inputs_length] zero-padded batches. Decoder-only: the lists are
-  prompts (BOS included), grouped by length. `on_batch(indices, their rows)` after each
-  batch (the writer streams finished lines in input order from it)."""
+  prompts (BOS included), grouped by length. `beam_size` > 1 is beam search (not with
+  temperature > 0). `on_batch(indices, their rows, their scores)` after each batch (the
+  writer streams finished lines in input order from it)."""
   import jax
   import numpy as np
   from t5x_lite import decoding
   rng = jax.random.PRNGKey(seed)
   out = [None] * len(token_lists)
-  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size)
   encoder_decoder = families.get(config.model.family).generates == 'encoder_decoder'
   if encoder_decoder:
     groups = [list(range(len(token_lists)))]
@@ -190,15 +214,15 @@ def predict(config, model, params, token_lists: List[List[int]], *, batch_size: 
         enc = np.zeros((batch_size, config.data.inputs_length), np.int32)
         for row, i in enumerate(idx):
           enc[row, :len(token_lists[i])] = token_lists[i]
-        got = decoding.encoder_decoder_generate(model, params, enc, max_length, rng=key, **kw)
+        got, scores = decoding.decode(model, params, {'encoder_input_tokens': enc}, max_length,
+                                      rng=key, **kw)
       else:
         prompts = pad_rows(np.array([token_lists[i] for i in idx], np.int32), batch_size)
-        got = decoding.decoder_only_generate(
-            model, params, prompts, max_length, rng=key,
+        got, scores = decoding.decode(
+            model, params, {'decoder_input_tokens': prompts}, max_length, rng=key,
             prefix_lm=config.data.objective != 'causal_lm', **kw)
-      got = np.asarray(got)
       for row, i in enumerate(idx):
         out[i] = got[row]
       if on_batch:
-        on_batch(idx, got[:len(idx)])
+        on_batch(idx, got[:len(idx)], scores[:len(idx)])
   return out

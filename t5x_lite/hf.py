@@ -36,6 +36,8 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
+from t5x_lite import tree_paths
+
 SUPPORTED = ('T5ForConditionalGeneration', 'BertForMaskedLM', 'GPT2LMHeadModel')
 _SUPPORTED_MSG = f'supported architectures: {", ".join(SUPPORTED)}'
 WEIGHTS_NAME = 'model.safetensors'
@@ -376,15 +378,6 @@ def _set(tree, path, value):
   tree[path[-1]] = value
 
 
-def _flat(tree, prefix=()):
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flat(v, prefix + (k,)))
-    return out
-  return {prefix: tree}
-
-
 def _plain_params(params, cfg):
   """Unbox, unwrap {'params': ...}, convert to unscanned numpy."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
@@ -393,7 +386,7 @@ def _plain_params(params, cfg):
   params = unfreeze(nn.meta.unbox(params))
   if set(params) == {'params'}:
     params = params['params']
-  flat = _flat(params)
+  flat = dict(tree_paths.named_leaves(params))
   if cfg.scan_layers or any('layers' in path for path in flat):
     params = models.unstack_layers(params)
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
@@ -518,7 +511,7 @@ def save(model_cfg, params, out_dir: str) -> str:
   cfg = models.ModelConfig.from_config(model_cfg)
   arch = _architecture_of(cfg)
   hf_config = _config_to_hf(arch, cfg)
-  flat = _flat(_plain_params(params, cfg))
+  flat = dict(tree_paths.named_leaves(_plain_params(params, cfg)))
   specs = _SPECS[arch](cfg)
   used = set()
   tensors = {}

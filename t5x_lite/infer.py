@@ -1,7 +1,8 @@
 r"""Generate with the latest checkpoint of a run, from a file or stdin, JSONL out:
 
     python -m t5x_lite.infer --config=CFG --workdir=DIR [--input=FILE|-] [--output=FILE|-]
-        [--max_length=N] [--temperature=0 --top_k=0 --top_p=1 --seed=0] [--batch_size=N]
+        [--max_length=N] [--beam_size=1] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
+        [--batch_size=N]
 
 Input: one example per line, detected per line: a JSON object with a string "inputs" field
 (its other fields are copied to the output), else the line itself as plain text. Empty
@@ -17,9 +18,13 @@ BOS + ids without EOS and decoding is causal. Prompts must have equal lengths in
 so decoder-only lines are grouped by length (one compilation per distinct length).
 
 Output: one JSON object per predicted line, in input order:
-    {"inputs": "<the input text>", "prediction": "<decoded text>", ...input JSON fields}
-Decoding: greedy by default (--temperature=0); otherwise sampling with temperature,
-top-k and top-p; --seed seeds it (results then also depend on the batching).
+    {"inputs": "<the input text>", "prediction": "<decoded text>", "score": <float>,
+     ...input JSON fields}
+Decoding: greedy by default (--temperature=0, --beam_size=1); --beam_size=K > 1 is beam
+search (T5X length penalty, alpha 0.6); --temperature > 0 samples with temperature, top-k
+and top-p; --seed seeds it (results then also depend on the batching). score is the
+model's log-probability of the prediction through its EOS divided by the length penalty
+((5 + n) / 6) ** 0.6 (t5x_lite.decoding).
 --max_length defaults to data.targets_length.
 """
 import os
@@ -46,6 +51,7 @@ def _define_flags():
                       '"inputs" field), or - for stdin.')
   flags.DEFINE_string('output', '-', 'Output JSONL file, or - for stdout.')
   flags.DEFINE_integer('max_length', 0, 'Tokens to generate (0 = data.targets_length).')
+  flags.DEFINE_integer('beam_size', 1, 'Beams (1 = greedy); not with --temperature > 0.')
   flags.DEFINE_float('temperature', 0.0, 'Sampling temperature (0 = greedy).')
   flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely tokens (0 = all).')
   flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off).')
@@ -126,9 +132,16 @@ def tokenize(vocab, text: str, inputs_length: int, eos: bool) -> Tuple[List[int]
   return ids[:inputs_length - 1] + ([vocab.eos_id] if eos else []), len(ids) + int(eos)
 
 
+def _method(beam_size: int, temperature: float, top_k: int, top_p: float, seed: int) -> str:
+  if temperature > 0:
+    return f'sampling (T={temperature}, top_k={top_k}, top_p={top_p}, seed={seed})'
+  return f'beam search ({beam_size} beams)' if beam_size > 1 else 'greedy'
+
+
 def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-', *,
               max_length: int = 0, temperature: float = 0.0, top_k: int = 0,
-              top_p: float = 1.0, seed: int = 0, batch_size: int = 0) -> Report:
+              top_p: float = 1.0, seed: int = 0, batch_size: int = 0,
+              beam_size: int = 1) -> Report:
   """Everything `python -m t5x_lite.infer` does; returns its report."""
   from t5x_lite.data import vocab as vocab_lib
   family = config.model.family
@@ -138,6 +151,11 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
     raise ValueError(f'--temperature={temperature} / --top_k={top_k} / --top_p={top_p}: need '
                      'temperature >= 0, top_k >= 0 and 0 < top_p <= 1.')
+  from t5x_lite import decoding
+  decoding.check_beam_size(beam_size, config.model.vocab_size)
+  if beam_size > 1 and temperature > 0:
+    raise ValueError(f'--beam_size={beam_size} with --temperature={temperature}: sampling '
+                     'draws one sequence per input; use --beam_size=1 to sample.')
   checkpoints.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
   max_length = max_length or config.data.targets_length
   batch_size = batch_size or config.train.batch_size
@@ -165,19 +183,20 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   if examples:
     print(f'[t5x_lite] infer: params of step {step} from {workdir}/checkpoints/{step}; '
           f'{len(examples)} inputs, batches of {batch_size}, up to {max_length} tokens, '
-          f'{"greedy" if temperature == 0 else f"sampling (T={temperature}, top_k={top_k}, top_p={top_p}, seed={seed})"}.',
+          f'{_method(beam_size, temperature, top_k, top_p, seed)}.',
           file=sys.stderr, flush=True)
   out = sys.stdout if output_path == '-' else open(output_path, 'w', encoding='utf-8')
   predictions: List[Optional[str]] = [None] * len(examples)
+  scores: List[Optional[float]] = [None] * len(examples)
 
-  def write_ready(idx, rows):
+  def write_ready(idx, rows, row_scores):
     """Decode a finished batch; write every line whose earlier lines are all written."""
-    for i, row in zip(idx, rows):
-      predictions[i] = vocab.decode(row)
+    for i, row, score in zip(idx, rows, row_scores):
+      predictions[i], scores[i] = vocab.decode(row), float(score)
     while report.predicted < len(examples) and predictions[report.predicted] is not None:
       _, text, fields = examples[report.predicted]
-      out.write(json.dumps({**fields, 'inputs': text, 'prediction': predictions[report.predicted]},
-                           ensure_ascii=False) + '\n')
+      out.write(json.dumps({**fields, 'inputs': text, 'prediction': predictions[report.predicted],
+                            'score': scores[report.predicted]}, ensure_ascii=False) + '\n')
       report.predicted += 1
     out.flush()
 
@@ -185,7 +204,7 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
     if examples:
       evaluation.predict(config, trainer.model, params, token_lists, batch_size=batch_size,
               max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p,
-              seed=seed, on_batch=write_ready)
+              seed=seed, beam_size=beam_size, on_batch=write_ready)
   finally:
     if out is not sys.stdout:
       out.close()
@@ -196,7 +215,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
 def main():
   run_infer(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
             max_length=FLAGS.max_length, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-            top_p=FLAGS.top_p, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
+            top_p=FLAGS.top_p, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+            beam_size=FLAGS.beam_size)
 
 
 if __name__ == '__main__':

@@ -1,7 +1,13 @@
-"""`python -m t5x_lite.inspect`: print what the objective feeds the model, as JSONL.
+"""`python -m t5x_lite.inspect`: print what the objective feeds the model, as JSONL;
+or, with --workdir, list a run's checkpoints and whether each is intact.
 
     python -m t5x_lite.inspect --config=configs/default.py --split=train --n=3 \
         [--config.data.objective=mlm --config.model.family=encoder] [--shard_index=0 --num_shards=1]
+    python -m t5x_lite.inspect --workdir=DIR
+
+With --workdir: one line per checkpoint, newest first: step, status (intact, intact (no
+manifest), corrupt: what failed, moved aside), path (`checkpoint_integrity.listing`);
+exit status 1 if none is usable.
 
 One JSON object per row of the model's batch: for every feature its ids (trailing padding
 cut), and for token features the decoded text of each packed example (sentinels render as
@@ -15,39 +21,50 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are 
 import json
 import sys
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
+
+from t5x_lite import cli
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
   """Defined only when run as a command, so importing this module has no side effects."""
-  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  cli.define_config_flag(None, 'Config file.', lock_config=True)
   flags.DEFINE_enum('split', 'train', ['train', 'validation'], 'Split.')
   flags.DEFINE_integer('n', 3, 'Rows to print.')
   flags.DEFINE_integer('shard_index', 0, 'Shard to read.')
   flags.DEFINE_integer('num_shards', 1, 'Number of shards.')
   flags.DEFINE_integer('seed', None, 'Data seed (default: config.data.seed).')
+  flags.DEFINE_string('workdir', None, 'List this run\'s checkpoints and their status instead.')
 
 
-def main(argv):
-  del argv
+def list_checkpoints(workdir: str) -> None:
+  from t5x_lite import checkpoint_integrity
+  import os
+  if not os.path.isdir(workdir):
+    raise ValueError(f'--workdir={workdir} does not exist.')
+  rows = checkpoint_integrity.listing(workdir)
+  for row in rows:
+    detail = f': {row["detail"]}' if row['detail'] and row['status'] == 'corrupt' else ''
+    print(f'step {row["step"]:>8}  {row["status"]}{detail}  {row["path"]}')
+  if not any(r['status'].startswith('intact') for r in rows):
+    raise ValueError(f'--workdir={workdir} has no usable checkpoint.')
+
+
+def main():
+  if FLAGS.workdir:
+    return list_checkpoints(FLAGS.workdir)
   from t5x_lite.data import pipeline
-  from t5x_lite.data.sources import DataError
-  from t5x_lite.data.vocab import VocabError
   config = FLAGS.config
   if config is None:
-    sys.exit('error: --config is required.')
+    raise ValueError('--config (or --workdir) is required.')
+  it = pipeline.get_dataset(config, FLAGS.split, shard_index=FLAGS.shard_index,
+                            num_shards=FLAGS.num_shards, seed=FLAGS.seed, batch_size=FLAGS.n)
   try:
-    it = pipeline.get_dataset(config, FLAGS.split, shard_index=FLAGS.shard_index,
-                              num_shards=FLAGS.num_shards, seed=FLAGS.seed, batch_size=FLAGS.n)
     batch = next(it)
-  except (DataError, VocabError) as e:
-    sys.exit(f'error: {e}')
   except StopIteration:
-    sys.exit(f'error: the {FLAGS.split} split of shard {FLAGS.shard_index} is empty.')
+    raise ValueError(f'the {FLAGS.split} split of shard {FLAGS.shard_index} is empty.') from None
   from t5x_lite.data import rows
   for row in rows.rows_as_json(batch, it.vocab):
     print(json.dumps(row, ensure_ascii=False))
@@ -56,4 +73,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, needs_workdir=False, name='inspect')

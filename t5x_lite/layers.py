@@ -10,7 +10,7 @@ Numerics: parameters are float32; activations use `dtype`; norms, attention soft
 logits are computed in float32.
 """
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -175,17 +175,23 @@ def attention_mask(query_valid: Array, key_valid: Array,
                    key_segment_ids: Optional[Array] = None,
                    causal: bool = False,
                    query_prefix: Optional[Array] = None,
-                   key_prefix: Optional[Array] = None) -> Array:
+                   key_prefix: Optional[Array] = None,
+                   query_positions: Optional[Array] = None,
+                   key_positions: Optional[Array] = None) -> Array:
   """Boolean [batch, 1, q, k] mask: both valid, same segment, causal unless both in prefix.
 
   Prefix LM (decoder-only): allowed(q, k) = (k <= q OR (prefix_q AND prefix_k)) AND ...
+  Causality compares `query_positions` / `key_positions` (1-D, default 0..n-1): a cached
+  decode step passes its absolute positions and the whole cache's, so training and decoding
+  share this one function.
   """
   mask = query_valid[:, :, None] & key_valid[:, None, :]
   if query_segment_ids is not None:
     mask &= query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
   if causal:
-    q_len, k_len = query_valid.shape[1], key_valid.shape[1]
-    allowed = jnp.arange(k_len)[None, None, :] <= jnp.arange(q_len)[None, :, None]
+    q_pos = jnp.arange(query_valid.shape[1]) if query_positions is None else query_positions
+    k_pos = jnp.arange(key_valid.shape[1]) if key_positions is None else key_positions
+    allowed = k_pos[None, None, :] <= q_pos[None, :, None]
     if query_prefix is not None:
       allowed = allowed | (query_prefix[:, :, None] & key_prefix[:, None, :])
     mask &= allowed
@@ -193,13 +199,79 @@ def attention_mask(query_valid: Array, key_valid: Array,
 
 
 # ------------------------------------------------------------------------- attention
+# 'xla' and 'cudnn' go through jax.nn.dot_product_attention; 'einsum' is the explicit
+# logits -> bias -> mask -> softmax path, kept as the fallback for attention dropout
+# (dot_product_attention has none) and as the reference the equality tests compare against.
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
+
+
+def resolve_attention_impl(impl: str, dtype, dropout_active: bool, decode: bool) -> str:
+  """The implementation one attention call uses.
+
+  'auto': cuDNN flash attention on a GPU for 16-bit activations outside decoding (cuDNN
+  takes neither float32 nor single-token queries well), XLA's fused path elsewhere. Any
+  implementation falls back to 'einsum' when attention dropout is active.
+  """
+  if dropout_active:
+    return 'einsum'
+  if impl == 'auto':
+    gpu = jax.default_backend() == 'gpu'
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return 'cudnn' if gpu and half and not decode else 'xla'
+  return impl
+
+
+def stack_attention_inputs(mask: Optional[Array], bias: Optional[Array], impl: str,
+                           dtype) -> Tuple[Optional[Array], Optional[Array]]:
+  """(bias, mask) as the implementation takes them, built once per stack (not per layer).
+
+  xla / cudnn: the boolean mask is folded into one additive bias here, once, instead of a
+  [batch, heads, q, k] select in every layer (cuDNN would fold it per call anyway, in the
+  activation dtype). Rows with no allowed key (padding queries) then get arbitrary outputs,
+  which nothing reads. 'einsum' keeps mask and bias apart: it is the reference.
+  """
+  if impl == 'einsum' or mask is None:
+    return bias, mask
+  bias_dtype = jnp.float32 if impl == 'xla' else dtype
+  neg = NEG_INF if impl == 'xla' else (-2 ** 40 if jnp.dtype(dtype) == jnp.bfloat16 else -2 ** 14)
+  base = jnp.zeros((1, 1) + mask.shape[2:], bias_dtype) if bias is None else bias
+  return jnp.where(mask, base.astype(bias_dtype), jnp.asarray(neg, bias_dtype)), None
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Optional[Array],
+                          mask: Optional[Array], *, scale: float, impl: str,
+                          dropout: Optional[Callable[[Array], Array]] = None) -> Array:
+  """[b, q, h, d] x [b, k, h, d] -> [b, q, h, d]; softmax in float32 for every impl.
+
+  `bias` broadcasts to [b, h, q, k] (T5's relative position bias, added at scale 1.0);
+  `mask` is boolean [b or 1, 1, q, k]. `impl` is a resolved name (not 'auto').
+  """
+  if impl in ('xla', 'cudnn'):
+    return jax.nn.dot_product_attention(
+        query, key, value, bias=bias if bias is None else bias.astype(
+            jnp.float32 if impl == 'xla' else query.dtype),
+        mask=mask, scale=scale, implementation=impl)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key,
+                      preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, NEG_INF)
+  weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head dot-product attention with an optional KV cache (`decode=True`).
 
-  Decoding: the cache (collection 'cache') holds keys/values for `max_length` positions,
-  created by an `init` call on full-length inputs. Each decode call writes its `n` new
-  keys/values at `decode_index` (kept by the owning stack) and attends over the whole
-  cache; the caller supplies the mask over cache positions.
+  Self-attention decoding: the cache (collection 'cache') holds keys/values for
+  `max_length` positions, created by an `init` call on full-length inputs. Each decode call
+  writes its `n` new keys/values at `decode_index` (kept by the owning stack) and attends
+  over the whole cache; the caller supplies the mask over cache positions.
+  Cross-attention decoding (`cross_cache=True`): the encoder's keys/values are projected
+  once, on the first chunk (`decode_index == 0`), and read from the cache afterwards.
   """
   num_heads: int
   d_kv: int
@@ -208,6 +280,7 @@ class MultiHeadAttention(nn.Module):
   scale_logits: bool = False
   dropout_rate: float = 0.0
   dtype: DType = jnp.float32
+  attention_impl: str = 'auto'
   q_init: Initializer = nn.initializers.lecun_normal()
   kv_init: Initializer = nn.initializers.lecun_normal()
   o_init: Initializer = nn.initializers.lecun_normal()
@@ -215,43 +288,60 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
                bias: Optional[Array] = None, deterministic: bool = True,
-               decode: bool = False, decode_index: Optional[Array] = None) -> Array:
+               decode: bool = False, decode_index: Optional[Array] = None,
+               cross_cache: bool = False) -> Array:
     proj = lambda name, init: DenseGeneral(
         (self.num_heads, self.d_kv), in_axes=('embed',), out_axes=('heads', 'kv'),
         use_bias=self.use_bias, dtype=self.dtype, kernel_init=init, name=name)
-    query = proj('query', self.q_init)(inputs_q)
-    key = proj('key', self.kv_init)(inputs_kv)
-    value = proj('value', self.kv_init)(inputs_kv)
-    query = constrain(query, ('batch', 'length', 'heads', 'kv'))
-    key = constrain(key, ('batch', 'length', 'heads', 'kv'))
-    value = constrain(value, ('batch', 'length', 'heads', 'kv'))
+    heads = lambda x: constrain(x, ('batch', 'length', 'heads', 'kv'))
+    query = heads(proj('query', self.q_init)(inputs_q))
+    key_proj, value_proj = proj('key', self.kv_init), proj('value', self.kv_init)
+    project_kv = lambda: (heads(key_proj(inputs_kv)), heads(value_proj(inputs_kv)))
 
-    if decode:
-      initialized = self.has_variable('cache', 'cached_key')
-      cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-      cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape,
-                                   value.dtype)
-      if initialized:
-        start = (0, decode_index, 0, 0)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
-        key, value = cached_key.value, cached_value.value
+    if decode and cross_cache:
+      key, value = self._cross_cached(project_kv, inputs_kv, decode_index)
+    else:
+      key, value = project_kv()
+      if decode:
+        key, value = self._self_cached(key, value, decode_index)
 
-    if self.scale_logits:
-      query = query / jnp.sqrt(self.d_kv).astype(self.dtype)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32)
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, NEG_INF)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    if not deterministic and self.dropout_rate > 0:
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    dropout_active = not deterministic and self.dropout_rate > 0
+    impl = resolve_attention_impl(self.attention_impl, self.dtype, dropout_active, decode)
+    dropout = None
+    if dropout_active:
+      dropout = lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)
+    scale = 1.0 / math.sqrt(self.d_kv) if self.scale_logits else 1.0
+    out = dot_product_attention(query, key, value, bias, mask, scale=scale, impl=impl,
+                                dropout=dropout)
     out = DenseGeneral((self.out_features,), in_axes=('heads', 'kv'), out_axes=('embed',),
                        use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.o_init,
                        name='out')(out)
     return constrain(out, ('batch', 'length', 'embed'))
+
+  def _self_cached(self, key, value, decode_index):
+    initialized = self.has_variable('cache', 'cached_key')
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+    if not initialized:
+      return key, value
+    start = (0, decode_index, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+    return cached_key.value, cached_value.value
+
+  def _cross_cached(self, project_kv, inputs_kv, decode_index):
+    shape = inputs_kv.shape[:2] + (self.num_heads, self.d_kv)
+    initialized = self.has_variable('cache', 'cached_key')
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
+    if not initialized:
+      return project_kv()
+    # Projecting only on the first chunk saves 2 x d_model x H x d_kv x L_enc multiply-adds
+    # per layer and step; both branches are traced, only one runs.
+    key, value = nn.cond(decode_index == 0, lambda module: project_kv(),
+                         lambda module: (cached_key.value, cached_value.value), self)
+    cached_key.value, cached_value.value = key, value
+    return key, value
 
 
 # ------------------------------------------------------------------------------- MLP

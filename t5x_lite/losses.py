@@ -32,10 +32,13 @@ def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array, z_loss: flo
   low = label_smoothing / (vocab - 1)
   normalizing = -(confidence * jnp.log(confidence) +
                   (vocab - 1) * low * jnp.log(low + 1e-20)) if label_smoothing else 0.0
-  soft_targets = jax.nn.one_hot(targets, vocab) * (confidence - low) + low
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  log_softmax = logits - log_z[..., None]
-  loss = -jnp.sum(soft_targets * log_softmax, axis=-1) - normalizing
+  # -sum_v soft_v (logit_v - log Z) with soft = low + (confidence - low) * one_hot(target)
+  # and sum_v soft_v = 1, without materialising a [.., vocab] one-hot (a gather instead).
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  loss = log_z - (confidence - low) * target_logit - normalizing
+  if label_smoothing:
+    loss = loss - low * jnp.sum(logits, axis=-1)
   z = z_loss * jnp.square(log_z)
   return loss + z, z
 

@@ -65,6 +65,8 @@ class ModelConfig:
   dtype: str = 'float32'            # activation dtype; params, norms and logits stay float32
   scan_layers: bool = False
   remat: str = 'none'               # none | full | dots | dots_no_batch (jax.checkpoint policies)
+  # auto (cuDNN on a GPU in 16-bit, else xla) | xla | cudnn | einsum (reference, dropout)
+  attention_impl: str = 'auto'
 
   @classmethod
   def from_config(cls, model_cfg) -> 'ModelConfig':
@@ -106,7 +108,8 @@ class ModelConfig:
       fail('mlp_activations', f'each entry must be one of {", ".join(layers.ACTIVATIONS)}')
     choices = {'norm': ('rms', 'layer'), 'position_embedding': ('relative', 'absolute'),
                'dtype': tuple(DTYPES), 'remat': tuple(REMAT_POLICIES),
-               'init_scheme': ('t5', 'normal_0.02')}
+               'init_scheme': ('t5', 'normal_0.02'),
+               'attention_impl': layers.ATTENTION_IMPLS}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         fail(name, f'must be one of {", ".join(allowed)}')
@@ -151,7 +154,7 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, self_mask, self_bias, encoded, cross_mask, decode_index):
+  def __call__(self, x, self_mask, self_bias, encoded, cross_mask, cross_bias, decode_index):
     cfg, inits = self.cfg, _inits(self.cfg)
     dtype = cfg.activation_dtype
     dropout = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
@@ -159,7 +162,8 @@ class Block(nn.Module):
         layers.MultiHeadAttention, num_heads=cfg.num_heads, d_kv=cfg.d_kv,
         out_features=cfg.d_model, use_bias=cfg.use_bias,
         scale_logits=cfg.scale_attention_logits, dropout_rate=cfg.dropout_rate,
-        dtype=dtype, q_init=inits['q'], kv_init=inits['kv'], o_init=inits['o'])
+        dtype=dtype, attention_impl=cfg.attention_impl, q_init=inits['q'],
+        kv_init=inits['kv'], o_init=inits['o'])
     norm = lambda name: layers.Norm(cfg.norm, cfg.norm_eps, dtype, name=name)
 
     def residual(x, sublayer, norm_name):
@@ -172,7 +176,8 @@ class Block(nn.Module):
         'self_attention_norm')
     if self.cross_attention:
       x = residual(x, lambda h: attention(name='cross_attention')(
-          h, encoded, cross_mask, None, self.deterministic), 'cross_attention_norm')
+          h, encoded, cross_mask, cross_bias, self.deterministic, self.decode, decode_index,
+          cross_cache=True), 'cross_attention_norm')
     mlp = layers.Mlp(cfg.d_ff, cfg.mlp_activations, cfg.use_bias, cfg.dropout_rate, dtype,
                      inits['mlp_in'], inits['mlp_out'], name='mlp')
     x = residual(x, lambda h: mlp(h, self.deterministic), 'mlp_norm')
@@ -227,16 +232,18 @@ class Stack(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = layers.constrain(x.astype(dtype), ('batch', 'length', 'embed'))
 
-    # Self-attention mask and relative position bias.
+    # Masks and the relative position bias: built once per stack, shared by every layer.
     if use_cache:
+      # Keys are the whole cache; positions not yet written are excluded by causality.
       cache_len = key_prefix.value.shape[1]
       key_positions = jnp.arange(cache_len)
       q_prefix = prefix if prefix is not None else jnp.zeros((batch, length), bool)
       key_prefix.value = jax.lax.dynamic_update_slice(key_prefix.value, q_prefix,
                                                       (0, decode_index))
-      allowed = key_positions[None, None, :] <= step_positions[None, :, None]
-      allowed = allowed | (q_prefix[:, :, None] & key_prefix.value[:, None, :])
-      self_mask = allowed[:, None]
+      self_mask = layers.attention_mask(
+          jnp.ones((batch, length), bool), jnp.ones((batch, cache_len), bool),
+          causal=True, query_prefix=q_prefix, key_prefix=key_prefix.value,
+          query_positions=step_positions, key_positions=key_positions)
     else:
       key_positions = step_positions
       self_mask = layers.attention_mask(valid, valid, segment_ids, segment_ids, self.causal,
@@ -247,19 +254,23 @@ class Stack(nn.Module):
           cfg.num_heads, cfg.relative_attention_num_buckets,
           cfg.relative_attention_max_distance, bidirectional=not self.causal,
           name='relpos_bias')(step_positions, key_positions)
-    cross_mask = None
+    dropout_active = not deterministic and cfg.dropout_rate > 0
+    impl = layers.resolve_attention_impl(cfg.attention_impl, dtype, dropout_active, decode)
+    self_bias, self_mask = layers.stack_attention_inputs(self_mask, self_bias, impl, dtype)
+    cross_mask = cross_bias = None
     if self.cross_attention:
       query_valid = valid if not use_cache else jnp.ones((batch, length), bool)
       query_segments = segment_ids if not use_cache else None
       cross_mask = layers.attention_mask(query_valid, encoder_valid, query_segments,
                                          encoder_segment_ids if query_segments is not None
                                          else None)
+      cross_bias, cross_mask = layers.stack_attention_inputs(cross_mask, None, impl, dtype)
 
     block = Block
     policy = REMAT_POLICIES[cfg.remat]
     if cfg.remat != 'none':
       block = nn.remat(block, policy=policy, prevent_cse=not cfg.scan_layers)
-    args = (self_mask, self_bias, encoded, cross_mask, decode_index)
+    args = (self_mask, self_bias, encoded, cross_mask, cross_bias, decode_index)
     if cfg.scan_layers:
       scanned = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
                         split_rngs={'params': True, 'dropout': True},

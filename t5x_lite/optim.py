@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from t5x_lite import tree_paths
+
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
 OPTIMIZERS = ('adafactor', 'adamw')
 
@@ -68,13 +70,10 @@ def matrix_view(path_names, shape) -> tuple:
   return shape
 
 
-def _names(path) -> tuple:
-  return tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
-
-
 def _as_matrices(tree):
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: x.reshape(matrix_view(_names(p), x.shape)) if hasattr(x, 'shape') else x,
+      lambda p, x: (x.reshape(matrix_view(tree_paths.path_names(p), x.shape))
+                    if hasattr(x, 'shape') else x),
       tree)
 
 
@@ -140,7 +139,7 @@ def state_shardings(tx, abstract_params, param_shardings, mesh, matrix_views: bo
 
   def view(path, param, sharding):
     shape = tuple(param.shape)
-    view_shape = matrix_view(_names(path), shape) if matrix_views else shape
+    view_shape = matrix_view(tree_paths.path_names(path), shape) if matrix_views else shape
     return _View(view_shape, _merged_spec(sharding.spec, shape, view_shape))
   views = jax.tree_util.tree_map_with_path(view, abstract_params, param_shardings)
 

@@ -23,6 +23,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from t5x_lite import tree_paths
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
@@ -130,8 +132,7 @@ def validate_divisibility(abstract_boxed_tree, mesh, rules) -> None:
   axis_sizes = dict(mesh.shape) if isinstance(mesh, Mesh) else dict(mesh)
   specs = mesh_specs(abstract_boxed_tree, rules)
   logical = logical_specs(abstract_boxed_tree)
-  values = nn.unbox(abstract_boxed_tree)
-  flat_values = jax.tree_util.tree_flatten_with_path(values)[0]
+  flat_values = tree_paths.named_leaves(nn.unbox(abstract_boxed_tree))
   flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
   flat_logical = jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, P))
   for (path, value), spec, names in zip(flat_values, flat_specs, flat_logical):
@@ -141,11 +142,33 @@ def validate_divisibility(abstract_boxed_tree, mesh, rules) -> None:
       axes = (axes,) if isinstance(axes, str) else axes
       parts = math.prod(axis_sizes[a] for a in axes)
       if size % parts:
-        name = '/'.join(str(getattr(k, 'key', k)) for k in path)
         raise ValueError(
-            f'parameter {name} dimension {dim} ({names[dim]}, size {size}) is not divisible by '
+            f'parameter {"/".join(path)} dimension {dim} ({names[dim]}, size {size}) is not divisible by '
             f'mesh axes {axes} of size {parts}; change config.partitioning.mesh or the rule '
             f'for {names[dim]!r} in config.partitioning.logical_axis_rules.')
+
+
+def split_batch(train_cfg, parts: int, over: str, microbatches: int = 1) -> int:
+  """Rows per part of each of `microbatches` slices of config.train.batch_size.
+
+  The one batch-divisibility check (config validation, plan, the data pipeline's per-host
+  batch); `over` names the divisor, e.g. 'num_shards=2'. ValueError when it does not split.
+  """
+  rows = int(train_cfg.batch_size)
+  if rows % microbatches:
+    raise ValueError(f'config.train.batch_size={rows} is not divisible by '
+                     f'config.train.grad_accum_steps={microbatches}.')
+  per_micro = '' if microbatches == 1 else f' / grad_accum_steps={microbatches}'
+  if (rows // microbatches) % parts:
+    raise ValueError(f'config.train.batch_size={rows}{per_micro} is not divisible by {over}.')
+  return rows // microbatches // parts
+
+
+def microbatch_rows_per_device(config, axis_sizes: Dict[str, int]) -> int:
+  """Rows each device (data x fsdp) gets of one gradient-accumulation microbatch."""
+  data, fsdp = axis_sizes['data'], axis_sizes['fsdp']
+  return split_batch(config.train, data * fsdp, f'the data x fsdp mesh axes ({data} x {fsdp})',
+                     int(config.train.get('grad_accum_steps', 1)))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

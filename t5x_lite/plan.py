@@ -13,6 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from t5x_lite import accounting
+from t5x_lite import partitioning
 from t5x_lite import cli
 from t5x_lite import models
 
@@ -36,7 +37,7 @@ def _flops(n: float) -> str:
 def report(config, num_devices: int, per_param: bool = False, name: str = '') -> str:
   """The plan as text (raises ValueError for an impossible mesh or config)."""
   # Fail on an impossible mesh before tracing the model.
-  accounting.mesh_axis_sizes(config, num_devices)
+  partitioning.mesh_shape(config.partitioning, num_devices)
   boxed = accounting.abstract_params(config)
   counts = accounting.count_params(config, boxed)
   flops = accounting.flops_per_token(config, boxed)
@@ -81,6 +82,7 @@ def report(config, num_devices: int, per_param: bool = False, name: str = '') ->
             f'  params (float32)          {_human(mem["params_bytes"]):>12}',
             f'  optimizer state           {_human(mem["optimizer_bytes"]):>12}',
             f'  gradients (float32)       {_human(mem["grads_bytes"]):>12}',
+            f'  update (float32)          {_human(mem["update_bytes"]):>12}',
             f'  activations (ESTIMATE)    {_human(act["bytes"]):>12}  '
             f'({act["examples_per_device"]:g} examples/device per microbatch, '
             f'remat={act["remat"]}, dtype={act["dtype"]})',
@@ -102,8 +104,7 @@ def main():
 
 
 def _define_flags():
-  config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/t5_v1_1.py:small.',
-                                  lock_config=True)
+  cli.define_config_flag(None, 'Config file, e.g. configs/t5_v1_1.py:small.', lock_config=True)
   flags.DEFINE_integer('num_devices', None, 'Devices to plan for (default: jax.device_count()).')
   flags.DEFINE_bool('per_param', False, 'Also list every parameter and its sharding.')
   flags.mark_flags_as_required(['config'])

@@ -4,10 +4,16 @@ Owns `train(config, workdir, ...)`, what `python -m t5x_lite.train` runs, and th
 host-side objects it reads from top to bottom:
     StopRequest  SIGTERM / SIGINT -> finish the current step, checkpoint it, exit cleanly
     Progress     metrics fetched from the device in batches (the host never waits a step):
-                 stops at the first non-finite step, counts tokens seen, first / last loss
+                 acts on non-finite steps (`train.on_nonfinite`), counts tokens seen and
+                 skipped steps, first / last loss
     Throughput   tokens/s, steps/s and MFU over the window since the last log line
-A non-finite loss raises FloatingPointError naming the step; the trainer never applies
-that update, and `Progress.sync` runs before every checkpoint, so no checkpoint holds NaNs.
+A non-finite loss or gradient norm: the trainer never applies that update. With
+`train.on_nonfinite='stop'` the run raises FloatingPointError naming the step; with 'skip'
+it goes on (the step counts in `skipped_steps`) until `train.max_consecutive_skips`
+consecutive non-finite steps stop it. `Progress.sync` runs before every checkpoint, so no
+checkpoint is written past a stopping step, and none can hold NaNs.
+A checkpoint save that fails in the background (`checkpoints.CheckpointError`) stops the
+run at the next step; the earlier checkpoints stay as they were.
 """
 import json
 import os
@@ -67,32 +73,56 @@ class StopRequest:
 class Progress:
   """Device metrics of the steps since the last sync, and what the host keeps of them."""
 
-  def __init__(self, tokens_seen: int, last_saved: int):
+  def __init__(self, tokens_seen: int, last_saved: int, on_nonfinite: str = 'stop',
+               max_consecutive_skips: int = 1, skipped_steps: int = 0):
     self.pending = []  # (step, device metrics)
     self.tokens_seen = tokens_seen
     self.last_saved = last_saved
+    self.on_nonfinite = on_nonfinite
+    self.max_consecutive_skips = max_consecutive_skips
+    self.skipped_steps = skipped_steps
+    self.consecutive_skips = 0
     self.first_loss = self.last_loss = None
 
   def add(self, step: int, metrics) -> None:
     self.pending.append((step, metrics))
 
+  def _nonfinite(self, step: int, m) -> None:
+    """Count a skipped step, or raise FloatingPointError if the run must stop here."""
+    what = (f'non-finite loss ({float(m["loss"])}) or gradient norm '
+            f'({float(m["grad_norm"])}) at step {step}')
+    advice = 'Lower optimizer.learning_rate or enable optimizer.clip_grad_norm.'
+    if self.on_nonfinite == 'stop':
+      raise FloatingPointError(
+          f'{what}; the update was not applied and no checkpoint was written after step '
+          f'{self.last_saved} (train.on_nonfinite=stop). {advice}')
+    self.skipped_steps += 1
+    self.consecutive_skips += 1
+    if self.consecutive_skips >= self.max_consecutive_skips:
+      raise FloatingPointError(
+          f'{what}: {self.consecutive_skips} consecutive non-finite steps '
+          f'(train.max_consecutive_skips={self.max_consecutive_skips}); no update of them was '
+          f'applied and no checkpoint was written after step {self.last_saved}. {advice}')
+
   def sync(self) -> list:
-    """Fetch the pending metrics; FloatingPointError at the first non-finite step."""
+    """Fetch the pending metrics; act on non-finite steps (see `_nonfinite`)."""
     import jax
     fetched = jax.device_get([m for _, m in self.pending])
     for (step, _), m in zip(self.pending, fetched):
       if not bool(m['finite']):
-        raise FloatingPointError(
-            f'non-finite loss ({float(m["loss"])}) or gradient norm ({float(m["grad_norm"])}) '
-            f'at step {step}; the update was not applied and no checkpoint was written after '
-            f'step {self.last_saved}. Lower optimizer.learning_rate or enable '
-            'optimizer.clip_grad_norm.')
+        self._nonfinite(step, m)
+        continue
+      self.consecutive_skips = 0
       self.tokens_seen += int(m['target_tokens'])
       if self.first_loss is None:
         self.first_loss = float(m['loss'])
       self.last_loss = float(m['loss'])
     self.pending.clear()
     return fetched
+
+  def saved(self) -> dict:
+    """The host-side counters a checkpoint keeps."""
+    return {'tokens_seen': self.tokens_seen, 'skipped_steps': self.skipped_steps}
 
 
 class Throughput:
@@ -163,8 +193,11 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   state, why = checkpoints.restore_or_init(config, trainer, ckpts, train_iter)
   start = int(jax.device_get(state.step))
   resumed = ckpts.latest_step() is not None
-  progress = Progress(int(ckpts.progress(start).get('tokens_seen', 0)) if resumed else 0,
-                      last_saved=start)
+  saved = ckpts.progress(start) if resumed else {}
+  progress = Progress(int(saved.get('tokens_seen', 0)), last_saved=start,
+                      on_nonfinite=config.train.on_nonfinite,
+                      max_consecutive_skips=config.train.max_consecutive_skips,
+                      skipped_steps=int(saved.get('skipped_steps', 0)))
   print(f'[t5x_lite] {why}.', flush=True)
   config_dict = _config_dict(config)
   if pid == 0:
@@ -188,6 +221,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   with StopRequest() as stop:
     try:
       while step < t.steps:
+        ckpts.check_for_errors()  # a failed background save stops the run here
         state, metrics = trainer.train_step(state, trainer.shard_batch(next(train_iter)),
                                             dropout_rng)
         step += 1
@@ -199,6 +233,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
           m = progress.sync()[-1]
           record.update({k: float(v) for k, v in m.items() if k != 'finite'})
           record['tokens_seen'] = progress.tokens_seen
+          record['skipped_steps'] = progress.skipped_steps
           record.update(throughput.figures())
           print(_log_line(step, t.steps, record), flush=True)
           throughput.reset()
@@ -212,17 +247,19 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
           metrics_log.write(step, record)
         if _every(t.checkpoint_every, step) or is_last or stop.signal:
           progress.sync()  # never checkpoint past a non-finite step
-          ckpts.save(step, state, train_iter, config_dict,
-                     {'tokens_seen': progress.tokens_seen})
+          ckpts.save(step, state, train_iter, config_dict, progress.saved())
           progress.last_saved = step
         if stop.signal:
-          ckpts.wait()
-          print(f'[t5x_lite] {stop.signal}: saved checkpoint at step {step} in '
-                f'{ckpts.directory}; rerun the same command to resume.', flush=True)
-          return
-    finally:
-      ckpts.wait()
-      ckpts.close()
+          break
+      ckpts.wait()  # the last save: CheckpointError if it failed
+    except BaseException:
+      ckpts.abandon()  # the error in flight says what failed; closing must not hide it
+      raise
+    ckpts.close()
+  if stop.signal:
+    print(f'[t5x_lite] {stop.signal}: saved checkpoint at step {step} in '
+          f'{ckpts.directory}; rerun the same command to resume.', flush=True)
+    return
 
   report_skips('train', train_iter)  # again: streamed sources (TFDS) count as they read
   first, last = progress.first_loss, progress.last_loss
@@ -230,9 +267,14 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
         f'{first if first is None else round(first, 4)}, last loss '
         f'{last if last is None else round(last, 4)}; checkpoint step {step} in '
         f'{ckpts.directory}.', flush=True)
+  if pid == 0:
+    from t5x_lite import loss_curve
+    print(loss_curve.report(workdir), flush=True)
   if pid == 0 and num_predictions > 0 and \
       families.get(config.model.family).generates == 'encoder_decoder':
+    # One full batch: the span accuracy counts all of it, a few examples are printed.
     decoded = evaluation.decode_split(config, trainer.model, jax.device_get(state.params),
-                                      'validation', steps=1, batch_size=num_predictions)
-    print('Predictions on validation examples (greedy):')
+                                      'validation', steps=1)
+    print(f'Predictions on validation examples (greedy); span accuracy over '
+          f'{len(decoded["targets"])} examples: {evaluation.span_accuracy(decoded)}')
     evaluation.print_predictions(decoded, num_predictions)

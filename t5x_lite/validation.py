@@ -18,11 +18,13 @@ def validate_config(config, num_devices: int) -> None:
   for name in ('eval_every', 'checkpoint_every', 'eval_steps'):
     if int(t[name]) < 0:
       raise ValueError(f'config.train.{name}={t[name]} must be >= 0 (0 = off / full pass).')
-  if t.batch_size % t.grad_accum_steps:
-    raise ValueError(f'config.train.batch_size={t.batch_size} is not divisible by '
-                     f'config.train.grad_accum_steps={t.grad_accum_steps}.')
   if not 0.0 <= t.label_smoothing < 1.0:
     raise ValueError(f'config.train.label_smoothing={t.label_smoothing} must be in [0, 1).')
+  if t.on_nonfinite not in ('stop', 'skip'):
+    raise ValueError(f'config.train.on_nonfinite={t.on_nonfinite!r} must be stop or skip.')
+  if int(t.max_consecutive_skips) < 1:
+    raise ValueError(f'config.train.max_consecutive_skips={t.max_consecutive_skips} must be '
+                     '>= 1.')
   if t.z_loss < 0:
     raise ValueError(f'config.train.z_loss={t.z_loss} must be >= 0.')
   if int(config.checkpoint.keep) < 1:
@@ -43,12 +45,8 @@ def validate_config(config, num_devices: int) -> None:
                        f'{", ".join(partitioning.MESH_AXES)}.')
   if t.loss_normalization == 'constant' and not t.loss_normalization_constant > 0:
     raise ValueError('config.train.loss_normalization_constant must be > 0.')
-  shape = partitioning.mesh_shape(config.partitioning, num_devices)
-  parts = shape['data'] * shape['fsdp']
-  if (t.batch_size // t.grad_accum_steps) % parts:
-    raise ValueError(
-        f'config.train.batch_size={t.batch_size} / grad_accum_steps={t.grad_accum_steps} is '
-        f'not divisible by the data x fsdp mesh axes ({shape["data"]} x {shape["fsdp"]}).')
+  partitioning.microbatch_rows_per_device(
+      config, partitioning.mesh_shape(config.partitioning, num_devices))
   # Data section against itself, the vocabulary (its size incl. sentinels must fit
   # config.model.vocab_size) and the model family.
   from t5x_lite.data import pipeline  # imports TensorFlow: only when validating a run

@@ -13,21 +13,24 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before anything imports TF
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are integer work
 
-import sys
-
-from absl import app
 from absl import flags
 
+from t5x_lite import cli
 from t5x_lite.data import sources
 from t5x_lite.data import vocab as vocab_lib
 
-_INPUT = flags.DEFINE_string('input', None, 'Glob of UTF-8 text files to train on.')
-_VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 1000, 'SentencePiece pieces (before sentinels).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Output path (PATH.model and PATH.vocab).')
-_MODEL_TYPE = flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
-_EXTRA_IDS = flags.DEFINE_integer('extra_ids', 100, 'Sentinels added on top (for the report).')
-_COVERAGE = flags.DEFINE_float('character_coverage', 1.0, 'SentencePiece character_coverage.')
-_EVAL = flags.DEFINE_string('eval_input', None, 'Glob of held-out files to report coverage on.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined only when run as a command, so importing this module has no side effects."""
+  flags.DEFINE_string('input', None, 'Glob of UTF-8 text files to train on.')
+  flags.DEFINE_integer('vocab_size', 1000, 'SentencePiece pieces (before sentinels).')
+  flags.DEFINE_string('output', None, 'Output path (PATH.model and PATH.vocab).')
+  flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
+  flags.DEFINE_integer('extra_ids', 100, 'Sentinels added on top (for the report).')
+  flags.DEFINE_float('character_coverage', 1.0, 'SentencePiece character_coverage.')
+  flags.DEFINE_string('eval_input', None, 'Glob of held-out files to report coverage on.')
 
 
 def _read_lines(pattern: str, skips: sources.SkipCounter) -> list[str]:
@@ -47,30 +50,30 @@ def _report(name: str, vocab, lines) -> None:
         + (f', uncovered characters {c["uncovered_chars"]!r}' if c['uncovered_chars'] else ''))
 
 
-def main(argv):
-  del argv
-  if not _INPUT.value or not _OUTPUT.value:
-    sys.exit('error: --input and --output are required.')
+def main():
+  if not FLAGS.input or not FLAGS.output:
+    raise ValueError('--input and --output are required.')
   try:
     skips = sources.SkipCounter()
-    lines = _read_lines(_INPUT.value, skips)
+    lines = _read_lines(FLAGS.input, skips)
     if not lines:
-      raise sources.DataError(f'--input={_INPUT.value!r}: no non-empty lines; {skips.summary()}.')
+      raise sources.DataError(f'--input={FLAGS.input!r}: no non-empty lines; {skips.summary()}.')
     if skips.total():
       print(f'input: {skips.summary()}')
-    path = vocab_lib.train(lines, _OUTPUT.value, _VOCAB_SIZE.value, _MODEL_TYPE.value,
-                           _COVERAGE.value)
-    vocab = vocab_lib.Vocabulary(path, _EXTRA_IDS.value)
+    path = vocab_lib.train(lines, FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
+                           FLAGS.character_coverage)
+    vocab = vocab_lib.Vocabulary(path, FLAGS.extra_ids)
     print(f'wrote {path}: {vocab.piece_size} pieces + {vocab.extra_ids} extra ids = vocab_size '
-          f'{vocab.vocab_size} ({_MODEL_TYPE.value}); mask id {vocab.mask_id}, '
+          f'{vocab.vocab_size} ({FLAGS.model_type}); mask id {vocab.mask_id}, '
           f'<extra_id_0> = {vocab.sentinel(0) if vocab.extra_ids else None}')
     _report('train coverage', vocab, lines)
-    if _EVAL.value:
+    if FLAGS.eval_input:
       eval_skips = sources.SkipCounter()
-      _report('eval coverage', vocab, _read_lines(_EVAL.value, eval_skips))
-  except (sources.DataError, vocab_lib.VocabError, RuntimeError) as e:
-    sys.exit(f'error: {str(e).strip().splitlines()[0]}')
+      _report('eval coverage', vocab, _read_lines(FLAGS.eval_input, eval_skips))
+  except RuntimeError as e:  # SentencePiece's trainer: its first line says what failed
+    raise ValueError(str(e).strip().splitlines()[0]) from None
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _define_flags()
+  cli.run(main, needs_workdir=False, name='vocab')

@@ -200,7 +200,7 @@ def test_batch_size_defaults_to_global_over_shards_and_vocab_conflicts():
   assert pipeline.get_dataset(cfg, 'train', num_shards=2).shapes['encoder_input_tokens'] == (4, 128)
   with pytest.raises(DataError, match='data.num_virtual_shards=4 is not divisible by the process count 8'):
     pipeline.get_dataset(cfg, 'train', num_shards=8)
-  with pytest.raises(DataError, match='train.batch_size=8 is not divisible by num_shards=3'):
+  with pytest.raises(ValueError, match='train.batch_size=8 is not divisible by num_shards=3'):
     pipeline.get_dataset(cfg, 'train', num_shards=3)
   cfg.model.vocab_size = 1000
   with pytest.raises(DataError, match=r'model.vocab_size=1000 is smaller than the vocabulary size 1100 '

@@ -1,67 +1,236 @@
-"""Decoding with the KV cache against full forward passes (independent of the cache)."""
+"""Decoding against references that do not use the KV cache: full forward passes on the
+growing prefix (greedy), teacher-forced log-likelihoods (beam scores), exact sampling
+distributions (chi-square). Random non-trivial params (tests/random_params.py), so outputs
+vary by row and position; a forced EOS makes rows finish at different steps."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from scipy import stats
 
 from configs import t5_decoder_only, t5_v1_1
+from random_params import random_params
 from t5x_lite import decoding, models
 
+VOCAB, MAX_LEN, BATCH = 32, 8, 8
+EOS = decoding.EOS_ID
 
-def _tiny(cfg):
-  cfg.model.update(dict(vocab_size=64, d_model=32, d_ff=64, num_heads=2, d_kv=16))
-  return cfg.model
+
+def _tiny(cfg, **overrides):
+  cfg.model.update(dict(vocab_size=VOCAB, d_model=32, d_ff=64, num_heads=2, d_kv=16,
+                        **overrides))
+  return models.build(cfg.model)
+
+
+def _params(model, batch, seed=0):
+  abstract = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), batch))['params']
+  return random_params(abstract, seed)
+
+
+def _force_eos(params, token):
+  """EOS gets a copy of `token`'s output column, 1.1 times larger: wherever `token` would be
+  the argmax with a positive logit, EOS is (so rows finish at different steps)."""
+  kernel = np.array(params['logits_head']['dense']['kernel'])
+  kernel[:, EOS] = 1.1 * kernel[:, token]
+  out = jax.tree.map(lambda x: x, params)
+  out['logits_head']['dense']['kernel'] = kernel
+  return out
+
+
+def _after_eos_is_zero(tokens):
+  tokens = np.asarray(tokens)
+  done = np.cumsum(tokens == EOS, axis=-1) - (tokens == EOS) > 0
+  return np.where(done, 0, tokens)
+
+
+def _lengths(tokens):
+  is_eos = np.asarray(tokens) == EOS
+  return np.where(is_eos.any(-1), is_eos.argmax(-1) + 1, is_eos.shape[-1])
+
+
+@pytest.fixture(scope='module')
+def encdec():
+  model = _tiny(t5_v1_1.get_config('tiny'))
+  enc = np.random.RandomState(0).randint(2, VOCAB, (BATCH, 7)).astype(np.int32)
+  enc[:, 5:] = 0  # padding
+  enc[3, 3:] = 0
+  params = _params(model, {'encoder_input_tokens': enc, 'decoder_input_tokens': enc})
+  # EOS takes the place of the token most often second in the unforced greedy output.
+  plain = np.asarray(decoding.encoder_decoder_generate(model, params, enc, MAX_LEN))
+  params = _force_eos(params, np.bincount(plain[:, 1], minlength=VOCAB)[2:].argmax() + 2)
+  apply = jax.jit(model.apply)
+
+  def full(dec, rows=slice(None)):
+    """Full forward (no cache) of decoder inputs `dec` for encoder rows `rows`."""
+    return np.asarray(apply({'params': params}, {
+        'encoder_input_tokens': enc[rows], 'decoder_input_tokens': dec}))
+  return model, params, enc, full
 
 
 def _greedy_by_full_forward(step_logits, start, n):
-  """Reference greedy decode: re-run the full model on the growing prefix each step."""
-  tokens = start
-  out = []
-  for _ in range(n):
-    nxt = np.argmax(step_logits(tokens)[:, -1], axis=-1)
-    out.append(nxt)
-    tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
-  out = np.stack(out, axis=1)
-  # After EOS everything is 0 (decoding's contract).
-  done = np.cumsum(out == decoding.EOS_ID, axis=1) - (out == decoding.EOS_ID) > 0
-  return np.where(done, 0, out)
+  """Reference greedy decode: re-run the full model on the growing prefix each step (right-
+  padded to one fixed length, one compilation: causal attention ignores the padding)."""
+  p = start.shape[1]
+  tokens = np.concatenate([start, np.zeros((start.shape[0], n), start.dtype)], axis=1)
+  for t in range(n):
+    tokens[:, p + t] = np.argmax(step_logits(tokens)[:, p + t - 1], axis=-1)
+  return _after_eos_is_zero(tokens[:, p:])
 
 
-def test_encoder_decoder_greedy_equals_full_forward_argmax():
-  cfg = _tiny(t5_v1_1.get_config('tiny'))
-  model = models.build(cfg)
-  enc = np.random.RandomState(0).randint(2, 64, (3, 10)).astype(np.int32)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), {
-      'encoder_input_tokens': enc, 'decoder_input_tokens': enc[:, :6]})['params']
-  apply = jax.jit(model.apply)
-  got = np.asarray(decoding.encoder_decoder_generate(model, params, enc, 6))
-  full = lambda dec: np.asarray(apply({'params': params}, {
-      'encoder_input_tokens': enc, 'decoder_input_tokens': dec}))
-  want = _greedy_by_full_forward(full, np.zeros((3, 1), np.int32), 6)
+def _encdec_log_likelihood(full, tokens, rows=slice(None)):
+  """Teacher-forced sum of log P(y_t | y_<t, x) through the first EOS; [rows]."""
+  dec_in = np.concatenate([np.zeros_like(tokens[:, :1]), tokens[:, :-1]], axis=1)
+  logp = jax.nn.log_softmax(full(dec_in, rows))
+  picked = np.take_along_axis(np.asarray(logp), tokens[:, :, None], axis=-1)[:, :, 0]
+  within = np.arange(tokens.shape[1]) < _lengths(tokens)[:, None]
+  return np.where(within, picked, 0.0).sum(-1)
+
+
+def _penalty(alpha, n):
+  return ((5.0 + n) / 6.0) ** alpha  # GNMT / T5X, independent of decoding.brevity_penalty
+
+
+def test_encoder_decoder_greedy_equals_full_forward_argmax_with_forced_eos(encdec):
+  model, params, enc, full = encdec
+  got = np.asarray(decoding.encoder_decoder_generate(model, params, enc, MAX_LEN))
+  want = _greedy_by_full_forward(full, np.zeros((BATCH, 1), np.int32), MAX_LEN)
   np.testing.assert_array_equal(got, want)
+  # The case is non-trivial: some rows stop early, some run on, outputs differ by row.
+  lengths = _lengths(got)
+  assert lengths.min() < MAX_LEN // 2 and len(set(lengths.tolist())) >= 3, lengths
+  assert len({tuple(r) for r in got}) > BATCH // 2
 
 
-def test_decoder_only_prefix_lm_greedy_equals_full_forward_argmax():
-  cfg = _tiny(t5_decoder_only.get_config('tiny'))
-  model = models.build(cfg)
-  prompt = np.random.RandomState(1).randint(2, 64, (2, 5)).astype(np.int32)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), {'decoder_input_tokens': prompt})['params']
+def test_beam_1_equals_greedy_and_scores_are_penalised_log_likelihoods(encdec):
+  model, params, enc, full = encdec
+  greedy = np.asarray(decoding.encoder_decoder_generate(model, params, enc, MAX_LEN))
+  tokens, scores = decoding.beam_search(model, params, {'encoder_input_tokens': enc}, MAX_LEN,
+                                        beam_size=1, alpha=0.6)
+  np.testing.assert_array_equal(np.asarray(tokens)[:, 0], greedy)
+  want = _encdec_log_likelihood(full, greedy) / _penalty(0.6, _lengths(greedy))
+  np.testing.assert_allclose(np.asarray(scores)[:, 0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.6])
+def test_beam_scores_equal_teacher_forced_scores_and_beat_greedy(encdec, alpha):
+  model, params, enc, full = encdec
+  k = 4
+  tokens, scores = decoding.beam_search(model, params, {'encoder_input_tokens': enc}, MAX_LEN,
+                                        beam_size=k, alpha=alpha)
+  tokens, scores = np.asarray(tokens), np.asarray(scores)
+  assert tokens.shape == (BATCH, k, MAX_LEN) and scores.shape == (BATCH, k)
+  flat = tokens.reshape(-1, MAX_LEN)
+  np.testing.assert_array_equal(flat, _after_eos_is_zero(flat))  # zeros after EOS
+  rows = np.repeat(np.arange(BATCH), k)
+  ll = _encdec_log_likelihood(full, flat, rows)
+  want = (ll / _penalty(alpha, _lengths(flat))).reshape(BATCH, k)
+  np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-5)
+  assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+  for row in range(BATCH):  # K distinct hypotheses per example
+    assert len({tuple(t) for t in tokens[row]}) == k
+  # Beam search finds sequences at least as likely as greedy's, strictly so somewhere.
+  greedy = np.asarray(decoding.encoder_decoder_generate(model, params, enc, MAX_LEN))
+  greedy_score = _encdec_log_likelihood(full, greedy) / _penalty(alpha, _lengths(greedy))
+  assert np.all(scores[:, 0] >= greedy_score - 1e-5)
+  assert np.any(scores[:, 0] > greedy_score + 1e-3)
+
+
+def test_beam_search_with_scanned_layers_equals_unscanned(encdec):
+  """The cache is reordered along each leaf's own batch axis (axis 1 when layers are
+  scanned), so both layouts give the same beams."""
+  model, params, enc, _ = encdec
+  scanned = _tiny(t5_v1_1.get_config('tiny'), scan_layers=True)
+  stacked = {**params, 'encoder': models.stack_layers(params['encoder'], 2),
+             'decoder': models.stack_layers(params['decoder'], 2)}
+  want = decoding.beam_search(model, params, {'encoder_input_tokens': enc}, MAX_LEN, 3)
+  got = decoding.beam_search(scanned, stacked, {'encoder_input_tokens': enc}, MAX_LEN, 3)
+  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+  np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def prefix_lm():
+  model = _tiny(t5_decoder_only.get_config('tiny'))
+  prompt = np.random.RandomState(1).randint(2, VOCAB, (4, 5)).astype(np.int32)
+  params = _params(model, {'decoder_input_tokens': prompt}, seed=1)
   apply = jax.jit(model.apply)
-  got = np.asarray(decoding.decoder_only_generate(model, params, prompt, 4, prefix_lm=True))
 
   def full(tokens):
     prefix = np.zeros_like(tokens)
     prefix[:, :prompt.shape[1]] = 1
     return np.asarray(apply({'params': params}, {
         'decoder_input_tokens': tokens, 'decoder_causal_attention': prefix}))
-  want = _greedy_by_full_forward(full, prompt, 4)
-  np.testing.assert_array_equal(got, want)
+  return model, params, prompt, full
 
 
-def test_sampling_respects_top_k():
-  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-  draws = {int(decoding._choose(logits, jax.random.PRNGKey(i), 1.0, 2, 1.0)[0])
-           for i in range(200)}
-  assert draws == {0, 1}
-  draws = {int(decoding._choose(logits, jax.random.PRNGKey(i), 1.0, 0, 0.7)[0])
-           for i in range(200)}
-  assert draws == {0, 1}  # 0.5 < 0.7 <= 0.8: the two most likely tokens
+def test_decoder_only_prefix_lm_greedy_equals_full_forward_argmax(prefix_lm):
+  model, params, prompt, full = prefix_lm
+  got = np.asarray(decoding.decoder_only_generate(model, params, prompt, 6, prefix_lm=True))
+  np.testing.assert_array_equal(got, _greedy_by_full_forward(full, prompt, 6))
+
+
+def test_decoder_only_beam_search_continues_the_prompt(prefix_lm):
+  model, params, prompt, full = prefix_lm
+  k, n, alpha = 3, 6, 0.6
+  tokens, scores = decoding.beam_search(model, params, {'decoder_input_tokens': prompt}, n,
+                                        beam_size=k, alpha=alpha, prefix_lm=True)
+  tokens, scores = np.asarray(tokens), np.asarray(scores)
+  # Reference: prompt + beam through the full model (bidirectional prompt), teacher-forced.
+  p = prompt.shape[1]
+  for beam in range(k):
+    seq = np.concatenate([prompt, tokens[:, beam]], axis=1)
+    logp = np.asarray(jax.nn.log_softmax(full(seq)))[:, p - 1:-1]
+    picked = np.take_along_axis(logp, tokens[:, beam, :, None], axis=-1)[:, :, 0]
+    lengths = _lengths(tokens[:, beam])
+    ll = np.where(np.arange(n) < lengths[:, None], picked, 0).sum(-1)
+    np.testing.assert_allclose(scores[:, beam], ll / _penalty(alpha, lengths), rtol=1e-5,
+                               atol=1e-5)
+  greedy = np.asarray(decoding.decoder_only_generate(model, params, prompt, n, prefix_lm=True))
+  one = decoding.beam_search(model, params, {'decoder_input_tokens': prompt}, n, beam_size=1,
+                             prefix_lm=True)[0]
+  np.testing.assert_array_equal(np.asarray(one)[:, 0], greedy)
+
+
+def test_bad_beam_sizes_and_encoder_only_are_one_line_errors(encdec):
+  model, params, enc, _ = encdec
+  for k in (0, VOCAB + 1):
+    with pytest.raises(ValueError, match=rf'--beam_size={k} must be between 1 and the '
+                                         rf'vocabulary size \({VOCAB}\)'):
+      decoding.beam_search(model, params, {'encoder_input_tokens': enc}, MAX_LEN, k)
+  bert = models.build({'family': 'encoder', 'vocab_size': VOCAB, 'd_model': 32, 'd_ff': 64,
+                       'num_heads': 2, 'd_kv': 16, 'num_encoder_layers': 1})
+  with pytest.raises(ValueError, match="model.family='encoder' does not generate text"):
+    decoding.beam_search(bert, {}, {'encoder_input_tokens': enc}, MAX_LEN, 2)
+  with pytest.raises(ValueError, match='sampling draws one sequence'):
+    decoding.decode(model, params, {'encoder_input_tokens': enc}, MAX_LEN, beam_size=2,
+                    temperature=1.0)
+
+
+# ----------------------------------------------------------------- sampling frequencies
+_P = np.array([0.5, 0.3, 0.15, 0.05])
+_DRAWS = 20000
+
+
+def _frequencies(temperature, top_k, top_p):
+  logits = jnp.tile(jnp.log(jnp.asarray(_P, jnp.float32))[None], (_DRAWS, 1))
+  draws = np.asarray(jax.jit(decoding._choose, static_argnums=(2, 3, 4))(
+      logits, jax.random.PRNGKey(0), temperature, top_k, top_p))
+  return np.bincount(draws, minlength=len(_P))
+
+
+@pytest.mark.parametrize('temperature,top_k,top_p,expected', [
+    (1.0, 0, 1.0, _P),
+    (1.0, 2, 1.0, [0.625, 0.375, 0, 0]),       # top-2 renormalised: 0.5/0.8, 0.3/0.8
+    (1.0, 0, 0.7, [0.625, 0.375, 0, 0]),       # 0.5 < 0.7 <= 0.8: the two most likely
+    (1.0, 0, 0.9, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),
+    (2.0, 0, 1.0, np.sqrt(_P) / np.sqrt(_P).sum()),   # p ** (1/T), renormalised
+    (0.5, 3, 1.0, _P[:3] ** 2 / (_P[:3] ** 2).sum()),
+])
+def test_sampling_frequencies_chi_square(temperature, top_k, top_p, expected):
+  expected = np.concatenate([np.asarray(expected, float), np.zeros(4)])[:4]
+  counts = _frequencies(temperature, top_k, top_p)
+  support = expected > 0
+  assert counts[~support].sum() == 0, counts
+  p_value = stats.chisquare(counts[support], _DRAWS * expected[support]).pvalue
+  assert p_value > 1e-3, (counts, _DRAWS * expected)

@@ -52,7 +52,42 @@ def test_eval_prints_and_writes_metrics_without_touching_checkpoints(workdir):
   with open(os.path.join(workdir, 'eval_validation_6.json')) as f:
     assert json.load(f) == result
   assert 'prediction:' in proc.stderr and 'target:' in proc.stderr
+  assert 'span accuracy: ' in proc.stderr
+  # Every decoded example is on disk, and the reported text metrics follow from the file.
+  from t5x_lite import metrics
+  with open(os.path.join(workdir, 'predictions_validation_6.jsonl')) as f:
+    rows = [json.loads(l) for l in f]
+  assert len(rows) == 8 and all(set(r) == {'inputs', 'targets', 'predictions', 'score'}
+                                for r in rows)
+  assert all(r['inputs'].startswith('speaker:') and r['score'] <= 0 for r in rows)
+  recomputed = metrics.text_metrics([r['targets'] for r in rows], [r['predictions'] for r in rows])
+  for key, value in recomputed.items():
+    assert result[key] == pytest.approx(value), key
   assert snapshot(os.path.join(workdir, 'checkpoints')) == before  # read-only
+
+
+def test_beam_search_eval_and_infer_write_scores(workdir, tmp_path):
+  result = json.loads(run('eval', f'--workdir={workdir}', '--eval_steps=1', '--beam_size=3',
+                          '--split=train').stdout.strip().splitlines()[-1])
+  assert result['beam_size'] == 3 and result['decoded_examples'] == 8
+  with open(os.path.join(workdir, 'predictions_train_6.jsonl')) as f:
+    assert len([json.loads(l)['score'] for l in f]) == 8
+  out = tmp_path / 'out.jsonl'
+  proc = run('infer', f'--workdir={workdir}', f'--output={out}', '--beam_size=3',
+             stdin='speaker: Macbeth. Is this a dagger\n')
+  row = json.loads(out.read_text())
+  assert isinstance(row['prediction'], str) and row['score'] < 0
+  assert 'beam search (3 beams)' in proc.stderr
+
+
+@pytest.mark.parametrize('module,flag', [('eval', '--beam_size=0'), ('infer', '--beam_size=0'),
+                                         ('infer', '--beam_size=100000')])
+def test_bad_beam_size_is_a_one_line_error(workdir, module, flag):
+  proc = run(module, f'--workdir={workdir}', flag, check=False, stdin='x\n', timeout=120)
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and \
+      'must be between 1 and the vocabulary size' in lines[0], proc.stderr
 
 
 def test_infer_keeps_order_reports_skips_and_truncation(workdir, tmp_path):
@@ -98,7 +133,7 @@ def test_decoder_only_predict_groups_by_length_and_keeps_order():
   prompts = [[0] + rng.randint(3, 64, n).tolist() + [1] for n in (2, 4, 2, 3, 2)]
   done = []
   got = evaluation.predict(config, model, params, prompts, batch_size=2, max_length=3,
-                      on_batch=lambda idx, rows: done.append(list(idx)))
+                           on_batch=lambda idx, rows, scores: done.append(list(idx)))
   assert sorted(i for idx in done for i in idx) == [0, 1, 2, 3, 4]
   for prompt, out in zip(prompts, got):
     want = decoding.decoder_only_generate(

@@ -17,19 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import bert, gpt, t5_decoder_only, t5_v1_1
 import random_params as random_params_lib
+import tiny_run
 from t5x_lite import models
 
-TINY = dict(vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8)
+FOUR_HEADS = dict(vocab_size=128, num_heads=4, d_kv=8)
 ATOL, RTOL = 1e-5, 0
-
-MODELS = {
-    't5': t5_v1_1,               # encoder_decoder, T5 v1.1 (gated-GELU, relative bias, untied)
-    'bert': bert,                # encoder, post-norm LayerNorm, absolute positions, MLM head
-    'gpt': gpt,                  # decoder, GPT-2 (LayerNorm, biases, absolute positions, tied)
-    't5_decoder': t5_decoder_only,  # decoder, T5-style, prefix LM capable
-}
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -40,15 +33,7 @@ def on_cpu():
 
 
 def tiny_config(name, **overrides):
-  cfg = MODELS[name].get_config('tiny').model
-  cfg.update(TINY)
-  family = cfg.family
-  cfg.num_encoder_layers = 2 if family != 'decoder' else 0
-  cfg.num_decoder_layers = 2 if family != 'encoder' else 0
-  if cfg.position_embedding == 'absolute':
-    cfg.max_position_embeddings = 64
-  cfg.update(overrides)
-  return cfg
+  return tiny_run.tiny_config(name, **{**FOUR_HEADS, **overrides}).model
 
 
 def random_params(module, batch, seed=0):
@@ -72,7 +57,7 @@ def forward(name, params, batch, **overrides):
 def params_for(name):
   module = models.build(tiny_config(name))
   return random_params(module, models.dummy_batch(module.cfg, 1, 8, 8),
-                       seed=sorted(MODELS).index(name))
+                       seed=sorted(tiny_run.CONFIGS).index(name))
 
 
 def random_tokens(rng, n):

@@ -8,6 +8,7 @@ import pytest
 
 from configs import bert, gpt, t5_v1_1
 from t5x_lite import accounting
+from tiny_run import tiny_config
 
 T5_DIMS = {
     'small': dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6),
@@ -81,11 +82,8 @@ def test_gpt_flops_match_independent_formula():
 
 
 def _tiny_t5():
-  cfg = t5_v1_1.get_config('tiny')
-  cfg.model.update(dict(vocab_size=128, d_model=16, d_ff=32, num_heads=2, d_kv=8,
-                        num_encoder_layers=1, num_decoder_layers=1))
-  cfg.data.inputs_length, cfg.data.targets_length = 8, 4
-  return cfg
+  return tiny_config('t5', layers=1, vocab_size=128, d_model=16, d_ff=32, d_kv=8,
+                     data=dict(inputs_length=8, targets_length=4))
 
 
 def test_tiny_encoder_decoder_flops_by_hand():
@@ -148,7 +146,7 @@ def test_optimizer_state_bytes():
   # q kernel [512, 6, 64] is factored as T5's [512, 6 * 64] matrix: 512 + 384 statistics.
   q = 'encoder/layers_0/self_attention/query/kernel'
   assert mem[q]['optimizer_bytes'] == 4 * (512 + 384)
-  # The whole plan equals the size of the state optax itself creates (counts aside).
+  # The per-parameter figures add up to the state optax itself creates (counts aside).
   import flax.linen as nn
   import jax
   from t5x_lite import optim
@@ -158,6 +156,13 @@ def test_optimizer_state_bytes():
   optax_bytes = sum(4 * x.size for x in jax.tree.leaves(state) if x.ndim > 0 and x.size > 1)
   assert sum(m['optimizer_bytes'] for m in mem.values()) == optax_bytes
   assert mem['encoder/final_norm/scale']['optimizer_bytes'] == 4 * 512  # rank 1: full
+  # Under FSDP the statistics keep the sharding of the dim they keep: the embedding's column
+  # statistic (embed: 512 over fsdp=8) shrinks 8x, its row statistic (vocab) does not.
+  cfg.partitioning.mesh.update(dict(data=1, fsdp=8, tensor=1))
+  fsdp = accounting.memory_per_device(cfg, 8, boxed)['per_param']
+  assert fsdp['token_embedder/embedding']['optimizer_bytes'] == 4 * (32128 + 64)
+  assert fsdp[q]['optimizer_bytes'] == 4 * (64 + 384)
+  cfg.partitioning.mesh.update(dict(data=1, fsdp=1, tensor=1))
   cfg.optimizer.name = 'adamw'
   adamw = accounting.memory_per_device(cfg, 1, boxed)
   assert adamw['optimizer_bytes'] == 2 * adamw['params_bytes']

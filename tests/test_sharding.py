@@ -18,11 +18,12 @@ import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import base, gpt, t5_v1_1
+from configs import base
 from random_params import random_params
+import tiny_run
 from t5x_lite import models, partitioning
 
-TINY = dict(vocab_size=128, d_model=32, d_ff=64, num_heads=4, d_kv=8)
+FOUR_HEADS = dict(vocab_size=128, num_heads=4, d_kv=8)
 CPUS = jax.devices('cpu')
 
 DATA_PARALLEL = dict(data=8, fsdp=1, tensor=1)
@@ -37,14 +38,7 @@ def eight_cpu_devices():
 
 
 def tiny_config(name, **overrides):
-  cfg = {'t5': t5_v1_1, 'gpt': gpt}[name].get_config('tiny')
-  cfg.model.update(TINY)
-  if name == 't5':
-    cfg.model.update(num_encoder_layers=2, num_decoder_layers=2)
-  else:
-    cfg.model.update(num_decoder_layers=2, max_position_embeddings=64)
-  cfg.model.update(overrides)
-  return cfg
+  return tiny_run.tiny_config(name, **{**FOUR_HEADS, **overrides})
 
 
 def make_batch(name, rng, rows=8, length=8):

@@ -1,10 +1,36 @@
-"""The tiny model that the command-line tests train in subprocesses (seconds per run)."""
+"""The tests' one tiny-config builder: a config file's 'tiny' size shrunk to a model that
+trains in seconds on a CPU, and the same sizes as --config flags for the command-line runs."""
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from configs import bert, gpt, t5_decoder_only, t5_v1_1
+from t5x_lite import families
 
-TINY_MODEL = [
-    '--config=configs/default.py',
-    '--config.model.d_model=32', '--config.model.d_ff=64', '--config.model.num_heads=2',
-    '--config.model.d_kv=16', '--config.data.inputs_length=64', '--config.train.batch_size=8',
-]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {
+    't5': t5_v1_1,               # encoder_decoder, T5 v1.1 (gated-GELU, relative bias, untied)
+    'bert': bert,                # encoder, post-norm LayerNorm, absolute positions, MLM head
+    'gpt': gpt,                  # decoder, GPT-2 (LayerNorm, biases, absolute positions, tied)
+    't5_decoder': t5_decoder_only,  # decoder, T5-style, prefix LM capable
+}
+TINY = dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16)  # vocab: shipped + 100
+
+
+def tiny_config(name='t5', *, layers=2, data=None, train=None, **model):
+  """configs/<CONFIGS[name]>.py at size 'tiny' with TINY sizes, `layers` per stack it has
+  (0 for the other), absolute positions capped at 64; then the `model` fields, `data` and
+  `train` sections updated with the dicts given."""
+  cfg = CONFIGS[name].get_config('tiny')
+  family = families.get(cfg.model.family)
+  cfg.model.update(dict(TINY, num_encoder_layers=layers if family.has_encoder else 0,
+                        num_decoder_layers=layers if family.has_decoder else 0))
+  if cfg.model.position_embedding == 'absolute':
+    cfg.model.max_position_embeddings = 64
+  cfg.model.update(model)
+  cfg.data.update(data or {})
+  cfg.train.update(train or {})
+  return cfg
+
+
+TINY_MODEL = ['--config=configs/default.py'] + [
+    f'--config.model.{k}={v}' for k, v in TINY.items()] + [
+    '--config.data.inputs_length=64', '--config.train.batch_size=8']

@@ -40,7 +40,7 @@ try:  # TF only feeds the host; keep it off accelerators.
 except (RuntimeError, ValueError):
   pass
 
-from t5x_lite import families  # noqa: E402
+from t5x_lite import families, partitioning  # noqa: E402
 from t5x_lite.data import objectives as obj_lib  # noqa: E402
 from t5x_lite.data import packing  # noqa: E402
 from t5x_lite.data import sources as src_lib  # noqa: E402
@@ -254,10 +254,7 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   seed = d.seed if seed is None else seed
   skips = src_lib.SkipCounter()
   if batch_size is None:
-    if config.train.batch_size % num_shards:
-      raise DataError(f'train.batch_size={config.train.batch_size} is not divisible by '
-                      f'num_shards={num_shards}.')
-    batch_size = config.train.batch_size // num_shards
+    batch_size = partitioning.split_batch(config.train, num_shards, f'num_shards={num_shards}')
   num_streams = d.num_virtual_shards
   owned = owned_streams(shard_index, num_shards, num_streams)
   rows = stream_rows(batch_size * num_shards, num_streams)

@@ -1,0 +1,152 @@
+"""Attention implementations agree: `xla` (jax.nn.dot_product_attention) vs `einsum` (the
+explicit logits -> bias -> mask -> softmax path), on CPU float32.
+
+- forward logits, packed rows (segment masks) and a prefix-LM batch;
+- gradients of every parameter, the relative-position table (the bias gradient) included;
+- KV-cache decoding with `xla` equals the full `einsum` forward pass;
+- the encoder's cross-attention keys/values are projected once and read from the cache;
+- the cuDNN-style stack-level bias (mask folded into the bias once per stack) gives the
+  same attention as a separate mask, run through XLA on CPU (no GPU here).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from test_models import (forward, incremental_logits, make_examples, one_at_a_time,
+                         pack_and_pad, params_for, standard_batch, tiny_config)
+from t5x_lite import layers, models
+
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope='module')
+def on_cpu():
+  with jax.default_device(jax.devices('cpu')[0]):
+    yield
+
+
+def batch_for(name, kind):
+  if kind == 'packed':
+    packed, _, _ = pack_and_pad(*make_examples(name, np.random.default_rng(1)))
+    return packed
+  return standard_batch(name, prefix=kind == 'prefix')
+
+
+CASES = [('t5', 'packed'), ('t5', 'padded'), ('bert', 'packed'), ('gpt', 'packed'),
+         ('t5_decoder', 'prefix'), ('t5_decoder', 'packed')]
+
+
+@pytest.mark.parametrize('name,kind', CASES)
+def test_xla_forward_equals_einsum(name, kind):
+  params, batch = params_for(name), batch_for(name, kind)
+  expected = forward(name, params, batch, attention_impl='einsum')
+  got = forward(name, params, batch, attention_impl='xla')
+  side = 'encoder' if name == 'bert' else 'decoder'
+  real = batch.get(f'{side}_target_tokens', batch[f'{side}_input_tokens']) > 0
+  np.testing.assert_allclose(got[real], expected[real], atol=ATOL, rtol=0)
+  assert np.abs(expected).max() > 1.0  # logits are not trivially small
+
+
+def grads(name, params, batch, impl):
+  module = models.build(tiny_config(name, attention_impl=impl))
+  # A nonlinear readout so that every logit's gradient differs, over real target positions
+  # only, as the training loss weights them (padding queries attend to nothing; what they
+  # output is arbitrary and differs between implementations).
+  side = 'encoder' if name == 'bert' else 'decoder'
+  real = (batch.get(f'{side}_target_tokens', batch[f'{side}_input_tokens']) > 0)[..., None]
+  loss = lambda p: jnp.sum(jnp.tanh(module.apply({'params': p}, batch)) * real)
+  return jax.jit(jax.grad(loss))(params)
+
+
+@pytest.mark.parametrize('name,kind', [('t5', 'packed'), ('t5_decoder', 'prefix')])
+def test_xla_gradients_equal_einsum_including_bias_table(name, kind):
+  params, batch = params_for(name), batch_for(name, kind)
+  expected, got = grads(name, params, batch, 'einsum'), grads(name, params, batch, 'xla')
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+               got, expected)
+  stack = 'encoder' if name == 't5' else 'decoder'
+  table = np.asarray(got[stack]['relpos_bias']['rel_embedding'])
+  assert np.abs(table).max() > 1e-3  # the bias gradient is really there
+
+
+@pytest.mark.parametrize('name,prefill', [('t5', 3), ('gpt', 0)])
+def test_xla_kv_cache_decoding_equals_einsum_forward(name, prefill):
+  full = standard_batch(name)
+  params = params_for(name)
+  expected = forward(name, params, full, attention_impl='einsum')
+  chunks = ([(0, prefill)] if prefill else []) + one_at_a_time(prefill)
+  got = incremental_logits(name, params, full, chunks, overrides=(('attention_impl', 'xla'),))
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
+def test_prefix_lm_decoding_equals_forward_with_xla():
+  full = standard_batch('t5_decoder', prefix=True)
+  params = params_for('t5_decoder')
+  expected = forward('t5_decoder', params, full, attention_impl='einsum')
+  chunks = [(0, 4)] + one_at_a_time(4)
+  got = incremental_logits('t5_decoder', params, full, chunks, prefix_chunk=True,
+                           overrides=(('attention_impl', 'xla'),))
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
+def test_cross_attention_keys_values_come_from_the_cache_after_the_first_chunk():
+  """Later decode calls do not read the encoder output: garbage there changes nothing."""
+  full = standard_batch('t5')
+  params = params_for('t5')
+  module = models.build(tiny_config('t5'))
+  expected = forward('t5', params, full)
+  cache = module.init(jax.random.PRNGKey(0), {k: full[k] for k in (
+      'encoder_input_tokens', 'decoder_input_tokens')}, decode=True)['cache']
+  step = jax.jit(lambda c, enc, tok: module.apply(
+      {'params': params, 'cache': c}, enc,
+      {'encoder_input_tokens': full['encoder_input_tokens'], 'decoder_input_tokens': tok},
+      decode=True, method=module.decode, mutable=['cache']))
+  encoded = module.apply({'params': params}, full, method=module.encode)
+  garbage = jnp.full_like(encoded, 7.0)
+  outputs = []
+  for i in range(full['decoder_input_tokens'].shape[1]):
+    logits, mutated = step(cache, encoded if i == 0 else garbage,
+                           full['decoder_input_tokens'][:, i:i + 1])
+    cache = mutated['cache']
+    outputs.append(np.asarray(logits))
+  np.testing.assert_allclose(np.concatenate(outputs, axis=1), expected, atol=ATOL, rtol=0)
+
+
+def test_folded_mask_bias_equals_separate_mask_and_bias():
+  """What the cudnn path receives (mask folded into the bias once per stack, 16-bit) gives
+  the same attention on every query that has a key to attend to."""
+  rng = np.random.default_rng(0)
+  b, q, k, h, d = 2, 6, 6, 3, 8
+  query, key, value = (jnp.asarray(rng.normal(size=(b, n, h, d)), jnp.bfloat16)
+                       for n in (q, k, k))
+  bias = jnp.asarray(rng.normal(size=(1, h, q, k)), jnp.float32)
+  valid = jnp.asarray([[1] * 6, [1] * 4 + [0] * 2], bool)
+  mask = layers.attention_mask(valid, valid, causal=True)
+  folded_bias, folded_mask = layers.stack_attention_inputs(mask, bias, 'cudnn', jnp.bfloat16)
+  assert folded_mask is None and folded_bias.dtype == jnp.bfloat16
+  folded = layers.dot_product_attention(query, key, value, folded_bias, None, scale=1.0,
+                                        impl='xla')
+  separate = layers.dot_product_attention(query, key, value, bias.astype(jnp.bfloat16), mask,
+                                          scale=1.0, impl='einsum')
+  rows = np.asarray(valid)  # padded queries attend to nothing: their output is arbitrary
+  np.testing.assert_allclose(np.asarray(folded, np.float32)[rows],
+                             np.asarray(separate, np.float32)[rows], atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize('impl,dtype,dropout,decode,backend,expected', [
+    ('auto', jnp.float32, False, False, 'cpu', 'xla'),
+    ('auto', jnp.bfloat16, False, False, 'gpu', 'cudnn'),
+    ('auto', jnp.float32, False, False, 'gpu', 'xla'),
+    ('auto', jnp.bfloat16, False, True, 'gpu', 'xla'),
+    ('cudnn', jnp.bfloat16, True, False, 'gpu', 'einsum'),
+    ('xla', jnp.float32, False, False, 'cpu', 'xla'),
+])
+def test_resolve_attention_impl(monkeypatch, impl, dtype, dropout, decode, backend, expected):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  assert layers.resolve_attention_impl(impl, dtype, dropout, decode) == expected
+
+
+def test_unknown_attention_impl_is_named():
+  with pytest.raises(ValueError, match='config.model.attention_impl'):
+    models.build(tiny_config('t5', attention_impl='flash'))
