@@ -3,7 +3,7 @@
 Each step directory `WORKDIR/checkpoints/<step>/` holds three items written by one
 `orbax.checkpoint.CheckpointManager` (atomic: a step directory only appears once complete):
     state/   the TrainState {step, params, opt_state} (global arrays, any mesh)
-    data/    each host's data-iterator position: data/process_<i>/ (tf.data checkpoint)
+    data/    the data position of every virtual shard: data/stream-<v>-of-<V>.* (tf.data)
     config/  the full config as JSON
     progress/ host-side counters as JSON (tokens seen)
 
@@ -47,19 +47,16 @@ def warn(line: str) -> None:
 
 # ------------------------------------------------------------- data-iterator item
 class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves any iterator with `save(dir)` / `restore(dir)`; one subdirectory per host."""
+  """Saves any iterator with `save(dir)` / `restore(dir)` into the item directory: every
+  process writes the streams it runs (one file set per virtual shard), so any process
+  count can restore them; the iterator says clearly when it finds an older layout."""
 
   def save(self, directory: epath.Path, args: 'DataIteratorSave'):
-    path = epath.Path(directory) / f'process_{jax.process_index()}'
-    path.mkdir(parents=True, exist_ok=True)
-    args.iterator.save(os.fspath(path))
+    epath.Path(directory).mkdir(parents=True, exist_ok=True)
+    args.iterator.save(os.fspath(directory))
 
   def restore(self, directory: epath.Path, args: 'DataIteratorRestore'):
-    path = epath.Path(directory) / f'process_{jax.process_index()}'
-    if not path.exists():
-      raise ValueError(f'checkpoint {directory} has no data-iterator state for process '
-                       f'{jax.process_index()}; was it written with a different host count?')
-    args.iterator.restore(os.fspath(path))
+    args.iterator.restore(os.fspath(directory))
     return args.iterator
 
 
