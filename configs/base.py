@@ -39,7 +39,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   d.targets_field = 'targets'
   d.tfds_data_dir = ''              # TFDS data_dir ('' = TFDS default)
   d.on_bad_input = 'skip'           # skip (counted, reported) | error (stop at the file:line)
-  d.shuffle_buffer_size = 10000     # TFDS sources only (file sources reshuffle whole epochs)
+  d.shuffle_buffer_size = 1000      # documents in all, split over the streams (see data/files.py)
+  # Virtual shards: the global batch is always built from this many independent streams,
+  # a fixed block of rows each; any process count dividing it sees the same batches and
+  # can resume any checkpoint (t5x_lite/data/pipeline.py).
+  d.num_virtual_shards = 4
   d.eval_repeat = False             # validation: one finite pass (False) or endless
   # Objective parameters.
   d.noise_density = 0.15            # span_corruption and iid_noise

@@ -21,6 +21,9 @@ def get_config():
   cfg.train.update(dict(
       steps=1200, batch_size=16, log_every=50, eval_every=400, eval_steps=10,
       checkpoint_every=400))
-  cfg.optimizer.update(dict(name='adafactor', schedule='rsqrt', learning_rate=0.01,
-                            warmup_steps=1000))
+  # Adafactor, linear warmup to 0.03 then cosine to 0 at the last step: at equal steps it beats
+  # the T5 default (rsqrt, 0.01, i.e. constant 0.01 for a 1200-step run) and AdamW 3e-3 cosine
+  # (figures in the commit that set it).
+  cfg.optimizer.update(dict(name='adafactor', schedule='cosine', learning_rate=0.03,
+                            warmup_steps=100))
   return cfg

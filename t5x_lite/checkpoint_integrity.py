@@ -6,10 +6,14 @@ A step directory `checkpoints/<step>/` is intact when
      (Orbax writes it last, just before the atomic rename into place);
   2. every item the trainer needs (`state`, `config`) is there with its Orbax metadata
      (`state/_METADATA` parses as JSON);
-  3. every file listed in `MANIFEST` (written once Orbax has finished the step; see
-     `checkpoints.Checkpoints`) still has the size and CRC-32 it had when written.
-A step killed after Orbax finished but before its manifest was written passes on 1 and 2
-alone ('intact (no manifest)'); a restore that still fails is caught by the caller.
+  3. every file listed in `MANIFEST` still has the size and CRC-32 it had when written.
+With asynchronous saves (the default) the manifest is written by Orbax's post-finalization
+callback, inside the step's temporary directory just before Orbax renames it into place: it
+is part of the atomic commit, so every committed step has one (`_CHECKPOINT_METADATA`, which
+Orbax updates with the commit timestamp after the callback, is checked by 1 instead). With
+synchronous saves it is written right after the save returns; a step killed in between, or
+one written before manifests existed, passes on 1 and 2 alone ('intact (no manifest)'); a
+restore that still fails is caught by the caller.
 
 A bad checkpoint is never deleted: `move_aside` renames it to `WORKDIR/corrupt_checkpoints/`
 (outside Orbax's directory, so Orbax neither resumes from nor garbage-collects it) and says so.
@@ -34,20 +38,21 @@ def _crc32(path: str) -> int:
   return crc
 
 
-def _files(step_dir: str) -> List[str]:
+def _files(step_dir: str, skip: Tuple[str, ...] = ()) -> List[str]:
   out = []
   for root, _, names in os.walk(step_dir):
     for name in names:
       rel = os.path.relpath(os.path.join(root, name), step_dir)
-      if rel != MANIFEST:
+      if rel != MANIFEST and rel != f'.{MANIFEST}.tmp' and rel not in skip:
         out.append(rel)
   return sorted(out)
 
 
-def write_manifest(step_dir: str) -> None:
-  """Record size and CRC-32 of every file of a finished step (atomic: tmp file + rename)."""
+def write_manifest(step_dir: str, skip: Tuple[str, ...] = ()) -> None:
+  """Record size and CRC-32 of every file of a finished step but `skip` (files that change
+  later, e.g. `_CHECKPOINT_METADATA` before Orbax's commit); atomic: tmp file + rename."""
   files = {rel: [os.path.getsize(os.path.join(step_dir, rel)),
-                 _crc32(os.path.join(step_dir, rel))] for rel in _files(step_dir)}
+                 _crc32(os.path.join(step_dir, rel))] for rel in _files(step_dir, skip)}
   tmp = os.path.join(step_dir, f'.{MANIFEST}.tmp')
   with open(tmp, 'w') as f:
     json.dump({'format': 1, 'files': files}, f)

@@ -3,14 +3,15 @@
 Each step directory `WORKDIR/checkpoints/<step>/` holds three items written by one
 `orbax.checkpoint.CheckpointManager` (atomic: a step directory only appears once complete):
     state/   the TrainState {step, params, opt_state} (global arrays, any mesh)
-    data/    each host's data-iterator position: data/process_<i>/ (tf.data checkpoint)
+    data/    the data position of every virtual shard: data/stream-<v>-of-<V>.* (tf.data)
     config/  the full config as JSON
     progress/ host-side counters as JSON (tokens seen)
 
-Integrity (`checkpoint_integrity`): once Orbax has finished a step, a manifest of its files'
-sizes and CRC-32s is written beside it; resume and eval verify before use, and a corrupt,
-truncated or partly deleted newest checkpoint is reported in one warning and skipped (moved
-aside by a resuming run, never deleted) in favour of the newest intact one. A save that
+Integrity (`checkpoint_integrity`): a manifest of each step's files' sizes and CRC-32s is
+written as Orbax finishes it (async saves: inside the atomic commit; sync saves: just after
+the save returns); resume and eval verify before use, and a corrupt, truncated or partly
+deleted newest checkpoint is reported in one warning and skipped (moved aside by a resuming
+run, never deleted) in favour of the newest intact one. A save that
 fails in the background surfaces as `CheckpointError` at the next `check_for_errors`.
 
 Also owns finding the latest complete checkpoint (`complete_steps`, `latest_checkpoint`,
@@ -46,19 +47,16 @@ def warn(line: str) -> None:
 
 # ------------------------------------------------------------- data-iterator item
 class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves any iterator with `save(dir)` / `restore(dir)`; one subdirectory per host."""
+  """Saves any iterator with `save(dir)` / `restore(dir)` into the item directory: every
+  process writes the streams it runs (one file set per virtual shard), so any process
+  count can restore them; the iterator says clearly when it finds an older layout."""
 
   def save(self, directory: epath.Path, args: 'DataIteratorSave'):
-    path = epath.Path(directory) / f'process_{jax.process_index()}'
-    path.mkdir(parents=True, exist_ok=True)
-    args.iterator.save(os.fspath(path))
+    epath.Path(directory).mkdir(parents=True, exist_ok=True)
+    args.iterator.save(os.fspath(directory))
 
   def restore(self, directory: epath.Path, args: 'DataIteratorRestore'):
-    path = epath.Path(directory) / f'process_{jax.process_index()}'
-    if not path.exists():
-      raise ValueError(f'checkpoint {directory} has no data-iterator state for process '
-                       f'{jax.process_index()}; was it written with a different host count?')
-    args.iterator.restore(os.fspath(path))
+    args.iterator.restore(os.fspath(directory))
     return args.iterator
 
 
@@ -106,15 +104,30 @@ class Checkpoints:
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = epath.Path(os.path.abspath(directory))  # Orbax needs absolute paths
+    # Async saves: Orbax calls `_manifest_before_commit` once a step's files are all written,
+    # before it renames the step into place, so the manifest is part of the atomic commit.
+    async_options = (ocp.AsyncOptions(post_finalization_callback=self._manifest_before_commit)
+                     if async_save else None)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           async_options=async_options)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'config': ocp.JsonCheckpointHandler(),
                        'progress': ocp.JsonCheckpointHandler(),
                        'data': DataIteratorHandler()})
-    self._unfinished: Optional[int] = None  # saved step whose manifest is not written yet
+    self._unfinished: Optional[int] = None  # the step whose save may still be in flight
+
+  def _manifest_before_commit(self) -> None:
+    """Orbax's post-finalization callback (primary host, background thread): the step in
+    flight is complete in `<step>.orbax-checkpoint-tmp*`, not yet renamed into place. An
+    error here fails the save (`check_for_errors`) and the step is never committed."""
+    step = self._unfinished
+    tmp = sorted(self.directory.glob(f'{step}.orbax-checkpoint-tmp*'),
+                 key=lambda p: p.stat().mtime)
+    step_dir = tmp[-1] if tmp else self.directory / str(step)  # no rename (e.g. GCS)
+    integrity.write_manifest(os.fspath(step_dir), skip=(integrity.ORBAX_METADATA,))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -152,7 +165,8 @@ class Checkpoints:
       raise self._failed(step, e) from None
     self._unfinished = None
     step_dir = os.path.join(os.fspath(self.directory), str(step))
-    if step is not None and jax.process_index() == 0 and os.path.isdir(step_dir):
+    if (step is not None and jax.process_index() == 0 and os.path.isdir(step_dir)
+        and not os.path.exists(os.path.join(step_dir, integrity.MANIFEST))):  # sync saves
       try:
         integrity.write_manifest(step_dir)
       except OSError as e:

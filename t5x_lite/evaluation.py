@@ -18,6 +18,14 @@ from t5x_lite import families
 
 
 # ------------------------------------------------------------------ metrics log
+def _step_of(line: str):
+  """The step of one metrics.jsonl line; None for a blank or cut-short line."""
+  try:
+    return json.loads(line).get('step', 0) if line.endswith('\n') else None
+  except ValueError:
+    return None
+
+
 class MetricsLog:
   """metrics.jsonl + TensorBoard event files (process 0 only)."""
 
@@ -27,12 +35,14 @@ class MetricsLog:
     if not enabled:
       return
     import tensorflow as tf
-    # A resumed run rewrites the steps after its checkpoint: drop their old lines.
+    # A resumed run rewrites the steps after its checkpoint: drop their old lines (and a
+    # line cut short by a kill); atomic, so a kill here loses nothing.
     if os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
-      with open(self.path, 'w') as f:
+        kept = [l for l in f if _step_of(l) is not None and _step_of(l) <= resume_step]
+      with open(self.path + '.tmp', 'w') as f:
         f.writelines(kept)
+      os.replace(self.path + '.tmp', self.path)
     self.writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict):
@@ -111,11 +121,14 @@ def pad_rows(x, n: int):
 
 
 def decode_split(config, model, params, split: str, steps: int,
-                 batch_size: Optional[int] = None, beam_size: int = 1) -> Dict[str, list]:
+                 batch_size: Optional[int] = None, beam_size: int = 1,
+                 sample_seed: Optional[int] = None) -> Dict[str, list]:
   """Predictions (greedy, or beam search with `beam_size` beams) on `steps` unpacked batches
   of `split` (0 = all): {'inputs', 'targets', 'predictions', 'scores', 'span_tokens'}, one
   entry per real example (padding rows dropped); scores as `decoding.decode` defines them,
-  span_tokens (correct, total) as `metrics.span_tokens`."""
+  span_tokens (correct, total) as `metrics.span_tokens`. With `sample_seed`, the `steps`
+  batches are instead drawn uniformly at random (that seed, without replacement) from all
+  real examples of the split, in file order."""
   import numpy as np
   from t5x_lite import decoding, metrics
   from t5x_lite.data import pipeline
@@ -124,6 +137,8 @@ def decode_split(config, model, params, split: str, steps: int,
     cfg.data.pack = False
   it = pipeline.get_dataset(cfg, split, batch_size=batch_size)
   vocab, length = it.vocab, cfg.data.targets_length
+  if sample_seed is not None:
+    it = _sampled_batches(it, steps, sample_seed)
   generates = families.get(cfg.model.family).generates
   out = {'inputs': [], 'targets': [], 'predictions': [], 'scores': [], 'span_tokens': []}
   for i, batch in enumerate(it):
@@ -153,6 +168,19 @@ def decode_split(config, model, params, split: str, steps: int,
       out['scores'].append(float(score))
       out['span_tokens'].append(metrics.span_tokens(targets, pred, vocab.is_sentinel))
   return out
+
+
+def _sampled_batches(it, steps: int, seed: int) -> list:
+  """`steps` (>= 1) batches of the iterator's shape, rows drawn at random (seeded, without
+  replacement, kept in file order) from every real row the iterator yields."""
+  import numpy as np
+  batches = list(it)
+  cat = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  real = np.nonzero(cat['decoder_loss_weights'].sum(axis=1) > 0)[0]
+  size = len(batches[0]['decoder_loss_weights'])
+  pick = np.sort(np.random.default_rng(seed).choice(real, min(len(real), max(steps, 1) * size),
+                                                    replace=False))
+  return [{k: v[pick[i:i + size]] for k, v in cat.items()} for i in range(0, len(pick), size)]
 
 
 def write_predictions(path: str, decoded: Dict[str, list]) -> None:

@@ -6,6 +6,7 @@ Used by `python -m t5x_lite.bench` (train step on synthetic batches of the confi
 beside a T5 v1.1 small train step, and their ratio). Token positions per row and FLOPs come
 from `families.stream_lengths` and `accounting.flops_per_token`, as in training's log.
 """
+import resource
 import statistics
 import time
 
@@ -73,8 +74,10 @@ def paired_medians(fns: dict, rounds: int) -> dict:
 def pipeline_throughput(config, seconds: float, batch_size: int):
   """(positions/s, real tokens/s, one batch) of get_dataset(config, 'train')."""
   from t5x_lite.data import pipeline
+  t0 = time.perf_counter()
   it = pipeline.get_dataset(config, 'train', batch_size=batch_size)
   first = next(it)  # build, trace and fill buffers before timing
+  pipeline_throughput.first_batch_s = time.perf_counter() - t0
   for _ in range(3):
     next(it)
   n = real = 0
@@ -90,17 +93,29 @@ def pipeline_throughput(config, seconds: float, batch_size: int):
 
 def pipeline_vs_train_step(seconds: float = 10.0, batch_size: int = 32, model_batch_size: int = 4,
         model_steps: int = 2, inputs_length: int = 512, targets_length: int = 114,
-        print_fn=print) -> dict:
-  """Runs the benchmark, prints its lines and returns the figures."""
+        print_fn=print, train_source: str = '', num_virtual_shards: int = 0) -> dict:
+  """Runs the benchmark, prints its lines and returns the figures. `train_source` (with its
+  `num_virtual_shards`) replaces the shipped corpus; then the seconds from get_dataset to
+  the first batch and the peak RSS after the pipeline ran are printed too."""
   from configs import base
   cfg = base.get_base_config()
   cfg.model.vocab_size = 32128
   cfg.data.update(dict(objective='span_corruption', inputs_length=inputs_length,
                        targets_length=targets_length, pack=True))
+  corpus = 'shipped corpus'
+  if train_source:
+    cfg.data.train_source = train_source
+    cfg.data.num_virtual_shards = num_virtual_shards or cfg.data.num_virtual_shards
+    corpus = f'{train_source}, {cfg.data.num_virtual_shards} streams'
   pos, real, batch = pipeline_throughput(cfg, seconds, batch_size)
-  out = dict(pipeline_positions_per_s=pos, pipeline_tokens_per_s=real)
+  out = dict(pipeline_positions_per_s=pos, pipeline_tokens_per_s=real,
+             first_batch_s=pipeline_throughput.first_batch_s,
+             peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # KiB on Linux
+  if train_source:
+    print_fn(f'first batch: {out["first_batch_s"]:.1f} s after get_dataset (target <= 20 s); '
+             f'peak RSS so far {out["peak_rss_gb"]:.2f} GB (target <= 2.5 GB)')
   print_fn(f'pipeline: span corruption + packing, inputs {inputs_length} / targets {targets_length}, '
-           f'shipped corpus: {pos:,.0f} token positions/s ({real:,.0f} non-padding tokens/s)')
+           f'{corpus}: {pos:,.0f} token positions/s ({real:,.0f} non-padding tokens/s)')
   if model_steps <= 0:
     return out
   import jax

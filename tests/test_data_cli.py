@@ -32,7 +32,7 @@ def test_inspect_rows_show_masks_for_mlm():
   from data_helpers import data_config
   from t5x_lite.data import rows
   from t5x_lite.data import pipeline
-  cfg = data_config(objective='mlm', inputs_length=128)
+  cfg = data_config(objective='mlm', inputs_length=128, num_virtual_shards=1)
   cfg.model.family = 'encoder'
   it = pipeline.get_dataset(cfg, 'validation', batch_size=1)
   row = rows.rows_as_json(next(it), it.vocab)[0]

@@ -28,7 +28,7 @@ def test_prefix_lm_split_point_is_uniform_in_1_to_L_minus_1():
 
 def test_causal_lm_is_documents_with_eos_concatenated_and_split():
   vocab = vocab_lib.Vocabulary(os.path.join(ROOT, 'data/vocab/shakespeare_1k.model'))
-  cfg = data_config(objective='causal_lm', targets_length=64, pack=True)
+  cfg = data_config(objective='causal_lm', targets_length=64, pack=True, num_virtual_shards=1)
   cfg.model.family = 'decoder'
   got = []
   for b in pipeline.get_dataset(cfg, 'validation', batch_size=64):

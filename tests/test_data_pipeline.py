@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from data_helpers import ROOT, data_config, segments
+from data_helpers import ROOT, blank_line_documents, data_config, segments
 
 
 from t5x_lite.data import pipeline, sources, vocab as vocab_lib  # noqa: E402
@@ -59,7 +59,8 @@ def _examples(it):
 
 def test_validation_shards_are_disjoint_and_cover_the_data():
   cfg = data_config(objective='text_to_text', inputs_length=64, targets_length=8,
-                    validation_source='jsonl:data/tasks/speaker/validation.jsonl')
+                    validation_source='jsonl:data/tasks/speaker/validation.jsonl',
+                    num_virtual_shards=3)
   full = collections.Counter(_examples(pipeline.get_dataset(cfg, 'validation', batch_size=32)))
   n = sum(1 for line in open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) if line.strip())
   assert sum(full.values()) == n > 900                         # every record of the file
@@ -70,23 +71,57 @@ def test_validation_shards_are_disjoint_and_cover_the_data():
   assert all(abs(sum(p.values()) - n / 3) <= 1 for p in parts)
 
 
-def test_train_shards_partition_each_epoch():
+def _documents(spec, stream, num_streams):
   vocab = vocab_lib.Vocabulary(os.path.join(ROOT, 'data/vocab/shakespeare_1k.model'))
-  src = sources.parse_sources('text:data/corpus/validation.txt')[0]
-  full = list(sources.token_dataset(src, vocab, ('text',), split='validation', train=False, seed=0)
-              .map(lambda x: x).as_numpy_iterator())
-  full = collections.Counter(tuple(x) for x in full)
-  n = sum(full.values())
-  union = collections.Counter()
-  for k in range(2):
-    ds = sources.token_dataset(src, vocab, ('text',), split='train', train=True, seed=5,
-                               shard_index=k, num_shards=2).map(lambda x: x)
-    docs = [tuple(x) for x in ds.take(2 * ((n + 1 - k) // 2)).as_numpy_iterator()]
-    half = len(docs) // 2
-    epoch1, epoch2 = collections.Counter(docs[:half]), collections.Counter(docs[half:])
-    assert epoch1 == epoch2 and docs[:half] != docs[half:]     # reshuffled each epoch
-    union += epoch1
-  assert union == full
+  src = sources.parse_sources(spec)[0]
+  ds = sources.token_dataset(src, vocab, ('text',), split='validation', train=False, seed=0,
+                             stream=stream, num_streams=num_streams)
+  return collections.Counter(tuple(x[0]) for x in ds.as_numpy_iterator())
+
+
+@pytest.mark.parametrize('files', [1, 5])
+def test_virtual_shards_read_disjoint_documents_covering_the_corpus(tmp_path, files):
+  """One big file (documents dealt within it) or more files than streams (whole files):
+  the streams' documents never overlap and together are every document of the corpus."""
+  docs = blank_line_documents(os.path.join(ROOT, 'data/corpus/validation.txt'))[:600]
+  for i in range(files):
+    (tmp_path / f'part-{i}.txt').write_text('\n\n'.join(docs[i::files]) + '\n')
+  vocab = vocab_lib.Vocabulary(os.path.join(ROOT, 'data/vocab/shakespeare_1k.model'))
+  want = collections.Counter(tuple(vocab.encode(d)) for d in docs)   # the Python tokenizer
+  parts = [_documents(f'text:{tmp_path}/*.txt', v, 3) for v in range(3)]
+  assert sum(parts, collections.Counter()) == want
+  assert all(sum(p.values()) > 100 for p in parts)
+
+
+def test_global_batches_are_the_same_for_any_process_count():
+  cfg = data_config(objective='span_corruption', inputs_length=64, targets_length=16,
+                    num_virtual_shards=4)
+  cfg.train.batch_size = 8
+  one = _take(pipeline.get_dataset(cfg, 'train'), 3)
+  for procs in (2, 4):
+    hosts = [_take(pipeline.get_dataset(cfg, 'train', shard_index=p, num_shards=procs), 3)
+             for p in range(procs)]
+    for step in range(3):
+      for k, v in one[step].items():
+        np.testing.assert_array_equal(np.concatenate([h[step][k] for h in hosts]), v)
+
+
+def test_state_saved_by_two_processes_resumes_on_one(tmp_path):
+  cfg = data_config(objective='span_corruption', inputs_length=64, targets_length=16,
+                    num_virtual_shards=4)
+  cfg.train.batch_size = 8
+  hosts = [pipeline.get_dataset(cfg, 'train', shard_index=p, num_shards=2) for p in range(2)]
+  for h in hosts:
+    _take(h, 2)
+    h.save(str(tmp_path))                       # both write into the one data/ directory
+  after = [np.concatenate(x) for x in zip(*[[b['encoder_input_tokens'] for b in _take(h, 2)]
+                                            for h in hosts])]
+  single = pipeline.get_dataset(cfg, 'train')
+  single.restore(str(tmp_path))
+  for want in after:
+    np.testing.assert_array_equal(next(single)['encoder_input_tokens'], want)
+  fresh = next(pipeline.get_dataset(cfg, 'train'))['encoder_input_tokens']
+  assert not np.array_equal(fresh, after[0])
 
 
 def test_save_after_k_batches_restore_in_a_new_process(tmp_path):
@@ -135,8 +170,12 @@ def test_restore_mid_validation_pass_and_mismatch_errors(tmp_path):
   assert _equal(rest, list(it2)) and len(rest) > 5
   with pytest.raises(DataError, match='saved with seed 0'):
     pipeline.get_dataset(cfg, 'validation', batch_size=64, seed=1).restore(str(tmp_path))
-  with pytest.raises(DataError, match='no data iterator state for shard 1 of 2'):
-    pipeline.get_dataset(cfg, 'validation', batch_size=64, shard_index=1, num_shards=2).restore(str(tmp_path))
+  cfg.data.num_virtual_shards = 2
+  with pytest.raises(DataError, match='has 4 streams; this config has data.num_virtual_shards=2'):
+    pipeline.get_dataset(cfg, 'validation', batch_size=64).restore(str(tmp_path))
+  (tmp_path / 'old' / 'process_0').mkdir(parents=True)         # the pre-virtual-shard layout
+  with pytest.raises(DataError, match=r'older per-process layout \(process_0\)'):
+    pipeline.get_dataset(cfg, 'validation', batch_size=64).restore(str(tmp_path / 'old'))
 
 
 def test_validation_is_one_finite_pass_with_a_padded_last_batch():
@@ -144,10 +183,12 @@ def test_validation_is_one_finite_pass_with_a_padded_last_batch():
                     validation_source='jsonl:data/tasks/speaker/validation.jsonl', pack=False)
   batches = list(pipeline.get_dataset(cfg, 'validation', batch_size=100))
   n = sum(1 for line in open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) if line.strip())
-  assert len(batches) == (n + 99) // 100
-  last, r = batches[-1], n % 100
-  assert last['encoder_input_tokens'].shape == (100, 64)
-  assert (last['decoder_loss_weights'][r:] == 0).all() and (last['decoder_loss_weights'][:r].sum(1) > 0).all()
+  # Every example once; each stream pads its own block of rows once it has ended, so the
+  # padding (all-zero rows) sits in each stream's block of the last batches.
+  real = [b['decoder_loss_weights'].sum(1) > 0 for b in batches]
+  assert sum(int(x.sum()) for x in real) == n and len(batches) >= (n + 99) // 100
+  assert all(b['encoder_input_tokens'].shape == (100, 64) for b in batches)
+  assert all((b['encoder_input_tokens'][~x] == 0).all() for b, x in zip(batches, real))
   cfg.data.eval_repeat = True
   it = pipeline.get_dataset(cfg, 'validation', batch_size=100)
   assert len(_take(it, 20)) == 20
@@ -157,6 +198,8 @@ def test_batch_size_defaults_to_global_over_shards_and_vocab_conflicts():
   cfg = data_config(objective='span_corruption', inputs_length=128, targets_length=29)
   cfg.train.batch_size = 8
   assert pipeline.get_dataset(cfg, 'train', num_shards=2).shapes['encoder_input_tokens'] == (4, 128)
+  with pytest.raises(DataError, match='data.num_virtual_shards=4 is not divisible by the process count 8'):
+    pipeline.get_dataset(cfg, 'train', num_shards=8)
   with pytest.raises(ValueError, match='train.batch_size=8 is not divisible by num_shards=3'):
     pipeline.get_dataset(cfg, 'train', num_shards=3)
   cfg.model.vocab_size = 1000

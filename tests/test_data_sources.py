@@ -10,13 +10,22 @@ from data_helpers import ROOT, data_config
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from t5x_lite.data import pipeline, sources  # noqa: E402
+from t5x_lite.data import files, pipeline, sources  # noqa: E402
 from t5x_lite.data.sources import DataError  # noqa: E402
 
 
-def _records(spec, fields=('text',), **kw):
+def _records(spec, fields=('text',), boundary='blank_line', on_bad_input='skip', shard_index=0,
+             num_shards=1):
+  """Records of one stream's ordered pass, read by the streaming reader, and its skips."""
   skips = sources.SkipCounter()
-  recs = sources.read_records(sources.parse_sources(spec)[0], fields, skips=skips, **kw)
+  src = sources.parse_sources(spec)[0]
+  ds = files.documents(src, sources.expand_glob(src.target, 'test'), fields, stream=shard_index,
+                       num_streams=num_shards, train=False, seed=0, boundary=boundary,
+                       on_bad_input=on_bad_input, skips=skips)
+  try:
+    recs = [tuple(x.decode() for x in r) for r in ds.as_numpy_iterator()]
+  except tf.errors.OpError as e:
+    raise sources.as_data_error(e, skips, spec) from None
   return recs, skips
 
 
@@ -49,9 +58,9 @@ def test_empty_files_and_globs_matching_nothing(tmp_path):
   (tmp_path / 'blank.txt').write_text('\n\n  \n')
   (tmp_path / 'ok.txt').write_text('text\n')
   recs, skips = _records(f'text:{tmp_path}/*.txt')
-  assert len(recs) == 1 and skips.counts == {'empty file': 2}
-  with pytest.raises(DataError, match=r'no usable records in 2 file\(s\); skipped 2 x empty file'):
-    _records(f'text:{tmp_path}/[eb]*.txt')
+  assert recs == [('text',)] and skips.counts == {'empty file': 1}
+  with pytest.raises(DataError, match=r'no usable records in 1 file\(s\); skipped 1 x empty file'):
+    _records(f'text:{tmp_path}/e*.txt')
   with pytest.raises(DataError, match=r"'.*/nothing-\*.txt' matches no files"):
     _records(f'text:{tmp_path}/nothing-*.txt')
 
@@ -80,10 +89,11 @@ def test_skips_are_reported_by_the_iterator(tmp_path, caplog):
       {'inputs': 'to be or not', 'targets': 'ham'}, {'inputs': 'x'}, {'inputs': 'now is', 'targets': 'rich'}]))
   cfg = data_config(objective='text_to_text', inputs_length=16, targets_length=8, pack=False,
                     validation_source=f'jsonl:{tmp_path}/x.jsonl')
+  cfg.data.num_virtual_shards = 1
   it = pipeline.get_dataset(cfg, 'validation', batch_size=2)
+  b = next(it)                                   # counted as the stream reads the line
   assert it.skips.counts == {"missing field 'targets'": 1}
-  assert "skipped 1 x missing field 'targets' (first at" in caplog.text
-  b = next(it)
+  assert "skipping missing field 'targets' at" in caplog.text
   assert it.vocab.decode(b['decoder_target_tokens'][1]) == 'rich'
 
 
@@ -128,8 +138,9 @@ def test_tfds_source_with_mock_data(mock_c4, monkeypatch, tmp_path):
   # TFRecords, which it can): saving says so in one line.
   with pytest.raises(DataError, match='cannot be checkpointed: GeneratorDataset does not support checkpointing'):
     it.save(str(tmp_path))
-  # Each host asks TFDS for only its even part of the split (mock data ignore slicing, so
-  # the test checks what is asked for; disjointness is then TFDS's even_splits contract).
+  # Each virtual shard asks TFDS for only its even part of the split, whichever process runs
+  # it (mock data ignore slicing, so the test checks what is asked for; disjointness is then
+  # TFDS's even_splits contract).
   asked, load = [], tfds.load
 
   def spy(name, split, **kw):
@@ -137,9 +148,10 @@ def test_tfds_source_with_mock_data(mock_c4, monkeypatch, tmp_path):
     return load(name, split=split, **kw)
 
   monkeypatch.setattr(tfds, 'load', spy)
-  for k in range(3):
-    next(pipeline.get_dataset(cfg, 'validation', shard_index=k, num_shards=3, batch_size=1))
-  assert [str(a) for a in asked] == [str(a) for a in tfds.even_splits('validation', n=3)]
+  assert cfg.data.num_virtual_shards == 4
+  for k in range(2):
+    next(pipeline.get_dataset(cfg, 'validation', shard_index=k, num_shards=2, batch_size=2))
+  assert [str(a) for a in asked] == [str(a) for a in tfds.even_splits('validation', n=4)]
 
 
 def test_streamed_tfds_tokenization_saves_and_restores(monkeypatch, tmp_path):
@@ -188,19 +200,83 @@ def test_tfds_unknown_split_and_unprepared_data(monkeypatch, tmp_path):
     _get(train_source='tfds:c4/en;split=nope')
 
 
-def test_many_files_are_sharded_by_file(tmp_path, monkeypatch):
+def test_many_files_are_dealt_to_streams_whole(tmp_path):
   for i in range(5):
     (tmp_path / f'part-{i}.txt').write_text(''.join(f'doc {i} {j}\n' for j in range(3)))
-  opened, real_open = [], open
-
-  def spy(path, *a, **k):
-    opened.append(os.path.basename(str(path)))
-    return real_open(path, *a, **k)
-
-  monkeypatch.setattr('builtins.open', spy)
   shards = [_records(f'text:{tmp_path}/*.txt', boundary='line', shard_index=k, num_shards=2)[0]
             for k in range(2)]
-  monkeypatch.undo()
-  assert opened == ['part-0.txt', 'part-2.txt', 'part-4.txt', 'part-1.txt', 'part-3.txt']
   assert [r[0] for r in shards[0]] == [f'doc {i} {j}' for i in (0, 2, 4) for j in range(3)]
   assert [r[0] for r in shards[1]] == [f'doc {i} {j}' for i in (1, 3) for j in range(3)]
+
+
+def test_gzip_files_stream(tmp_path):
+  import gzip
+  with gzip.open(tmp_path / 'a.txt.gz', 'wt') as f:
+    f.write('first doc\n\nsecond doc\n')
+  assert _records(f'text:{tmp_path}/a.txt.gz')[0] == [('first doc',), ('second doc',)]
+
+
+def test_non_gzip_file_is_a_counted_skip_or_an_error_naming_it(tmp_path):
+  import gzip
+  with gzip.open(tmp_path / 'a.txt.gz', 'wt') as f:
+    f.write('first doc\n\nsecond doc\n')
+  (tmp_path / 'b.txt.gz').write_text('plain text named .gz\n')
+  recs, skips = _records(f'text:{tmp_path}/*.gz')
+  assert recs == [('first doc',), ('second doc',)]
+  assert skips.counts == {'not a gzip file': 1} and skips.first['not a gzip file'] == f'{tmp_path}/b.txt.gz'
+  with pytest.raises(DataError, match=r'b.txt.gz: not a gzip file: starts with b.pl., not 0x1f 0x8b'):
+    _records(f'text:{tmp_path}/*.gz', on_bad_input='error')
+
+
+def test_fewer_files_than_streams_split_documents_and_say_so(tmp_path, caplog):
+  (tmp_path / 'a.txt').write_text(''.join(f'doc {i}\n\n' for i in range(10)))
+  caplog.set_level('INFO')
+  parts = [[r[0] for r in _records(f'text:{tmp_path}/a.txt', shard_index=v, num_shards=3)[0]]
+           for v in range(3)]
+  assert parts == [[f'doc {i}' for i in range(v, 10, 3)] for v in range(3)]
+  said = [r.getMessage() for r in caplog.records if 'every stream reads every file' in r.getMessage()]
+  assert said == [f'source text:{tmp_path}/a.txt: 1 file(s) for 3 streams: every stream reads every '
+                  f'file and keeps every 3-th document']
+
+
+def _reference_documents(raw: bytes, boundary: str):
+  """Independent reference: the documents of one file, read whole in Python."""
+  lines = [l.decode('utf-8').rstrip('\r') for l in raw.split(b'\n')[:-1] if _utf8(l)]
+  if boundary == 'line':
+    return [l.strip() for l in lines if l.strip()]
+  if boundary == 'file':
+    return ['\n'.join(lines).strip()] if '\n'.join(lines).strip() else []
+  docs, cur = [], []
+  for l in lines + ['']:
+    if l.strip():
+      cur.append(l.strip())
+    elif cur:
+      docs.append('\n'.join(cur))
+      cur = []
+  return docs
+
+
+def _utf8(b):
+  try:
+    b.decode('utf-8')
+    return True
+  except UnicodeDecodeError:
+    return False
+
+
+@pytest.mark.parametrize('lines_per_call', [1, 3, 7, 256])
+def test_batched_reader_matches_a_whole_file_reference(tmp_path, monkeypatch, lines_per_call):
+  """Documents are split a batch of lines at a time; a paragraph, a run of blank lines or a
+  bad line can straddle any batch boundary (small batches put one everywhere)."""
+  monkeypatch.setattr(files, 'LINES_PER_CALL', lines_per_call)
+  rng = np.random.default_rng(lines_per_call)
+  words = ['alpha', 'béta', '  spaced  ', '', '   ', 'x\r', 'tab\tbed', '\xff bad'.encode('latin-1')]
+  raw = b''
+  for _ in range(120):
+    w = words[rng.integers(len(words))]
+    raw += (w if isinstance(w, bytes) else w.encode()) + b'\n'
+  (tmp_path / 'a.txt').write_bytes(raw)
+  for boundary in ('blank_line', 'line', 'file'):
+    recs, skips = _records(f'text:{tmp_path}/a.txt', boundary=boundary)
+    assert [r[0] for r in recs] == _reference_documents(raw, boundary), boundary
+    assert skips.counts['invalid UTF-8'] == raw.count(b'\xff')

@@ -85,3 +85,40 @@ def test_shipped_vocabulary_covers_the_corpus(vocab):
   c = vocab_lib.coverage(vocab, lines)
   assert c['char_coverage'] == 1.0 and c['unk_tokens'] == 0
   assert 1.5 < c['tokens_per_word'] < 3.0
+
+
+TRICKY = ['', ' ', '\t \n', 'To be, or not to be', '  leading and   inner  spaces  ',
+          'héllo wörld ñ 日本語 🙂 \u00a0nbsp', 'line\r\nbreak', "don't [MASK] it",
+          '<extra_id_0>', 'a<extra_id_0>b', ' <extra_id_1> ', '<extra_id_5><extra_id_6>',
+          'x <extra_id_99> y <extra_id_100> z', '<extra_id_00> <extra_id_123456789012>',
+          '<extra_id_x> <extra_id_-1>', 'end <extra_id_3>']
+
+
+def test_tf_encode_matches_python_sentencepiece_on_tricky_strings(vocab):
+  """tensorflow-text's in-graph tokenizer (what the streaming pipeline runs) against the
+  Python sentencepiece processor: plain text compared to `encode` of the raw processor;
+  text with sentinels to the raw processor's ids of each piece between sentinels."""
+  import tensorflow as tf
+  sp = spm.SentencePieceProcessor(model_file=SHIPPED)
+
+  def reference(text, extra_ids):
+    ids, pos = [], 0
+    for m in vocab_lib._SENTINEL_RE.finditer(text):  # pylint: disable=protected-access
+      k = int(m.group(1))
+      if k >= extra_ids:
+        continue
+      if text[pos:m.start()].strip():
+        ids += sp.encode(text[pos:m.start()])
+      ids.append(1100 - 1 - k)
+      pos = m.end()
+    if pos == 0:
+      return sp.encode(text) if text.strip() else []
+    return ids + (sp.encode(text[pos:]) if text[pos:].strip() else [])
+
+  got = vocab.tf_encode(tf.constant(TRICKY)).to_list()
+  for text, ids in zip(TRICKY, got):
+    assert ids == reference(text, 100) == vocab.encode(text), text
+  assert got[8] == [1099] and got[11] == [1094, 1093]
+  no_sentinels = vocab_lib.Vocabulary(SHIPPED, extra_ids=0)
+  for text, ids in zip(TRICKY, no_sentinels.tf_encode(tf.constant(TRICKY)).to_list()):
+    assert ids == (sp.encode(text) if text.strip() else []) == no_sentinels.encode(text), text

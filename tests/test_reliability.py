@@ -1,12 +1,20 @@
-"""Checkpoint integrity and fallback, background save failures, non-finite steps.
+"""Checkpoint integrity and fallback, background save failures, non-finite steps, and a
+training run SIGKILLed at 10 random moments.
 
 The checkpoints here are real Orbax checkpoints of a small TrainState written by
 `checkpoints.Checkpoints` (no model needs compiling); faults are injected into the files on
 disk or into Orbax's background write. End-to-end runs of the same faults are in
-tests/test_failure_matrix.py.
+tests/test_failure_matrix.py. The kill test trains the tiny model of tests/tiny_run.py in
+subprocesses (they share the session's compilation cache, tests/conftest.py).
 """
 import os
+import random
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +26,7 @@ from t5x_lite import checkpoint_integrity as integrity
 from t5x_lite import checkpoints
 from t5x_lite.train_loop import Progress
 from t5x_lite.trainer import TrainState
+from tiny_run import ROOT, TINY_MODEL
 
 
 def _state(step: int) -> TrainState:
@@ -97,6 +106,18 @@ def test_intact_checkpoints_verify_with_their_manifest(three_steps):
                                                       (1, 'intact')]
   for step in (1, 2, 3):
     assert os.path.exists(os.path.join(directory, str(step), integrity.MANIFEST))
+
+
+def test_async_save_commits_its_manifest_with_the_step(tmp_path):
+  """The manifest is written inside the step's temporary directory, before Orbax renames it
+  into place: a committed step always has one, even if the process dies right after."""
+  ckpts = checkpoints.Checkpoints(str(tmp_path / 'checkpoints'), keep=5, async_save=True)
+  ckpts.save(1, _state(1), None, {'name': 'test'})
+  ckpts.manager.wait_until_finished()  # Orbax's commit only: no t5x_lite code after it
+  step_dir = str(tmp_path / 'checkpoints' / '1')
+  assert os.path.exists(os.path.join(step_dir, integrity.MANIFEST))
+  assert integrity.verify(step_dir) == ('intact', '')
+  ckpts.close()
 
 
 @pytest.mark.parametrize('fault', FAULTS, ids=lambda f: f.__name__.strip('_'))
@@ -202,3 +223,154 @@ def test_skip_counts_skipped_steps_and_stops_after_k_consecutive():
   progress.add(9, _metrics(False))
   with pytest.raises(FloatingPointError, match='3 consecutive non-finite steps'):
     progress.sync()
+
+
+# ------------------------------------------------------------ SIGKILL at random moments
+KILL_SEED = int(os.environ.get('T5X_LITE_KILL_SEED', '9'))  # a failure names its seed
+KILLS, KILL_STEPS = 10, 12
+_STEP_LINE = re.compile(r'^step +(\d+)/', re.M)
+_RESTORED = re.compile(r'\[t5x_lite\] (?:restored step (\d+) from|(fresh start))')
+_TMP = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
+
+
+class _Training:
+  """One `python -m t5x_lite.train` process of the tiny model, saving every step (async);
+  stdout and stderr go to a file that is read while it runs."""
+
+  def __init__(self, workdir: str, name: str):
+    self.log = os.path.join(os.path.dirname(workdir), f'{name}.log')
+    cmd = [sys.executable, '-m', 't5x_lite.train', *TINY_MODEL,
+           '--config.data.targets_length=14', '--config.train.log_every=1',
+           '--config.train.eval_every=0', '--show_predictions=0',
+           f'--config.train.steps={KILL_STEPS}', '--config.train.checkpoint_every=1',
+           '--config.checkpoint.async_save=True', f'--workdir={workdir}']
+    with open(self.log, 'w') as out:
+      self.start = time.time()
+      self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    self.first_step_at = None
+
+  def output(self) -> str:
+    with open(self.log) as f:
+      return f.read()
+
+  def steps(self, text: str):
+    steps = [int(s) for s in _STEP_LINE.findall(text)]
+    if steps and self.first_step_at is None:
+      self.first_step_at = time.time() - self.start
+    return steps
+
+  @staticmethod
+  def restored(text: str):
+    """The step it resumed from (0: fresh start), None before it says."""
+    m = _RESTORED.search(text)
+    return None if m is None else int(m.group(1) or 0)
+
+  def finish(self):
+    assert self.proc.wait(timeout=300) == 0, self.output()
+
+
+def _in_flight_dirs(directory: str) -> dict:
+  """Orbax's temporary step directories: {(name, inode, ctime): step}."""
+  out = {}
+  for name in (os.listdir(directory) if os.path.isdir(directory) else []):
+    m = _TMP.match(name)
+    if m:
+      try:
+        st = os.stat(os.path.join(directory, name))
+      except FileNotFoundError:  # renamed into place meanwhile
+        continue
+      out[(name, st.st_ino, st.st_ctime_ns)] = int(m.group(1))
+  return out
+
+
+def _newest_complete(directory: str) -> int:
+  """Orbax renames a step directory into place only once complete: the newest one (0 none)."""
+  return max((int(n) for n in os.listdir(directory) if n.isdigit()), default=0) \
+      if os.path.isdir(directory) else 0
+
+
+def _state_tree(workdir: str, step: int):
+  return ocp.PyTreeCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(step), 'state'))
+
+
+def _losses(workdir: str):
+  import json
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [(r['step'], r['loss'], r['tokens_seen']) for r in map(json.loads, f)]
+
+
+@pytest.mark.filterwarnings('ignore:Sharding info not provided')  # reading back on 1 CPU
+def test_sigkill_at_ten_random_moments_resumes_exactly(tmp_path):
+  """SIGKILL at 10 moments drawn from a seeded RNG over each process's expected wall time
+  (start-up, restore, steps, saves); one of them waits for a step's asynchronous write to be
+  in flight. Every restart restores the newest complete checkpoint present at the kill, and
+  the final train state (params, optimizer, step) and every step's loss equal an
+  uninterrupted run's bit for bit."""
+  ref_dir, workdir = str(tmp_path / 'ref' / 'w'), str(tmp_path / 'killed' / 'w')
+  os.makedirs(os.path.dirname(ref_dir)), os.makedirs(os.path.dirname(workdir))
+  ckdir = os.path.join(workdir, 'checkpoints')
+  ref = _Training(ref_dir, 'ref')  # uninterrupted; also times start-up and steps
+  while ref.proc.poll() is None:
+    ref.steps(ref.output())
+    time.sleep(0.01)
+  ref.finish()
+  startup = ref.first_step_at
+  step_time = (time.time() - ref.start - startup) / KILL_STEPS
+  rng = random.Random(KILL_SEED)
+  in_flight_step = rng.randint(1, KILL_STEPS - 2)  # kill 0: while this step's write runs
+  log = [f'seed {KILL_SEED}: reference run {time.time() - ref.start:.1f}s (start-up '
+         f'{startup:.1f}s, {step_time:.2f}s a step); kill 0 waits for the write of step '
+         f'{in_flight_step} (or a later one) to be in flight']
+  print(log[0], flush=True)
+  expected, kills_in_flight = 0, 0
+  for i in range(KILLS):
+    run = _Training(workdir, f'run{i}')
+    window = startup + (KILL_STEPS - expected) * step_time
+    delay = rng.uniform(0, window) if i else None
+    before = set(_in_flight_dirs(ckdir))  # left by earlier kills
+    how = f'at {delay:.2f}s of a {window:.1f}s window' if i else 'waiting for a write'
+    while True:
+      assert run.proc.poll() is None, f'run {i} ended before its kill:\n' + run.output()
+      text = run.output()
+      at = max(run.steps(text) + [run.restored(text) or 0])
+      if i == 0:  # the first run only: the reference's start-up included compiling
+        if any(s >= in_flight_step for k, s in _in_flight_dirs(ckdir).items()
+               if k not in before):
+          how = 'once a write was in flight'
+          break
+      elif time.time() - run.start >= delay:
+        break
+      if at >= KILL_STEPS - 1:  # one step from the end: kill now, or it would finish
+        how += f' (brought forward to step {at})'
+        break
+      time.sleep(0.01)
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait()
+    text = run.output()
+    restored = run.restored(text)
+    assert restored in (None, expected), (
+        f'kill {i - 1} left step {expected} as the newest complete checkpoint, but run {i} '
+        f'resumed from {restored}:\n' + '\n'.join(log) + '\n' + text)
+    if run.first_step_at is not None:
+      startup = run.first_step_at  # a resumed process's start-up, for the next windows
+    in_flight = sorted(s for k, s in _in_flight_dirs(ckdir).items() if k not in before)
+    kills_in_flight += bool(in_flight)
+    expected = _newest_complete(ckdir)
+    log.append(f'kill {i}: {how}, after {time.time() - run.start:.2f}s; resumed from '
+               f'{"-" if restored is None else restored}, logged steps up to '
+               f'{max(run.steps(text), default="-")}; newest complete step {expected}'
+               + (f'; write of step {in_flight} in flight' if in_flight else ''))
+    print(log[-1], flush=True)
+  assert kills_in_flight >= 1, '\n'.join(log)
+  last = _Training(workdir, 'last')
+  last.finish()
+  assert last.restored(last.output()) == expected, '\n'.join(log) + '\n' + last.output()
+  assert not os.path.exists(os.path.join(workdir, integrity.CORRUPT_DIR)), '\n'.join(log)
+  assert _losses(workdir) == _losses(ref_dir), '\n'.join(log)
+  got, want = _state_tree(workdir, KILL_STEPS), _state_tree(ref_dir, KILL_STEPS)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), (jax.tree_util.keystr(path),
+                                                              '\n'.join(log))

@@ -283,7 +283,7 @@ def test_unwritable_workdir(tmp_path):
 
 def test_two_processes_train_and_checkpoint_together(tmp_path):
   """Multi-host on localhost: 2 processes x 4 CPU devices (jax.distributed, gloo); each
-  host feeds its own data shard, Orbax writes one checkpoint with both data positions."""
+  host feeds its own virtual shards, Orbax writes one checkpoint with every stream's position."""
   workdir = str(tmp_path / 'multi')
   env = dict(os.environ, PYTHON=sys.executable, CONFIG='configs/default.py')
   overrides = [o for o in TINY if not o.startswith('--config=')]
@@ -294,8 +294,8 @@ def test_two_processes_train_and_checkpoint_together(tmp_path):
   assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s)" in proc.stdout
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
   data_dir = os.path.join(workdir, 'checkpoints', '4', 'data')
-  assert sorted(d for d in os.listdir(data_dir) if d.startswith('process_')) == [
-      'process_0', 'process_1']
+  assert sorted(d for d in os.listdir(data_dir) if d.endswith('.json')) == [  # per stream
+      f'stream-{v:05d}-of-00004.json' for v in range(4)]
 
 
 def test_skipped_input_is_counted_and_reported(tmp_path):

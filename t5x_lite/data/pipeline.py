@@ -1,14 +1,20 @@
 """The input pipeline: config -> deterministic, sharded, resumable batches.
 
-Owns: validating `config.data` against the model (`validate`), wiring sources ->
-mixture -> objective -> pack -> batch -> feature converter (`build_dataset`), and the
-`DataIterator` that yields numpy batches and saves/restores its exact position.
+Owns: validating `config.data` against the model (`validate`), wiring one virtual shard
+(stream): sources -> mixture -> objective -> pack (`build_stream`), and assembling host
+batches from the streams a process owns (`get_dataset`; the iterator is in iterator.py).
 
     it = get_dataset(config, 'train', shard_index=jax.process_index(),
-                     num_shards=jax.process_count())
+                     num_shards=jax.process_count(), batch_size=host_batch)
     batch = next(it)            # dict[str, np.ndarray int32 [batch, length]]
-    it.save(step_dir)           # writes step_dir/data_iterator-shard-00000-of-00001.*
+    it.save(step_dir)           # writes step_dir/stream-<v>-of-<V>.* for each owned stream
     it.restore(step_dir)        # the next batch is the one that followed the save
+
+Virtual shards: the global batch is always built from `data.num_virtual_shards` (V)
+independent deterministic streams; stream v feeds a fixed block of rows of every global
+batch (`stream_rows`) and process p of P runs streams [p V/P, (p+1) V/P). So the global
+batch at every step is the same for any process count dividing V, and a checkpoint (one
+position per stream) written by N processes resumes exactly on M.
 
 Every feature is int32 (loss weights and decoder_causal_attention included). Segment ids
 and positions are always present: packed rows carry one id per example, unpacked rows
@@ -20,8 +26,7 @@ train count tokens with it too).
 """
 from __future__ import annotations
 
-import json
-import logging
+import functools
 import os
 
 import numpy as np
@@ -40,6 +45,7 @@ from t5x_lite.data import objectives as obj_lib  # noqa: E402
 from t5x_lite.data import packing  # noqa: E402
 from t5x_lite.data import sources as src_lib  # noqa: E402
 from t5x_lite.data import vocab as vocab_lib  # noqa: E402
+from t5x_lite.data.iterator import DataIterator  # noqa: E402
 from t5x_lite.data.sources import DataError  # noqa: E402
 
 OBJECTIVES = ('span_corruption', 'mlm', 'iid_noise', 'causal_lm', 'prefix_lm', 'text_to_text')
@@ -112,34 +118,51 @@ def check_span_corruption(inputs_length, targets_length, noise_density, mean_noi
                     f'some span-corrupted chunk would not fit.')
 
 
+# ---------------------------------------------------------------- virtual shards
+def stream_rows(global_batch: int, num_streams: int) -> list[int]:
+  """Rows of every global batch that each stream feeds: a fixed block per stream.
+
+  Stream v feeds rows [v G // V, (v + 1) G // V): whatever the process count P dividing V,
+  process p's rows [p G / P, (p + 1) G / P) are exactly the blocks of its streams."""
+  return [(v + 1) * global_batch // num_streams - v * global_batch // num_streams
+          for v in range(num_streams)]
+
+
+def owned_streams(shard_index: int, num_shards: int, num_streams: int) -> range:
+  """The streams process `shard_index` of `num_shards` runs (a contiguous block)."""
+  if num_streams < 1:
+    raise DataError(f'data.num_virtual_shards={num_streams} must be at least 1.')
+  if num_streams % num_shards:
+    raise DataError(f'data.num_virtual_shards={num_streams} is not divisible by the process count '
+                    f'{num_shards}; use a process count that divides it (or a multiple of '
+                    f'{num_shards} streams, which changes the data order of a fresh run).')
+  per = num_streams // num_shards
+  return range(shard_index * per, (shard_index + 1) * per)
+
+
 # ---------------------------------------------------------------- dataset
-def _seed_pair(seed: int, shard_index: int):
-  return (int(seed), int(shard_index))
+# Every dataset function below (and in sources/files/objectives/packing, called from here)
+# is plain graph code with no Python control flow on tensors: AutoGraph's source rewrite
+# would only cost start-up time (it was most of each stream's build), so it is off.
+_no_autograph = tf.autograph.experimental.do_not_convert
 
 
-def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1,
-                  seed: int | None = None, batch_size: int | None = None, batched: bool = True,
-                  skips: src_lib.SkipCounter | None = None):
-  """The tf.data pipeline (see module doc) and its vocabulary: (dataset, vocab).
-
-  batched=False stops before batching and feature conversion and returns packed rows
-  (or, with config.data.pack False, padded examples); used by inspect and tests.
-  """
+@_no_autograph
+def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int,
+                 skips: src_lib.SkipCounter, vocab: vocab_lib.Vocabulary) -> tf.data.Dataset:
+  """Packed rows (unbatched) of virtual shard `stream`: its part of every source, the
+  mixture, the objective and packing all run inside the stream, seeded by (seed, stream)."""
   d = config.data
-  if split not in ('train', 'validation'):
-    raise DataError(f"split={split!r} must be 'train' or 'validation'.")
-  if not 0 <= shard_index < num_shards:
-    raise DataError(f'shard_index={shard_index} is not in [0, num_shards={num_shards}).')
-  vocab = validate(config)
-  seed = d.seed if seed is None else seed
   train = split == 'train'
-  skips = skips if skips is not None else src_lib.SkipCounter()
   spec = d.train_source if train else d.validation_source
   what = 'data.train_source' if train else 'data.validation_source'
   specs = src_lib.parse_sources(spec, what)
   fields = ((d.inputs_field, d.targets_field) if d.objective == 'text_to_text' else (d.text_field,))
 
-  streams = []
+  # data.shuffle_buffer_size documents in all, split over the streams: memory and the time
+  # to fill the buffers before the first batch do not grow with the stream count.
+  buffer = -(-int(d.shuffle_buffer_size) // num_streams)
+  sources = []
   for i, s in enumerate(specs):
     f = fields
     if d.objective == 'text_to_text':
@@ -147,22 +170,21 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
     elif s.get('field'):
       f = (s.get('field'),)
     ds = src_lib.token_dataset(
-        s, vocab, f, split=split, train=train, seed=seed * 1000 + i, shard_index=shard_index,
-        num_shards=num_shards, boundary=d.doc_boundary, on_bad_input=d.on_bad_input,
-        tfds_data_dir=d.tfds_data_dir, shuffle_buffer_size=d.shuffle_buffer_size, skips=skips)
+        s, vocab, f, split=split, train=train, seed=seed * 1000 + i, stream=stream,
+        num_streams=num_streams, boundary=d.doc_boundary, on_bad_input=d.on_bad_input,
+        tfds_data_dir=d.tfds_data_dir, shuffle_buffer_size=buffer, skips=skips)
     if d.objective != 'text_to_text':
       ds = ds.map(lambda x: x)  # 1-tuples -> the tensor
-    streams.append(ds)
-  if len(streams) == 1:
-    ds = streams[0]
+    sources.append(ds)
+  if len(sources) == 1:
+    ds = sources[0]
   else:
     rates = np.array([s.rate for s in specs], np.float64)
     ds = tf.data.Dataset.sample_from_datasets(
-        streams, weights=(rates / rates.sum()).tolist(), seed=seed, stop_on_empty_dataset=False)
-  if skips.total():
-    logging.warning('data %s shard %d/%d: %s', split, shard_index, num_shards, skips.summary())
+        sources, weights=(rates / rates.sum()).tolist(), seed=seed * 1000 + 997 * stream + 1,
+        stop_on_empty_dataset=False)
 
-  pair = _seed_pair(seed, shard_index)
+  pair = (int(seed), int(stream))
   il, tl = d.inputs_length, d.targets_length
   if d.objective == 'span_corruption':
     ds = obj_lib.span_corruption(ds, vocab_size=vocab.vocab_size, inputs_length=il,
@@ -189,95 +211,70 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
     ds = ds.repeat()
   options = tf.data.Options()
   options.deterministic = True
-  # TFDS sources tokenize in a py_function: stateless in effect, so checkpointing is safe.
+  # Bad-input hooks and TFDS reads are py_functions: stateless in effect, so checkpoints are exact.
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-  ds = ds.with_options(options)
-  if not batched:
-    return ds, vocab
-
-  if batch_size is None:
-    batch_size = partitioning.split_batch(config.train, num_shards, f'num_shards={num_shards}')
-  drop = train or bool(d.eval_repeat)
-  ds = ds.batch(batch_size, drop_remainder=drop)
-  if not drop:
-    row_lengths = {k + sfx: n for k, n in lengths.items() for sfx in ('', '_segment_ids', '_positions')}
-
-    def pad_batch(rows):
-      return {k: tf.ensure_shape(tf.pad(v, [[0, batch_size - tf.shape(v)[0]], [0, 0]]),
-                                 [batch_size, row_lengths[k]]) for k, v in rows.items()}
-    ds = ds.map(pad_batch)
-  ds = ds.map(packing.CONVERTERS[config.model.family])
-  return ds.prefetch(2), vocab
+  return ds.with_options(options)
 
 
-class DataIterator:
-  """Iterator of numpy batches whose exact position can be saved and restored."""
-
-  def __init__(self, dataset: tf.data.Dataset, *, vocab, shard_index: int, num_shards: int,
-               seed: int, split: str, skips: src_lib.SkipCounter):
-    self.dataset = dataset
-    self.vocab = vocab
-    self.shard_index, self.num_shards, self.seed, self.split = shard_index, num_shards, seed, split
-    self.skips = skips
-    self._it = iter(dataset)
-    self._ckpt = tf.train.Checkpoint(iterator=self._it)
-
-  @property
-  def element_spec(self) -> dict:
-    return self.dataset.element_spec
-
-  @property
-  def shapes(self) -> dict[str, tuple]:
-    return {k: tuple(v.shape) for k, v in self.dataset.element_spec.items()}
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._it)
-    return {k: v.numpy() for k, v in batch.items()}
-
-  def _prefix(self, directory: str) -> str:
-    return os.path.join(directory, f'data_iterator-shard-{self.shard_index:05d}-of-{self.num_shards:05d}')
-
-  def save(self, directory: str) -> str:
-    """Writes this shard's position under `directory` (created if needed); returns the prefix."""
-    tf.io.gfile.makedirs(directory)
-    prefix = self._prefix(directory)
-    try:
-      self._ckpt.write(prefix)
-    except (tf.errors.UnimplementedError, tf.errors.FailedPreconditionError) as e:
-      raise DataError(f'the {self.split} data iterator cannot be checkpointed: '
-                      f'{e.message.split("}} ")[-1].split(" [Op:")[0]}') from None
-    with tf.io.gfile.GFile(prefix + '.json', 'w') as f:
-      json.dump(dict(shard_index=self.shard_index, num_shards=self.num_shards, seed=self.seed,
-                     split=self.split, element_spec=self.shapes), f)
-    return prefix
-
-  def restore(self, directory: str) -> None:
-    """Restores the position saved by `save(directory)` for this shard."""
-    prefix = self._prefix(directory)
-    if not tf.io.gfile.exists(prefix + '.index'):
-      raise DataError(f'no data iterator state for shard {self.shard_index} of {self.num_shards} '
-                      f'in {directory!r} (expected {os.path.basename(prefix)}.index).')
-    with tf.io.gfile.GFile(prefix + '.json') as f:
-      meta = json.load(f)
-    if meta['seed'] != self.seed or meta['split'] != self.split:
-      raise DataError(f'data iterator state in {directory!r} was saved with seed {meta["seed"]}, '
-                      f'split {meta["split"]!r}; this pipeline has seed {self.seed}, split {self.split!r}.')
-    if {k: list(v) for k, v in self.shapes.items()} != meta['element_spec']:
-      raise DataError(f'data iterator state in {directory!r} has features {meta["element_spec"]}; '
-                      f'this pipeline makes {self.shapes}.')
-    self._ckpt.read(prefix).assert_consumed()
+def _check_split(split, shard_index, num_shards):
+  if split not in ('train', 'validation'):
+    raise DataError(f"split={split!r} must be 'train' or 'validation'.")
+  if not 0 <= shard_index < num_shards:
+    raise DataError(f'shard_index={shard_index} is not in [0, num_shards={num_shards}).')
 
 
+@_no_autograph
+def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1,
+                  seed: int | None = None, skips: src_lib.SkipCounter | None = None):
+  """(packed rows of this process's streams, taken in turn, vocab): what `inspect` and the
+  tests look at before batching (with config.data.pack False: padded examples)."""
+  _check_split(split, shard_index, num_shards)
+  vocab = validate(config)
+  seed = config.data.seed if seed is None else seed
+  skips = skips if skips is not None else src_lib.SkipCounter()
+  num_streams = config.data.num_virtual_shards
+  streams = [build_stream(config, split, stream=v, num_streams=num_streams, seed=seed,
+                          skips=skips, vocab=vocab)
+             for v in owned_streams(shard_index, num_shards, num_streams)]
+  if len(streams) == 1:
+    return streams[0], vocab
+  order = tf.data.Dataset.range(len(streams)).repeat()
+  return tf.data.Dataset.choose_from_datasets(streams, order, stop_on_empty_dataset=False), vocab
+
+
+@_no_autograph
 def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1,
                 seed: int | None = None, batch_size: int | None = None) -> DataIterator:
-  """Batches for `split` ('train': endless, reshuffled per epoch; 'validation': one pass,
-  or endless with data.eval_repeat) of shard `shard_index` of `num_shards`."""
+  """Host batches for `split` ('train': endless, shuffled; 'validation': one pass, or
+  endless with data.eval_repeat) of process `shard_index` of `num_shards`: the rows of the
+  global batch (batch_size x num_shards rows) that this process's virtual shards feed."""
+  _check_split(split, shard_index, num_shards)
+  d = config.data
+  vocab = validate(config)
+  seed = d.seed if seed is None else seed
   skips = src_lib.SkipCounter()
-  seed = config.data.seed if seed is None else seed
-  ds, vocab = build_dataset(config, split, shard_index=shard_index, num_shards=num_shards,
-                            seed=seed, batch_size=batch_size, skips=skips)
-  return DataIterator(ds, vocab=vocab, shard_index=shard_index, num_shards=num_shards, seed=seed,
-                      split=split, skips=skips)
+  if batch_size is None:
+    batch_size = partitioning.split_batch(config.train, num_shards, f'num_shards={num_shards}')
+  num_streams = d.num_virtual_shards
+  owned = owned_streams(shard_index, num_shards, num_streams)
+  rows = stream_rows(batch_size * num_shards, num_streams)
+  lengths = families.feature_lengths(config)
+  drop = split == 'train' or bool(d.eval_repeat)
+  row_lengths = {k + sfx: n for k, n in lengths.items() for sfx in ('', '_segment_ids', '_positions')}
+  datasets = {}
+  for v in owned:
+    if not rows[v]:  # fewer rows than streams: this stream feeds none
+      continue
+    ds = build_stream(config, split, stream=v, num_streams=num_streams, seed=seed, skips=skips,
+                      vocab=vocab).batch(rows[v], drop_remainder=drop)
+    if not drop:
+      ds = ds.map(functools.partial(_pad_batch, n=rows[v], row_lengths=row_lengths))
+    datasets[v] = ds.map(packing.CONVERTERS[config.model.family]).prefetch(2)
+  return DataIterator(datasets, vocab=vocab, num_streams=num_streams, seed=seed, split=split,
+                      skips=skips, finite=not drop)
+
+
+def _pad_batch(rows, *, n, row_lengths):
+  """A short last batch of a finite pass, padded with all-zero rows to the full size."""
+  return {k: tf.ensure_shape(tf.pad(v, [[0, n - tf.shape(v)[0]], [0, 0]]), [n, row_lengths[k]])
+          for k, v in rows.items()}

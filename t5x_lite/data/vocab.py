@@ -112,6 +112,56 @@ class Vocabulary:
       ids.extend(self._sp.encode(text[pos:]))
     return ids
 
+  def tf_encode(self, texts):
+    """In-graph `encode` of a 1-D string tensor -> int32 RaggedTensor [n, None] (no EOS).
+
+    tensorflow-text's SentencePiece op on the same .model gives the ids `encode` gives,
+    `<extra_id_k>` included (split out, each text piece encoded on its own, like `encode`),
+    so streaming pipelines tokenize inside tf.data with no Python call per document.
+    One `tf.function`, traced once per vocabulary: every stream's pipeline calls the same
+    graph function instead of rebuilding the tokenizer graph (most of a stream's build).
+    """
+    return self._tf_encode_fn()(texts)
+
+  def _tf_encode_fn(self):
+    if getattr(self, '_tf_encode', None) is None:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top (the vocab CLI needs no TF)
+      with tf.init_scope():
+        self._tf_encode = tf.function(
+            self._tf_encode_graph, autograph=False, reduce_retracing=True,
+            input_signature=[tf.TensorSpec([None], tf.string)])
+    return self._tf_encode
+
+  def _tf_encode_graph(self, texts):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tokenizer = self._tf_tokenizer()
+    if not self.extra_ids:
+      return tokenizer.tokenize(texts)
+    import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
+    pattern = _SENTINEL_RE.pattern
+    pieces = tf_text.regex_split(texts, pattern, keep_delim_regex_pattern=pattern)
+    flat = pieces.flat_values
+    is_sentinel = tf.strings.regex_full_match(flat, pattern)
+    digits = tf.where(is_sentinel, tf.strings.regex_replace(flat, pattern, r'\1'), '0')
+    number = tf.strings.to_number(tf.strings.substr(digits, 0, 9), tf.int64)  # no overflow
+    is_sentinel = tf.logical_and(is_sentinel, number < self.extra_ids)
+    blank = tf.equal(tf.strings.strip(flat), '')
+    text_ids = tokenizer.tokenize(tf.where(tf.logical_or(is_sentinel, blank), '', flat))
+    sentinel = tf.RaggedTensor.from_row_lengths(
+        tf.cast(self.vocab_size - 1 - tf.boolean_mask(number, is_sentinel), tf.int32),
+        tf.cast(is_sentinel, tf.int64), validate=False)
+    per_piece = tf.concat([text_ids, sentinel], axis=1)
+    return tf.RaggedTensor.from_row_splits(per_piece, pieces.row_splits,
+                                           validate=False).merge_dims(1, 2)
+
+  def _tf_tokenizer(self):
+    if getattr(self, '_tf_tok', None) is None:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
+      with open(self.path, 'rb') as f, tf.init_scope():  # eager, even when first met in a trace
+        self._tf_tok = tf_text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32)
+    return self._tf_tok
+
   def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
     """Token ids of many texts at once (SentencePiece's threaded encoder; no EOS)."""
     return self._sp.encode(list(texts), num_threads=num_threads or (os.cpu_count() or 1))

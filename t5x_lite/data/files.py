@@ -1,0 +1,309 @@
+"""Streaming file sources: text, JSONL and TSV files (optionally .gz) as tf.data documents.
+
+Owns: turning the files of one source into the document stream of one virtual shard,
+read line by line through `tf.data.TextLineDataset`, so memory is bounded by buffers and
+not by corpus size, and the stream's position checkpoints with `tf.train.Checkpoint`.
+
+Which documents a stream reads (disjoint across streams, together the whole source):
+  - at least as many files as streams: files are dealt round-robin, stream v opens
+    files v, v + V, v + 2V, ... and nothing else;
+  - fewer files than streams (one big file, say): every stream reads every file and keeps
+    the documents whose index (offset by the file's number) is v mod V. Said in one log line.
+
+Shuffling (training only) without loading everything, in three bounded steps:
+  1. the stream's file order is reshuffled every epoch from (seed, stream, epoch);
+  2. `cycle_length` files are read at once, interleaved line group by line group;
+  3. a document shuffle buffer of `shuffle_buffer_size` documents per stream (the pipeline
+     splits data.shuffle_buffer_size over the streams, so memory and the time to fill the
+     buffers before the first batch do not grow with the stream count).
+Trade-off: documents close together in a file stay closer together in the stream than a
+full permutation would place them (a buffer of B documents moves each by about B places),
+and an epoch of a single file starts in its first B documents. Many files and a buffer
+that spans several of them make this invisible to the loss; a full shuffle of a 20 GB shard
+would cost the memory or the seek time this module exists to avoid.
+
+Bad input is counted as it streams (`SkipCounter`: the reason, where it first happened):
+invalid UTF-8 lines, empty lines, invalid JSON, missing or empty fields, TSV rows with the
+wrong number of columns. With `on_bad_input='error'` the first one stops the pipeline with
+its file and line. Plain text is checked and split into documents inside the graph; JSONL
+and TSV lines are parsed in one Python call per batch of lines (`tf.py_function`, stateless,
+so checkpoints stay exact).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from t5x_lite.data.sources import DataError, SkipCounter, bad_input
+
+LINES_PER_CALL = 256
+
+
+def split_files(files: list[str], stream: int, num_streams: int):
+  """(this stream's [(file number, path)], whether documents are dealt within files)."""
+  if len(files) >= num_streams:
+    return [(i, f) for i, f in enumerate(files)][stream::num_streams], False
+  return list(enumerate(files)), True
+
+
+def _report(skips: SkipCounter, policy: str, reason: str, path, line_number, line=None):
+  """Graph-side bad-input hook: a Python call only when there is bad input; returns False.
+
+  `line_number` (and `line`) may be scalars or vectors (every bad line of a batch, each
+  counted; with policy 'error' the first one raises)."""
+  def call(path, numbers, raws):
+    path = path.numpy().decode()
+    numbers = np.atleast_1d(numbers.numpy())
+    raws = np.broadcast_to(np.atleast_1d(raws.numpy()), numbers.shape)
+    for n, raw in zip(numbers, raws):
+      detail = ''
+      if reason == 'invalid UTF-8':
+        try:
+          raw.decode('utf-8')
+        except UnicodeDecodeError as e:
+          detail = f'byte {raw[e.start]:#04x} at column {e.start + 1}'
+      bad_input(policy, skips, reason, path + (f':{int(n)}' if int(n) > 0 else ''), detail)
+    return False
+  return tf.py_function(call, [path, line_number, line if line is not None else ''], tf.bool)
+
+
+def _valid_utf8(line):
+  return tf.equal(tf.strings.unicode_transcode(line, 'UTF-8', 'UTF-8', errors='replace',
+                                               replacement_char=0xFFFD), line)
+
+
+def _drop_bad(numbers, lines, bad, hook):
+  """(numbers, lines) without the `bad` ones, after `hook(bad numbers, bad lines)` (only
+  called, as a Python call, when the batch has a bad line)."""
+  checked = tf.cond(tf.reduce_any(bad),
+                    lambda: hook(tf.boolean_mask(numbers, bad), tf.boolean_mask(lines, bad)),
+                    lambda: tf.constant(True))
+  with tf.control_dependencies([checked]):
+    good = tf.logical_not(bad)
+    return tf.boolean_mask(numbers, good), tf.boolean_mask(lines, good)
+
+
+def _checked_lines(path, skips, policy):
+  """Batches of (line numbers, lines) of one file, invalid UTF-8 lines counted and dropped.
+
+  Whole batches of lines go through each op (vectorised), not one line at a time: reading
+  and splitting documents costs per batch, which is most of the time to the first batch."""
+  compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
+  lines = tf.data.TextLineDataset(path, compression_type=compression).enumerate(start=1)
+
+  def check(numbers, lines):
+    numbers, lines = _drop_bad(numbers, lines, tf.logical_not(_valid_utf8(lines)),
+                               lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
+    return numbers, tf.strings.regex_replace(lines, '\r$', '')
+  return lines.batch(LINES_PER_CALL).map(check)
+
+
+def _grouped(batches, boundary: str):
+  """Batches of lines -> documents (one string each): paragraphs (blank_line), lines
+  (line) or the whole file (file); one `scan` step per batch carries the open document."""
+  end = tf.data.Dataset.from_tensors((tf.constant(True), tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
+  batches = batches.map(lambda n, lines: (tf.constant(False), n, lines)).concatenate(end)
+
+  def step(carry, element):
+    at_end, _, lines = element
+    text = lines if boundary == 'file' else tf.strings.strip(lines)
+    if boundary == 'file':    # no breaks: every line joins the one document
+      brk, keep = tf.zeros_like(text, tf.bool), tf.ones_like(text, tf.bool)
+    elif boundary == 'line':  # a break before every line; empty lines (counted before) dropped
+      brk, keep = tf.ones_like(text, tf.bool), tf.not_equal(text, '')
+    else:                     # a blank line ends the paragraph before it
+      brk = tf.equal(text, '')
+      keep = tf.logical_not(brk)
+    seg = tf.cumsum(tf.cast(brk, tf.int32))          # segment 0 continues the carried document
+    num = tf.reduce_max(tf.concat([[0], seg], 0)) + 1  # the last segment stays open
+    if boundary == 'file':  # one segment; unsorted_segment_join would drop leading '' lines
+      joined = tf.reshape(tf.strings.reduce_join(text, separator='\n'), [1])
+    else:                   # no empty strings here (blank lines are breaks, empty lines dropped)
+      joined = tf.strings.unsorted_segment_join(tf.boolean_mask(text, keep),
+                                                tf.boolean_mask(seg, keep), num, separator='\n')
+    has = tf.math.unsorted_segment_sum(tf.cast(keep, tf.int32), seg, num) > 0
+    first = tf.where(tf.equal(carry, ''), joined[0],
+                     tf.where(has[0], tf.strings.join([carry, joined[0]], '\n'), carry))
+    joined = tf.concat([[first], joined[1:]], 0)
+    docs = joined[:num - 1 + tf.cast(at_end, tf.int32)]
+    if boundary == 'file':
+      docs = tf.strings.strip(docs)
+    return tf.where(at_end, '', joined[-1]), tf.boolean_mask(docs, tf.not_equal(docs, ''))
+
+  return batches.scan(tf.constant(''), step).unbatch().map(lambda text: (text,))
+
+
+def _text_documents(path, boundary, skips, policy):
+  batches = _checked_lines(path, skips, policy)
+  if boundary == 'line':
+    def count_empty(numbers, lines):
+      empty = tf.equal(tf.strings.strip(lines), '')
+      checked = tf.cond(tf.reduce_any(empty),
+                        lambda: _report(skips, 'skip', 'empty line', path, tf.boolean_mask(numbers, empty)),
+                        lambda: tf.constant(True))
+      with tf.control_dependencies([checked]):
+        return tf.identity(numbers), tf.identity(lines)
+    batches = batches.map(count_empty)
+  return _grouped(batches, boundary)
+
+
+def _parsed(lines, path, parse, nf: int, header=None):
+  """Batches of lines -> one Python parse per batch -> (fields..., keep) -> kept records."""
+  def call(path, numbers, lines, header):
+    out = [[] for _ in range(nf)]
+    keep = []
+    path = path.numpy().decode()
+    head = header.numpy().decode('utf-8', 'replace') if header is not None else None
+    for n, raw in zip(numbers.numpy(), lines.numpy()):
+      rec = parse(path, int(n), raw, head)
+      keep.append(rec is not None)
+      for i in range(nf):
+        out[i].append(rec[i] if rec is not None else '')
+    return [tf.constant(o, tf.string, shape=[len(keep)]) for o in out] + [tf.constant(keep, tf.bool)]
+
+  def py(numbers, lines):
+    args = [path, numbers, lines, header if header is not None else tf.constant('')]
+    res = tf.py_function(call, args, [tf.string] * nf + [tf.bool])
+    return tuple(tf.ensure_shape(r, [None]) for r in res)
+
+  recs = lines.batch(LINES_PER_CALL).map(py).unbatch()
+  return recs.filter(lambda *r: r[-1]).map(lambda *r: tuple(r[:-1]))
+
+
+def _decode(path, n, raw, skips, policy):
+  try:
+    return raw.decode('utf-8').rstrip('\r')
+  except UnicodeDecodeError as e:
+    bad_input(policy, skips, 'invalid UTF-8', f'{path}:{n}',
+              f'byte {raw[e.start]:#04x} at column {e.start + 1}')
+    return None
+
+
+def jsonl_parser(fields, skips, policy):
+  """parse(path, n, raw line, header) -> tuple of field texts, or None (counted)."""
+  def parse(path, n, raw, _):
+    line = _decode(path, n, raw, skips, policy)
+    if line is None:
+      return None
+    where = f'{path}:{n}'
+    if not line.strip():
+      skips.add('empty line', where)
+      return None
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      return bad_input(policy, skips, 'invalid JSON', where, e.msg)
+    if not isinstance(obj, dict):
+      return bad_input(policy, skips, 'JSON line is not an object', where)
+    rec = []
+    for f in fields:
+      v = obj.get(f)
+      if v is None:
+        return bad_input(policy, skips, f'missing field {f!r}', where, f'fields are {sorted(obj)}')
+      v = v if isinstance(v, str) else json.dumps(v)
+      if not v.strip():
+        skips.add(f'empty field {f!r}', where)
+        return None
+      rec.append(v)
+    return tuple(rec)
+  return parse
+
+
+def tsv_parser(fields, skips, policy):
+  def parse(path, n, raw, header):
+    header = header.rstrip('\r').split('\t')
+    missing = [f for f in fields if f not in header]
+    if missing:  # a setup error, whatever the policy
+      raise DataError(f'{path}:1: TSV header {header} has no field {missing[0]!r} '
+                      f'(the first line of a TSV source names its columns).')
+    line = _decode(path, n, raw, skips, policy)
+    if line is None:
+      return None
+    where = f'{path}:{n}'
+    if not line.strip():
+      skips.add('empty line', where)
+      return None
+    row = line.split('\t')
+    if len(row) != len(header):
+      return bad_input(policy, skips, 'TSV row with wrong number of columns', where,
+                       f'{len(row)} columns, header has {len(header)}')
+    rec = tuple(row[header.index(f)] for f in fields)
+    empty = [f for f, v in zip(fields, rec) if not v.strip()]
+    if empty:
+      skips.add(f'empty field {empty[0]!r}', where)
+      return None
+    return rec
+  return parse
+
+
+def _usable(path: str, skips: SkipCounter, policy: str) -> bool:
+  """Start-up check of one file, O(1) in its size: readable, not empty, .gz with gzip's magic
+  bytes. An empty file is a counted skip; an unreadable or non-gzip .gz one follows `policy`."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(2)
+  except OSError as e:
+    bad_input(policy, skips, 'unreadable file', path, e.strerror or str(e))
+    return False
+  if not head:
+    skips.add('empty file', path)
+    return False
+  if path.endswith('.gz') and head != b'\x1f\x8b':
+    bad_input(policy, skips, 'not a gzip file', path, f'starts with {head!r}, not 0x1f 0x8b')
+    return False
+  return True
+
+
+def documents(src, files: list[str], fields, *, stream: int, num_streams: int, train: bool,
+              seed: int, boundary: str, on_bad_input: str, skips: SkipCounter,
+              shuffle_buffer_size: int = 1000, cycle_length: int = 4) -> tf.data.Dataset:
+  """Stream `stream` of `num_streams` of a file source: tuples of field texts.
+
+  Train: endless, file order reshuffled per epoch, documents shuffled in a bounded buffer.
+  Otherwise one ordered pass (files in name order, one at a time)."""
+  nf = len(fields)
+  if src.kind == 'text' and nf != 1:
+    raise DataError(f'source {src}: plain text has one field per document; the text_to_text '
+                    f'objective needs a jsonl, tsv or tfds source with {list(fields)}.')
+  num_files = len(files)
+  files = [f for f in files if _usable(f, skips, on_bad_input)]
+  if not files:
+    raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
+  mine, dealt = split_files(files, stream, num_streams)
+  if dealt and stream == 0:
+    logging.info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
+                 'every %d-th document', src, len(files), num_streams, num_streams)
+  boundary = src.get('boundary', boundary)
+  numbers = tf.constant([i for i, _ in mine], tf.int64)
+  paths = tf.constant([p for _, p in mine])
+
+  def read(number, path):
+    if src.kind == 'text':
+      docs = _text_documents(path, boundary, skips, on_bad_input)
+    else:
+      lines = tf.data.TextLineDataset(
+          path, compression_type=tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', ''))
+      lines = lines.enumerate(start=1)
+      if src.kind == 'jsonl':
+        docs = _parsed(lines, path, jsonl_parser(fields, skips, on_bad_input), nf)
+      else:
+        header = lines.take(1).map(lambda n, line: line).get_single_element()
+        docs = _parsed(lines.skip(1), path, tsv_parser(fields, skips, on_bad_input), nf, header)
+    if dealt:  # fewer files than streams: keep every num_streams-th document of each file
+      docs = docs.enumerate().filter(lambda i, d: tf.equal((i + number) % num_streams, stream))
+      docs = docs.map(lambda i, d: d)
+    return docs
+
+  names = tf.data.Dataset.from_tensor_slices((numbers, paths))
+  if not train:
+    return names.flat_map(read)
+  # A new file order every epoch, from the seed; repeat() ends (it does not spin) if a
+  # stream turns out to hold no usable document, and the iterator says so.
+  names = names.shuffle(len(mine), seed=seed * 7919 + stream, reshuffle_each_iteration=True)
+  ds = names.interleave(read, cycle_length=min(cycle_length, len(mine)), block_length=16,
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).repeat()
+  return ds.shuffle(shuffle_buffer_size, seed=seed * 7919 + stream)

@@ -1,0 +1,126 @@
+"""The host-batch iterator over a process's virtual shards, with an exact, per-stream save.
+
+Owns: pulling one batch block from each stream this process runs, concatenating them in
+stream order into the host batch, and saving / restoring every stream's tf.data position
+on its own (`stream-<v>-of-<V>.*` plus a JSON of what it was built with), so whichever
+process runs stream v after a restart, with whatever process count, continues it exactly.
+
+A finite pass (validation) pads a stream that has ended with all-zero rows until every
+stream of the process has ended, so the global batch stays the same for any process count.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from t5x_lite.data import sources as src_lib
+from t5x_lite.data.sources import DataError
+
+
+class DataIterator:
+  """Iterator of numpy host batches whose exact position can be saved and restored."""
+
+  def __init__(self, datasets: dict, *, vocab, num_streams: int, seed: int, split: str,
+               skips: src_lib.SkipCounter, finite: bool):
+    self.datasets = datasets          # {stream index: dataset of batch blocks}
+    self.vocab = vocab
+    self.num_streams, self.seed, self.split, self.skips = num_streams, seed, split, skips
+    self.finite = finite
+    self._its = {v: iter(ds) for v, ds in datasets.items()}
+    self._ckpts = {v: tf.train.Checkpoint(iterator=it) for v, it in self._its.items()}
+    self._ended = set()
+
+  @property
+  def element_spec(self) -> dict:
+    specs = [ds.element_spec for ds in self.datasets.values()]
+    rows = sum(s[next(iter(s))].shape[0] for s in specs)
+    return {k: tf.TensorSpec([rows, *v.shape[1:]], v.dtype) for k, v in specs[0].items()}
+
+  @property
+  def shapes(self) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in self.element_spec.items()}
+
+  def _stream_shapes(self, v) -> dict[str, list]:
+    return {k: list(s.shape) for k, s in self.datasets[v].element_spec.items()}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    blocks = []
+    for v, it in self._its.items():
+      if v not in self._ended:
+        try:
+          blocks.append({k: x.numpy() for k, x in next(it).items()})
+          continue
+        except StopIteration:
+          if not self.finite:  # an endless stream only ends when it holds no usable record
+            raise DataError(f'data {self.split}: stream {v} of {self.num_streams} (data.'
+                            f'num_virtual_shards) has no usable records; '
+                            f'{self.skips.summary()}.') from None
+          self._ended.add(v)
+        except tf.errors.OpError as e:
+          raise src_lib.as_data_error(e, self.skips, f'data {self.split} stream {v}') from None
+      blocks.append({k: np.zeros(s, np.int32) for k, s in self._stream_shapes(v).items()})
+    if len(self._ended) == len(self._its):
+      raise StopIteration
+    if len(blocks) == 1:
+      return blocks[0]
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+  def _prefix(self, directory: str, v: int) -> str:
+    return os.path.join(directory, f'stream-{v:05d}-of-{self.num_streams:05d}')
+
+  def save(self, directory: str) -> None:
+    """Writes the position of every stream this process runs under `directory`."""
+    tf.io.gfile.makedirs(directory)
+    for v, ckpt in self._ckpts.items():
+      prefix = self._prefix(directory, v)
+      try:
+        ckpt.write(prefix)
+      except (tf.errors.UnimplementedError, tf.errors.FailedPreconditionError) as e:
+        raise DataError(f'the {self.split} data iterator cannot be checkpointed: '
+                        f'{e.message.split("}} ")[-1].split(" [Op:")[0]}') from None
+      with tf.io.gfile.GFile(prefix + '.json', 'w') as f:
+        json.dump(dict(stream=v, num_streams=self.num_streams, seed=self.seed, split=self.split,
+                       ended=v in self._ended, element_spec=self._stream_shapes(v)), f)
+
+  def restore(self, directory: str) -> None:
+    """Restores every stream this process runs from `directory`, whoever saved it."""
+    saved = sorted(glob.glob(os.path.join(directory, 'stream-*-of-*.json')))
+    if not saved:
+      older = sorted(glob.glob(os.path.join(directory, 'process_*')) +
+                     glob.glob(os.path.join(directory, 'data_iterator-shard-*.index')))
+      layout = (f'an older per-process layout ({os.path.basename(older[0])}), from before virtual '
+                f'shards' if older else 'no data iterator state')
+      raise DataError(f'{directory!r} holds {layout}; this code restores per-stream state '
+                      f'(stream-*-of-*). Resume it with the version that wrote it, or train on '
+                      f'from its params with config.init_from (fresh data order).')
+    found = int(os.path.basename(saved[0]).split('-of-')[1].split('.')[0])
+    if found != self.num_streams:
+      raise DataError(f'data iterator state in {directory!r} has {found} streams; this config has '
+                      f'data.num_virtual_shards={self.num_streams} (set it to {found} to resume).')
+    for v, ckpt in self._ckpts.items():
+      prefix = self._prefix(directory, v)
+      if not tf.io.gfile.exists(prefix + '.json'):
+        raise DataError(f'no data iterator state for stream {v} of {self.num_streams} in '
+                        f'{directory!r} (expected {os.path.basename(prefix)}.index).')
+      with tf.io.gfile.GFile(prefix + '.json') as f:
+        meta = json.load(f)
+      if meta['seed'] != self.seed or meta['split'] != self.split:
+        raise DataError(f'data iterator state in {directory!r} was saved with seed {meta["seed"]}, '
+                        f'split {meta["split"]!r}; this pipeline has seed {self.seed}, split '
+                        f'{self.split!r}.')
+      if self._stream_shapes(v) != meta['element_spec']:
+        raise DataError(f'data iterator state in {directory!r} has features {meta["element_spec"]} '
+                        f'for stream {v}; this pipeline makes {self._stream_shapes(v)} (a different '
+                        f'global batch size or feature lengths).')
+      ckpt.read(prefix).assert_consumed()
+      if meta.get('ended'):
+        self._ended.add(v)
+      else:
+        self._ended.discard(v)
