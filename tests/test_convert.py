@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 os.environ.setdefault('USE_TF', '0')
-os.environ.setdefault('USE_FLAX', '0')
 
 import numpy as np
 import pytest

@@ -171,7 +171,7 @@ def test_span_lengths_follow_the_random_partition_distribution():
 
 
 def _spec_masks(length, n, s, count, rng):
-  """Noise masks drawn in numpy per the reference page §1 (independent of the library)."""
+  """Noise masks drawn in numpy per docs/t5.md §1 (independent of the library)."""
   def compositions(total):
     cuts = np.sort(np.argsort(rng.random((count, total - 1)), axis=1)[:, :s - 1], axis=1) + 1
     bounds = np.concatenate([np.zeros((count, 1), int), cuts, np.full((count, 1), total)], 1)
