@@ -280,3 +280,16 @@ def test_batched_reader_matches_a_whole_file_reference(tmp_path, monkeypatch, li
     recs, skips = _records(f'text:{tmp_path}/a.txt', boundary=boundary)
     assert [r[0] for r in recs] == _reference_documents(raw, boundary), boundary
     assert skips.counts['invalid UTF-8'] == raw.count(b'\xff')
+
+
+def test_blank_lines_in_jsonl_and_tsv_are_counted_never_errors(tmp_path):
+  """A trailing blank line in a JSONL / TSV shard is common: counted as 'empty line', also
+  with on_bad_input=error (it is not bad JSON or a bad row)."""
+  (tmp_path / 'x.jsonl').write_text('{"text": "a"}\n\n{"text": "b"}\n  \n')
+  (tmp_path / 'x.tsv').write_text('inputs\ttargets\nq1\ta1\n\nq2\ta2\n')
+  for spec, fields, want in ((f'jsonl:{tmp_path}/x.jsonl', ('text',), [('a',), ('b',)]),
+                             (f'tsv:{tmp_path}/x.tsv', ('inputs', 'targets'),
+                              [('q1', 'a1'), ('q2', 'a2')])):
+    for policy in ('skip', 'error'):
+      recs, skips = _records(spec, fields, on_bad_input=policy)
+      assert recs == want and set(skips.counts) == {'empty line'}, (spec, policy, skips.counts)

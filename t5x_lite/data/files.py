@@ -174,25 +174,28 @@ def _parsed(lines, path, parse, nf: int, header=None):
   return recs.filter(lambda *r: r[-1]).map(lambda *r: tuple(r[:-1]))
 
 
-def _decode(path, n, raw, skips, policy):
+def _nonempty_line(path, n, raw, skips, policy):
+  """(text, 'path:n') of a record line, or None after counting an undecodable or empty one."""
+  where = f'{path}:{n}'
   try:
-    return raw.decode('utf-8').rstrip('\r')
+    line = raw.decode('utf-8').rstrip('\r')
   except UnicodeDecodeError as e:
-    bad_input(policy, skips, 'invalid UTF-8', f'{path}:{n}',
+    bad_input(policy, skips, 'invalid UTF-8', where,
               f'byte {raw[e.start]:#04x} at column {e.start + 1}')
     return None
+  if not line.strip():
+    skips.add('empty line', where)
+    return None
+  return line, where
 
 
 def jsonl_parser(fields, skips, policy):
   """parse(path, n, raw line, header) -> tuple of field texts, or None (counted)."""
   def parse(path, n, raw, _):
-    line = _decode(path, n, raw, skips, policy)
-    if line is None:
+    checked = _nonempty_line(path, n, raw, skips, policy)
+    if checked is None:
       return None
-    where = f'{path}:{n}'
-    if not line.strip():
-      skips.add('empty line', where)
-      return None
+    line, where = checked
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
@@ -220,13 +223,10 @@ def tsv_parser(fields, skips, policy):
     if missing:  # a setup error, whatever the policy
       raise DataError(f'{path}:1: TSV header {header} has no field {missing[0]!r} '
                       f'(the first line of a TSV source names its columns).')
-    line = _decode(path, n, raw, skips, policy)
-    if line is None:
+    checked = _nonempty_line(path, n, raw, skips, policy)
+    if checked is None:
       return None
-    where = f'{path}:{n}'
-    if not line.strip():
-      skips.add('empty line', where)
-      return None
+    line, where = checked
     row = line.split('\t')
     if len(row) != len(header):
       return bad_input(policy, skips, 'TSV row with wrong number of columns', where,
