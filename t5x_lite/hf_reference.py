@@ -37,8 +37,16 @@ def _clip_compat():
 
 
 def _t5_config(model_cfg):
-  os.environ.setdefault('USE_TORCH', '0')
-  from transformers import T5Config
+  # transformers reads USE_TORCH once, at import: skip the slow torch import, without
+  # leaking the setting into the environment of later subprocesses.
+  added = 'USE_TORCH' not in os.environ
+  if added:
+    os.environ['USE_TORCH'] = '0'
+  try:
+    from transformers import T5Config
+  finally:
+    if added:
+      del os.environ['USE_TORCH']
   from transformers.utils import logging as hf_logging
   hf_logging.set_verbosity_error()  # its "Flax classes are deprecated" banner
   fields = hf.hf_config_dict(model_cfg)

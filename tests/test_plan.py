@@ -21,7 +21,7 @@ T5_DIMS = {
 # transformers are pinned test requirements: if they do not import, the tests fail.
 HF_SCRIPT = """
 import json, os, sys
-os.environ['USE_TF'] = '0'; os.environ['USE_FLAX'] = '0'
+os.environ['USE_TF'] = '0'; os.environ['USE_FLAX'] = '0'; os.environ['USE_TORCH'] = '1'
 import torch
 from transformers.models.bert import configuration_bert, modeling_bert
 from transformers.models.gpt2 import configuration_gpt2, modeling_gpt2

@@ -108,9 +108,16 @@ def test_grad_accumulation_with_adamw():
   want = run_steps(config(1), 2)
   got = run_steps(config(4), 2, dict(data=2, fsdp=1, tensor=1), jax.devices()[:2], want[2])
   # Adam's first steps are about lr * sign(g): an entry whose gradient is within rounding of
-  # 0 can move by a fraction of lr either way, so params get atol = lr / 100; the gradient
-  # itself is held to rtol 2e-5 through grad_norm.
-  assert_same_run(got, want, 'AdamW, grad accumulation 4 on data=2', params_atol=1e-5)
+  # 0 can move by up to 2 lr per step either way under another summation order, so each
+  # entry is held to 2 lr x steps, and all but a rare few (<= 0.5%) to 1e-5; the gradient
+  # itself is held to rtol 2e-5 through grad_norm. (A wrong microbatch gradient moves many
+  # entries by ~lr, failing the second bound.)
+  lr, steps = 1e-3, 2
+  assert_same_run(got, want, 'AdamW, grad accumulation 4 on data=2',
+                  params_atol=2 * lr * steps)
+  diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in
+                          zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]))])
+  assert np.mean(diffs > 1e-5) <= 0.005, np.mean(diffs > 1e-5)
 
 
 def _adafactor_reference(param, grads, lr):
