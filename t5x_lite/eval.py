@@ -20,9 +20,19 @@ DIR/checkpoints/ (the optimizer state and data position are not read, nothing is
 Prints one JSON line on stdout with every figure (progress and a few predictions go to
 stderr) and writes it to DIR/eval_<split>_<step>.json. A workdir without a checkpoint, or a
 config that does not match the checkpoint, is a one-line `error: ...` and exit status 1.
-JSON keys: step, split, eval_steps, eval_loss, eval_accuracy, then (when it decodes)
-beam_size, decoded_examples, sequence_accuracy, exact_match, f1, bleu, rouge1, rouge2,
-rougeL, rougeLsum; seconds.
+JSON keys: step, split, eval_steps, eval_loss, eval_accuracy, skipped_input ({reason:
+count}), for text-to-text tasks examples_read, truncated_inputs and truncated_targets, then
+(when it decodes) beam_size, decoded_examples, sequence_accuracy, exact_match, f1, bleu,
+rouge1, rouge2, rougeL, rougeLsum; seconds.
+
+Bad input (`data.on_bad_input`, docs/cli.md): lines and records the pipeline skips are
+counted by reason (an example whose inputs or targets are empty or tokenize to nothing is a
+counted skip); a text-to-text example longer than data.inputs_length / targets_length (EOS
+included) is truncated, as in training, and counted. One stderr line says it, e.g.
+`3 of 200 examples had inputs longer than data.inputs_length=64 tokens (EOS included) and
+were truncated`; the counts are those of the teacher-forced pass (the decode pass reads the
+same examples), over every stream of this host, read up to the last batch (with
+--eval_steps, the pipeline may have read a few examples ahead).
 
 The config is the one given on the command line (use the run's config and overrides, or
 the same file); the checkpoint's params must have the shapes it describes.
@@ -59,6 +69,7 @@ def run_eval(config, workdir: str, split: str = 'validation',
   """Everything `python -m t5x_lite.eval` does; returns the figures it prints."""
   from t5x_lite import decoding
   from t5x_lite import metrics as metrics_lib
+  from t5x_lite.data import sources
   start = time.time()
   config = config.copy_and_resolve_references()
   if eval_steps is not None:
@@ -74,7 +85,12 @@ def run_eval(config, workdir: str, split: str = 'validation',
         f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
         file=sys.stderr, flush=True)
   result = {'step': step, 'split': split, 'eval_steps': steps}
-  result.update(evaluation.evaluate(config, trainer, params, split))
+  skips = sources.SkipCounter()
+  result.update(evaluation.evaluate(config, trainer, params, split, skips=skips))
+  # Bad and over-long input, counted as the pass read it (this host's streams, summed).
+  result.update(skips.figures())
+  print(f'[t5x_lite] eval data ({split}): {skips.report() or "no input skipped"}.',
+        file=sys.stderr, flush=True)
   why_not = evaluation.can_decode(config)
   if why_not:
     print(f'[t5x_lite] eval: no decoding ({why_not}).', file=sys.stderr, flush=True)

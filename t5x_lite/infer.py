@@ -6,12 +6,15 @@ r"""Generate with the latest checkpoint of a run, from a file or stdin, JSONL ou
 
 Input: one example per line, detected per line: a JSON object with a string "inputs" field
 (its other fields are copied to the output), else the line itself as plain text. Empty
-lines, and JSON objects without a non-empty string "inputs", are skipped and reported
-(count and line numbers) on stderr; nothing is dropped silently.
+lines, JSON objects without a non-empty string "inputs", and inputs that tokenize to
+nothing (e.g. only zero-width or control characters) are skipped and reported (count and
+line numbers) on stderr, as the text_to_text pipeline skips such records; nothing is
+dropped silently.
 
 Each input is tokenized with the config's vocabulary exactly as training's text_to_text
 pipeline does: ids[:data.inputs_length - 1] + EOS (inputs cut this way are counted and
-reported on stderr). Encoder-decoder models get them as encoder_input_tokens, in fixed-
+reported on stderr: `truncated 3 of 200 inputs to data.inputs_length=64 tokens (line 7:
+80 tokens, ...)`). Encoder-decoder models get them as encoder_input_tokens, in fixed-
 shape batches of --batch_size (one compilation). Decoder-only models get BOS + ids + EOS
 as the (bidirectional, prefix-LM) prompt; with data.objective=causal_lm the prompt is
 BOS + ids without EOS and decoding is causal. Prompts must have equal lengths in a batch,
@@ -67,6 +70,8 @@ class Report:
     self.predicted = 0
     self.empty: List[int] = []
     self.bad: List[Tuple[int, str]] = []
+    self.no_tokens: List[int] = []
+    self.tokenized = 0  # inputs with tokens: what the truncated count is out of
     self.truncated: List[Tuple[int, int]] = []
 
   @staticmethod
@@ -84,8 +89,12 @@ class Report:
       parts.append(f'skipped {len(self.bad)} JSON line{s(len(self.bad))} without a non-empty '
                    f'string "inputs" (line{s(len(self.bad))} '
                    f'{self._which([n for n, _ in self.bad])})')
-    parts.append(f'truncated {len(self.truncated)} input{s(len(self.truncated))} to '
-                 f'data.inputs_length={inputs_length} tokens' +
+    if self.no_tokens:
+      parts.append(f'skipped {len(self.no_tokens)} input{s(len(self.no_tokens))} that '
+                   f'tokenize{"s" if len(self.no_tokens) == 1 else ""} to nothing '
+                   f'(line{s(len(self.no_tokens))} {self._which(self.no_tokens)})')
+    parts.append(f'truncated {len(self.truncated)} of {self.tokenized} '
+                 f'input{s(self.tokenized)} to data.inputs_length={inputs_length} tokens' +
                  (f' (line{s(len(self.truncated))} '
                   f'{self._which([f"{n}: {k} tokens" for n, k in self.truncated])})'
                   if self.truncated else ''))
@@ -172,12 +181,19 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   inputs_length = config.data.inputs_length
   decoder_only = families.get(family).generates == 'decoder_only'
   eos = not (decoder_only and config.data.objective == 'causal_lm')
-  token_lists = []
-  for number, text, _ in examples:
+  token_lists, kept = [], []
+  for example in examples:
+    number, text, _ = example
     ids, n = tokenize(vocab, text, inputs_length, eos)
+    if n == int(eos):  # no tokens: skipped like the pipeline's records without tokens
+      report.no_tokens.append(number)
+      continue
+    report.tokenized += 1
     if n > len(ids):
       report.truncated.append((number, n))
     token_lists.append(([0] if decoder_only else []) + ids)  # decoder-only: BOS
+    kept.append(example)
+  examples = kept
 
   trainer, params, step = evaluation.load(config, workdir) if examples else (None, None, None)
   if examples:

@@ -293,3 +293,58 @@ def test_blank_lines_in_jsonl_and_tsv_are_counted_never_errors(tmp_path):
     for policy in ('skip', 'error'):
       recs, skips = _records(spec, fields, on_bad_input=policy)
       assert recs == want and set(skips.counts) == {'empty line'}, (spec, policy, skips.counts)
+
+
+# A text-to-text task with known bad and over-long examples (inputs_length=16, targets_length=8).
+_LONG = ' '.join(['to be or not to be that is the question'] * 5)  # far over 15 tokens
+_TASK = ([{'inputs': f'now is the winter {i}', 'targets': 'rich'} for i in range(11)] +
+         [{'inputs': _LONG, 'targets': 'ham'}] * 3 +           # 3 inputs over-long
+         [{'inputs': 'a', 'targets': _LONG}] * 2 +             # 2 targets over-long
+         [{'inputs': _LONG, 'targets': _LONG}] +               # 1 both
+         [{'inputs': '', 'targets': 'z'}, {'inputs': '  ', 'targets': 'z'}] +  # 2 empty inputs
+         [{'inputs': '\u200b', 'targets': 'z'}] * 2 +          # 2 tokenize to nothing
+         [{'inputs': 'b', 'targets': '\u200b\u200b'}] +        # 1 target without tokens
+         ['', 'not json'])                                     # 1 empty line, 1 invalid JSON
+_TASK_FIGURES = {'examples_read': 17, 'truncated_inputs': 4, 'truncated_targets': 3,
+                 'skipped_input': {"empty field 'inputs'": 2, 'empty line': 1, 'invalid JSON': 1,
+                                   "field 'inputs' without tokens": 2,
+                                   "field 'targets' without tokens": 1}}
+
+
+@pytest.mark.parametrize('num_files,streams', [(1, 1), (1, 3), (2, 4), (5, 2)])
+def test_text_to_text_counts_empty_and_truncated_examples_over_all_streams(tmp_path, num_files,
+                                                                          streams):
+  """Every empty or token-less example is a counted skip and every over-long one is counted
+  as truncated, exactly, summed over the streams: one file read by every stream (each line
+  counted by one of them), or files dealt to the streams."""
+  lines = [l if isinstance(l, str) else json.dumps(l) for l in _TASK]
+  for f in range(num_files):
+    (tmp_path / f'x{f}.jsonl').write_text(''.join(l + '\n' for l in lines[f::num_files]))
+  cfg = data_config(objective='text_to_text', inputs_length=16, targets_length=8, pack=False,
+                    validation_source=f'jsonl:{tmp_path}/x*.jsonl', num_virtual_shards=streams)
+  it = pipeline.get_dataset(cfg, 'validation', batch_size=4)
+  rows = [r for b in it for r, w in zip(b['decoder_target_tokens'], b['decoder_loss_weights'])
+          if w.sum()]
+  assert len(rows) == 17
+  assert it.skips.figures() == _TASK_FIGURES
+  assert it.skips.truncation_summary() == (
+      '4 of 17 examples had inputs longer than data.inputs_length=16 tokens (EOS included) and '
+      'were truncated; 3 of 17 examples had targets longer than data.targets_length=8 tokens '
+      '(EOS included) and were truncated')
+  assert it.skips.report().startswith("skipped 2 x empty field 'inputs' (first at ")
+
+
+def test_bad_lines_of_one_file_read_by_every_stream_are_counted_once(tmp_path):
+  """Fewer files than streams: each stream reads every line; each bad line counts once."""
+  (tmp_path / 'a.txt').write_bytes(b'one\n\ntwo\nbad \xff\nthree\n\n\nfour\n')
+  (tmp_path / 'b.txt').write_bytes(b'')
+  for streams in (1, 2, 3):
+    skips = sources.SkipCounter()
+    src = sources.parse_sources(f'text:{tmp_path}/*.txt')[0]
+    docs = []
+    for v in range(streams):
+      docs += [r[0] for r in files.documents(
+          src, sources.expand_glob(src.target, 'test'), ('text',), stream=v, num_streams=streams,
+          train=False, seed=0, boundary='line', on_bad_input='skip', skips=skips).as_numpy_iterator()]
+    assert sorted(docs) == sorted([b'one', b'two', b'three', b'four']), streams
+    assert skips.counts == {'empty line': 3, 'invalid UTF-8': 1, 'empty file': 1}, streams
