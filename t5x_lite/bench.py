@@ -2,7 +2,7 @@ r"""`python -m t5x_lite.bench`: train step, decode and input-pipeline speed in o
 
     python -m t5x_lite.bench [--config=configs/default.py] [--steps=3] [--rounds=3]
         [--beam_size=4] [--decode_batch_size=0] [--decode_length=0] [--peak_flops=0]
-        [--noreference] [--pipeline_seconds=5] [--train_only] [--json]
+        [--noreference] [--pipeline_seconds=5] [--train_only | --decode_only] [--json]
 
 Prints, side by side: this machine's measured float32 matmul peak (or --peak_flops), the
 full train step (ms, tokens/s, MFU against that peak; formula printed), loss + gradients of
@@ -15,6 +15,14 @@ shapes (T5 v1.1 small dims, 4+4 layers, batch 8, 512/114):
         --config.model.num_encoder_layers=4 --config.model.num_decoder_layers=4 \
         --config.train.batch_size=8 --config.data.inputs_length=512 \
         --config.data.targets_length=114
+
+and only the decode comparison (greedy and beam-4 beside FlaxT5 `generate`, batch 16, 512
+inputs, 114 new tokens; no peak, train step or pipeline):
+
+    python -m t5x_lite.bench --config=configs/t5_v1_1.py:small \
+        --config.model.num_encoder_layers=4 --config.model.num_decoder_layers=4 \
+        --config.train.batch_size=16 --config.data.inputs_length=512 \
+        --config.data.targets_length=114 --decode_only --rounds=1
 
 What each figure means: `t5x_lite.benchmark`.
 """
@@ -41,6 +49,7 @@ def _define_flags():
   flags.DEFINE_bool('reference', True, 'Time Hugging Face FlaxT5 beside ours.')
   flags.DEFINE_float('pipeline_seconds', 5.0, 'How long to run the input pipeline.')
   flags.DEFINE_bool('train_only', False, 'Only the peak and the full train step.')
+  flags.DEFINE_bool('decode_only', False, 'Only greedy and beam decode beside FlaxT5 generate.')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of lines.')
 
 
@@ -53,7 +62,7 @@ def main():
       config, steps=FLAGS.steps, rounds=FLAGS.rounds, decode_batch_size=FLAGS.decode_batch_size,
       decode_length=FLAGS.decode_length, beam_size=FLAGS.beam_size, peak_flops=FLAGS.peak_flops,
       reference=FLAGS.reference, pipeline_seconds=FLAGS.pipeline_seconds,
-      train_only=FLAGS.train_only,
+      train_only=FLAGS.train_only, decode_only=FLAGS.decode_only,
       print_fn=(lambda _: None) if FLAGS.json else print)
   if FLAGS.json:
     print(json.dumps(out, sort_keys=True))

@@ -13,7 +13,9 @@ r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` sho
    for greedy and beam search (`decoding`), beside FlaxT5 `generate` at equal shapes, paired.
 5. input pipeline: `get_dataset(config, 'train')` token positions/s (and non-padding tokens/s).
 
-`train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh). Every figure is also
+`train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh); `decode_only` runs only
+4 (no peak, no train step, no pipeline: the decode comparison at large shapes, where each
+FlaxT5 `generate` takes minutes on a CPU). Every figure is also
 returned in one flat dict (`--json` prints it); a figure that cannot be measured here is
 None with its reason under `notes`.
 """
@@ -55,7 +57,8 @@ def _our_grad_step(config, batch) -> Callable[[], Any]:
 
 
 def _our_decoder(config, batch, max_length: int, beam_size: int):
-  """A no-argument callable decoding `batch`, or None when this checkout has no beam search."""
+  """A no-argument callable decoding `batch` -> (tokens [rows, (K,) max_length], scores), or
+  None when this checkout has no beam search."""
   from t5x_lite import decoding
   model, params = _our_model(config)
   if beam_size == 1:
@@ -85,13 +88,24 @@ def _reference_reason(config, reference: bool) -> str:
 def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
         decode_length: int = 0, beam_size: int = 4, peak_flops: float = 0.0,
         reference: bool = True, pipeline_seconds: float = 5.0, train_only: bool = False,
-        print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
+        decode_only: bool = False, print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
   import jax
   from t5x_lite import hf_reference
   out: Dict[str, Any] = {'notes': {}}
   notes = out['notes']
   tc, lengths = config.train, families.stream_lengths(config)
   family = families.get(config.model.family)
+  if train_only and decode_only:
+    raise ValueError('--train_only and --decode_only exclude each other.')
+  if decode_only:
+    if not family.has_decoder:
+      raise ValueError(f'--decode_only: model.family={config.model.family!r} does not decode.')
+    out.update(devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
+               lengths=dict(lengths))
+    _decode(config, out, rounds, decode_batch_size or tc.batch_size,
+            decode_length or lengths['decoder'], beam_size,
+            _reference_reason(config, reference), print_fn)
+    return out
 
   peak = peak_flops if peak_flops > 0 else throughput.matmul_peak()
   out.update(peak_flops=peak, peak_source='given' if peak_flops > 0 else 'measured')
@@ -154,8 +168,13 @@ def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn)
   out.update(decode_rows=rows, decode_new_tokens=new_tokens, beam_size=beam_size)
   for key, k in (('greedy', 1), ('beam', beam_size)):
     fns = {}
-    ours = _our_decoder(config, batch, new_tokens, k)
-    if ours is None:
+    decoder = _our_decoder(config, batch, new_tokens, k)
+    last = {}
+
+    def ours(decoder=decoder, last=last):
+      last['tokens'] = decoder()[0]
+      return last['tokens']
+    if decoder is None:
       out.update({f'{key}_tokens_per_s': None, f'hf_{key}_tokens_per_s': None,
                   f'{key}_ratio_vs_hf': None})
       out['notes'][key] = 'pending: this checkout has no decoding.beam_search'
@@ -173,6 +192,17 @@ def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn)
     ref = (f'FlaxT5 generate {speed["flax_t5"]:,.0f}, ratio ours/FlaxT5 '
            f'{out[f"{key}_ratio_vs_hf"]:.2f}x' if 'flax_t5' in speed else 'FlaxT5 n/a')
     name = 'greedy' if k == 1 else f'beam-{k}'
+    # FlaxT5 runs with EOS disabled, so always to full length; ours stops once every row has
+    # finished (K finished beams). Equal work only if some row did not finish: say if not.
+    best = np.asarray(last['tokens'])
+    best = best[:, 0] if best.ndim == 3 else best
+    ended = int((best == 1).any(axis=-1).sum())
+    out[f'{key}_rows_ended_early'] = ended
+    if ended == rows:
+      out['notes'][key] = (f'every row of ours ended in EOS: its loop may have stopped before '
+                           f'{new_tokens} tokens, so the ratio may flatter ours')
     print_fn(f'{name} decode ({rows} rows x {new_tokens} new tokens): ours '
-             f'{speed["ours"]:,.0f} new tokens/s, {ref}')
+             f'{speed["ours"]:,.0f} new tokens/s, {ref}' +
+             (f' [{ended} of {rows} rows of ours ended early: {out["notes"][key]}]'
+              if ended == rows else ''))
 
