@@ -69,8 +69,24 @@ def _map_batch(fn, cache, axes):
   return jax.tree.map(lambda x, a: x if a is None else fn(x, a), cache, axes)
 
 
+def _reordered_axes(axes, beam_size: int):
+  """The cache leaves a beam step must reorder: none with one beam (each row's parent is
+  itself), else all but the cross-attention keys/values (models.py names them
+  'cross_attention'), which are the same for every beam of an example: gathering them
+  copied [rows, encoder length, heads, d_kv] twice per layer and step."""
+  if beam_size == 1:
+    return jax.tree.map(lambda a: None, axes, is_leaf=lambda a: a is None)
+
+  def axis(path, a):
+    cross = any(getattr(p, 'key', None) == 'cross_attention' for p in path)
+    return None if cross else a
+  return jax.tree_util.tree_map_with_path(axis, axes, is_leaf=lambda a: a is None)
+
+
 def _encoder_decoder_step(model, params, enc, encoded):
-  """step(cache, tokens [rows, n]) -> (logits [rows, n, vocab], cache)."""
+  """step(cache, tokens [rows, n]) -> (logits [rows, n, vocab], cache). `encoded` for the
+  first step (it fills the cross-attention key/value cache); None for every later one, which
+  reads that cache with no projection and no branch in the loop body."""
   def step(cache, token):
     logits, mutated = model.apply(
         {'params': params, 'cache': cache}, encoded,
@@ -150,8 +166,9 @@ def _encoder_decoder_sample(model, params, encoder_input_tokens, max_length, rng
   cache = _empty_cache(model, {'encoder_input_tokens': enc, 'decoder_input_tokens':
                                jnp.zeros((rows, max_length + 1), jnp.int32)})
   encoded = model.apply({'params': params}, {'encoder_input_tokens': enc}, method=model.encode)
-  step = _encoder_decoder_step(model, params, enc, encoded)
-  logits, cache = step(cache, jnp.zeros((rows, 1), jnp.int32))
+  first = _encoder_decoder_step(model, params, enc, encoded)
+  logits, cache = first(cache, jnp.zeros((rows, 1), jnp.int32))
+  step = _encoder_decoder_step(model, params, enc, None)
   return _generate(step, cache, logits[:, -1], max_length, rng, temperature, top_k, top_p)
 
 
@@ -217,6 +234,7 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
   k = beam_size
   vocab = logits.shape[-1]
   positions = jnp.arange(max_length)
+  axes = _reordered_axes(axes, k)
   # Only beam 0 is live at the start, so the K copies do not fill the beam with duplicates.
   alive_lp = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG)[None], (batch, 1))
   zeros = jnp.zeros((batch, k, max_length), jnp.int32)
@@ -277,8 +295,9 @@ def _encoder_decoder_beam_search(model, params, encoder_input_tokens, max_length
   full = {'encoder_input_tokens': enc,
           'decoder_input_tokens': jnp.zeros((enc.shape[0], max_length + 1), jnp.int32)}
   cache = _empty_cache(model, full)
-  step = _encoder_decoder_step(model, params, enc, encoded)
-  logits, cache = step(cache, jnp.zeros((enc.shape[0], 1), jnp.int32))
+  first = _encoder_decoder_step(model, params, enc, encoded)
+  logits, cache = first(cache, jnp.zeros((enc.shape[0], 1), jnp.int32))
+  step = _encoder_decoder_step(model, params, enc, None)
   return _beam_loop(step, cache, _cache_batch_axes(model, full), logits[:, -1], batch,
                     beam_size, max_length, alpha)
 
