@@ -228,6 +228,47 @@ def test_non_gzip_file_is_a_counted_skip_or_an_error_naming_it(tmp_path):
     _records(f'text:{tmp_path}/*.gz', on_bad_input='error')
 
 
+def _gzip_lines(n, start=0, newline='\n'):
+  import gzip
+  return gzip.compress(''.join(f'line {i} of a gzipped file{newline}' for i in range(start, start + n)).encode())
+
+
+@pytest.mark.parametrize('kind', ['text', 'jsonl'])
+def test_truncated_gz_is_a_counted_skip_or_an_error_naming_it(tmp_path, kind):
+  """tf.data's gzip reader ends quietly at a cut; the reader checks each .gz file's end."""
+  lines = [f'{{"text": "record {i} of a gzipped jsonl file"}}' if kind == 'jsonl'
+           else f'line {i} of a gzipped text file' for i in range(3000)]
+  import gzip
+  whole = gzip.compress(('\n'.join(lines) + '\n').encode())
+  (tmp_path / 'a.gz').write_bytes(whole[:len(whole) // 2])   # cut mid-stream
+  (tmp_path / 'b.gz').write_bytes(whole)                     # intact
+  (tmp_path / 'c.gz').write_bytes(whole + whole[:-9])        # its second member cut short
+  spec = f'{kind}:{tmp_path}/*.gz'
+  recs, skips = _records(spec, boundary='line')
+  reason = 'truncated or corrupt .gz file'
+  assert skips.counts[reason] == 2 and skips.first[reason] == f'{tmp_path}/a.gz'
+  assert set(skips.counts) <= {reason, 'invalid JSON'}   # a JSON line cut in half is counted too
+  # b is read whole, a and c up to their cuts (the last line of each may be cut short).
+  assert 2 * len(lines) < len(recs) < 4 * len(lines)
+  with pytest.raises(DataError, match=r'a.gz: truncated or corrupt .gz file: cut short: its \d+ '
+                                      r'bytes end before gzip.s end-of-stream marker; \d+ lines read'):
+    _records(spec, boundary='line', on_bad_input='error')
+
+
+def test_intact_gz_files_are_not_reported_whatever_their_layout(tmp_path):
+  """The O(1) check (the size in gzip's trailer) fails for CRLF lines (the reader drops CRs),
+  several members and a missing last newline: those take the full check, which passes."""
+  (tmp_path / 'crlf.gz').write_bytes(_gzip_lines(300, newline='\r\n'))
+  (tmp_path / 'members.gz').write_bytes(_gzip_lines(200) + _gzip_lines(200, start=200))
+  import gzip
+  (tmp_path / 'no_last_newline.gz').write_bytes(gzip.compress(b'first\nsecond'))
+  (tmp_path / 'empty_member.gz').write_bytes(gzip.compress(b''))
+  recs, skips = _records(f'text:{tmp_path}/*.gz', boundary='line')
+  assert not skips.counts
+  assert len(recs) == 300 + 400 + 2
+  assert recs[:2] == [('line 0 of a gzipped file',), ('line 1 of a gzipped file',)]
+
+
 def test_fewer_files_than_streams_split_documents_and_say_so(tmp_path, caplog):
   (tmp_path / 'a.txt').write_text(''.join(f'doc {i}\n\n' for i in range(10)))
   caplog.set_level('INFO')
