@@ -1,11 +1,14 @@
 """Sources and bad input: text/JSONL/TSV/TFDS, document boundaries, mixtures, clear errors."""
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
-from data_helpers import ROOT, data_config
+from data_helpers import ROOT, blank_line_documents, data_config
 
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
@@ -334,3 +337,47 @@ def test_blank_lines_in_jsonl_and_tsv_are_counted_never_errors(tmp_path):
     for policy in ('skip', 'error'):
       recs, skips = _records(spec, fields, on_bad_input=policy)
       assert recs == want and set(skips.counts) == {'empty line'}, (spec, policy, skips.counts)
+
+
+def test_gz_stream_with_a_cut_file_saves_and_restores_across_epochs(tmp_path):
+  """The end-of-file check carries the bytes read in the stream's state: restored in a new
+  process (as a resumed run is), a training stream of documents continues with the same
+  documents and counts the cut file again at the epoch ends it passes."""
+  import gzip
+  docs = blank_line_documents(os.path.join(ROOT, 'data/corpus/validation.txt'))[:60]
+  whole = [gzip.compress(''.join(f'{d}\n\n' for d in docs[i::3]).encode()) for i in range(3)]
+  for i, data in enumerate(whole):
+    (tmp_path / f'part-{i}.txt.gz').write_bytes(data if i else data[:len(data) // 2])
+  build = textwrap.dedent(f'''
+      import tensorflow as tf
+      from t5x_lite.data import files, sources
+      skips = sources.SkipCounter()
+      src = sources.parse_sources('text:{tmp_path}/*.gz')[0]
+      ds = files.documents(src, sources.expand_glob(src.target, 'test'), ('text',), stream=0,
+                           num_streams=1, train=True, seed=3, boundary='blank_line',
+                           on_bad_input='skip', skips=skips, shuffle_buffer_size=4)
+      options = tf.data.Options()   # as the pipeline sets it: the hooks are py_functions
+      options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+      it = iter(ds.with_options(options))
+      state = tf.train.Checkpoint(iterator=it)
+  ''')
+  scope = {}
+  exec(build, scope)  # pylint: disable=exec-used
+  it, skips = scope['it'], scope['skips']
+  for _ in range(30):
+    next(it)
+  scope['state'].write(str(tmp_path / 'state'))
+  out = tmp_path / 'restored.json'
+  script = build + textwrap.dedent(f'''
+      import json
+      state.read({str(tmp_path / 'state')!r})
+      docs = [next(it)[0].numpy().decode() for _ in range(200)]
+      json.dump(dict(docs=docs, cut=skips.counts['truncated or corrupt .gz file']),
+                open({str(out)!r}, 'w'))
+  ''')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT)
+  assert subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, timeout=120).returncode == 0
+  got = json.load(open(out))
+  assert got['docs'] == [next(it)[0].numpy().decode() for _ in range(200)]
+  assert got['cut'] >= 3      # 200 documents pass several ends of the ~50-document epoch
+  assert skips.first['truncated or corrupt .gz file'] == f'{tmp_path}/part-0.txt.gz'

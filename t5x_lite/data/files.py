@@ -141,19 +141,22 @@ def _line_batches(path, skips, policy):
     return tf.py_function(call, [path, lines_bytes, last_line], tf.bool)
 
   def count(state, batch):
-    """Carries (bytes read: lines and their newlines, last line number); the empty batch
-    concatenated above marks the end of the file."""
-    lines_bytes, last_line = state
+    """Carries (bytes read: lines and their newlines, last line number)."""
     numbers, text = batch
-    lines_bytes += tf.reduce_sum(tf.cast(tf.strings.length(text, 'BYTE'), tf.int64) + 1)
-    last_line = tf.reduce_max(tf.concat([[last_line], numbers], 0))
-    checked = tf.cond(tf.logical_and(tf.equal(tf.size(text), 0), is_gz),
-                      lambda: check_end(lines_bytes, last_line), lambda: tf.constant(True))
-    with tf.control_dependencies([checked]):
-      return (lines_bytes, last_line), (tf.identity(numbers), tf.identity(text))
+    lines_bytes = state[0] + tf.reduce_sum(tf.cast(tf.strings.length(text, 'BYTE'), tf.int64) + 1)
+    last_line = tf.reduce_max(tf.concat([state[1:], numbers], 0))
+    return (lines_bytes, last_line), (numbers, text, lines_bytes, last_line)
+
+  def checked(numbers, text, lines_bytes, last_line):
+    """The empty batch concatenated above marks the end of the file."""
+    done = tf.cond(tf.logical_and(tf.equal(tf.size(text), 0), is_gz),
+                   lambda: check_end(lines_bytes, last_line), lambda: tf.constant(True))
+    with tf.control_dependencies([done]):
+      return tf.identity(numbers), tf.identity(text)
 
   start = (tf.constant(0, tf.int64), tf.constant(0, tf.int64))
-  return batches.scan(start, count).filter(lambda numbers, text: tf.size(text) > 0)
+  batches = batches.scan(start, count).map(checked)
+  return batches.filter(lambda numbers, text: tf.size(text) > 0)
 
 
 def _checked_lines(path, skips, policy):
