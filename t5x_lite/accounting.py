@@ -40,7 +40,6 @@ by the sharding the trainer gives it (`optim.state_shardings`) on an abstract me
 planned size. One-element leaves (step counts, optax's placeholders) are not counted.
 Activations are a rough ESTIMATE (see `activation_bytes_estimate`).
 """
-import functools
 import math
 from typing import Any, Dict
 
@@ -81,26 +80,6 @@ def peak_flops_per_device(device_kind: str, override: float) -> float:
 TERMS = ('dense', 'self_attention', 'cross_attention', 'logits', 'forward', 'train')
 
 
-# ------------------------------------------------------------------------ shapes
-def abstract_params(config):
-  """Boxed abstract params (ShapeDtypeStruct leaves in `nn.LogicallyPartitioned` boxes).
-
-  Traced with `jax.eval_shape`: nothing is compiled or allocated. Cached per model config
-  (the shapes depend on `config.model` only); treat the result as read-only.
-  """
-  return _abstract_params(models.ModelConfig.from_config(config.model))
-
-
-@functools.lru_cache(maxsize=16)
-def _abstract_params(mcfg: models.ModelConfig):
-  module = models.build(mcfg)
-
-  def init():
-    return module.init(jax.random.PRNGKey(0), models.dummy_batch(mcfg), deterministic=True)
-
-  return jax.eval_shape(init)['params']
-
-
 def _flat(boxed):
   """[(path names, shape)] of the unboxed tree, in tree order."""
   return [(path, tuple(v.shape)) for path, v in tree_paths.named_leaves(nn.unbox(boxed))]
@@ -113,7 +92,7 @@ def count_params(config, boxed=None) -> Dict[str, Any]:
   `embedding` counts the embedding tables (token, absolute position, token type); a tied
   output layer is counted once, in `token_embedder`.
   """
-  boxed = abstract_params(config) if boxed is None else boxed
+  boxed = models.abstract_params(config.model) if boxed is None else boxed
   by_module: Dict[str, int] = {}
   embedding = 0
   for path, shape in _flat(boxed):
@@ -149,7 +128,7 @@ def flops_per_token(config, boxed=None) -> Dict[str, Any]:
   `per_example` and `per_processed_token` hold the same terms per example and per token
   of encoder + decoder input; `lengths`, `formula` say what was assumed.
   """
-  boxed = abstract_params(config) if boxed is None else boxed
+  boxed = models.abstract_params(config.model) if boxed is None else boxed
   mcfg = models.ModelConfig.from_config(config.model)
   lengths = families.stream_lengths(config)
   l_enc, l_dec = lengths['encoder'], lengths['decoder']
@@ -239,7 +218,7 @@ def memory_per_device(config, num_devices: int, boxed=None) -> Dict[str, Any]:
   Raises ValueError (one sentence naming the field) when the mesh does not fit the devices,
   a sharded dimension does not divide its mesh axes, or the batch does not split.
   """
-  boxed = abstract_params(config) if boxed is None else boxed
+  boxed = models.abstract_params(config.model) if boxed is None else boxed
   sizes = partitioning.mesh_shape(config.partitioning, num_devices)
   rules = partitioning.axis_rules(config.partitioning)
   partitioning.validate_divisibility(boxed, sizes, rules)

@@ -33,7 +33,8 @@ def _our_model(config):
   import jax
   from t5x_lite import models
   model = models.build(config.model)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), models.dummy_batch(config.model, 1))
+  batch = families.dummy_batch(config.model.family)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), batch)
   return model, nn.unbox(variables)['params']
 
 

@@ -38,7 +38,7 @@ def report(config, num_devices: int, per_param: bool = False, name: str = '') ->
   """The plan as text (raises ValueError for an impossible mesh or config)."""
   # Fail on an impossible mesh before tracing the model.
   partitioning.mesh_shape(config.partitioning, num_devices)
-  boxed = accounting.abstract_params(config)
+  boxed = models.abstract_params(config.model)
   counts = accounting.count_params(config, boxed)
   flops = accounting.flops_per_token(config, boxed)
   mem = accounting.memory_per_device(config, num_devices, boxed)
