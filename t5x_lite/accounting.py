@@ -1,38 +1,26 @@
 r"""Parameter, FLOP and memory accounting of a config: used by plan, bench and train.
 
 Nothing is compiled or allocated: parameter shapes and logical axes come from
-`jax.eval_shape(module.init)`, and the mesh is a dict of axis sizes (no devices are created, so
-a pod-sized mesh can be planned on a laptop).
+`models.abstract_params` (`jax.eval_shape`), and the mesh is a dict of axis sizes (no devices
+are created, so a pod-sized mesh can be planned on a laptop).
 
-FLOPs formula (matmul FLOPs only; norms, softmax, activations, biases, embedding gathers and
-the optimizer update are not counted). L_enc and L_dec are the tokens per row each stack reads
-(`families.stream_lengths`, the lengths the data pipeline builds rows to): L_enc =
-data.inputs_length; L_dec = data.targets_length, plus data.inputs_length for a decoder-only
-model whose objective has inputs (one prefix-LM row); the encoder-only family (MLM) has only
-L_enc, the decoder-only family only L_dec. H = num_heads, d_kv, d_model,
-V = vocab_size. Per example, forward:
-
-    dense           = 2 * sum over matmul kernels (params * tokens of the stream it runs on)
-                      encoder kernels (and the MLM transform) run on L_enc tokens, decoder
-                      kernels on L_dec tokens, except cross-attention key/value kernels,
-                      which project the encoder output: L_enc tokens. Embedding tables,
-                      the relative-position table and the logits kernel are not included.
-    self_attention  = 4 * H * d_kv * (n_enc_layers * L_enc^2 + n_dec_layers * L_dec^2)
-                      (QK^T and AV, 2 FLOPs per multiply-add each; the FULL non-causal count:
-                      the causal mask is applied to a full L x L score matrix, which is what
-                      the implementation computes, so causal attention is not halved)
-    cross_attention = 4 * H * d_kv * n_dec_layers * L_dec * L_enc
-    logits          = 2 * d_model * V * L_target   (tied or untied alike; L_target = L_dec, or
-                      L_enc for the MLM head, which scores every position)
-    forward         = dense + self_attention + cross_attention + logits
-    train           = 3 * forward   (forward + backward, backward = 2 x forward; remat
-                      recomputation is not counted, as is usual for MFU)
+FLOPs: `FORMULA` below is the formula, stated once (plan and bench print it). What its terms
+leave out: norms, softmax, activations, biases, embedding gathers and the optimizer update.
+L_enc = data.inputs_length; L_dec = data.targets_length, plus data.inputs_length for a
+decoder-only model whose objective has inputs (one prefix-LM row); the encoder-only family
+(MLM) has only L_enc, the decoder-only family only L_dec. H = num_heads, V = vocab_size.
+`dense` counts the MLM transform on L_enc, and not the embedding tables, the relative-position
+table or the logits kernel. Attention is QK^T and AV, 2 FLOPs per multiply-add each; causal
+self-attention is not halved, because the mask is applied to a full L x L score matrix, which
+is what the implementation computes. `logits` counts tied and untied alike; L_target = L_dec,
+or L_enc for the MLM head, which scores every position. forward = the sum of the four terms;
+train = forward + backward (2 x forward); remat recomputation is not counted, as is usual
+for MFU.
 
 `flops_per_token(config)` reports every term three ways: `per_example`, per TARGET token
 (the top-level keys: per_example / L_target) and `per_processed_token` (per_example /
 (L_enc + L_dec), every token either stack reads). For a decoder-only or encoder-only model
-the last two are the same. MFU = per_example['train'] * examples_per_second
-/ (num_devices * peak_flops_per_device) needs no choice of token at all.
+the last two are the same. MFU (`MFU_FORMULA`) needs no choice of token at all.
 
 Memory per device: params, gradients and the update as declared (float32), and the optimizer
 state that optax's own `init` creates (`jax.eval_shape`, nothing allocated), each leaf split
@@ -60,6 +48,8 @@ FORMULA = (
     'cross_attention = 4*H*d_kv*n_dec*L_dec*L_enc; logits = 2*d_model*V*L_target; '
     'train = 3 x forward (no remat recompute). L_enc, L_dec = tokens per row of each stack '
     '(families.stream_lengths).')
+MFU_FORMULA = ('MFU = train FLOPs per example (3 x forward matmul FLOPs) x examples/s / '
+               '(devices x peak FLOP/s per device)')
 
 # Dense bf16 peak FLOP/s per chip, by jax `device_kind` substring (first match wins).
 PEAK_FLOPS = (
@@ -121,7 +111,7 @@ def _stream(path) -> str:
 
 
 def flops_per_token(config, boxed=None) -> Dict[str, Any]:
-  """Matmul FLOPs of one forward / training pass (formula in the module docstring).
+  """Matmul FLOPs of one forward / training pass (`FORMULA`).
 
   Returns a dict: the top-level keys dense, self_attention, cross_attention, logits,
   forward, train are per TARGET token (decoder token; encoder token for MLM);
