@@ -1,35 +1,9 @@
-r"""`python -m t5x_lite.bench`: train step, decode and input-pipeline speed in one run.
+"""Train step, decode and input-pipeline speed in one run, beside Hugging Face FlaxT5
+(what each figure means: `t5x_lite.benchmark`; flags and example shapes: docs/cli.md):
 
-    python -m t5x_lite.bench [--config=configs/default.py] [--steps=3] [--rounds=3]
-        [--beam_size=4] [--decode_batch_size=0] [--decode_length=0] [--peak_flops=0]
-        [--noreference] [--pipeline_seconds=5] [--train_only | --decode_only] [--json]
-
-Prints, side by side: this machine's measured float32 matmul peak (or --peak_flops), the
-full train step (ms, tokens/s, MFU against that peak; formula printed), loss + gradients of
-ours beside Hugging Face FlaxT5 at equal shapes (ratio), greedy and beam decode new tokens/s
-beside FlaxT5 `generate` (ratios), and the input pipeline's tokens/s. `--json` prints one
-JSON object instead. The default config runs in a few minutes on a 2-core CPU; the issue's
-shapes (T5 v1.1 small dims, 4+4 layers, batch 8, 512/114):
-
-    python -m t5x_lite.bench --config=configs/t5_v1_1.py:small \
-        --config.model.num_encoder_layers=4 --config.model.num_decoder_layers=4 \
-        --config.train.batch_size=8 --config.data.inputs_length=512 \
-        --config.data.targets_length=114
-
-and only the decode comparison (greedy and beam-4 beside FlaxT5 `generate`, batch 16, 512
-inputs, 114 new tokens; no peak, train step or pipeline):
-
-    python -m t5x_lite.bench --config=configs/t5_v1_1.py:small \
-        --config.model.num_encoder_layers=4 --config.model.num_decoder_layers=4 \
-        --config.train.batch_size=16 --config.data.inputs_length=512 \
-        --config.data.targets_length=114 --decode_only --rounds=1
-
-What each figure means: `t5x_lite.benchmark`.
+    python -m t5x_lite.bench [--config=configs/default.py] [--steps=3] [--json]
 """
 import json
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags
 

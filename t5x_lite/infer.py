@@ -1,38 +1,9 @@
-r"""Generate with the latest checkpoint of a run, from a file or stdin, JSONL out:
+"""Generate with the latest checkpoint of a run, text or JSONL lines in, JSONL out:
 
     python -m t5x_lite.infer --config=CFG --workdir=DIR [--input=FILE|-] [--output=FILE|-]
-        [--max_length=N] [--beam_size=1] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
-        [--batch_size=N]
 
-Input: one example per line, detected per line: a JSON object with a string "inputs" field
-(its other fields are copied to the output), else the line itself as plain text. Empty
-lines, JSON objects without a non-empty string "inputs", and inputs that tokenize to
-nothing (e.g. only zero-width or control characters) are skipped and reported (count and
-line numbers) on stderr, as the text_to_text pipeline skips such records; nothing is
-dropped silently.
-
-Each input is tokenized with the config's vocabulary exactly as training's text_to_text
-pipeline does: ids[:data.inputs_length - 1] + EOS (inputs cut this way are counted and
-reported on stderr: `truncated 3 of 200 inputs to data.inputs_length=64 tokens (line 7:
-80 tokens, ...)`). Encoder-decoder models get them as encoder_input_tokens, in fixed-
-shape batches of --batch_size (one compilation). Decoder-only models get BOS + ids + EOS
-as the (bidirectional, prefix-LM) prompt; with data.objective=causal_lm the prompt is
-BOS + ids without EOS and decoding is causal. Prompts must have equal lengths in a batch,
-so decoder-only lines are grouped by length (one compilation per distinct length).
-
-Output: one JSON object per predicted line, in input order:
-    {"inputs": "<the input text>", "prediction": "<decoded text>", "score": <float>,
-     ...input JSON fields}
-Decoding: greedy by default (--temperature=0, --beam_size=1); --beam_size=K > 1 is beam
-search (T5X length penalty, alpha 0.6); --temperature > 0 samples with temperature, top-k
-and top-p; --seed seeds it (results then also depend on the batching). score is the
-model's log-probability of the prediction through its EOS divided by the length penalty
-((5 + n) / 6) ** 0.6 (t5x_lite.decoding).
---max_length defaults to data.targets_length.
+Input detection, tokenization, batching, decoding options and the output: docs/cli.md.
 """
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import json
 import sys
 from typing import List, Optional, TextIO, Tuple

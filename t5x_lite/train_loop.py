@@ -167,7 +167,7 @@ def _every(period: int, step: int) -> bool:
 
 
 def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 0):
-  """Pretrain or fine-tune `config` in `workdir` (module docstring of t5x_lite.train)."""
+  """Pretrain or fine-tune `config` in `workdir` (`python -m t5x_lite.train`, docs/cli.md)."""
   import jax
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   from t5x_lite.data import pipeline

@@ -24,7 +24,8 @@ would cost the memory or the seek time this module exists to avoid.
 
 Bad input is counted as it streams (`SkipCounter`: the reason, where it first happened):
 invalid UTF-8 lines, empty lines, invalid JSON, missing or empty fields, TSV rows with the
-wrong number of columns. With `on_bad_input='error'` the first one stops the pipeline with
+wrong number of columns, .gz files cut short (checked at their end: tf.data's gzip reader
+stops quietly at a cut). With `on_bad_input='error'` the first one stops the pipeline with
 its file and line. Plain text is checked and split into documents inside the graph; JSONL
 and TSV lines are parsed in one Python call per batch of lines (`tf.py_function`, stateless,
 so checkpoints stay exact). Each bad line or file is counted once, by one stream, however
@@ -37,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -100,22 +102,92 @@ def _drop_bad(numbers, lines, bad, hook, report=None):
     return tf.boolean_mask(numbers, good), tf.boolean_mask(lines, good)
 
 
+def _gzip_complete(path: str, lines_bytes: int) -> str:
+  """'' if the .gz file at `path` holds whole gzip members, else what is wrong with it.
+
+  tf.data's gzip reader stops quietly where a cut-short file ends, so every .gz file is
+  checked when its last line has been read. O(1) for a file whose last member's size field
+  (the last 4 bytes: uncompressed size mod 2**32) equals what the reader returned; otherwise
+  (CRs, which the reader drops, several members, or a cut) one streaming decompression
+  decides, in bounded memory."""
+  with open(path, 'rb') as f:
+    f.seek(0, os.SEEK_END)
+    if f.tell() >= 4:
+      f.seek(-4, os.SEEK_END)
+      size = int.from_bytes(f.read(4), 'little')
+      if size in (lines_bytes % 2**32, (lines_bytes - 1) % 2**32):  # last newline optional
+        return ''
+    f.seek(0)
+    member = zlib.decompressobj(wbits=31)
+    while chunk := f.read(1 << 20):
+      while chunk:
+        try:
+          member.decompress(chunk, 0)
+        except zlib.error as e:
+          return f'corrupt gzip data ({e}) before byte {f.tell()}'
+        chunk = member.unused_data
+        if member.eof:
+          if not chunk.strip(b'\0'):   # zero padding after the last member is allowed
+            break
+          member = zlib.decompressobj(wbits=31)
+    if not member.eof:
+      return f'cut short: its {f.tell()} bytes end before gzip\'s end-of-stream marker'
+  return ''
+
+
+def _line_batches(path, skips, policy, file_number=None, owner=None):
+  """Batches of (line numbers, lines) of one file, as read; a .gz file cut short (or
+  corrupt) is reported, per `policy`, once its last line has been read (counted by the
+  stream that owns the file, `_owned`: when every stream reads it, file f by stream f mod V)."""
+  is_gz = tf.strings.regex_full_match(path, r'.*\.gz')
+  lines = tf.data.TextLineDataset(path, compression_type=tf.where(is_gz, 'GZIP', ''))
+  end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
+  batches = lines.enumerate(start=1).batch(LINES_PER_CALL).concatenate(end)
+
+  def check_end(lines_bytes, last_line):
+    def call(path, lines_bytes, last_line, number):
+      path = path.numpy().decode()
+      problem = _gzip_complete(path, int(lines_bytes.numpy()))
+      if problem:
+        count = owner is None or int(number.numpy()) % owner[1] == owner[0]
+        bad_input(policy, skips, 'truncated or corrupt .gz file', path,
+                  f'{problem}; {int(last_line.numpy())} lines read, the last may be cut', count)
+      return True
+    number = file_number if file_number is not None else tf.constant(0, tf.int64)
+    return tf.py_function(call, [path, lines_bytes, last_line, number], tf.bool)
+
+  def count(state, batch):
+    """Carries (bytes read: lines and their newlines, last line number)."""
+    numbers, text = batch
+    lines_bytes = state[0] + tf.reduce_sum(tf.cast(tf.strings.length(text, 'BYTE'), tf.int64) + 1)
+    last_line = tf.reduce_max(tf.concat([state[1:], numbers], 0))
+    return (lines_bytes, last_line), (numbers, text, lines_bytes, last_line)
+
+  def checked(numbers, text, lines_bytes, last_line):
+    """The empty batch concatenated above marks the end of the file."""
+    done = tf.cond(tf.logical_and(tf.equal(tf.size(text), 0), is_gz),
+                   lambda: check_end(lines_bytes, last_line), lambda: tf.constant(True))
+    with tf.control_dependencies([done]):
+      return tf.identity(numbers), tf.identity(text)
+
+  start = (tf.constant(0, tf.int64), tf.constant(0, tf.int64))
+  batches = batches.scan(start, count).map(checked)
+  return batches.filter(lambda numbers, text: tf.size(text) > 0)
+
+
 def _checked_lines(path, skips, policy, file_number, owner):
-  """Batches of (line numbers, lines) of one file, invalid UTF-8 lines counted (those this
-  stream owns, `_owned`; with policy 'error' any one raises) and dropped.
+  """`_line_batches` with invalid UTF-8 lines counted (those this stream owns, `_owned`;
+  with policy 'error' any one raises) and dropped.
 
   Whole batches of lines go through each op (vectorised), not one line at a time: reading
   and splitting documents costs per batch, which is most of the time to the first batch."""
-  compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
-  lines = tf.data.TextLineDataset(path, compression_type=compression).enumerate(start=1)
-
   def check(numbers, lines):
     bad = tf.logical_not(_valid_utf8(lines))
     report = bad if policy == 'error' else bad & _owned(numbers, file_number, owner)
     numbers, lines = _drop_bad(numbers, lines, bad, report=report,
                                hook=lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
     return numbers, tf.strings.regex_replace(lines, '\r$', '')
-  return lines.batch(LINES_PER_CALL).map(check)
+  return _line_batches(path, skips, policy, file_number, owner).map(check)
 
 
 def _grouped(batches, boundary: str):
@@ -316,9 +388,7 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
     if src.kind == 'text':
       docs = _text_documents(path, boundary, skips, on_bad_input, number, owner)
     else:
-      lines = tf.data.TextLineDataset(
-          path, compression_type=tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', ''))
-      lines = lines.enumerate(start=1)
+      lines = _line_batches(path, skips, on_bad_input, number, owner).unbatch()
       if src.kind == 'jsonl':
         docs = _parsed(lines, path, jsonl_parser(fields, skips, on_bad_input), nf,
                        file_number=number, owner=owner)

@@ -27,13 +27,9 @@ train count tokens with it too).
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are integer work
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf  # the package's __init__ has set TF's environment variables
 
 try:  # TF only feeds the host; keep it off accelerators.
   tf.config.set_visible_devices([], 'GPU')
