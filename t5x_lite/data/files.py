@@ -122,11 +122,14 @@ def _gzip_complete(path: str, lines_bytes: int) -> str:
   return ''
 
 
-def _line_batches(path, skips, policy):
+def _line_batches(path, skips, policy, any_gz: bool):
   """Batches of (line numbers, lines) of one file, as read; a .gz file cut short (or
-  corrupt) is reported, per `policy`, once its last line has been read."""
+  corrupt) is reported, per `policy`, once its last line has been read (the check is
+  left out of the graph when the source has no .gz file: `any_gz` False)."""
   is_gz = tf.strings.regex_full_match(path, r'.*\.gz')
   lines = tf.data.TextLineDataset(path, compression_type=tf.where(is_gz, 'GZIP', ''))
+  if not any_gz:
+    return lines.enumerate(start=1).batch(LINES_PER_CALL)
   end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
   batches = lines.enumerate(start=1).batch(LINES_PER_CALL).concatenate(end)
 
@@ -159,7 +162,7 @@ def _line_batches(path, skips, policy):
   return batches.filter(lambda numbers, text: tf.size(text) > 0)
 
 
-def _checked_lines(path, skips, policy):
+def _checked_lines(path, skips, policy, any_gz):
   """`_line_batches` with invalid UTF-8 lines counted and dropped.
 
   Whole batches of lines go through each op (vectorised), not one line at a time: reading
@@ -168,7 +171,7 @@ def _checked_lines(path, skips, policy):
     numbers, lines = _drop_bad(numbers, lines, tf.logical_not(_valid_utf8(lines)),
                                lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
     return numbers, tf.strings.regex_replace(lines, '\r$', '')
-  return _line_batches(path, skips, policy).map(check)
+  return _line_batches(path, skips, policy, any_gz).map(check)
 
 
 def _grouped(batches, boundary: str):
@@ -206,8 +209,8 @@ def _grouped(batches, boundary: str):
   return batches.scan(tf.constant(''), step).unbatch().map(lambda text: (text,))
 
 
-def _text_documents(path, boundary, skips, policy):
-  batches = _checked_lines(path, skips, policy)
+def _text_documents(path, boundary, skips, policy, any_gz):
+  batches = _checked_lines(path, skips, policy, any_gz)
   if boundary == 'line':
     def count_empty(numbers, lines):
       empty = tf.equal(tf.strings.strip(lines), '')
@@ -347,14 +350,15 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
     logging.info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
                  'every %d-th document', src, len(files), num_streams, num_streams)
   boundary = src.get('boundary', boundary)
+  any_gz = any(p.endswith('.gz') for _, p in mine)
   numbers = tf.constant([i for i, _ in mine], tf.int64)
   paths = tf.constant([p for _, p in mine])
 
   def read(number, path):
     if src.kind == 'text':
-      docs = _text_documents(path, boundary, skips, on_bad_input)
+      docs = _text_documents(path, boundary, skips, on_bad_input, any_gz)
     else:
-      lines = _line_batches(path, skips, on_bad_input).unbatch()
+      lines = _line_batches(path, skips, on_bad_input, any_gz).unbatch()
       if src.kind == 'jsonl':
         docs = _parsed(lines, path, jsonl_parser(fields, skips, on_bad_input), nf)
       else:
