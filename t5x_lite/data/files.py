@@ -135,12 +135,16 @@ def _gzip_complete(path: str, lines_bytes: int) -> str:
   return ''
 
 
-def _line_batches(path, skips, policy, file_number=None, owner=None):
+def _line_batches(path, skips, policy, any_gz: bool, file_number=None, owner=None):
   """Batches of (line numbers, lines) of one file, as read; a .gz file cut short (or
-  corrupt) is reported, per `policy`, once its last line has been read (counted by the
-  stream that owns the file, `_owned`: when every stream reads it, file f by stream f mod V)."""
+  corrupt) is reported, per `policy`, once its last line has been read (the check is
+  left out of the graph when the source has no .gz file: `any_gz` False), and counted by
+  the stream that owns the file (`_owned`: when every stream reads it, file f by stream
+  f mod V)."""
   is_gz = tf.strings.regex_full_match(path, r'.*\.gz')
   lines = tf.data.TextLineDataset(path, compression_type=tf.where(is_gz, 'GZIP', ''))
+  if not any_gz:
+    return lines.enumerate(start=1).batch(LINES_PER_CALL)
   end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
   batches = lines.enumerate(start=1).batch(LINES_PER_CALL).concatenate(end)
 
@@ -175,7 +179,7 @@ def _line_batches(path, skips, policy, file_number=None, owner=None):
   return batches.filter(lambda numbers, text: tf.size(text) > 0)
 
 
-def _checked_lines(path, skips, policy, file_number, owner):
+def _checked_lines(path, skips, policy, any_gz, file_number, owner):
   """`_line_batches` with invalid UTF-8 lines counted (those this stream owns, `_owned`;
   with policy 'error' any one raises) and dropped.
 
@@ -187,7 +191,7 @@ def _checked_lines(path, skips, policy, file_number, owner):
     numbers, lines = _drop_bad(numbers, lines, bad, report=report,
                                hook=lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
     return numbers, tf.strings.regex_replace(lines, '\r$', '')
-  return _line_batches(path, skips, policy, file_number, owner).map(check)
+  return _line_batches(path, skips, policy, any_gz, file_number, owner).map(check)
 
 
 def _grouped(batches, boundary: str):
@@ -225,8 +229,8 @@ def _grouped(batches, boundary: str):
   return batches.scan(tf.constant(''), step).unbatch().map(lambda text: (text,))
 
 
-def _text_documents(path, boundary, skips, policy, file_number, owner):
-  batches = _checked_lines(path, skips, policy, file_number, owner)
+def _text_documents(path, boundary, skips, policy, any_gz, file_number, owner):
+  batches = _checked_lines(path, skips, policy, any_gz, file_number, owner)
   if boundary == 'line':
     def count_empty(numbers, lines):
       empty = tf.equal(tf.strings.strip(lines), '') & _owned(numbers, file_number, owner)
@@ -381,14 +385,15 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
     logging.info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
                  'every %d-th document', src, len(files), num_streams, num_streams)
   boundary = src.get('boundary', boundary)
+  any_gz = any(p.endswith('.gz') for _, p in mine)
   numbers = tf.constant([i for i, _ in mine], tf.int64)
   paths = tf.constant([p for _, p in mine])
 
   def read(number, path):
     if src.kind == 'text':
-      docs = _text_documents(path, boundary, skips, on_bad_input, number, owner)
+      docs = _text_documents(path, boundary, skips, on_bad_input, any_gz, number, owner)
     else:
-      lines = _line_batches(path, skips, on_bad_input, number, owner).unbatch()
+      lines = _line_batches(path, skips, on_bad_input, any_gz, number, owner).unbatch()
       if src.kind == 'jsonl':
         docs = _parsed(lines, path, jsonl_parser(fields, skips, on_bad_input), nf,
                        file_number=number, owner=owner)
