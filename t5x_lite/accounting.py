@@ -1,38 +1,26 @@
 r"""Parameter, FLOP and memory accounting of a config: used by plan, bench and train.
 
 Nothing is compiled or allocated: parameter shapes and logical axes come from
-`jax.eval_shape(module.init)`, and the mesh is a dict of axis sizes (no devices are created, so
-a pod-sized mesh can be planned on a laptop).
+`models.abstract_params` (`jax.eval_shape`), and the mesh is a dict of axis sizes (no devices
+are created, so a pod-sized mesh can be planned on a laptop).
 
-FLOPs formula (matmul FLOPs only; norms, softmax, activations, biases, embedding gathers and
-the optimizer update are not counted). L_enc and L_dec are the tokens per row each stack reads
-(`families.stream_lengths`, the lengths the data pipeline builds rows to): L_enc =
-data.inputs_length; L_dec = data.targets_length, plus data.inputs_length for a decoder-only
-model whose objective has inputs (one prefix-LM row); the encoder-only family (MLM) has only
-L_enc, the decoder-only family only L_dec. H = num_heads, d_kv, d_model,
-V = vocab_size. Per example, forward:
-
-    dense           = 2 * sum over matmul kernels (params * tokens of the stream it runs on)
-                      encoder kernels (and the MLM transform) run on L_enc tokens, decoder
-                      kernels on L_dec tokens, except cross-attention key/value kernels,
-                      which project the encoder output: L_enc tokens. Embedding tables,
-                      the relative-position table and the logits kernel are not included.
-    self_attention  = 4 * H * d_kv * (n_enc_layers * L_enc^2 + n_dec_layers * L_dec^2)
-                      (QK^T and AV, 2 FLOPs per multiply-add each; the FULL non-causal count:
-                      the causal mask is applied to a full L x L score matrix, which is what
-                      the implementation computes, so causal attention is not halved)
-    cross_attention = 4 * H * d_kv * n_dec_layers * L_dec * L_enc
-    logits          = 2 * d_model * V * L_target   (tied or untied alike; L_target = L_dec, or
-                      L_enc for the MLM head, which scores every position)
-    forward         = dense + self_attention + cross_attention + logits
-    train           = 3 * forward   (forward + backward, backward = 2 x forward; remat
-                      recomputation is not counted, as is usual for MFU)
+FLOPs: `FORMULA` below is the formula, stated once (plan and bench print it). What its terms
+leave out: norms, softmax, activations, biases, embedding gathers and the optimizer update.
+L_enc = data.inputs_length; L_dec = data.targets_length, plus data.inputs_length for a
+decoder-only model whose objective has inputs (one prefix-LM row); the encoder-only family
+(MLM) has only L_enc, the decoder-only family only L_dec. H = num_heads, V = vocab_size.
+`dense` counts the MLM transform on L_enc, and not the embedding tables, the relative-position
+table or the logits kernel. Attention is QK^T and AV, 2 FLOPs per multiply-add each; causal
+self-attention is not halved, because the mask is applied to a full L x L score matrix, which
+is what the implementation computes. `logits` counts tied and untied alike; L_target = L_dec,
+or L_enc for the MLM head, which scores every position. forward = the sum of the four terms;
+train = forward + backward (2 x forward); remat recomputation is not counted, as is usual
+for MFU.
 
 `flops_per_token(config)` reports every term three ways: `per_example`, per TARGET token
 (the top-level keys: per_example / L_target) and `per_processed_token` (per_example /
 (L_enc + L_dec), every token either stack reads). For a decoder-only or encoder-only model
-the last two are the same. MFU = per_example['train'] * examples_per_second
-/ (num_devices * peak_flops_per_device) needs no choice of token at all.
+the last two are the same. MFU (`MFU_FORMULA`) needs no choice of token at all.
 
 Memory per device: params, gradients and the update as declared (float32), and the optimizer
 state that optax's own `init` creates (`jax.eval_shape`, nothing allocated), each leaf split
@@ -40,7 +28,6 @@ by the sharding the trainer gives it (`optim.state_shardings`) on an abstract me
 planned size. One-element leaves (step counts, optax's placeholders) are not counted.
 Activations are a rough ESTIMATE (see `activation_bytes_estimate`).
 """
-import functools
 import math
 from typing import Any, Dict
 
@@ -61,6 +48,8 @@ FORMULA = (
     'cross_attention = 4*H*d_kv*n_dec*L_dec*L_enc; logits = 2*d_model*V*L_target; '
     'train = 3 x forward (no remat recompute). L_enc, L_dec = tokens per row of each stack '
     '(families.stream_lengths).')
+MFU_FORMULA = ('MFU = train FLOPs per example (3 x forward matmul FLOPs) x examples/s / '
+               '(devices x peak FLOP/s per device)')
 
 # Dense bf16 peak FLOP/s per chip, by jax `device_kind` substring (first match wins).
 PEAK_FLOPS = (
@@ -81,26 +70,6 @@ def peak_flops_per_device(device_kind: str, override: float) -> float:
 TERMS = ('dense', 'self_attention', 'cross_attention', 'logits', 'forward', 'train')
 
 
-# ------------------------------------------------------------------------ shapes
-def abstract_params(config):
-  """Boxed abstract params (ShapeDtypeStruct leaves in `nn.LogicallyPartitioned` boxes).
-
-  Traced with `jax.eval_shape`: nothing is compiled or allocated. Cached per model config
-  (the shapes depend on `config.model` only); treat the result as read-only.
-  """
-  return _abstract_params(models.ModelConfig.from_config(config.model))
-
-
-@functools.lru_cache(maxsize=16)
-def _abstract_params(mcfg: models.ModelConfig):
-  module = models.build(mcfg)
-
-  def init():
-    return module.init(jax.random.PRNGKey(0), models.dummy_batch(mcfg), deterministic=True)
-
-  return jax.eval_shape(init)['params']
-
-
 def _flat(boxed):
   """[(path names, shape)] of the unboxed tree, in tree order."""
   return [(path, tuple(v.shape)) for path, v in tree_paths.named_leaves(nn.unbox(boxed))]
@@ -113,7 +82,7 @@ def count_params(config, boxed=None) -> Dict[str, Any]:
   `embedding` counts the embedding tables (token, absolute position, token type); a tied
   output layer is counted once, in `token_embedder`.
   """
-  boxed = abstract_params(config) if boxed is None else boxed
+  boxed = models.abstract_params(config.model) if boxed is None else boxed
   by_module: Dict[str, int] = {}
   embedding = 0
   for path, shape in _flat(boxed):
@@ -142,14 +111,14 @@ def _stream(path) -> str:
 
 
 def flops_per_token(config, boxed=None) -> Dict[str, Any]:
-  """Matmul FLOPs of one forward / training pass (formula in the module docstring).
+  """Matmul FLOPs of one forward / training pass (`FORMULA`).
 
   Returns a dict: the top-level keys dense, self_attention, cross_attention, logits,
   forward, train are per TARGET token (decoder token; encoder token for MLM);
   `per_example` and `per_processed_token` hold the same terms per example and per token
   of encoder + decoder input; `lengths`, `formula` say what was assumed.
   """
-  boxed = abstract_params(config) if boxed is None else boxed
+  boxed = models.abstract_params(config.model) if boxed is None else boxed
   mcfg = models.ModelConfig.from_config(config.model)
   lengths = families.stream_lengths(config)
   l_enc, l_dec = lengths['encoder'], lengths['decoder']
@@ -239,7 +208,7 @@ def memory_per_device(config, num_devices: int, boxed=None) -> Dict[str, Any]:
   Raises ValueError (one sentence naming the field) when the mesh does not fit the devices,
   a sharded dimension does not divide its mesh axes, or the batch does not split.
   """
-  boxed = abstract_params(config) if boxed is None else boxed
+  boxed = models.abstract_params(config.model) if boxed is None else boxed
   sizes = partitioning.mesh_shape(config.partitioning, num_devices)
   rules = partitioning.axis_rules(config.partitioning)
   partitioning.validate_divisibility(boxed, sizes, rules)

@@ -1,27 +1,9 @@
-r"""`python -m t5x_lite.bench`: train step, decode and input-pipeline speed in one run.
+"""Train step, decode and input-pipeline speed in one run, beside Hugging Face FlaxT5
+(what each figure means: `t5x_lite.benchmark`; flags and example shapes: docs/cli.md):
 
-    python -m t5x_lite.bench [--config=configs/default.py] [--steps=3] [--rounds=3]
-        [--beam_size=4] [--decode_batch_size=0] [--decode_length=0] [--peak_flops=0]
-        [--noreference] [--pipeline_seconds=5] [--train_only] [--json]
-
-Prints, side by side: this machine's measured float32 matmul peak (or --peak_flops), the
-full train step (ms, tokens/s, MFU against that peak; formula printed), loss + gradients of
-ours beside Hugging Face FlaxT5 at equal shapes (ratio), greedy and beam decode new tokens/s
-beside FlaxT5 `generate` (ratios), and the input pipeline's tokens/s. `--json` prints one
-JSON object instead. The default config runs in a few minutes on a 2-core CPU; the issue's
-shapes (T5 v1.1 small dims, 4+4 layers, batch 8, 512/114):
-
-    python -m t5x_lite.bench --config=configs/t5_v1_1.py:small \
-        --config.model.num_encoder_layers=4 --config.model.num_decoder_layers=4 \
-        --config.train.batch_size=8 --config.data.inputs_length=512 \
-        --config.data.targets_length=114
-
-What each figure means: `t5x_lite.benchmark`.
+    python -m t5x_lite.bench [--config=configs/default.py] [--steps=3] [--json]
 """
 import json
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags
 
@@ -41,6 +23,7 @@ def _define_flags():
   flags.DEFINE_bool('reference', True, 'Time Hugging Face FlaxT5 beside ours.')
   flags.DEFINE_float('pipeline_seconds', 5.0, 'How long to run the input pipeline.')
   flags.DEFINE_bool('train_only', False, 'Only the peak and the full train step.')
+  flags.DEFINE_bool('decode_only', False, 'Only greedy and beam decode beside FlaxT5 generate.')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of lines.')
 
 
@@ -53,7 +36,7 @@ def main():
       config, steps=FLAGS.steps, rounds=FLAGS.rounds, decode_batch_size=FLAGS.decode_batch_size,
       decode_length=FLAGS.decode_length, beam_size=FLAGS.beam_size, peak_flops=FLAGS.peak_flops,
       reference=FLAGS.reference, pipeline_seconds=FLAGS.pipeline_seconds,
-      train_only=FLAGS.train_only,
+      train_only=FLAGS.train_only, decode_only=FLAGS.decode_only,
       print_fn=(lambda _: None) if FLAGS.json else print)
   if FLAGS.json:
     print(json.dumps(out, sort_keys=True))

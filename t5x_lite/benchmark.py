@@ -4,8 +4,7 @@ r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` sho
    1024 x 1024 matmuls, 2 n^3 FLOPs each) unless a peak is given.
 2. train step: the full step (loss, gradients, optimizer update; `throughput.measure_train_step`
    on synthetic batches of the config's shapes): ms, tokens/s (every input + target position),
-   MFU = train FLOPs per example (3 x forward matmul FLOPs, `accounting.FORMULA`) x examples/s
-   / (devices x peak FLOP/s per device).
+   MFU (`accounting.MFU_FORMULA`, FLOPs by `accounting.FORMULA`).
 3. grad step vs FlaxT5: loss + gradients of ours and of Hugging Face FlaxT5 at the same sizes,
    same loss function and batch (`hf_reference.grad_step`), timed in alternating rounds;
    ratio = FlaxT5 median / ours (> 1: ours is faster).
@@ -13,19 +12,19 @@ r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` sho
    for greedy and beam search (`decoding`), beside FlaxT5 `generate` at equal shapes, paired.
 5. input pipeline: `get_dataset(config, 'train')` token positions/s (and non-padding tokens/s).
 
-`train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh). Every figure is also
-returned in one flat dict (`--json` prints it); a figure that cannot be measured here is
-None with its reason under `notes`.
+`train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh); `decode_only` runs only
+4 (no peak, no train step, no pipeline: the decode comparison at large shapes, where each
+FlaxT5 `generate` takes minutes on a CPU). Every figure is also returned in one flat dict
+(`--json` prints it); a figure that cannot be measured here is None with its reason under
+`notes`.
 """
 from typing import Any, Callable, Dict
 
 import numpy as np
 
+from t5x_lite import accounting
 from t5x_lite import families
 from t5x_lite import throughput
-
-MFU_FORMULA = ('MFU = train FLOPs per example (3 x forward matmul FLOPs) x examples/s / '
-               '(devices x peak FLOP/s per device)')
 
 
 def _our_model(config):
@@ -33,7 +32,8 @@ def _our_model(config):
   import jax
   from t5x_lite import models
   model = models.build(config.model)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), models.dummy_batch(config.model, 1))
+  batch = families.dummy_batch(config.model.family)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), batch)
   return model, nn.unbox(variables)['params']
 
 
@@ -55,15 +55,12 @@ def _our_grad_step(config, batch) -> Callable[[], Any]:
 
 
 def _our_decoder(config, batch, max_length: int, beam_size: int):
-  """A no-argument callable decoding `batch`, or None when this checkout has no beam search."""
+  """A no-argument callable decoding `batch` (greedy when beam_size is 1) -> (tokens
+  [rows, (K,) max_length], scores)."""
   from t5x_lite import decoding
   model, params = _our_model(config)
   if beam_size == 1:
-    if hasattr(decoding, 'decode'):
-      return lambda: decoding.decode(model, params, batch, max_length, beam_size=1)
-    return lambda: decoding.generate(model, params, batch, max_length)
-  if not hasattr(decoding, 'beam_search'):
-    return None
+    return lambda: decoding.decode(model, params, batch, max_length, beam_size=1)
   return lambda: decoding.beam_search(model, params, batch, max_length, beam_size)
 
 
@@ -85,13 +82,24 @@ def _reference_reason(config, reference: bool) -> str:
 def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
         decode_length: int = 0, beam_size: int = 4, peak_flops: float = 0.0,
         reference: bool = True, pipeline_seconds: float = 5.0, train_only: bool = False,
-        print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
+        decode_only: bool = False, print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
   import jax
   from t5x_lite import hf_reference
   out: Dict[str, Any] = {'notes': {}}
   notes = out['notes']
   tc, lengths = config.train, families.stream_lengths(config)
   family = families.get(config.model.family)
+  if train_only and decode_only:
+    raise ValueError('--train_only and --decode_only exclude each other.')
+  if decode_only:
+    if not family.has_decoder:
+      raise ValueError(f'--decode_only: model.family={config.model.family!r} does not decode.')
+    out.update(devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
+               lengths=dict(lengths))
+    _decode(config, out, rounds, decode_batch_size or tc.batch_size,
+            decode_length or lengths['decoder'], beam_size,
+            _reference_reason(config, reference), print_fn)
+    return out
 
   peak = peak_flops if peak_flops > 0 else throughput.matmul_peak()
   out.update(peak_flops=peak, peak_source='given' if peak_flops > 0 else 'measured')
@@ -103,11 +111,11 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
   out.update(devices=r['devices'], device_kind=r['device_kind'], batch_size=tc.batch_size,
              lengths=dict(lengths), train_step_ms=1000 * r['step_time'],
              train_tokens_per_s=r['tokens_per_sec'], train_flops_per_s=r['flops_per_sec'],
-             train_mfu=mfu, mfu_formula=MFU_FORMULA, flops_formula=r['formula'])
+             train_mfu=mfu, mfu_formula=accounting.MFU_FORMULA, flops_formula=r['formula'])
   print_fn(f'train step ({r["devices"]} x {r["device_kind"]}, batch {tc.batch_size}, lengths '
            f'{dict(lengths)}): {out["train_step_ms"]:,.1f} ms, {r["tokens_per_sec"]:,.0f} '
            f'tokens/s, {r["flops_per_sec"] / 1e9:,.1f} GFLOP/s, MFU {100 * mfu:.1f}%')
-  print_fn(f'  {MFU_FORMULA}; FLOPs: {r["formula"]}')
+  print_fn(f'  {accounting.MFU_FORMULA}; FLOPs: {r["formula"]}')
   if train_only:
     return out
 
@@ -153,15 +161,13 @@ def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn)
     batch = {'decoder_input_tokens': np.ascontiguousarray(batch['decoder_input_tokens'][:, :16])}
   out.update(decode_rows=rows, decode_new_tokens=new_tokens, beam_size=beam_size)
   for key, k in (('greedy', 1), ('beam', beam_size)):
-    fns = {}
-    ours = _our_decoder(config, batch, new_tokens, k)
-    if ours is None:
-      out.update({f'{key}_tokens_per_s': None, f'hf_{key}_tokens_per_s': None,
-                  f'{key}_ratio_vs_hf': None})
-      out['notes'][key] = 'pending: this checkout has no decoding.beam_search'
-      print_fn(f'beam-{k} decode: pending (no decoding.beam_search in this checkout)')
-      continue
-    fns['ours'] = ours
+    decoder = _our_decoder(config, batch, new_tokens, k)
+    last = {}
+
+    def ours(decoder=decoder, last=last):
+      last['tokens'] = decoder()[0]
+      return last['tokens']
+    fns = {'ours': ours}
     if not why_not:
       fns['flax_t5'] = hf_reference.generator(config, batch['encoder_input_tokens'], new_tokens,
                                               num_beams=k)
@@ -173,6 +179,17 @@ def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn)
     ref = (f'FlaxT5 generate {speed["flax_t5"]:,.0f}, ratio ours/FlaxT5 '
            f'{out[f"{key}_ratio_vs_hf"]:.2f}x' if 'flax_t5' in speed else 'FlaxT5 n/a')
     name = 'greedy' if k == 1 else f'beam-{k}'
+    # FlaxT5 runs with EOS disabled, so always to full length; ours stops once every row has
+    # finished (K finished beams). Equal work only if some row did not finish: say if not.
+    best = np.asarray(last['tokens'])
+    best = best[:, 0] if best.ndim == 3 else best
+    ended = int((best == 1).any(axis=-1).sum())
+    out[f'{key}_rows_ended_early'] = ended
+    if ended == rows:
+      out['notes'][key] = (f'every row of ours ended in EOS: its loop may have stopped before '
+                           f'{new_tokens} tokens, so the ratio may flatter ours')
     print_fn(f'{name} decode ({rows} rows x {new_tokens} new tokens): ours '
-             f'{speed["ours"]:,.0f} new tokens/s, {ref}')
+             f'{speed["ours"]:,.0f} new tokens/s, {ref}' +
+             (f' [{ended} of {rows} rows of ours ended early: {out["notes"][key]}]'
+              if ended == rows else ''))
 

@@ -19,6 +19,7 @@ import threading
 import traceback
 from typing import Callable, List, Optional
 
+# Every command imports this module first, so this runs before anything imports TF.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags

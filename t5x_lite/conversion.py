@@ -34,7 +34,6 @@ def hf_to_t5x(hf_dir: str, out_dir: str, scan_layers: bool = False) -> str:
 
 def load_t5x(directory: str):
   """(model ConfigDict, params) of a hf_to_t5x output dir or a training workdir."""
-  import jax  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
   from t5x_lite import checkpoints, models  # pylint: disable=import-outside-toplevel
@@ -47,10 +46,7 @@ def load_t5x(directory: str):
   if 'model' not in saved:
     raise ValueError(f'{path} has no "model" section.')
   model_cfg = ml_collections.ConfigDict(saved['model'])
-  module = models.build(model_cfg)
-  abstract = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                            models.dummy_batch(model_cfg))['params']
-  params, _ = checkpoints.load_params(directory, nn.meta.unbox(abstract))
+  params, _ = checkpoints.load_params(directory, nn.meta.unbox(models.abstract_params(model_cfg)))
   return model_cfg, params
 
 

@@ -1,18 +1,7 @@
-"""Convert between Hugging Face model directories and t5x_lite (Orbax) params.
+"""Convert between Hugging Face model directories and t5x_lite (Orbax) params (the work is
+`t5x_lite.conversion`'s; what each direction reads and writes: docs/cli.md):
 
-    python -m t5x_lite.convert --direction=hf_to_t5x --input=HF_DIR --output=OUT_DIR
-    python -m t5x_lite.convert --direction=t5x_to_hf --input=OUT_DIR --output=HF_DIR
-
-hf_to_t5x: reads `config.json` + `model.safetensors` of a `T5ForConditionalGeneration`,
-`BertForMaskedLM` or `GPT2LMHeadModel` directory (`t5x_lite.hf.load`) and writes OUT_DIR as
-an Orbax pytree checkpoint of `{'params': params}` (unscanned unless `--scan_layers`) plus
-OUT_DIR/config.json = `{"model": {...}}`, the model section of a t5x_lite config. OUT_DIR can be
-used as `config.init_from` for fine-tuning (same params layout as the train-state checkpoints).
-
-t5x_to_hf: reads such a directory, or a training workdir (its config.json and the params of
-its latest checkpoint), and writes a directory that `transformers`' `from_pretrained` loads
-(`t5x_lite.hf.save`). OUTPUT must not exist yet (or be empty) in both directions.
-The work is `t5x_lite.conversion`'s.
+    python -m t5x_lite.convert --direction=hf_to_t5x|t5x_to_hf --input=DIR --output=DIR
 """
 from absl import app
 from absl import flags

@@ -25,7 +25,7 @@ opaque pytree: beams are expanded and reordered along each leaf's batch axis, fo
 comparing the cache shapes at two batch sizes, so new cache entries need no change here.
 """
 import functools
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +69,24 @@ def _map_batch(fn, cache, axes):
   return jax.tree.map(lambda x, a: x if a is None else fn(x, a), cache, axes)
 
 
+def _reordered_axes(axes, beam_size: int):
+  """The cache leaves a beam step must reorder: none with one beam (each row's parent is
+  itself), else all but the cross-attention keys/values (models.py names them
+  'cross_attention'), which are the same for every beam of an example: gathering them
+  copied [rows, encoder length, heads, d_kv] twice per layer and step."""
+  if beam_size == 1:
+    return jax.tree.map(lambda a: None, axes, is_leaf=lambda a: a is None)
+
+  def axis(path, a):
+    cross = any(getattr(p, 'key', None) == 'cross_attention' for p in path)
+    return None if cross else a
+  return jax.tree_util.tree_map_with_path(axis, axes, is_leaf=lambda a: a is None)
+
+
 def _encoder_decoder_step(model, params, enc, encoded):
-  """step(cache, tokens [rows, n]) -> (logits [rows, n, vocab], cache)."""
+  """step(cache, tokens [rows, n]) -> (logits [rows, n, vocab], cache). `encoded` for the
+  first step (it fills the cross-attention key/value cache); None for every later one, which
+  reads that cache with no projection and no branch in the loop body."""
   def step(cache, token):
     logits, mutated = model.apply(
         {'params': params, 'cache': cache}, encoded,
@@ -89,6 +105,49 @@ def _decoder_only_step(model, params):
                                   mutable=['cache'])
     return logits, mutated['cache']
   return step
+
+
+def _prompt(model, batch: Dict[str, np.ndarray]):
+  """What generation starts from: the encoder inputs, or a decoder-only model's prompts."""
+  if how_it_generates(model) == 'encoder_decoder':
+    return batch['encoder_input_tokens']
+  return batch['decoder_input_tokens']
+
+
+def _start(model, params, tokens, max_length: int, prefix_lm: bool,
+           beams: Optional[int] = None):
+  """(step, cache, cache batch axes, next-token logits) once the model has read `tokens`
+  (`_prompt`). Sampling (`beams` None): one row per example, no axes. Beam search: each
+  example repeated `beams` times, and each cache leaf's batch axis (to reorder beams).
+
+  Encoder-decoder: the encoder runs once per example, the decoder starts from token 0.
+  Decoder-only: the prompt is prefilled in one call (bidirectionally for a prefix LM), once
+  per example, then repeated. The cache has one spare position: the last chosen token is fed
+  once more (its logits unused).
+  """
+  tokens = jnp.asarray(tokens, jnp.int32)
+  rows, length = tokens.shape
+  if how_it_generates(model) == 'encoder_decoder':
+    encoded = model.apply({'params': params}, {'encoder_input_tokens': tokens},
+                          method=model.encode)
+    if beams:
+      tokens, encoded = jnp.repeat(tokens, beams, axis=0), jnp.repeat(encoded, beams, axis=0)
+    full = {'encoder_input_tokens': tokens,
+            'decoder_input_tokens': jnp.zeros((tokens.shape[0], max_length + 1), jnp.int32)}
+    first = _encoder_decoder_step(model, params, tokens, encoded)
+    logits, cache = first(_empty_cache(model, full), jnp.zeros((tokens.shape[0], 1), jnp.int32))
+    axes = _cache_batch_axes(model, full) if beams else None
+    step = _encoder_decoder_step(model, params, tokens, None)  # later steps: cached keys/values
+    return step, cache, axes, logits[:, -1]
+  full = {'decoder_input_tokens': jnp.zeros((rows, length + max_length + 1), jnp.int32)}
+  step = _decoder_only_step(model, params)
+  prefix = jnp.ones((rows, length), jnp.int32) if prefix_lm else None
+  logits, cache = step(_empty_cache(model, full), tokens, prefix)
+  if not beams:
+    return step, cache, None, logits[:, -1]
+  axes = _cache_batch_axes(model, full)
+  cache = _map_batch(lambda x, a: jnp.repeat(x, beams, axis=a), cache, axes)
+  return step, cache, axes, jnp.repeat(logits[:, -1], beams, axis=0)
 
 
 # ------------------------------------------------------------------ greedy / sampling
@@ -138,35 +197,12 @@ def _lengths(tokens):
   return jnp.where(is_eos.any(-1), jnp.argmax(is_eos, -1) + 1, tokens.shape[-1])
 
 
-_SAMPLE_STATIC = ('model', 'max_length', 'temperature', 'top_k', 'top_p', 'prefix_lm')
-
-
-@functools.partial(jax.jit, static_argnames=_SAMPLE_STATIC[:5])
-def _encoder_decoder_sample(model, params, encoder_input_tokens, max_length, rng,
-                            temperature, top_k, top_p):
-  enc = jnp.asarray(encoder_input_tokens, jnp.int32)
-  rows = enc.shape[0]
-  # One spare cache position: the last chosen token is fed once more (its logits unused).
-  cache = _empty_cache(model, {'encoder_input_tokens': enc, 'decoder_input_tokens':
-                               jnp.zeros((rows, max_length + 1), jnp.int32)})
-  encoded = model.apply({'params': params}, {'encoder_input_tokens': enc}, method=model.encode)
-  step = _encoder_decoder_step(model, params, enc, encoded)
-  logits, cache = step(cache, jnp.zeros((rows, 1), jnp.int32))
-  return _generate(step, cache, logits[:, -1], max_length, rng, temperature, top_k, top_p)
-
-
-@functools.partial(jax.jit, static_argnames=_SAMPLE_STATIC)
-def _decoder_only_sample(model, params, prompt_tokens, max_length, rng, temperature,
-                         top_k, top_p, prefix_lm):
-  prompt = jnp.asarray(prompt_tokens, jnp.int32)
-  rows, prompt_len = prompt.shape
-  cache = _empty_cache(model, {'decoder_input_tokens':
-                               jnp.zeros((rows, prompt_len + max_length + 1), jnp.int32)})
-  step = _decoder_only_step(model, params)
-  # Prefill the whole prompt (bidirectionally for a prefix LM), then one token at a time.
-  prefix = jnp.ones((rows, prompt_len), jnp.int32) if prefix_lm else None
-  logits, cache = step(cache, prompt, prefix)
-  return _generate(step, cache, logits[:, -1], max_length, rng, temperature, top_k, top_p)
+@functools.partial(jax.jit, static_argnames=('model', 'max_length', 'temperature', 'top_k',
+                                             'top_p', 'prefix_lm'))
+def _sample(model, params, tokens, max_length, rng, temperature, top_k, top_p, prefix_lm):
+  """(tokens [rows, max_length], their summed log-prob); `tokens` as `_start` reads them."""
+  step, cache, _, logits = _start(model, params, tokens, max_length, prefix_lm)
+  return _generate(step, cache, logits, max_length, rng, temperature, top_k, top_p)
 
 
 def encoder_decoder_generate(model, params, encoder_input_tokens, max_length: int,
@@ -174,8 +210,8 @@ def encoder_decoder_generate(model, params, encoder_input_tokens, max_length: in
                              top_p: float = 1.0):
   """[batch, inputs_length] -> [batch, max_length] generated target tokens."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return _encoder_decoder_sample(model, params, encoder_input_tokens, max_length, rng,
-                                 temperature, top_k, top_p)[0]
+  return _sample(model, params, encoder_input_tokens, max_length, rng, temperature, top_k,
+                 top_p, False)[0]
 
 
 def decoder_only_generate(model, params, prompt_tokens, max_length: int, rng=None,
@@ -183,8 +219,8 @@ def decoder_only_generate(model, params, prompt_tokens, max_length: int, rng=Non
                           prefix_lm: bool = False):
   """Continue equal-length prompts [batch, prompt_len] by `max_length` tokens."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return _decoder_only_sample(model, params, prompt_tokens, max_length, rng, temperature,
-                              top_k, top_p, prefix_lm)[0]
+  return _sample(model, params, prompt_tokens, max_length, rng, temperature, top_k, top_p,
+                 prefix_lm)[0]
 
 
 def how_it_generates(model) -> str:
@@ -195,15 +231,6 @@ def how_it_generates(model) -> str:
     raise ValueError(f'model.family={model.cfg.family!r} does not generate text; decoding '
                      'needs encoder_decoder or decoder.')
   return generates
-
-
-def generate(model, params, batch: Dict[str, np.ndarray], max_length: int, **kwargs):
-  """Family dispatch: encoder-decoder reads `encoder_input_tokens`, decoder-only a prompt."""
-  if how_it_generates(model) == 'encoder_decoder':
-    return encoder_decoder_generate(model, params, batch['encoder_input_tokens'], max_length,
-                                    **kwargs)
-  return decoder_only_generate(model, params, batch['decoder_input_tokens'], max_length,
-                               **kwargs)
 
 
 # ------------------------------------------------------------------------ beam search
@@ -217,6 +244,7 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
   k = beam_size
   vocab = logits.shape[-1]
   positions = jnp.arange(max_length)
+  axes = _reordered_axes(axes, k)
   # Only beam 0 is live at the start, so the K copies do not fill the beam with duplicates.
   alive_lp = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG)[None], (batch, 1))
   zeros = jnp.zeros((batch, k, max_length), jnp.int32)
@@ -263,40 +291,11 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
   return tokens, jnp.take_along_axis(scores, order, axis=1)
 
 
-_BEAM_STATIC = ('model', 'max_length', 'beam_size', 'alpha', 'prefix_lm')
-
-
-@functools.partial(jax.jit, static_argnames=_BEAM_STATIC[:4])
-def _encoder_decoder_beam_search(model, params, encoder_input_tokens, max_length, beam_size,
-                                 alpha):
-  enc = jnp.asarray(encoder_input_tokens, jnp.int32)
-  batch = enc.shape[0]
-  encoded = model.apply({'params': params}, {'encoder_input_tokens': enc}, method=model.encode)
-  enc = jnp.repeat(enc, beam_size, axis=0)
-  encoded = jnp.repeat(encoded, beam_size, axis=0)  # the encoder runs once per example
-  full = {'encoder_input_tokens': enc,
-          'decoder_input_tokens': jnp.zeros((enc.shape[0], max_length + 1), jnp.int32)}
-  cache = _empty_cache(model, full)
-  step = _encoder_decoder_step(model, params, enc, encoded)
-  logits, cache = step(cache, jnp.zeros((enc.shape[0], 1), jnp.int32))
-  return _beam_loop(step, cache, _cache_batch_axes(model, full), logits[:, -1], batch,
-                    beam_size, max_length, alpha)
-
-
-@functools.partial(jax.jit, static_argnames=_BEAM_STATIC)
-def _decoder_only_beam_search(model, params, prompt_tokens, max_length, beam_size, alpha,
-                              prefix_lm):
-  prompt = jnp.asarray(prompt_tokens, jnp.int32)
-  batch, prompt_len = prompt.shape
-  full = {'decoder_input_tokens': jnp.zeros((batch, prompt_len + max_length + 1), jnp.int32)}
-  cache = _empty_cache(model, full)
-  step = _decoder_only_step(model, params)
-  prefix = jnp.ones((batch, prompt_len), jnp.int32) if prefix_lm else None
-  logits, cache = step(cache, prompt, prefix)  # prefill once per example, then expand
-  axes = _cache_batch_axes(model, full)
-  cache = _map_batch(lambda x, a: jnp.repeat(x, beam_size, axis=a), cache, axes)
-  logits = jnp.repeat(logits[:, -1], beam_size, axis=0)
-  return _beam_loop(step, cache, axes, logits, batch, beam_size, max_length, alpha)
+@functools.partial(jax.jit, static_argnames=('model', 'max_length', 'beam_size', 'alpha',
+                                             'prefix_lm'))
+def _beam_search(model, params, tokens, max_length, beam_size, alpha, prefix_lm):
+  step, cache, axes, logits = _start(model, params, tokens, max_length, prefix_lm, beam_size)
+  return _beam_loop(step, cache, axes, logits, tokens.shape[0], beam_size, max_length, alpha)
 
 
 def check_beam_size(beam_size: int, vocab_size: int) -> None:
@@ -314,13 +313,9 @@ def beam_search(model, params, batch: Dict[str, np.ndarray], max_length: int, be
   prompts in `decoder_input_tokens` (bidirectional prefix when `prefix_lm`) and returns
   only the generated tokens. Scores as in the module docstring.
   """
-  encoder_decoder = how_it_generates(model) == 'encoder_decoder'
   check_beam_size(beam_size, model.cfg.vocab_size)
-  if encoder_decoder:
-    return _encoder_decoder_beam_search(model, params, batch['encoder_input_tokens'],
-                                        max_length, beam_size, float(alpha))
-  return _decoder_only_beam_search(model, params, batch['decoder_input_tokens'], max_length,
-                                   beam_size, float(alpha), bool(prefix_lm))
+  return _beam_search(model, params, _prompt(model, batch), max_length, beam_size,
+                      float(alpha), bool(prefix_lm))
 
 
 def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
@@ -332,19 +327,13 @@ def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
   temperature > 0 samples (one sequence per row; beam_size must be 1); otherwise beam
   search with `beam_size` beams, keeping the best (beam_size=1 is greedy).
   """
-  encoder_decoder = how_it_generates(model) == 'encoder_decoder'
   if temperature > 0:
     if beam_size != 1:
       raise ValueError(f'--beam_size={beam_size} with --temperature={temperature}: sampling '
                        'draws one sequence per input; use --beam_size=1 to sample.')
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    if encoder_decoder:
-      tokens, log_prob = _encoder_decoder_sample(model, params, batch['encoder_input_tokens'],
-                                                 max_length, rng, temperature, top_k, top_p)
-    else:
-      tokens, log_prob = _decoder_only_sample(model, params, batch['decoder_input_tokens'],
-                                              max_length, rng, temperature, top_k, top_p,
-                                              prefix_lm)
+    tokens, log_prob = _sample(model, params, _prompt(model, batch), max_length, rng,
+                               temperature, top_k, top_p, bool(prefix_lm))
     scores = log_prob / brevity_penalty(alpha, _lengths(tokens))
     return np.asarray(tokens), np.asarray(scores)
   tokens, scores = beam_search(model, params, batch, max_length, beam_size, alpha, prefix_lm)

@@ -1,36 +1,12 @@
-r"""Evaluate the latest checkpoint of a run:
+"""Evaluate the latest checkpoint of a run: teacher-forced loss and accuracy, and for
+text-to-text tasks decoding scored by the text metrics:
 
     python -m t5x_lite.eval --config=CFG --workdir=DIR [--split=validation] [--eval_steps=N]
-        [--config.x=v ...] [--show_predictions=3] [--beam_size=1]
 
-Read-only on the checkpoint: restores only the params of the latest step in
-DIR/checkpoints/ (the optimizer state and data position are not read, nothing is saved).
-
-1. Teacher-forced loss and token accuracy over `--eval_steps` batches of the split
-   (default `config.train.eval_steps`, 0 = the whole split), exactly as training reports
-   `eval_loss` / `eval_accuracy` (`evaluation.evaluate`, same packing as the config).
-2. For text-to-text tasks (`data.objective=text_to_text`) of encoder-decoder and
-   decoder-only models: greedy decoding (or beam search, `--beam_size=K`, T5X length
-   penalty alpha 0.6) of the same number of unpacked batches (`data.pack=False`, so one
-   example per row) up to `data.targets_length` tokens, scored against the targets with
-   `t5x_lite.metrics` (sequence accuracy, SQuAD v1.1 exact match and F1, sacrebleu BLEU,
-   rouge-score ROUGE-1/2/L/Lsum; all in percent). Every decoded example goes to
-   DIR/predictions_<split>_<step>.jsonl: {inputs, targets, predictions, score}.
-
-Prints one JSON line on stdout with every figure (progress and a few predictions go to
-stderr) and writes it to DIR/eval_<split>_<step>.json. A workdir without a checkpoint, or a
-config that does not match the checkpoint, is a one-line `error: ...` and exit status 1.
-JSON keys: step, split, eval_steps, eval_loss, eval_accuracy, then (when it decodes)
-beam_size, decoded_examples, sequence_accuracy, exact_match, f1, bleu, rouge1, rouge2,
-rougeL, rougeLsum; seconds.
-
-The config is the one given on the command line (use the run's config and overrides, or
-the same file); the checkpoint's params must have the shapes it describes.
+What it reads, decodes, prints and writes (and its JSON keys): docs/cli.md.
 """
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import json
+import os
 import sys
 import time
 from typing import Optional
@@ -59,6 +35,7 @@ def run_eval(config, workdir: str, split: str = 'validation',
   """Everything `python -m t5x_lite.eval` does; returns the figures it prints."""
   from t5x_lite import decoding
   from t5x_lite import metrics as metrics_lib
+  from t5x_lite.data import sources
   start = time.time()
   config = config.copy_and_resolve_references()
   if eval_steps is not None:
@@ -74,7 +51,12 @@ def run_eval(config, workdir: str, split: str = 'validation',
         f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
         file=sys.stderr, flush=True)
   result = {'step': step, 'split': split, 'eval_steps': steps}
-  result.update(evaluation.evaluate(config, trainer, params, split))
+  skips = sources.SkipCounter()
+  result.update(evaluation.evaluate(config, trainer, params, split, skips=skips))
+  # Bad and over-long input, counted as the pass read it (this host's streams, summed).
+  result.update(skips.figures())
+  print(f'[t5x_lite] eval data ({split}): {skips.report() or "no input skipped"}.',
+        file=sys.stderr, flush=True)
   why_not = evaluation.can_decode(config)
   if why_not:
     print(f'[t5x_lite] eval: no decoding ({why_not}).', file=sys.stderr, flush=True)

@@ -85,10 +85,11 @@ def stream_lengths(config) -> Dict[str, int]:
               target=lengths['targets'])
 
 
-def dummy_batch(family: str, batch_size: int, inputs_length: int, targets_length: int,
-                ones=lambda shape: np.ones(shape, np.int32)) -> dict:
-  """All-ones batch with the features the family's model reads (for `init` and shapes)."""
+def dummy_batch(family: str, batch_size: int = 1, inputs_length: int = 8,
+                targets_length: int = 8) -> dict:
+  """All-ones int32 batch with the features the family's model reads (for `init` and shapes)."""
   family = get(family)
+  ones = lambda shape: np.ones(shape, np.int32)
   batch = {}
   if family.has_encoder:
     batch['encoder_input_tokens'] = ones((batch_size, inputs_length))

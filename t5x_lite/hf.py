@@ -100,6 +100,12 @@ def _bias(path, name, shape):
                lambda xs: xs[0].reshape(n), ())
 
 
+def _dense(path, name, d_in, out_shape, weight=_linear):
+  """A kernel and its bias: `path` + kernel / bias <-> HF `name.weight` / `name.bias`."""
+  return [weight(path + ('kernel',), f'{name}.weight', d_in, out_shape),
+          _bias(path + ('bias',), f'{name}.bias', out_shape)]
+
+
 def _norm(prefix, name, d, with_bias):
   """Norm scale (and bias) <-> HF `name.weight` (and `name.bias`); old BERT: gamma/beta."""
   specs = [_same(prefix + ('scale',), f'{name}.weight', (d,), (f'{name}.gamma',))]
@@ -162,22 +168,14 @@ def _bert_specs(c) -> List[_Spec]:
     ours, hf = b + (f'layers_{i}',), f'bert.encoder.layer.{i}'
     att = ours + ('self_attention',)
     for n in ('query', 'key', 'value'):
-      specs.append(_linear(att + (n, 'kernel'), f'{hf}.attention.self.{n}.weight', (d,), (h, k)))
-      specs.append(_bias(att + (n, 'bias'), f'{hf}.attention.self.{n}.bias', (h, k)))
-    specs.append(_linear(att + ('out', 'kernel'), f'{hf}.attention.output.dense.weight', (h, k),
-                         (d,)))
-    specs.append(_bias(att + ('out', 'bias'), f'{hf}.attention.output.dense.bias', (d,)))
+      specs += _dense(att + (n,), f'{hf}.attention.self.{n}', (d,), (h, k))
+    specs += _dense(att + ('out',), f'{hf}.attention.output.dense', (h, k), (d,))
     specs += _norm(ours + ('self_attention_norm',), f'{hf}.attention.output.LayerNorm', d, True)
-    specs.append(_linear(ours + ('mlp', 'wi', 'kernel'), f'{hf}.intermediate.dense.weight',
-                         (d,), (c.d_ff,)))
-    specs.append(_bias(ours + ('mlp', 'wi', 'bias'), f'{hf}.intermediate.dense.bias', (c.d_ff,)))
-    specs.append(_linear(ours + ('mlp', 'wo', 'kernel'), f'{hf}.output.dense.weight', (c.d_ff,),
-                         (d,)))
-    specs.append(_bias(ours + ('mlp', 'wo', 'bias'), f'{hf}.output.dense.bias', (d,)))
+    specs += _dense(ours + ('mlp', 'wi'), f'{hf}.intermediate.dense', (d,), (c.d_ff,))
+    specs += _dense(ours + ('mlp', 'wo'), f'{hf}.output.dense', (c.d_ff,), (d,))
     specs += _norm(ours + ('mlp_norm',), f'{hf}.output.LayerNorm', d, True)
   p = 'cls.predictions'
-  specs.append(_linear(('mlm_transform', 'kernel'), f'{p}.transform.dense.weight', (d,), (d,)))
-  specs.append(_bias(('mlm_transform', 'bias'), f'{p}.transform.dense.bias', (d,)))
+  specs += _dense(('mlm_transform',), f'{p}.transform.dense', (d,), (d,))
   specs += _norm(('mlm_norm',), f'{p}.transform.LayerNorm', d, True)
   specs.append(_same(('mlm_bias',), f'{p}.bias', (c.vocab_size,), (f'{p}.decoder.bias',)))
   return specs
@@ -204,15 +202,10 @@ def _gpt2_specs(c) -> List[_Spec]:
         f'{hf}.attn.c_attn.bias', (3 * inner,), [p + ('bias',) for p in qkv],
         lambda a: [x.reshape(h, k) for x in np.split(a, 3)],
         lambda xs: np.concatenate([x.reshape(inner) for x in xs])))
-    specs.append(_conv1d(att + ('out', 'kernel'), f'{hf}.attn.c_proj.weight', (h, k), (d,)))
-    specs.append(_bias(att + ('out', 'bias'), f'{hf}.attn.c_proj.bias', (d,)))
+    specs += _dense(att + ('out',), f'{hf}.attn.c_proj', (h, k), (d,), _conv1d)
     specs += _norm(ours + ('mlp_norm',), f'{hf}.ln_2', d, True)
-    specs.append(_conv1d(ours + ('mlp', 'wi', 'kernel'), f'{hf}.mlp.c_fc.weight', (d,),
-                         (c.d_ff,)))
-    specs.append(_bias(ours + ('mlp', 'wi', 'bias'), f'{hf}.mlp.c_fc.bias', (c.d_ff,)))
-    specs.append(_conv1d(ours + ('mlp', 'wo', 'kernel'), f'{hf}.mlp.c_proj.weight', (c.d_ff,),
-                         (d,)))
-    specs.append(_bias(ours + ('mlp', 'wo', 'bias'), f'{hf}.mlp.c_proj.bias', (d,)))
+    specs += _dense(ours + ('mlp', 'wi'), f'{hf}.mlp.c_fc', (d,), (c.d_ff,), _conv1d)
+    specs += _dense(ours + ('mlp', 'wo'), f'{hf}.mlp.c_proj', (c.d_ff,), (d,), _conv1d)
   specs += _norm(('decoder', 'final_norm'), 'transformer.ln_f', d, True)
   return specs
 
@@ -307,15 +300,14 @@ def _architecture_of(cfg) -> str:
       and not c.scale_attention_logits and c.tie_embeddings == c.rescale_tied_logits
       and not c.type_vocab_size):
     return 'T5ForConditionalGeneration'
-  if (c.family == 'encoder' and c.norm == 'layer' and c.post_norm and c.use_bias
-      and c.position_embedding == 'absolute' and c.scale_attention_logits
-      and c.tie_embeddings and not c.rescale_tied_logits and c.type_vocab_size > 0
-      and len(c.mlp_activations) == 1 and c.num_heads * c.d_kv == c.d_model):
+  # BERT and GPT-2 share all of this; they differ in family, norm placement and token types.
+  bert_or_gpt2 = (c.norm == 'layer' and c.use_bias and c.position_embedding == 'absolute'
+                  and c.scale_attention_logits and c.tie_embeddings
+                  and not c.rescale_tied_logits and len(c.mlp_activations) == 1
+                  and c.num_heads * c.d_kv == c.d_model)
+  if bert_or_gpt2 and c.family == 'encoder' and c.post_norm and c.type_vocab_size > 0:
     return 'BertForMaskedLM'
-  if (c.family == 'decoder' and c.norm == 'layer' and not c.post_norm and c.use_bias
-      and c.position_embedding == 'absolute' and c.scale_attention_logits
-      and c.tie_embeddings and not c.rescale_tied_logits and not c.type_vocab_size
-      and len(c.mlp_activations) == 1 and c.num_heads * c.d_kv == c.d_model):
+  if bert_or_gpt2 and c.family == 'decoder' and not c.post_norm and not c.type_vocab_size:
     return 'GPT2LMHeadModel'
   _fail(f'model config (family={c.family!r}, norm={c.norm!r}, '
         f'position_embedding={c.position_embedding!r}) matches no Hugging Face '

@@ -1,35 +1,9 @@
-r"""Generate with the latest checkpoint of a run, from a file or stdin, JSONL out:
+"""Generate with the latest checkpoint of a run, text or JSONL lines in, JSONL out:
 
     python -m t5x_lite.infer --config=CFG --workdir=DIR [--input=FILE|-] [--output=FILE|-]
-        [--max_length=N] [--beam_size=1] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
-        [--batch_size=N]
 
-Input: one example per line, detected per line: a JSON object with a string "inputs" field
-(its other fields are copied to the output), else the line itself as plain text. Empty
-lines, and JSON objects without a non-empty string "inputs", are skipped and reported
-(count and line numbers) on stderr; nothing is dropped silently.
-
-Each input is tokenized with the config's vocabulary exactly as training's text_to_text
-pipeline does: ids[:data.inputs_length - 1] + EOS (inputs cut this way are counted and
-reported on stderr). Encoder-decoder models get them as encoder_input_tokens, in fixed-
-shape batches of --batch_size (one compilation). Decoder-only models get BOS + ids + EOS
-as the (bidirectional, prefix-LM) prompt; with data.objective=causal_lm the prompt is
-BOS + ids without EOS and decoding is causal. Prompts must have equal lengths in a batch,
-so decoder-only lines are grouped by length (one compilation per distinct length).
-
-Output: one JSON object per predicted line, in input order:
-    {"inputs": "<the input text>", "prediction": "<decoded text>", "score": <float>,
-     ...input JSON fields}
-Decoding: greedy by default (--temperature=0, --beam_size=1); --beam_size=K > 1 is beam
-search (T5X length penalty, alpha 0.6); --temperature > 0 samples with temperature, top-k
-and top-p; --seed seeds it (results then also depend on the batching). score is the
-model's log-probability of the prediction through its EOS divided by the length penalty
-((5 + n) / 6) ** 0.6 (t5x_lite.decoding).
---max_length defaults to data.targets_length.
+Input detection, tokenization, batching, decoding options and the output: docs/cli.md.
 """
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import json
 import sys
 from typing import List, Optional, TextIO, Tuple
@@ -67,6 +41,8 @@ class Report:
     self.predicted = 0
     self.empty: List[int] = []
     self.bad: List[Tuple[int, str]] = []
+    self.no_tokens: List[int] = []
+    self.tokenized = 0  # inputs with tokens: what the truncated count is out of
     self.truncated: List[Tuple[int, int]] = []
 
   @staticmethod
@@ -84,8 +60,12 @@ class Report:
       parts.append(f'skipped {len(self.bad)} JSON line{s(len(self.bad))} without a non-empty '
                    f'string "inputs" (line{s(len(self.bad))} '
                    f'{self._which([n for n, _ in self.bad])})')
-    parts.append(f'truncated {len(self.truncated)} input{s(len(self.truncated))} to '
-                 f'data.inputs_length={inputs_length} tokens' +
+    if self.no_tokens:
+      parts.append(f'skipped {len(self.no_tokens)} input{s(len(self.no_tokens))} that '
+                   f'tokenize{"s" if len(self.no_tokens) == 1 else ""} to nothing '
+                   f'(line{s(len(self.no_tokens))} {self._which(self.no_tokens)})')
+    parts.append(f'truncated {len(self.truncated)} of {self.tokenized} '
+                 f'input{s(self.tokenized)} to data.inputs_length={inputs_length} tokens' +
                  (f' (line{s(len(self.truncated))} '
                   f'{self._which([f"{n}: {k} tokens" for n, k in self.truncated])})'
                   if self.truncated else ''))
@@ -172,12 +152,19 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   inputs_length = config.data.inputs_length
   decoder_only = families.get(family).generates == 'decoder_only'
   eos = not (decoder_only and config.data.objective == 'causal_lm')
-  token_lists = []
-  for number, text, _ in examples:
+  token_lists, kept = [], []
+  for example in examples:
+    number, text, _ = example
     ids, n = tokenize(vocab, text, inputs_length, eos)
+    if n == int(eos):  # no tokens: skipped like the pipeline's records without tokens
+      report.no_tokens.append(number)
+      continue
+    report.tokenized += 1
     if n > len(ids):
       report.truncated.append((number, n))
     token_lists.append(([0] if decoder_only else []) + ids)  # decoder-only: BOS
+    kept.append(example)
+  examples = kept
 
   trainer, params, step = evaluation.load(config, workdir) if examples else (None, None, None)
   if examples:

@@ -1,24 +1,11 @@
-"""`python -m t5x_lite.inspect`: print what the objective feeds the model, as JSONL;
-or, with --workdir, list a run's checkpoints and whether each is intact.
+"""Print what the objective feeds the model, as JSONL; or, with --workdir, list a run's
+checkpoints and whether each is intact (output formats: docs/cli.md):
 
-    python -m t5x_lite.inspect --config=configs/default.py --split=train --n=3 \
-        [--config.data.objective=mlm --config.model.family=encoder] [--shard_index=0 --num_shards=1]
+    python -m t5x_lite.inspect --config=configs/default.py --split=train --n=3
     python -m t5x_lite.inspect --workdir=DIR
-
-With --workdir: one line per checkpoint, newest first: step, status (intact, intact (no
-manifest), corrupt: what failed, moved aside), path (`checkpoint_integrity.listing`);
-exit status 1 if none is usable.
-
-One JSON object per row of the model's batch: for every feature its ids (trailing padding
-cut), and for token features the decoded text of each packed example (sentinels render as
-<extra_id_k>, the mask as [MASK], EOS as </s>). The skip report of the sources goes to stderr.
 """
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before anything imports TF
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are integer work
-
 import json
+import os
 import sys
 
 from absl import flags
@@ -41,7 +28,6 @@ def _define_flags():
 
 def list_checkpoints(workdir: str) -> None:
   from t5x_lite import checkpoint_integrity
-  import os
   if not os.path.isdir(workdir):
     raise ValueError(f'--workdir={workdir} does not exist.')
   rows = checkpoint_integrity.listing(workdir)
@@ -68,7 +54,7 @@ def main():
   from t5x_lite.data import rows
   for row in rows.rows_as_json(batch, it.vocab):
     print(json.dumps(row, ensure_ascii=False))
-  print(f'{it.skips.summary()}', file=sys.stderr)
+  print(it.skips.report() or it.skips.summary(), file=sys.stderr)  # what was read so far
 
 
 if __name__ == '__main__':

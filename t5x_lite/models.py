@@ -10,7 +10,10 @@ side (decoder, or encoder for MLM). Packed batches pass `*_segment_ids` / `*_pos
 
 Decoding: `init` with `decode=True` on full-length inputs creates the KV cache; then
 `apply(..., decode=True, mutable=['cache'])` on chunks (a prompt, then one token at a
-time) gives the same logits as a full forward pass.
+time) gives the same logits as a full forward pass. Encoder-decoder: the first chunk
+projects the encoder output to cross-attention keys/values and caches them; later chunks
+read the cache (`method=model.decode` with `encoded=None` says so statically: what the
+decode loops in decoding.py do).
 """
 import dataclasses
 import functools
@@ -401,10 +404,20 @@ def build(model_cfg) -> nn.Module:
           'decoder': DecoderOnly}[cfg.family](cfg)
 
 
-def dummy_batch(cfg, batch_size: int = 1, inputs_length: int = 8, targets_length: int = 8):
-  """All-ones int32 batch with the features the family reads (for `init` and shapes)."""
-  return families.dummy_batch(ModelConfig.from_config(cfg).family, batch_size, inputs_length,
-                              targets_length, ones=lambda shape: jnp.ones(shape, jnp.int32))
+def abstract_params(model_cfg):
+  """Boxed abstract params (ShapeDtypeStruct leaves in `nn.LogicallyPartitioned` boxes) of
+  `config.model`: what the trainer shards, plan counts and checkpoints restore into.
+
+  Traced with `jax.eval_shape`: nothing is compiled or allocated. Cached per model config;
+  treat the result as read-only.
+  """
+  return _abstract_params(ModelConfig.from_config(model_cfg))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(cfg: ModelConfig):
+  batch = families.dummy_batch(cfg.family)
+  return jax.eval_shape(lambda: build(cfg).init(jax.random.PRNGKey(0), batch))['params']
 
 
 # ------------------------------------------------------------- scanned <-> unscanned

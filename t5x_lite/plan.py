@@ -1,11 +1,7 @@
-r"""Plan a run before launching it: parameters, FLOPs per token, memory per device.
+"""Plan a run before launching it: parameters, FLOPs per token, memory per device
+(`t5x_lite.accounting`; nothing is compiled or allocated). Flags: docs/cli.md.
 
-    python -m t5x_lite.plan --config=configs/t5_v1_1.py:small \
-        [--config.partitioning.mesh.fsdp=-1 --config.partitioning.mesh.data=1] \
-        [--num_devices=256] [--per_param]
-
-Prints what `t5x_lite.accounting` computes (formulas and assumptions are in its docstring);
-nothing is compiled or allocated, so a pod-sized mesh can be planned on a laptop.
+    python -m t5x_lite.plan --config=configs/t5_v1_1.py:small [--num_devices=256] [--per_param]
 """
 import textwrap
 
@@ -38,7 +34,7 @@ def report(config, num_devices: int, per_param: bool = False, name: str = '') ->
   """The plan as text (raises ValueError for an impossible mesh or config)."""
   # Fail on an impossible mesh before tracing the model.
   partitioning.mesh_shape(config.partitioning, num_devices)
-  boxed = accounting.abstract_params(config)
+  boxed = models.abstract_params(config.model)
   counts = accounting.count_params(config, boxed)
   flops = accounting.flops_per_token(config, boxed)
   mem = accounting.memory_per_device(config, num_devices, boxed)

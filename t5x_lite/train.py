@@ -1,21 +1,9 @@
-r"""Pretrain or fine-tune: `python -m t5x_lite.train --config=CFG --workdir=DIR [--config.x=v]`.
+"""Pretrain or fine-tune a model (the loop is `train_loop.train`):
 
-Writes DIR/checkpoints/ (Orbax: state + data-iterator position + config), DIR/tensorboard/
-(event files), DIR/metrics.jsonl (one JSON object per logged step) and DIR/config.json.
-Resumes from the latest checkpoint in DIR; else fine-tunes from `config.init_from`
-(a t5x_lite checkpoint dir, or `hf:DIR` for a Hugging Face directory); else starts fresh.
-One log line says which and why. SIGTERM / SIGINT save a checkpoint at the current step and
-exit cleanly. A non-finite loss stops the run naming the step; the non-finite update is never
-applied, so no checkpoint can hold NaNs.
+    python -m t5x_lite.train --config=CFG --workdir=DIR [--config.x=v ...]
 
-Multi-host: run the same command on every host with --coordinator_address, --num_processes
-and --process_id (or on TPU / SLURM with --distributed=auto); each host reads its own data
-shard and feeds its rows of the global batch.
+What it resumes from, writes and prints, and its multi-host flags: docs/cli.md.
 """
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 from absl import flags
 
 from t5x_lite import cli

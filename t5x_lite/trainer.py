@@ -47,11 +47,10 @@ class Trainer:
     family = families.get(self.model_cfg.family)
     self.targets_key, self.weights_key = family.targets, family.weights
 
-    self._init_batch = models.dummy_batch(self.model_cfg, 1, 8, 8)
-    boxed = jax.eval_shape(self._init_variables, jax.random.PRNGKey(0))
+    boxed = models.abstract_params(self.model_cfg)
     partitioning.validate_divisibility(boxed, mesh, self.rules)
-    param_shardings = partitioning.shardings(boxed, mesh, self.rules)['params']
-    abstract_params = nn.unbox(boxed)['params']
+    param_shardings = partitioning.shardings(boxed, mesh, self.rules)
+    abstract_params = nn.unbox(boxed)
     self.state_shardings = TrainState(
         step=NamedSharding(mesh, P()), params=param_shardings,
         opt_state=optim.state_shardings(
@@ -75,11 +74,9 @@ class Trainer:
                                out_shardings=self.replicated)
 
   # ---------------------------------------------------------------------- creation
-  def _init_variables(self, rng):
-    return self.model.init(rng, self._init_batch)
-
   def _init_state(self, rng):
-    params = nn.unbox(self._init_variables(rng))['params']
+    batch = families.dummy_batch(self.model_cfg.family)
+    params = nn.unbox(self.model.init(rng, batch))['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params))
 

@@ -1,18 +1,7 @@
-"""`python -m t5x_lite.vocab`: train a SentencePiece vocabulary in the T5 layout.
+"""Train a SentencePiece vocabulary in the T5 layout and print its coverage (docs/cli.md):
 
-    python -m t5x_lite.vocab --input='data/corpus/train.txt' --vocab_size=1000 \
-        --output=data/vocab/shakespeare_1k.model [--model_type=bpe] [--eval_input=GLOB]
-
-Reads the files the way the pipeline does (UTF-8, bad lines counted and reported), trains
-on every non-empty line, and prints the result's size and coverage (on --eval_input too).
-`--vocab_size` counts SentencePiece pieces (pad, eos, unk, [MASK] included); the
-vocabulary a model sees adds `--extra_ids` sentinels on top.
+    python -m t5x_lite.vocab --input='data/corpus/train.txt' --vocab_size=1000 --output=PATH
 """
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before anything imports TF
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are integer work
-
 from absl import flags
 
 from t5x_lite import cli

@@ -25,18 +25,14 @@ def _tiny_config():
 
 
 def test_bench_prints_and_returns_every_figure_and_mfu_is_flops_over_time_over_peak():
-  from t5x_lite import accounting, benchmark, decoding
+  from t5x_lite import accounting, benchmark
   cfg = _tiny_config()
   lines = []
   out = benchmark.run(cfg, steps=1, rounds=1, beam_size=2, pipeline_seconds=0.2,
                       print_fn=lines.append)
   text = '\n'.join(lines)
-  beam_pending = not hasattr(decoding, 'beam_search')
   for key in FIGURES:
-    if beam_pending and key.startswith(('beam', 'hf_beam')):
-      assert out[key] is None and 'pending' in out['notes']['beam']
-    else:
-      assert out[key] > 0, key
+    assert out[key] > 0, key
   # The printed lines carry the figures (rounded as printed).
   assert f'{out["peak_flops"] / 1e9:,.1f} GFLOP/s' in text
   assert f'{out["train_step_ms"]:,.1f} ms' in text and f'MFU {100 * out["train_mfu"]:.1f}%' in text
@@ -77,3 +73,18 @@ def test_bench_command_json():
   assert out['peak_source'] == 'given' and out['peak_flops'] == 1e9
   assert out['hf_grad_step_ms'] is None and 'noreference' in out['notes']['hf']
   assert out['train_mfu'] > 0 and out['greedy_tokens_per_s'] > 0
+
+
+def test_bench_decode_only_runs_just_the_decode_comparison():
+  """--decode_only: greedy and beam figures beside FlaxT5, no peak, train step or pipeline;
+  the rows of ours that ended early (EOS) are counted, since FlaxT5 always runs to length."""
+  from t5x_lite import benchmark
+  lines = []
+  out = benchmark.run(_tiny_config(), rounds=1, beam_size=2, decode_only=True,
+                      print_fn=lines.append)
+  assert len(lines) == 2 and lines[0].startswith('greedy decode') and 'beam-2 decode' in lines[1]
+  for key in ('greedy_tokens_per_s', 'hf_greedy_tokens_per_s', 'beam_tokens_per_s',
+              'hf_beam_tokens_per_s'):
+    assert out[key] > 0, key
+  assert 0 <= out['greedy_rows_ended_early'] <= 8 and 0 <= out['beam_rows_ended_early'] <= 8
+  assert not any(k in out for k in ('peak_flops', 'train_step_ms', 'pipeline_positions_per_s'))

@@ -69,8 +69,7 @@ def random_params(model_cfg, seed):
   Kernels N(0, 1/fan_in), embeddings and relative-bias tables N(0, 1), norm scales 1 + noise,
   biases noise: nothing is left at a value (0 or 1) that would hide a wrong mapping.
   """
-  module = models.build(model_cfg)
-  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), models.dummy_batch(model_cfg))
+  shapes = models.abstract_params(model_cfg)
   rng = np.random.default_rng(seed)
 
   def draw(path, x):
@@ -87,7 +86,7 @@ def random_params(model_cfg, seed):
       value = rng.standard_normal(x.shape)            # embeddings, relative-bias tables
     return value.astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(shapes['params']))
+  return jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(shapes))
 
 
 def save_torch(model, path):

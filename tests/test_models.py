@@ -19,7 +19,7 @@ import pytest
 
 import random_params as random_params_lib
 import tiny_run
-from t5x_lite import models
+from t5x_lite import families, models
 
 FOUR_HEADS = dict(vocab_size=128, num_heads=4, d_kv=8)
 ATOL, RTOL = 1e-5, 0
@@ -56,7 +56,7 @@ def forward(name, params, batch, **overrides):
 @functools.lru_cache(maxsize=None)
 def params_for(name):
   module = models.build(tiny_config(name))
-  return random_params(module, models.dummy_batch(module.cfg, 1, 8, 8),
+  return random_params(module, families.dummy_batch(module.cfg.family),
                        seed=sorted(tiny_run.CONFIGS).index(name))
 
 

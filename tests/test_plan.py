@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import bert, gpt, t5_v1_1
-from t5x_lite import accounting
+from t5x_lite import accounting, models
 from tiny_run import tiny_config
 
 T5_DIMS = {
@@ -111,7 +111,7 @@ def test_scan_layers_does_not_change_counts():
 
 def test_embed_sharded_bytes_shrink_8x_under_fsdp():
   cfg = t5_v1_1.get_config('small')
-  boxed = accounting.abstract_params(cfg)
+  boxed = models.abstract_params(cfg.model)
   cfg.partitioning.mesh.update(dict(data=8, fsdp=1, tensor=1))
   dp = accounting.memory_per_device(cfg, 8, boxed)
   cfg.partitioning.mesh.update(dict(data=1, fsdp=8, tensor=1))
@@ -135,7 +135,7 @@ def test_embed_sharded_bytes_shrink_8x_under_fsdp():
 
 def test_optimizer_state_bytes():
   cfg = t5_v1_1.get_config('small')
-  boxed = accounting.abstract_params(cfg)
+  boxed = models.abstract_params(cfg.model)
   mem = accounting.memory_per_device(cfg, 1, boxed)['per_param']
   # Adafactor: [32128, 512] factored into a row (32128) and a column (512) statistic.
   assert mem['token_embedder/embedding']['optimizer_bytes'] == 4 * (32128 + 512)
@@ -169,7 +169,7 @@ def test_optimizer_state_bytes():
 
 def test_bad_meshes_fail_with_one_sentence():
   cfg = t5_v1_1.get_config('small')
-  boxed = accounting.abstract_params(cfg)
+  boxed = models.abstract_params(cfg.model)
   cfg.partitioning.mesh.update(dict(data=4, fsdp=1, tensor=1))
   with pytest.raises(ValueError, match='needs 4 devices but 6 are available'):
     accounting.memory_per_device(cfg, 6, boxed)

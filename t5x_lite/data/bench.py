@@ -1,28 +1,12 @@
-"""`python -m t5x_lite.data.bench`: input-pipeline throughput beside a train step's appetite.
+"""Input-pipeline throughput beside a T5 v1.1 small train step's appetite, and their ratio
+(what is timed, and the generated-corpus mode: docs/cli.md):
 
-    python -m t5x_lite.data.bench [--seconds=10] [--batch_size=32] [--model_steps=3]
-
-Times span corruption + packing (inputs 512 / targets 114, the shipped corpus, the
-training split: shuffled, endless) and, on the same machine, a full train step of T5 v1.1
-small (configs/t5_v1_1.py:small: loss, gradients, Adafactor update; `throughput.measure_train_step`
-on batches of the same shapes). Both
-figures count token positions per second, `batch x (inputs_length + targets_length)`, so
-the ratio says how many such train steps one pipeline keeps fed (the requirement is >= 5x).
-The pipeline also reports real (non-padding) tokens/s. `--model_steps=0` skips the model.
-
-`--corpus_gb=1 --corpus_files=8` instead streams a generated corpus of that size (the
-shipped text's paragraphs, reshuffled per file) written under a temporary directory that
-is deleted afterwards, one virtual shard per file, and also prints the seconds from
-`get_dataset` to the first batch and the process's peak RSS after the pipeline ran.
+    python -m t5x_lite.data.bench [--seconds=10] [--corpus_gb=1 --corpus_files=8]
 """
 import os
 import random
 import tempfile
 import time
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before anything imports TF
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner; data ops are integer work
-
 
 from absl import flags
 

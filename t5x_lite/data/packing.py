@@ -113,16 +113,11 @@ def concat_for_decoder(ex):
 
 
 def encoder_decoder_features(row):
-  targets = row['targets']
   return {
       'encoder_input_tokens': row['inputs'],
       'encoder_segment_ids': row['inputs_segment_ids'],
       'encoder_positions': row['inputs_positions'],
-      'decoder_target_tokens': targets,
-      'decoder_input_tokens': shift_right(targets, row['targets_positions']),
-      'decoder_loss_weights': tf.cast(targets != 0, tf.int32),
-      'decoder_segment_ids': row['targets_segment_ids'],
-      'decoder_positions': row['targets_positions'],
+      **decoder_features(row),  # rows of this family have no causal_attention
   }
 
 
