@@ -27,7 +27,7 @@ demo: $(VENV)/.runtime
 
 # Two workers (pytest-xdist), each test file whole on one worker (--dist loadfile): a file's
 # module fixtures (a trained workdir, a reference run) are built once; the suite's many
-# subprocess start-ups and compiles overlap on 2 cores.
+# subprocess start-ups and compiles overlap on 2 cores. TEST_WORKERS=0: one process, serial.
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.test
