@@ -12,9 +12,11 @@ r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` sho
    for greedy and beam search (`decoding`), beside FlaxT5 `generate` at equal shapes, paired.
 5. input pipeline: `get_dataset(config, 'train')` token positions/s (and non-padding tokens/s).
 
-`train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh). Every figure is also
-returned in one flat dict (`--json` prints it); a figure that cannot be measured here is
-None with its reason under `notes`.
+`train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh); `decode_only` runs only
+4 (no peak, no train step, no pipeline: the decode comparison at large shapes, where each
+FlaxT5 `generate` takes minutes on a CPU). Every figure is also returned in one flat dict
+(`--json` prints it); a figure that cannot be measured here is None with its reason under
+`notes`.
 """
 from typing import Any, Callable, Dict
 
@@ -53,7 +55,8 @@ def _our_grad_step(config, batch) -> Callable[[], Any]:
 
 
 def _our_decoder(config, batch, max_length: int, beam_size: int):
-  """A no-argument callable decoding `batch` (greedy when beam_size is 1)."""
+  """A no-argument callable decoding `batch` (greedy when beam_size is 1) -> (tokens
+  [rows, (K,) max_length], scores)."""
   from t5x_lite import decoding
   model, params = _our_model(config)
   if beam_size == 1:
@@ -79,13 +82,24 @@ def _reference_reason(config, reference: bool) -> str:
 def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
         decode_length: int = 0, beam_size: int = 4, peak_flops: float = 0.0,
         reference: bool = True, pipeline_seconds: float = 5.0, train_only: bool = False,
-        print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
+        decode_only: bool = False, print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
   import jax
   from t5x_lite import hf_reference
   out: Dict[str, Any] = {'notes': {}}
   notes = out['notes']
   tc, lengths = config.train, families.stream_lengths(config)
   family = families.get(config.model.family)
+  if train_only and decode_only:
+    raise ValueError('--train_only and --decode_only exclude each other.')
+  if decode_only:
+    if not family.has_decoder:
+      raise ValueError(f'--decode_only: model.family={config.model.family!r} does not decode.')
+    out.update(devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
+               lengths=dict(lengths))
+    _decode(config, out, rounds, decode_batch_size or tc.batch_size,
+            decode_length or lengths['decoder'], beam_size,
+            _reference_reason(config, reference), print_fn)
+    return out
 
   peak = peak_flops if peak_flops > 0 else throughput.matmul_peak()
   out.update(peak_flops=peak, peak_source='given' if peak_flops > 0 else 'measured')
@@ -147,7 +161,13 @@ def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn)
     batch = {'decoder_input_tokens': np.ascontiguousarray(batch['decoder_input_tokens'][:, :16])}
   out.update(decode_rows=rows, decode_new_tokens=new_tokens, beam_size=beam_size)
   for key, k in (('greedy', 1), ('beam', beam_size)):
-    fns = {'ours': _our_decoder(config, batch, new_tokens, k)}
+    decoder = _our_decoder(config, batch, new_tokens, k)
+    last = {}
+
+    def ours(decoder=decoder, last=last):
+      last['tokens'] = decoder()[0]
+      return last['tokens']
+    fns = {'ours': ours}
     if not why_not:
       fns['flax_t5'] = hf_reference.generator(config, batch['encoder_input_tokens'], new_tokens,
                                               num_beams=k)
@@ -159,6 +179,17 @@ def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn)
     ref = (f'FlaxT5 generate {speed["flax_t5"]:,.0f}, ratio ours/FlaxT5 '
            f'{out[f"{key}_ratio_vs_hf"]:.2f}x' if 'flax_t5' in speed else 'FlaxT5 n/a')
     name = 'greedy' if k == 1 else f'beam-{k}'
+    # FlaxT5 runs with EOS disabled, so always to full length; ours stops once every row has
+    # finished (K finished beams). Equal work only if some row did not finish: say if not.
+    best = np.asarray(last['tokens'])
+    best = best[:, 0] if best.ndim == 3 else best
+    ended = int((best == 1).any(axis=-1).sum())
+    out[f'{key}_rows_ended_early'] = ended
+    if ended == rows:
+      out['notes'][key] = (f'every row of ours ended in EOS: its loop may have stopped before '
+                           f'{new_tokens} tokens, so the ratio may flatter ours')
     print_fn(f'{name} decode ({rows} rows x {new_tokens} new tokens): ours '
-             f'{speed["ours"]:,.0f} new tokens/s, {ref}')
+             f'{speed["ours"]:,.0f} new tokens/s, {ref}' +
+             (f' [{ended} of {rows} rows of ours ended early: {out["notes"][key]}]'
+              if ended == rows else ''))
 

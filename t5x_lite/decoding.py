@@ -69,8 +69,24 @@ def _map_batch(fn, cache, axes):
   return jax.tree.map(lambda x, a: x if a is None else fn(x, a), cache, axes)
 
 
+def _reordered_axes(axes, beam_size: int):
+  """The cache leaves a beam step must reorder: none with one beam (each row's parent is
+  itself), else all but the cross-attention keys/values (models.py names them
+  'cross_attention'), which are the same for every beam of an example: gathering them
+  copied [rows, encoder length, heads, d_kv] twice per layer and step."""
+  if beam_size == 1:
+    return jax.tree.map(lambda a: None, axes, is_leaf=lambda a: a is None)
+
+  def axis(path, a):
+    cross = any(getattr(p, 'key', None) == 'cross_attention' for p in path)
+    return None if cross else a
+  return jax.tree_util.tree_map_with_path(axis, axes, is_leaf=lambda a: a is None)
+
+
 def _encoder_decoder_step(model, params, enc, encoded):
-  """step(cache, tokens [rows, n]) -> (logits [rows, n, vocab], cache)."""
+  """step(cache, tokens [rows, n]) -> (logits [rows, n, vocab], cache). `encoded` for the
+  first step (it fills the cross-attention key/value cache); None for every later one, which
+  reads that cache with no projection and no branch in the loop body."""
   def step(cache, token):
     logits, mutated = model.apply(
         {'params': params, 'cache': cache}, encoded,
@@ -118,9 +134,10 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
       tokens, encoded = jnp.repeat(tokens, beams, axis=0), jnp.repeat(encoded, beams, axis=0)
     full = {'encoder_input_tokens': tokens,
             'decoder_input_tokens': jnp.zeros((tokens.shape[0], max_length + 1), jnp.int32)}
-    step = _encoder_decoder_step(model, params, tokens, encoded)
-    logits, cache = step(_empty_cache(model, full), jnp.zeros((tokens.shape[0], 1), jnp.int32))
+    first = _encoder_decoder_step(model, params, tokens, encoded)
+    logits, cache = first(_empty_cache(model, full), jnp.zeros((tokens.shape[0], 1), jnp.int32))
     axes = _cache_batch_axes(model, full) if beams else None
+    step = _encoder_decoder_step(model, params, tokens, None)  # later steps: cached keys/values
     return step, cache, axes, logits[:, -1]
   full = {'decoder_input_tokens': jnp.zeros((rows, length + max_length + 1), jnp.int32)}
   step = _decoder_only_step(model, params)
@@ -227,6 +244,7 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
   k = beam_size
   vocab = logits.shape[-1]
   positions = jnp.arange(max_length)
+  axes = _reordered_axes(axes, k)
   # Only beam 0 is live at the start, so the K copies do not fill the beam with duplicates.
   alive_lp = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG)[None], (batch, 1))
   zeros = jnp.zeros((batch, k, max_length), jnp.int32)

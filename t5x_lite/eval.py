@@ -35,6 +35,7 @@ def run_eval(config, workdir: str, split: str = 'validation',
   """Everything `python -m t5x_lite.eval` does; returns the figures it prints."""
   from t5x_lite import decoding
   from t5x_lite import metrics as metrics_lib
+  from t5x_lite.data import sources
   start = time.time()
   config = config.copy_and_resolve_references()
   if eval_steps is not None:
@@ -50,7 +51,12 @@ def run_eval(config, workdir: str, split: str = 'validation',
         f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
         file=sys.stderr, flush=True)
   result = {'step': step, 'split': split, 'eval_steps': steps}
-  result.update(evaluation.evaluate(config, trainer, params, split))
+  skips = sources.SkipCounter()
+  result.update(evaluation.evaluate(config, trainer, params, split, skips=skips))
+  # Bad and over-long input, counted as the pass read it (this host's streams, summed).
+  result.update(skips.figures())
+  print(f'[t5x_lite] eval data ({split}): {skips.report() or "no input skipped"}.',
+        file=sys.stderr, flush=True)
   why_not = evaluation.can_decode(config)
   if why_not:
     print(f'[t5x_lite] eval: no decoding ({why_not}).', file=sys.stderr, flush=True)

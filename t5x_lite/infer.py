@@ -41,6 +41,8 @@ class Report:
     self.predicted = 0
     self.empty: List[int] = []
     self.bad: List[Tuple[int, str]] = []
+    self.no_tokens: List[int] = []
+    self.tokenized = 0  # inputs with tokens: what the truncated count is out of
     self.truncated: List[Tuple[int, int]] = []
 
   @staticmethod
@@ -58,8 +60,12 @@ class Report:
       parts.append(f'skipped {len(self.bad)} JSON line{s(len(self.bad))} without a non-empty '
                    f'string "inputs" (line{s(len(self.bad))} '
                    f'{self._which([n for n, _ in self.bad])})')
-    parts.append(f'truncated {len(self.truncated)} input{s(len(self.truncated))} to '
-                 f'data.inputs_length={inputs_length} tokens' +
+    if self.no_tokens:
+      parts.append(f'skipped {len(self.no_tokens)} input{s(len(self.no_tokens))} that '
+                   f'tokenize{"s" if len(self.no_tokens) == 1 else ""} to nothing '
+                   f'(line{s(len(self.no_tokens))} {self._which(self.no_tokens)})')
+    parts.append(f'truncated {len(self.truncated)} of {self.tokenized} '
+                 f'input{s(self.tokenized)} to data.inputs_length={inputs_length} tokens' +
                  (f' (line{s(len(self.truncated))} '
                   f'{self._which([f"{n}: {k} tokens" for n, k in self.truncated])})'
                   if self.truncated else ''))
@@ -146,12 +152,19 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   inputs_length = config.data.inputs_length
   decoder_only = families.get(family).generates == 'decoder_only'
   eos = not (decoder_only and config.data.objective == 'causal_lm')
-  token_lists = []
-  for number, text, _ in examples:
+  token_lists, kept = [], []
+  for example in examples:
+    number, text, _ = example
     ids, n = tokenize(vocab, text, inputs_length, eos)
+    if n == int(eos):  # no tokens: skipped like the pipeline's records without tokens
+      report.no_tokens.append(number)
+      continue
+    report.tokenized += 1
     if n > len(ids):
       report.truncated.append((number, n))
     token_lists.append(([0] if decoder_only else []) + ids)  # decoder-only: BOS
+    kept.append(example)
+  examples = kept
 
   trainer, params, step = evaluation.load(config, workdir) if examples else (None, None, None)
   if examples:

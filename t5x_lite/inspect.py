@@ -54,7 +54,7 @@ def main():
   from t5x_lite.data import rows
   for row in rows.rows_as_json(batch, it.vocab):
     print(json.dumps(row, ensure_ascii=False))
-  print(f'{it.skips.summary()}', file=sys.stderr)
+  print(it.skips.report() or it.skips.summary(), file=sys.stderr)  # what was read so far
 
 
 if __name__ == '__main__':

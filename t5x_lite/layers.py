@@ -317,6 +317,20 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Optional
   return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
 
 
+def _attend_transposed(query: Array, key_t: Array, value_t: Array, bias: Optional[Array],
+                       mask: Optional[Array], scale: float) -> Array:
+  """`dot_product_attention` (einsum path, no dropout) with keys and values given as
+  [b, h, d, k], the layout of the cross-attention decode cache."""
+  logits = jnp.einsum('bqhd,bhdk->bhqk', query, key_t,
+                      preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, NEG_INF)
+  weights = jax.nn.softmax(logits, axis=-1).astype(query.dtype)
+  return jnp.einsum('bhqk,bhdk->bqhd', weights, value_t)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head dot-product attention with an optional KV cache (`decode=True`).
 
@@ -326,6 +340,12 @@ class MultiHeadAttention(nn.Module):
   over the whole cache; the caller supplies the mask over cache positions.
   Cross-attention decoding (`cross_cache=True`): the encoder's keys/values are projected
   once, on the first chunk (`decode_index == 0`), and read from the cache afterwards.
+  `inputs_kv=None` says so statically (a decode loop after its first step: no projection
+  and no `cond` in the loop body, whose branches each copied the cached keys/values).
+  Both caches hold keys and values as [batch, heads, d_kv, length], the layout both
+  attention dots read (on CPU): stored as [b, k, h, d], XLA transposed every layer's cached
+  keys and values at every step, at 512 inputs most of a step's memory traffic. A call
+  that reads a cache attends with `_attend_transposed` (the einsum path on that layout).
   """
   num_heads: int
   d_kv: int
@@ -351,50 +371,77 @@ class MultiHeadAttention(nn.Module):
     query = heads(proj('query', self.q_init)(inputs_q))
     key_proj, value_proj = proj('key', self.kv_init), proj('value', self.kv_init)
     project_kv = lambda: (heads(key_proj(inputs_kv)), heads(value_proj(inputs_kv)))
+    if inputs_kv is None and not (decode and cross_cache):
+      raise ValueError('inputs_kv=None reads cached cross-attention keys/values: only when '
+                       'decoding with cross_cache=True.')
 
-    if decode and cross_cache:
+    scale = 1.0 / math.sqrt(self.d_kv) if self.scale_logits else 1.0
+    cached = None  # ([b, h, d, k] keys, values) from the cache
+    if decode and cross_cache and inputs_kv is None:  # a later decode step: cache only
+      cached = self._cross_cached(project_kv, inputs_kv, decode_index)
+    elif decode and cross_cache:
       key, value = self._cross_cached(project_kv, inputs_kv, decode_index)
     else:
       key, value = project_kv()
       if decode:
-        key, value = self._self_cached(key, value, decode_index)
+        cached = self._self_cached(key, value, decode_index)
+    if cached is not None:
+      out = _attend_transposed(query, *cached, bias, mask, scale)
+      return constrain(self._out(out), ('batch', 'length', 'embed'))
 
     dropout_active = not deterministic and self.dropout_rate > 0
     impl = resolve_attention_impl(self.attention_impl, self.dtype, dropout_active, decode)
     dropout = None
     if dropout_active:
       dropout = lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)
-    scale = 1.0 / math.sqrt(self.d_kv) if self.scale_logits else 1.0
     out = dot_product_attention(query, key, value, bias, mask, scale=scale, impl=impl,
                                 dropout=dropout)
-    out = DenseGeneral((self.out_features,), in_axes=('heads', 'kv'), out_axes=('embed',),
-                       use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.o_init,
-                       name='out')(out)
-    return constrain(out, ('batch', 'length', 'embed'))
+    return constrain(self._out(out), ('batch', 'length', 'embed'))
+
+  def _out(self, out):
+    return DenseGeneral((self.out_features,), in_axes=('heads', 'kv'), out_axes=('embed',),
+                        use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.o_init,
+                        name='out')(out)
 
   def _self_cached(self, key, value, decode_index):
+    """Writes this chunk's keys/values ([b, n, h, d]) into the cache at `decode_index` and
+    returns the whole cache, [b, h, d, max_length] x 2; None on the `init` call that creates
+    the cache (sized by its full-length inputs)."""
     initialized = self.has_variable('cache', 'cached_key')
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+    b, n, h, d = key.shape
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, (b, h, d, n), key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, (b, h, d, n), value.dtype)
     if not initialized:
-      return key, value
-    start = (0, decode_index, 0, 0)
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+      return None
+    start = (0, 0, 0, decode_index)
+    to_cache = lambda x: jnp.transpose(x, (0, 2, 3, 1))
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, to_cache(key), start)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, to_cache(value), start)
     return cached_key.value, cached_value.value
 
   def _cross_cached(self, project_kv, inputs_kv, decode_index):
-    shape = inputs_kv.shape[:2] + (self.num_heads, self.d_kv)
+    """Cross-attention keys/values: ([b, k, h, d] x 2) projected or read from the cache, or
+    with `inputs_kv=None` the cached ones as they are stored, [b, h, d, k] x 2."""
     initialized = self.has_variable('cache', 'cached_key')
+    if inputs_kv is None:  # the caller knows the cache holds them (a later decode step)
+      if not initialized:
+        raise ValueError('cross-attention with encoder output None before the cache holds '
+                         'its keys/values: pass the encoder output on the first chunk.')
+      return self.get_variable('cache', 'cached_key'), self.get_variable('cache', 'cached_value')
+    b, k = inputs_kv.shape[:2]
+    shape = (b, self.num_heads, self.d_kv, k)
     cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
     cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
     if not initialized:
       return project_kv()
     # Projecting only on the first chunk saves 2 x d_model x H x d_kv x L_enc multiply-adds
     # per layer and step; both branches are traced, only one runs.
+    from_cache = lambda x: jnp.transpose(x, (0, 3, 1, 2))   # [b, h, d, k] -> [b, k, h, d]
     key, value = nn.cond(decode_index == 0, lambda module: project_kv(),
-                         lambda module: (cached_key.value, cached_value.value), self)
-    cached_key.value, cached_value.value = key, value
+                         lambda module: (from_cache(cached_key.value),
+                                         from_cache(cached_value.value)), self)
+    to_cache = lambda x: jnp.transpose(x, (0, 2, 3, 1))     # [b, k, h, d] -> [b, h, d, k]
+    cached_key.value, cached_value.value = to_cache(key), to_cache(value)
     return key, value
 
 

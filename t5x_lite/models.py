@@ -10,7 +10,10 @@ side (decoder, or encoder for MLM). Packed batches pass `*_segment_ids` / `*_pos
 
 Decoding: `init` with `decode=True` on full-length inputs creates the KV cache; then
 `apply(..., decode=True, mutable=['cache'])` on chunks (a prompt, then one token at a
-time) gives the same logits as a full forward pass.
+time) gives the same logits as a full forward pass. Encoder-decoder: the first chunk
+projects the encoder output to cross-attention keys/values and caches them; later chunks
+read the cache (`method=model.decode` with `encoded=None` says so statically: what the
+decode loops in decoding.py do).
 """
 import dataclasses
 import functools

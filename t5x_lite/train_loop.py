@@ -39,10 +39,11 @@ def check_workdir(workdir: str) -> None:
     raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}).') from None
 
 
-def report_skips(split: str, data_iterator) -> None:
-  """Skipped input (bad bytes, empty lines, missing fields) is counted, never silent."""
-  if data_iterator.skips.total():
-    print(f'[t5x_lite] data {split} (this host shard): {data_iterator.skips.summary()}',
+def report_skips(split: str, skips) -> None:
+  """Skipped input (bad bytes, empty lines, missing fields) and truncated text-to-text
+  examples (`sources.SkipCounter`) are counted, never silent."""
+  if skips.report():
+    print(f'[t5x_lite] data {split} (this host shard): {skips.report()}',
           file=sys.stderr, flush=True)
 
 
@@ -170,6 +171,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   import jax
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   from t5x_lite.data import pipeline
+  from t5x_lite.data import sources as src_lib
 
   # ---- set up: everything that can fail on a bad config fails before compiling
   validation.validate_config(config, jax.device_count())
@@ -179,11 +181,11 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   pid, nproc = jax.process_index(), jax.process_count()
   train_iter = pipeline.get_dataset(config, 'train', shard_index=pid, num_shards=nproc,
                                     batch_size=config.train.batch_size // nproc)
-  report_skips('train', train_iter)
+  report_skips('train', train_iter.skips)
   if config.train.eval_every:
     try:  # build it once now: a missing or broken validation source fails before compiling
       report_skips('validation', pipeline.get_dataset(config, 'validation', shard_index=pid,
-                                                      num_shards=nproc))
+                                                      num_shards=nproc).skips)
     except ValueError as e:
       raise ValueError(f'config.data.validation_source: {e}') from None
   ckpts = checkpoints.Checkpoints(os.path.join(workdir, 'checkpoints'), config.checkpoint.keep,
@@ -217,6 +219,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   t = config.train
   dropout_rng = jax.random.PRNGKey(t.seed + 1)
   run_start = time.time()
+  evals_reported = False
   step = start
   with StopRequest() as stop:
     try:
@@ -238,7 +241,11 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
           print(_log_line(step, t.steps, record), flush=True)
           throughput.reset()
         if _every(t.eval_every, step) or (t.eval_every and is_last):
-          ev = evaluation.evaluate(config, trainer, state.params)
+          eval_skips = src_lib.SkipCounter()
+          ev = evaluation.evaluate(config, trainer, state.params, skips=eval_skips)
+          if not evals_reported:  # every eval reads the same examples: said once
+            report_skips('validation', eval_skips)
+            evals_reported = True
           print(f'step {step:>6}  eval_loss {ev["eval_loss"]:.4f}  '
                 f'eval_accuracy {ev["eval_accuracy"]:.3f}', flush=True)
           record.update(ev)
@@ -264,7 +271,7 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
           f'{ckpts.directory}; rerun the same command to resume.', flush=True)
     return
 
-  report_skips('train', train_iter)  # again: streamed sources (TFDS) count as they read
+  report_skips('train', train_iter.skips)  # again: counted as the streams read
   first, last = progress.first_loss, progress.last_loss
   print(f'[t5x_lite] done: {step - start} steps in {time.time() - run_start:.0f}s; first loss '
         f'{first if first is None else round(first, 4)}, last loss '

@@ -94,8 +94,10 @@ def test_prefix_lm_decoding_equals_forward_with_xla():
   np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
-def test_cross_attention_keys_values_come_from_the_cache_after_the_first_chunk():
-  """Later decode calls do not read the encoder output: garbage there changes nothing."""
+@pytest.mark.parametrize('later', ['garbage', 'none'])
+def test_cross_attention_keys_values_come_from_the_cache_after_the_first_chunk(later):
+  """Later decode calls do not read the encoder output: garbage there changes nothing, and
+  None (what decoding.py's loops pass: no projection, no branch) gives the same logits."""
   full = standard_batch('t5')
   params = params_for('t5')
   module = models.build(tiny_config('t5'))
@@ -107,7 +109,7 @@ def test_cross_attention_keys_values_come_from_the_cache_after_the_first_chunk()
       {'encoder_input_tokens': full['encoder_input_tokens'], 'decoder_input_tokens': tok},
       decode=True, method=module.decode, mutable=['cache']))
   encoded = module.apply({'params': params}, full, method=module.encode)
-  garbage = jnp.full_like(encoded, 7.0)
+  garbage = jnp.full_like(encoded, 7.0) if later == 'garbage' else None
   outputs = []
   for i in range(full['decoder_input_tokens'].shape[1]):
     logits, mutated = step(cache, encoded if i == 0 else garbage,

@@ -73,3 +73,18 @@ def test_bench_command_json():
   assert out['peak_source'] == 'given' and out['peak_flops'] == 1e9
   assert out['hf_grad_step_ms'] is None and 'noreference' in out['notes']['hf']
   assert out['train_mfu'] > 0 and out['greedy_tokens_per_s'] > 0
+
+
+def test_bench_decode_only_runs_just_the_decode_comparison():
+  """--decode_only: greedy and beam figures beside FlaxT5, no peak, train step or pipeline;
+  the rows of ours that ended early (EOS) are counted, since FlaxT5 always runs to length."""
+  from t5x_lite import benchmark
+  lines = []
+  out = benchmark.run(_tiny_config(), rounds=1, beam_size=2, decode_only=True,
+                      print_fn=lines.append)
+  assert len(lines) == 2 and lines[0].startswith('greedy decode') and 'beam-2 decode' in lines[1]
+  for key in ('greedy_tokens_per_s', 'hf_greedy_tokens_per_s', 'beam_tokens_per_s',
+              'hf_beam_tokens_per_s'):
+    assert out[key] > 0, key
+  assert 0 <= out['greedy_rows_ended_early'] <= 8 and 0 <= out['beam_rows_ended_early'] <= 8
+  assert not any(k in out for k in ('peak_flops', 'train_step_ms', 'pipeline_positions_per_s'))

@@ -3,6 +3,7 @@ tiny encoder-decoder fine-tuned for a few steps on the shipped speaker task."""
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -55,10 +56,13 @@ def numpy_eval(workdir, step):
                     cfg.train.z_loss)
 
 
+TRAIN_LOG = {}
+
+
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('speaker'))
-  run('train', f'--workdir={workdir}', *TRAIN)
+  TRAIN_LOG[workdir] = run('train', f'--workdir={workdir}', *TRAIN).stderr
   return workdir
 
 
@@ -146,7 +150,68 @@ def test_infer_keeps_order_reports_skips_and_truncation(workdir, tmp_path):
   assert rows[1]['targets'] == 'Macbeth'  # the input's other JSON fields are kept
   assert 'skipped 1 empty line (line 2)' in proc.stderr
   assert 'wrote 2 predictions' in proc.stderr
-  assert 'truncated 1 input to data.inputs_length=64 tokens (line 1:' in proc.stderr
+  assert 'truncated 1 of 2 inputs to data.inputs_length=64 tokens (line 1:' in proc.stderr
+
+
+def test_infer_skips_inputs_without_tokens_and_counts_truncation(workdir, tmp_path):
+  """Known numbers: 2 of 5 inputs over data.inputs_length, 2 lines that tokenize to
+  nothing, 1 empty line; every count exact and nothing else dropped."""
+  long_line = 'speaker: Hamlet. ' + ' '.join(['To be, or not to be, that is the question.'] * 8)
+  lines = ['speaker: Macbeth. Is this a dagger', long_line, '\u200b', 'speaker: Lear. Blow, winds',
+           '', long_line, json.dumps({'inputs': '\u200b\u200b'}), 'speaker: Puck. Lord, what fools']
+  out = tmp_path / 'out.jsonl'
+  proc = run('infer', f'--workdir={workdir}', f'--output={out}', '--batch_size=4',
+             stdin='\n'.join(lines) + '\n')
+  assert len(out.read_text().splitlines()) == 5
+  assert 'read 8 lines; wrote 5 predictions; skipped 1 empty line (line 5)' in proc.stderr
+  assert 'skipped 2 inputs that tokenize to nothing (lines 3, 7)' in proc.stderr
+  assert 'truncated 2 of 5 inputs to data.inputs_length=64 tokens (lines 2: ' in proc.stderr
+
+
+def _task_with_bad_input(tmp_path):
+  """A speaker-style validation file: 12 good examples, 3 with inputs and 2 with targets
+  longer than the tiny config's 64 / 8 tokens, 2 empty and 2 token-less inputs, a blank line."""
+  long_input = 'speaker: Hamlet. ' + ' '.join(['To be, or not to be, that is the question.'] * 8)
+  long_target = 'Hamlet, Prince of Denmark, and his father the late King'
+  good = [{'inputs': f'speaker: {name}. {line}', 'targets': name} for name, line in [
+      ('Hamlet', 'To be, or not to be'), ('Macbeth', 'Is this a dagger'), ('Lear', 'Blow, winds'),
+      ('Puck', 'Lord, what fools'), ('Juliet', 'Wherefore art thou'), ('Romeo', 'But soft'),
+      ('Portia', 'The quality of mercy'), ('Prospero', 'We are such stuff'),
+      ('Ophelia', 'There is rosemary'), ('Iago', 'I am not what I am'),
+      ('Brutus', 'Not that I loved Caesar less'), ('Viola', 'I am not that I play')]]
+  rows = (good[:6] + [{'inputs': long_input, 'targets': 'Hamlet'}] * 3 + good[6:] +
+          [{'inputs': 'speaker: King. Well', 'targets': long_target}] * 2 +
+          [{'inputs': '', 'targets': 'x'}, {'inputs': ' ', 'targets': 'x'}] +
+          [{'inputs': '\u200b', 'targets': 'x'}] * 2)
+  path = tmp_path / 'validation.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows) + '\n')
+  return path
+
+
+def test_eval_counts_empty_and_truncated_examples(workdir, tmp_path):
+  """eval over a whole split with known bad input, read by 4 streams (the default; one file,
+  so every stream reads every line): exact counts in the JSON and the stderr line."""
+  path = _task_with_bad_input(tmp_path)
+  proc = run('eval', f'--workdir={workdir}', '--eval_steps=0',
+             f'--config.data.validation_source=jsonl:{path}')
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result['examples_read'] == 17 and result['decoded_examples'] == 17
+  assert result['truncated_inputs'] == 3 and result['truncated_targets'] == 2
+  assert result['skipped_input'] == {"empty field 'inputs'": 2, 'empty line': 1,
+                                     "field 'inputs' without tokens": 2}
+  assert ('3 of 17 examples had inputs longer than data.inputs_length=64 tokens (EOS '
+          'included) and were truncated; 2 of 17 examples had targets longer than '
+          'data.targets_length=8 tokens (EOS included) and were truncated') in proc.stderr
+  assert "eval data (validation): skipped 2 x empty field 'inputs'" in proc.stderr
+
+
+def test_training_reports_truncated_examples(workdir):
+  """The speaker task has inputs over 64 tokens: training counts and says so, for the
+  train stream (as read so far) and once for the validation pass of train.eval_every."""
+  log = TRAIN_LOG[workdir]
+  assert re.search(r'data train \(this host shard\): \d+ of \d+ examples had inputs longer '
+                   r'than data.inputs_length=64 tokens \(EOS included\) and were truncated', log)
+  assert len(re.findall(r'data validation \(this host shard\): \d+ of \d+ examples', log)) == 1
 
 
 def test_infer_sampling_flags(workdir, tmp_path):

@@ -28,7 +28,10 @@ wrong number of columns, .gz files cut short (checked at their end: tf.data's gz
 stops quietly at a cut). With `on_bad_input='error'` the first one stops the pipeline with
 its file and line. Plain text is checked and split into documents inside the graph; JSONL
 and TSV lines are parsed in one Python call per batch of lines (`tf.py_function`, stateless,
-so checkpoints stay exact).
+so checkpoints stay exact). Each bad line or file is counted once, by one stream, however
+many streams read it: a file by stream (file number mod V), and when every stream reads
+every file (fewer files than streams), line n of file f by stream (f + n) mod V; with
+`on_bad_input='error'` every stream that reads it stops there.
 """
 from __future__ import annotations
 
@@ -73,16 +76,26 @@ def _report(skips: SkipCounter, policy: str, reason: str, path, line_number, lin
   return tf.py_function(call, [path, line_number, line if line is not None else ''], tf.bool)
 
 
+def _owned(numbers, file_number, owner):
+  """Which of these line numbers this stream counts bad input at: all of them, or with
+  `owner` (stream, num_streams) when every stream reads the file, (file + line) mod V."""
+  if owner is None:
+    return tf.ones_like(numbers, tf.bool)
+  stream, num_streams = owner
+  return tf.equal((numbers + file_number) % num_streams, stream)
+
+
 def _valid_utf8(line):
   return tf.equal(tf.strings.unicode_transcode(line, 'UTF-8', 'UTF-8', errors='replace',
                                                replacement_char=0xFFFD), line)
 
 
-def _drop_bad(numbers, lines, bad, hook):
-  """(numbers, lines) without the `bad` ones, after `hook(bad numbers, bad lines)` (only
-  called, as a Python call, when the batch has a bad line)."""
-  checked = tf.cond(tf.reduce_any(bad),
-                    lambda: hook(tf.boolean_mask(numbers, bad), tf.boolean_mask(lines, bad)),
+def _drop_bad(numbers, lines, bad, hook, report=None):
+  """(numbers, lines) without the `bad` ones, after `hook(numbers, lines)` of the `report`
+  ones (default: the bad ones; only called, as a Python call, when there are some)."""
+  report = bad if report is None else report
+  checked = tf.cond(tf.reduce_any(report),
+                    lambda: hook(tf.boolean_mask(numbers, report), tf.boolean_mask(lines, report)),
                     lambda: tf.constant(True))
   with tf.control_dependencies([checked]):
     good = tf.logical_not(bad)
@@ -122,23 +135,30 @@ def _gzip_complete(path: str, lines_bytes: int) -> str:
   return ''
 
 
-def _line_batches(path, skips, policy):
+def _line_batches(path, skips, policy, any_gz: bool, file_number=None, owner=None):
   """Batches of (line numbers, lines) of one file, as read; a .gz file cut short (or
-  corrupt) is reported, per `policy`, once its last line has been read."""
+  corrupt) is reported, per `policy`, once its last line has been read (the check is
+  left out of the graph when the source has no .gz file: `any_gz` False), and counted by
+  the stream that owns the file (`_owned`: when every stream reads it, file f by stream
+  f mod V)."""
   is_gz = tf.strings.regex_full_match(path, r'.*\.gz')
   lines = tf.data.TextLineDataset(path, compression_type=tf.where(is_gz, 'GZIP', ''))
+  if not any_gz:
+    return lines.enumerate(start=1).batch(LINES_PER_CALL)
   end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
   batches = lines.enumerate(start=1).batch(LINES_PER_CALL).concatenate(end)
 
   def check_end(lines_bytes, last_line):
-    def call(path, lines_bytes, last_line):
+    def call(path, lines_bytes, last_line, number):
       path = path.numpy().decode()
       problem = _gzip_complete(path, int(lines_bytes.numpy()))
       if problem:
+        count = owner is None or int(number.numpy()) % owner[1] == owner[0]
         bad_input(policy, skips, 'truncated or corrupt .gz file', path,
-                  f'{problem}; {int(last_line.numpy())} lines read, the last may be cut')
+                  f'{problem}; {int(last_line.numpy())} lines read, the last may be cut', count)
       return True
-    return tf.py_function(call, [path, lines_bytes, last_line], tf.bool)
+    number = file_number if file_number is not None else tf.constant(0, tf.int64)
+    return tf.py_function(call, [path, lines_bytes, last_line, number], tf.bool)
 
   def count(state, batch):
     """Carries (bytes read: lines and their newlines, last line number)."""
@@ -159,16 +179,19 @@ def _line_batches(path, skips, policy):
   return batches.filter(lambda numbers, text: tf.size(text) > 0)
 
 
-def _checked_lines(path, skips, policy):
-  """`_line_batches` with invalid UTF-8 lines counted and dropped.
+def _checked_lines(path, skips, policy, any_gz, file_number, owner):
+  """`_line_batches` with invalid UTF-8 lines counted (those this stream owns, `_owned`;
+  with policy 'error' any one raises) and dropped.
 
   Whole batches of lines go through each op (vectorised), not one line at a time: reading
   and splitting documents costs per batch, which is most of the time to the first batch."""
   def check(numbers, lines):
-    numbers, lines = _drop_bad(numbers, lines, tf.logical_not(_valid_utf8(lines)),
-                               lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
+    bad = tf.logical_not(_valid_utf8(lines))
+    report = bad if policy == 'error' else bad & _owned(numbers, file_number, owner)
+    numbers, lines = _drop_bad(numbers, lines, bad, report=report,
+                               hook=lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
     return numbers, tf.strings.regex_replace(lines, '\r$', '')
-  return _line_batches(path, skips, policy).map(check)
+  return _line_batches(path, skips, policy, any_gz, file_number, owner).map(check)
 
 
 def _grouped(batches, boundary: str):
@@ -206,11 +229,11 @@ def _grouped(batches, boundary: str):
   return batches.scan(tf.constant(''), step).unbatch().map(lambda text: (text,))
 
 
-def _text_documents(path, boundary, skips, policy):
-  batches = _checked_lines(path, skips, policy)
+def _text_documents(path, boundary, skips, policy, any_gz, file_number, owner):
+  batches = _checked_lines(path, skips, policy, any_gz, file_number, owner)
   if boundary == 'line':
     def count_empty(numbers, lines):
-      empty = tf.equal(tf.strings.strip(lines), '')
+      empty = tf.equal(tf.strings.strip(lines), '') & _owned(numbers, file_number, owner)
       checked = tf.cond(tf.reduce_any(empty),
                         lambda: _report(skips, 'skip', 'empty line', path, tf.boolean_mask(numbers, empty)),
                         lambda: tf.constant(True))
@@ -220,22 +243,26 @@ def _text_documents(path, boundary, skips, policy):
   return _grouped(batches, boundary)
 
 
-def _parsed(lines, path, parse, nf: int, header=None):
-  """Batches of lines -> one Python parse per batch -> (fields..., keep) -> kept records."""
-  def call(path, numbers, lines, header):
+def _parsed(lines, path, parse, nf: int, header=None, file_number=None, owner=None):
+  """Batches of lines -> one Python parse per batch -> (fields..., keep) -> kept records.
+  `parse(..., count)`: whether this stream counts the line's bad input (`_owned`)."""
+  def call(path, numbers, lines, header, file_number):
     out = [[] for _ in range(nf)]
     keep = []
     path = path.numpy().decode()
     head = header.numpy().decode('utf-8', 'replace') if header is not None else None
+    f = int(file_number.numpy())
     for n, raw in zip(numbers.numpy(), lines.numpy()):
-      rec = parse(path, int(n), raw, head)
+      count = owner is None or (f + int(n)) % owner[1] == owner[0]
+      rec = parse(path, int(n), raw, head, count)
       keep.append(rec is not None)
       for i in range(nf):
         out[i].append(rec[i] if rec is not None else '')
     return [tf.constant(o, tf.string, shape=[len(keep)]) for o in out] + [tf.constant(keep, tf.bool)]
 
   def py(numbers, lines):
-    args = [path, numbers, lines, header if header is not None else tf.constant('')]
+    args = [path, numbers, lines, header if header is not None else tf.constant(''),
+            file_number if file_number is not None else tf.constant(0, tf.int64)]
     res = tf.py_function(call, args, [tf.string] * nf + [tf.bool])
     return tuple(tf.ensure_shape(r, [None]) for r in res)
 
@@ -243,42 +270,47 @@ def _parsed(lines, path, parse, nf: int, header=None):
   return recs.filter(lambda *r: r[-1]).map(lambda *r: tuple(r[:-1]))
 
 
-def _nonempty_line(path, n, raw, skips, policy):
-  """(text, 'path:n') of a record line, or None after counting an undecodable or empty one."""
+def _nonempty_line(path, n, raw, skips, policy, count=True):
+  """(text, 'path:n') of a record line, or None after counting (when `count`) an
+  undecodable or empty one."""
   where = f'{path}:{n}'
   try:
     line = raw.decode('utf-8').rstrip('\r')
   except UnicodeDecodeError as e:
     bad_input(policy, skips, 'invalid UTF-8', where,
-              f'byte {raw[e.start]:#04x} at column {e.start + 1}')
+              f'byte {raw[e.start]:#04x} at column {e.start + 1}', count)
     return None
   if not line.strip():
-    skips.add('empty line', where)
+    if count:
+      skips.add('empty line', where)
     return None
   return line, where
 
 
 def jsonl_parser(fields, skips, policy):
-  """parse(path, n, raw line, header) -> tuple of field texts, or None (counted)."""
-  def parse(path, n, raw, _):
-    checked = _nonempty_line(path, n, raw, skips, policy)
+  """parse(path, n, raw line, header, count) -> tuple of field texts, or None (counted
+  when `count`)."""
+  def parse(path, n, raw, _, count=True):
+    checked = _nonempty_line(path, n, raw, skips, policy, count)
     if checked is None:
       return None
     line, where = checked
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
-      return bad_input(policy, skips, 'invalid JSON', where, e.msg)
+      return bad_input(policy, skips, 'invalid JSON', where, e.msg, count)
     if not isinstance(obj, dict):
-      return bad_input(policy, skips, 'JSON line is not an object', where)
+      return bad_input(policy, skips, 'JSON line is not an object', where, '', count)
     rec = []
     for f in fields:
       v = obj.get(f)
       if v is None:
-        return bad_input(policy, skips, f'missing field {f!r}', where, f'fields are {sorted(obj)}')
+        return bad_input(policy, skips, f'missing field {f!r}', where, f'fields are {sorted(obj)}',
+                         count)
       v = v if isinstance(v, str) else json.dumps(v)
       if not v.strip():
-        skips.add(f'empty field {f!r}', where)
+        if count:
+          skips.add(f'empty field {f!r}', where)
         return None
       rec.append(v)
     return tuple(rec)
@@ -286,43 +318,47 @@ def jsonl_parser(fields, skips, policy):
 
 
 def tsv_parser(fields, skips, policy):
-  def parse(path, n, raw, header):
+  def parse(path, n, raw, header, count=True):
     header = header.rstrip('\r').split('\t')
     missing = [f for f in fields if f not in header]
     if missing:  # a setup error, whatever the policy
       raise DataError(f'{path}:1: TSV header {header} has no field {missing[0]!r} '
                       f'(the first line of a TSV source names its columns).')
-    checked = _nonempty_line(path, n, raw, skips, policy)
+    checked = _nonempty_line(path, n, raw, skips, policy, count)
     if checked is None:
       return None
     line, where = checked
     row = line.split('\t')
     if len(row) != len(header):
       return bad_input(policy, skips, 'TSV row with wrong number of columns', where,
-                       f'{len(row)} columns, header has {len(header)}')
+                       f'{len(row)} columns, header has {len(header)}', count)
     rec = tuple(row[header.index(f)] for f in fields)
     empty = [f for f, v in zip(fields, rec) if not v.strip()]
     if empty:
-      skips.add(f'empty field {empty[0]!r}', where)
+      if count:
+        skips.add(f'empty field {empty[0]!r}', where)
       return None
     return rec
   return parse
 
 
-def _usable(path: str, skips: SkipCounter, policy: str) -> bool:
+def _usable(path: str, skips: SkipCounter, policy: str, count: bool = True) -> bool:
   """Start-up check of one file, O(1) in its size: readable, not empty, .gz with gzip's magic
-  bytes. An empty file is a counted skip; an unreadable or non-gzip .gz one follows `policy`."""
+  bytes. An empty file is a counted skip; an unreadable or non-gzip .gz one follows `policy`.
+  Every stream checks every file; only the one that owns it (`count`) counts it."""
   try:
     with open(path, 'rb') as f:
       head = f.read(2)
   except OSError as e:
-    bad_input(policy, skips, 'unreadable file', path, e.strerror or str(e))
+    bad_input(policy, skips, 'unreadable file', path, e.strerror or str(e), count)
     return False
   if not head:
-    skips.add('empty file', path)
+    if count:
+      skips.add('empty file', path)
     return False
   if path.endswith('.gz') and head != b'\x1f\x8b':
-    bad_input(policy, skips, 'not a gzip file', path, f'starts with {head!r}, not 0x1f 0x8b')
+    bad_input(policy, skips, 'not a gzip file', path, f'starts with {head!r}, not 0x1f 0x8b',
+              count)
     return False
   return True
 
@@ -339,27 +375,32 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
     raise DataError(f'source {src}: plain text has one field per document; the text_to_text '
                     f'objective needs a jsonl, tsv or tfds source with {list(fields)}.')
   num_files = len(files)
-  files = [f for f in files if _usable(f, skips, on_bad_input)]
+  files = [f for i, f in enumerate(files)
+           if _usable(f, skips, on_bad_input, count=i % num_streams == stream)]
   if not files:
     raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
   mine, dealt = split_files(files, stream, num_streams)
+  owner = (stream, num_streams) if dealt else None  # every stream reads every line: one counts
   if dealt and stream == 0:
     logging.info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
                  'every %d-th document', src, len(files), num_streams, num_streams)
   boundary = src.get('boundary', boundary)
+  any_gz = any(p.endswith('.gz') for _, p in mine)
   numbers = tf.constant([i for i, _ in mine], tf.int64)
   paths = tf.constant([p for _, p in mine])
 
   def read(number, path):
     if src.kind == 'text':
-      docs = _text_documents(path, boundary, skips, on_bad_input)
+      docs = _text_documents(path, boundary, skips, on_bad_input, any_gz, number, owner)
     else:
-      lines = _line_batches(path, skips, on_bad_input).unbatch()
+      lines = _line_batches(path, skips, on_bad_input, any_gz, number, owner).unbatch()
       if src.kind == 'jsonl':
-        docs = _parsed(lines, path, jsonl_parser(fields, skips, on_bad_input), nf)
+        docs = _parsed(lines, path, jsonl_parser(fields, skips, on_bad_input), nf,
+                       file_number=number, owner=owner)
       else:
         header = lines.take(1).map(lambda n, line: line).get_single_element()
-        docs = _parsed(lines.skip(1), path, tsv_parser(fields, skips, on_bad_input), nf, header)
+        docs = _parsed(lines.skip(1), path, tsv_parser(fields, skips, on_bad_input), nf, header,
+                       file_number=number, owner=owner)
     if dealt:  # fewer files than streams: keep every num_streams-th document of each file
       docs = docs.enumerate().filter(lambda i, d: tf.equal((i + number) % num_streams, stream))
       docs = docs.map(lambda i, d: d)

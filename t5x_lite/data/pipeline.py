@@ -158,6 +158,11 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
   # data.shuffle_buffer_size documents in all, split over the streams: memory and the time
   # to fill the buffers before the first batch do not grow with the stream count.
   buffer = -(-int(d.shuffle_buffer_size) // num_streams)
+  il, tl = d.inputs_length, d.targets_length
+  max_tokens = None
+  if d.objective == 'text_to_text':  # counted as read: how many examples the objective cuts
+    skips.limits = {'inputs': ('data.inputs_length', il), 'targets': ('data.targets_length', tl)}
+    max_tokens = (il - 1, tl - 1)    # room for the EOS text_to_text appends
   sources = []
   for i, s in enumerate(specs):
     f = fields
@@ -168,7 +173,8 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
     ds = src_lib.token_dataset(
         s, vocab, f, split=split, train=train, seed=seed * 1000 + i, stream=stream,
         num_streams=num_streams, boundary=d.doc_boundary, on_bad_input=d.on_bad_input,
-        tfds_data_dir=d.tfds_data_dir, shuffle_buffer_size=buffer, skips=skips)
+        tfds_data_dir=d.tfds_data_dir, shuffle_buffer_size=buffer, skips=skips,
+        max_tokens=max_tokens)
     if d.objective != 'text_to_text':
       ds = ds.map(lambda x: x)  # 1-tuples -> the tensor
     sources.append(ds)
@@ -181,7 +187,6 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
         stop_on_empty_dataset=False)
 
   pair = (int(seed), int(stream))
-  il, tl = d.inputs_length, d.targets_length
   if d.objective == 'span_corruption':
     ds = obj_lib.span_corruption(ds, vocab_size=vocab.vocab_size, inputs_length=il,
                                  noise_density=d.noise_density,
@@ -240,15 +245,18 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
 
 @_no_autograph
 def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1,
-                seed: int | None = None, batch_size: int | None = None) -> DataIterator:
+                seed: int | None = None, batch_size: int | None = None,
+                skips: src_lib.SkipCounter | None = None) -> DataIterator:
   """Host batches for `split` ('train': endless, shuffled; 'validation': one pass, or
   endless with data.eval_repeat) of process `shard_index` of `num_shards`: the rows of the
-  global batch (batch_size x num_shards rows) that this process's virtual shards feed."""
+  global batch (batch_size x num_shards rows) that this process's virtual shards feed.
+  Skipped and truncated input of all of them is counted in `skips` (`it.skips`; a new
+  counter unless given)."""
   _check_split(split, shard_index, num_shards)
   d = config.data
   vocab = validate(config)
   seed = d.seed if seed is None else seed
-  skips = src_lib.SkipCounter()
+  skips = skips if skips is not None else src_lib.SkipCounter()
   if batch_size is None:
     batch_size = partitioning.split_batch(config.train, num_shards, f'num_shards={num_shards}')
   num_streams = d.num_virtual_shards

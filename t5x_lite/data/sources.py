@@ -30,6 +30,8 @@ import logging
 import os
 from typing import Sequence
 
+import numpy as np
+
 from t5x_lite.data import vocab as vocab_lib
 
 KINDS = ('text', 'jsonl', 'tsv', 'tfds')
@@ -86,18 +88,37 @@ def parse_sources(spec: str, what: str = 'data.train_source') -> list[SourceSpec
 
 
 class SkipCounter:
-  """Counts skipped input by reason, remembering where each reason first happened."""
+  """Counts skipped input by reason, remembering where each reason first happened; and, for
+  text-to-text examples, how many reached the objective and how many of them were longer
+  than their feature length (`count_examples`), so truncation is counted, never silent.
+
+  One counter serves every stream of a process: the streams' counts are summed here. With
+  fewer files than streams each stream reads every line of a file, so a bad line is counted
+  only by the stream that owns it (files.py), never once per stream."""
 
   def __init__(self):
     self.counts = collections.Counter()
     self.first = {}
     self.error = None   # the DataError a streaming reader raised (tf wraps it; we re-raise)
+    self.examples = 0                       # text-to-text examples read
+    self.truncated = collections.Counter()  # feature -> examples cut to its length
+    self.limits = {}   # feature ('inputs', 'targets') -> (setting name, its length)
 
   def add(self, reason: str, where: str, n: int = 1):
     if reason not in self.first:  # said once per reason, as the stream reaches it
       logging.warning('data: skipping %s at %s (counted; later ones are only counted)', reason, where)
     self.counts[reason] += n
     self.first.setdefault(reason, where)
+
+  def count_examples(self, n: int, truncated: Sequence[int], where: str):
+    """`n` more examples read, of which truncated[i] had feature i of `self.limits`
+    (inputs, targets) longer than its length, and were cut to fit."""
+    self.examples += n
+    for (feature, (name, length)), k in zip(self.limits.items(), truncated):
+      if k and not self.truncated[feature]:
+        logging.warning('data: %s longer than %s=%d tokens at %s are truncated (counted; '
+                        'the count is reported)', feature, name, length, where)
+      self.truncated[feature] += k
 
   def total(self) -> int:
     return sum(self.counts.values())
@@ -111,14 +132,45 @@ class SkipCounter:
     return 'skipped ' + '; '.join(f'{c} x {r} (first at {self.first[r]})'
                                   for r, c in sorted(self.counts.items()))
 
+  def truncation_summary(self) -> str:
+    """'3 of 200 examples had inputs longer than data.inputs_length=64 tokens (EOS
+    included) and were truncated; ...', or '' when no example was counted."""
+    if not self.limits:
+      return ''
+    parts = []
+    for feature, (name, length) in self.limits.items():
+      k = self.truncated[feature]
+      parts.append(f'{k} of {self.examples} example{"" if self.examples == 1 else "s"} '
+                   f'had {feature} longer than {name}={length} tokens (EOS included) and '
+                   f'{"was" if k == 1 else "were"} truncated')
+    return '; '.join(parts)
 
-def bad_input(policy: str, skips: SkipCounter, reason: str, where: str, detail: str = ''):
-  """Counts one bad input (returns None) or, with policy 'error', raises naming it."""
+  def report(self) -> str:
+    """Skips and truncation in one line ('' when there is nothing to say)."""
+    parts = [self.summary()] if self.counts else []
+    if self.examples and self.truncation_summary():
+      parts.append(self.truncation_summary())
+    return '; '.join(parts)
+
+  def figures(self) -> dict:
+    """The counts as JSON: what eval writes beside its metrics."""
+    out = {'skipped_input': dict(sorted(self.counts.items()))}
+    if self.limits:
+      out['examples_read'] = self.examples
+      out.update({f'truncated_{f}': self.truncated[f] for f in self.limits})
+    return out
+
+
+def bad_input(policy: str, skips: SkipCounter, reason: str, where: str, detail: str = '',
+              count: bool = True):
+  """Counts one bad input (returns None) or, with policy 'error', raises naming it.
+  `count=False`: another stream counts this input; only an error is raised here."""
   if policy == 'error':
     skips.error = DataError(f'{where}: {reason}{": " + detail if detail else ""} '
                             f"(set data.on_bad_input='skip' to count and skip such input).")
     raise skips.error
-  skips.add(reason, where)
+  if count:
+    skips.add(reason, where)
 
 
 def expand_glob(pattern: str, what: str) -> list[str]:
@@ -195,10 +247,15 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
                   split: str, train: bool, seed: int, stream: int = 0, num_streams: int = 1,
                   boundary: str = 'blank_line', on_bad_input: str = 'skip',
                   tfds_data_dir: str = '', shuffle_buffer_size: int = 1000,
-                  skips: SkipCounter | None = None):
+                  skips: SkipCounter | None = None, max_tokens: Sequence[int] | None = None):
   """Stream `stream` of `num_streams` of one source: tuples of int32 token vectors (one per
   field, no EOS). Train: endless and shuffled (files.py says how); otherwise one ordered
-  pass. Records with a field that tokenizes to nothing are skipped and counted."""
+  pass. Records with a field that tokenizes to nothing are skipped and counted (under
+  either data.on_bad_input, like empty lines and empty fields).
+
+  `max_tokens` (text-to-text: inputs_length - 1, targets_length - 1, room for EOS): every
+  record is counted in `skips.examples`, and each field longer than its limit in
+  `skips.truncated` (the objective cuts it); one Python call per batch of 64 records."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top (the vocab CLI needs no TF)
   from t5x_lite.data import files as files_lib  # pylint: disable=g-import-not-at-top
   skips = skips if skips is not None else SkipCounter()
@@ -219,14 +276,34 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
                              num_streams=num_streams, seed=seed, boundary=boundary,
                              on_bad_input=on_bad_input, shuffle_buffer_size=shuffle_buffer_size)
 
+  # Whole batches of records are tokenized, checked and counted at once (a record without
+  # tokens is dropped inside the batch); one Python call per batch only when counting.
+  reasons = [f'field {f!r} without tokens' if len(fields) > 1 else 'record without tokens'
+             for f in fields]
+
+  def count(lengths, keep):
+    def call(lengths, keep):
+      lengths, keep = lengths.numpy(), keep.numpy()
+      for i, reason in enumerate(reasons):  # the first empty field names the record's skip
+        empty = (lengths[:, i] == 0) & (lengths[:, :i] > 0).all(axis=1)
+        if empty.any():
+          skips.add(reason, str(src), int(empty.sum()))
+      if max_tokens is not None:
+        over = (lengths[keep] > np.asarray(max_tokens)).sum(axis=0)
+        skips.count_examples(int(keep.sum()), [int(k) for k in over], str(src))
+      return True
+    return tf.py_function(call, [lengths, keep], tf.bool)
+
   def encode(*texts):
-    return tuple(vocab.tf_encode(t) for t in texts)
+    ids = [vocab.tf_encode(t) for t in texts]
+    lengths = tf.stack([x.row_lengths() for x in ids], axis=1)   # [records, fields]
+    keep = tf.reduce_all(lengths > 0, axis=1)
+    if max_tokens is None:  # only skips to count: a Python call only for a batch with one
+      done = tf.cond(tf.reduce_all(keep), lambda: tf.constant(True), lambda: count(lengths, keep))
+    else:
+      done = count(lengths, keep)
+    with tf.control_dependencies([done]):
+      return tuple(tf.ragged.boolean_mask(x, tf.identity(keep)) for x in ids)
 
   ds = ds.batch(64).map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-  ds = ds.map(lambda *t: tuple(tf.ensure_shape(x, [None]) for x in t))
-
-  def has_tokens(*t):
-    ok = tf.reduce_all(tf.stack([tf.size(x) > 0 for x in t]))
-    return tf.cond(ok, lambda: tf.constant(True), lambda: files_lib._report(  # pylint: disable=protected-access
-        skips, 'skip', 'record without tokens', tf.constant(str(src)), tf.constant(0, tf.int64)))
-  return ds.filter(has_tokens)
+  return ds.map(lambda *t: tuple(tf.ensure_shape(x, [None]) for x in t))
