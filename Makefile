@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` (pretrain the tiny T5 on the shipped corpus) and
-# `make test` (the whole test suite on CPU). Both install pinned dependencies into .venv.
+# `make test` (the whole test suite on CPU, two workers). Both install pinned dependencies
+# into .venv.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,8 +25,13 @@ install-test: $(VENV)/.test
 demo: $(VENV)/.runtime
 	$(PY) -m t5x_lite.train --config=configs/default.py --workdir=runs/default
 
+# Two workers (pytest-xdist), each test file whole on one worker (--dist loadfile): a file's
+# module fixtures (a trained workdir, a reference run) are built once; the suite's many
+# subprocess start-ups and compiles overlap on 2 cores.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs

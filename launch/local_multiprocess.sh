@@ -7,8 +7,9 @@ workdir=${1:?usage: $0 WORKDIR [NUM_PROCESSES] [DEVICES_PER_PROCESS] [overrides.
 nproc=${2:-2}
 ndev=${3:-4}
 shift $(( $# < 3 ? $# : 3 ))
-port=$(( 20000 + RANDOM % 20000 ))
 python=${PYTHON:-python}
+# A port the OS reports free (two launches at once, e.g. parallel tests, never share one).
+port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 pids=()
 for ((i = 0; i < nproc; i++)); do
   "$python" -m t5x_lite.train --config="${CONFIG:-configs/default.py}" --workdir="$workdir" \

@@ -60,7 +60,8 @@ def test_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
   shutil.copytree(multi, workdir)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', str(STEPS)))   # resume from step 20
   data = os.listdir(os.path.join(workdir, 'checkpoints', '20', 'data'))
-  assert sum(f.endswith('.json') for f in data) == 4                 # one state per stream
+  assert sorted(f for f in data if f.endswith('.json')) == [         # one state per stream
+      f'stream-{v:05d}-of-00004.json' for v in range(4)]
   proc = _one_process(workdir)
   assert 'restored step 20' in proc.stdout
   a, r = _losses(single), _losses(workdir)

@@ -112,18 +112,31 @@ def test_training_eval_and_checkpoint_keep(workdir):
   assert rows[5]['eval_loss'] != rows[6]['eval_loss']  # the params moved in step 6
 
 
-def test_beam_search_eval_and_infer_write_scores(workdir, tmp_path):
-  result = json.loads(run('eval', f'--workdir={workdir}', '--eval_steps=1', '--beam_size=3',
-                          '--split=train').stdout.strip().splitlines()[-1])
+def in_process(module, workdir, monkeypatch, **kwargs):
+  """`module`'s library body as its command runs it (the flags -> arguments layer is shown
+  by the one-line-error tests below, which pass bad values through it); the config is
+  CONFIG's, and relative data paths resolve from the repository root."""
+  monkeypatch.chdir(ROOT)
+  config = config_from_flags(CONFIG)
+  if module == 'eval':
+    from t5x_lite import eval as eval_cmd
+    return eval_cmd.run_eval(config, workdir, **kwargs)
+  from t5x_lite import infer
+  return infer.run_infer(config, workdir, **kwargs)
+
+
+def test_beam_search_eval_and_infer_write_scores(workdir, tmp_path, monkeypatch, capsys):
+  result = in_process('eval', workdir, monkeypatch, eval_steps=1, beam_size=3, split='train')
   assert result['beam_size'] == 3 and result['decoded_examples'] == 8
   with open(os.path.join(workdir, 'predictions_train_6.jsonl')) as f:
     assert len([json.loads(l)['score'] for l in f]) == 8
-  out = tmp_path / 'out.jsonl'
-  proc = run('infer', f'--workdir={workdir}', f'--output={out}', '--beam_size=3',
-             stdin='speaker: Macbeth. Is this a dagger\n')
+  source, out = tmp_path / 'in.txt', tmp_path / 'out.jsonl'
+  source.write_text('speaker: Macbeth. Is this a dagger\n')
+  in_process('infer', workdir, monkeypatch, input_path=str(source), output_path=str(out),
+             beam_size=3)
   row = json.loads(out.read_text())
   assert isinstance(row['prediction'], str) and row['score'] < 0
-  assert 'beam search (3 beams)' in proc.stderr
+  assert 'beam search (3 beams)' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('module,flag', [('eval', '--beam_size=0'), ('infer', '--beam_size=0'),
@@ -214,28 +227,99 @@ def test_training_reports_truncated_examples(workdir):
   assert len(re.findall(r'data validation \(this host shard\): \d+ of \d+ examples', log)) == 1
 
 
-def test_infer_sampling_flags(workdir, tmp_path):
-  """--temperature / --top_k / --seed: top_k=1 sampling is greedy decoding exactly; a fixed
-  seed reproduces its samples, which differ from greedy somewhere."""
+def test_infer_sampling_flags(workdir, tmp_path, monkeypatch, capsys):
+  """--temperature / --top_k / --seed (in process): top_k=1 sampling is greedy decoding
+  exactly; a fixed seed reproduces its samples, which differ from greedy somewhere."""
   with open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) as f:
     lines = [json.loads(next(f))['inputs'] for _ in range(4)]
   source = tmp_path / 'in.txt'
   source.write_text('\n'.join(lines) + '\n')
 
-  def predictions(name, *flags):
+  def predictions(name, **kwargs):
     out = tmp_path / f'{name}.jsonl'
-    proc = run('infer', f'--workdir={workdir}', f'--input={source}', f'--output={out}', *flags)
-    return [json.loads(l)['prediction'] for l in out.read_text().splitlines()], proc.stderr
+    in_process('infer', workdir, monkeypatch, input_path=str(source), output_path=str(out),
+               **kwargs)
+    return ([json.loads(l)['prediction'] for l in out.read_text().splitlines()],
+            capsys.readouterr().err)
 
   greedy, err = predictions('greedy')
   assert len(greedy) == 4 and 'greedy' in err
-  top1, err = predictions('top1', '--temperature=1', '--top_k=1', '--seed=3')
+  top1, err = predictions('top1', temperature=1.0, top_k=1, seed=3)
   assert 'sampling (T=1.0, top_k=1' in err
   assert top1 == greedy
-  sampled, _ = predictions('sampled', '--temperature=1', '--seed=3')
-  again, _ = predictions('again', '--temperature=1', '--seed=3')
+  sampled, _ = predictions('sampled', temperature=1.0, seed=3)
+  again, _ = predictions('again', temperature=1.0, seed=3)
   assert sampled == again
   assert sampled != greedy
+
+
+def test_infer_top_p_samples_the_nucleus_at_its_frequencies(workdir, tmp_path, monkeypatch):
+  """`infer --top_p` (a subprocess, on 1 device: this session's 8 would replicate the
+  decode): the first tokens of 4,000 samples of one input are the nucleus of
+  softmax(logits / T) at the checkpoint's first decoder step (a full forward pass, float64),
+  drawn at its renormalised frequencies (chi-square). T makes the 4 most likely tokens hold
+  80% of the mass and top_p lies halfway through the 4th token's share, so the nucleus is
+  exactly 4 tokens and an unapplied top_p would put ~20% of draws outside it. Each output
+  row's token is recovered from its text and its score (the model's log-prob of the token:
+  max_length=1, length penalty 1)."""
+  import jax
+  import orbax.checkpoint as ocp
+  from scipy import special, stats
+  from t5x_lite import models
+  from t5x_lite.data import vocab as vocab_lib
+  monkeypatch.chdir(ROOT)
+  cfg = config_from_flags(CONFIG)
+  text, draws = 'speaker: Macbeth. Is this a dagger', 4000
+  vocab = vocab_lib.from_config(cfg.data)
+  enc = np.zeros((1, cfg.data.inputs_length), np.int32)
+  ids = vocab.encode(text) + [vocab.eos_id]
+  enc[0, :len(ids)] = ids
+  params = ocp.PyTreeCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', '6', 'state'))['params']
+  start = np.zeros((1, 1), np.int32)
+  logits = np.asarray(jax.jit(models.build(cfg.model).apply)({'params': params}, {
+      'encoder_input_tokens': enc, 'decoder_input_tokens': start,
+      'decoder_target_tokens': np.ones_like(start)}), np.float64)[0, 0]
+  log_p = logits - special.logsumexp(logits)
+
+  def tempered(t):  # softmax(logits / t), most likely first
+    p = special.softmax(logits / t)
+    order = np.argsort(-p, kind='stable')
+    return order, p[order]
+  lo, hi = 1e-4, 1e4  # the top-4 mass falls as t grows: bisect for 0.8
+  for _ in range(200):
+    mid = np.sqrt(lo * hi)
+    lo, hi = (mid, hi) if tempered(mid)[1][:4].sum() > 0.8 else (lo, mid)
+  temperature = float(lo)
+  order, p = tempered(temperature)
+  cum = np.cumsum(p)
+  top_p = float(cum[2] + p[3] / 2)
+  nucleus, expected = order[:4], p[:4] / cum[3]
+  assert 1 - cum[3] > 0.19 and draws * expected.min() >= 50, (p[:6], expected)
+
+  source = tmp_path / 'same.txt'
+  source.write_text((text + '\n') * draws)
+  out = tmp_path / 'top_p.jsonl'
+  run('infer', f'--workdir={workdir}', f'--input={source}', f'--output={out}', '--max_length=1',
+      f'--temperature={temperature!r}', f'--top_p={top_p!r}', '--batch_size=1000', '--seed=5')
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert len(rows) == draws
+  texts = np.array([vocab.decode([t]) for t in range(len(logits))], dtype=object)
+  token_of = {}
+  for key in {(r['prediction'], r['score']) for r in rows}:
+    candidates = np.nonzero(texts == key[0])[0]
+    best = candidates[np.argmin(np.abs(log_p[candidates] - key[1]))]
+    assert abs(log_p[best] - key[1]) < 1e-4, key
+    token_of[key] = best
+  tokens = np.array([token_of[(r['prediction'], r['score'])] for r in rows])
+  outside = ~np.isin(tokens, nucleus)
+  assert not outside.any(), (f'{outside.sum()} of {draws} draws outside the nucleus',
+                             np.unique(tokens[outside]), nucleus)
+  counts = np.array([(tokens == t).sum() for t in nucleus])
+  p_value = stats.chisquare(counts, draws * expected).pvalue
+  print(f'T {temperature:.4g}, top_p {top_p:.4f}: expected {np.round(draws * expected)}, '
+        f'drew {counts}, p-value {p_value:.3f}')
+  assert p_value > 1e-3, (counts, draws * expected)
 
 
 @pytest.mark.parametrize('flag', ['--temperature=-1', '--top_k=-1', '--top_p=0'])
