@@ -309,6 +309,34 @@ def test_remat_gives_same_gradients():
                grads(remat='full'), grads())
 
 
+@pytest.mark.parametrize('in_axes,in_shape,out_features', [
+    (('embed',), (6,), (3, 5)),        # a query / key / value projection
+    (('heads', 'kv'), (3, 4), (6,)),   # the attention output projection
+])
+def test_dense_general_gradients_equal_plain_autodiff(in_axes, in_shape, out_features):
+  """DenseGeneral's 2-D matmul with its own VJP (kernel gradient as (g^T x)^T) gives the
+  gradients autodiff gives for the plain N-D dot_general."""
+  from t5x_lite import layers
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 7) + in_shape), jnp.float32)
+  dense = layers.DenseGeneral(out_features, in_axes=in_axes, out_axes=('o',) * len(
+      out_features))
+  params = nn.unbox(dense.init(jax.random.PRNGKey(0), x))['params']
+  n_in = len(in_axes)
+  readout = jnp.asarray(rng.normal(size=x.shape[:-n_in] + tuple(out_features)), jnp.float32)
+
+  def plain(p, x):
+    contract = tuple(range(x.ndim - n_in, x.ndim))
+    return jax.lax.dot_general(x, p['kernel'], ((contract, tuple(range(n_in))), ((), ())))
+
+  loss = lambda f: (lambda p, x: jnp.sum(jnp.tanh(f(p, x)) * readout))
+  ours = jax.grad(loss(lambda p, x: dense.apply({'params': p}, x)), argnums=(0, 1))(params, x)
+  expected = jax.grad(loss(plain), argnums=(0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
+               ours, expected)
+  assert ours[0]['kernel'].shape == params['kernel'].shape
+
+
 # --------------------------------------------------------------------------- bfloat16
 # Stated tolerance: with bfloat16 activations (8-bit mantissa, ~4e-3 relative rounding per
 # op) through 2 layers, max |logits_bf16 - logits_f32| <= 5e-2 * max |logits_f32|.
