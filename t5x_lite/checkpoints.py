@@ -106,7 +106,12 @@ class Checkpoints:
     self.directory = epath.Path(os.path.abspath(directory))  # Orbax needs absolute paths
     # Async saves: Orbax calls `_manifest_before_commit` once a step's files are all written,
     # before it renames the step into place, so the manifest is part of the atomic commit.
-    async_options = (ocp.AsyncOptions(post_finalization_callback=self._manifest_before_commit)
+    # Directories are created synchronously, in `save`: when Orbax creates them in the
+    # background and that fails (the checkpoint directory replaced by a file mid-run), the
+    # writers wait on a creation signal that never comes (20 minutes, Orbax's timeout)
+    # instead of failing; created up front, the failure is raised by `save` at once.
+    async_options = (ocp.AsyncOptions(post_finalization_callback=self._manifest_before_commit,
+                                      create_directories_asynchronously=False)
                      if async_save else None)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save,
