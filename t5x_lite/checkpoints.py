@@ -92,7 +92,8 @@ def check_shapes(where, saved_tree, abstract_tree, advice: str) -> None:
 
 def check_params_match(state_path, abstract_params) -> None:
   """The params of a saved train state (`<step>/state`) against the config's."""
-  meta = ocp.StandardCheckpointer().metadata(state_path)
+  # Absolute: given a relative path, Orbax returns metadata without the item's tree.
+  meta = ocp.StandardCheckpointer().metadata(os.path.abspath(state_path))
   meta = getattr(meta, 'item_metadata', meta)
   check_shapes(state_path, getattr(meta, 'tree', meta)['params'], abstract_params,
                'Pass the config (and --config overrides) the run was trained with.')

@@ -68,7 +68,9 @@ def workdir(tmp_path_factory):
 
 def test_eval_prints_and_writes_metrics_without_touching_checkpoints(workdir):
   before = snapshot(os.path.join(workdir, 'checkpoints'))
-  proc = run('eval', f'--workdir={workdir}', '--eval_steps=1', '--show_predictions=1')
+  # A workdir relative to the cwd, as the README's commands give it.
+  proc = run('eval', f'--workdir={os.path.relpath(workdir, ROOT)}', '--eval_steps=1',
+             '--show_predictions=1')
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result['step'] == 6 and result['split'] == 'validation'
   assert result['eval_steps'] == 1
