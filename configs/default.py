@@ -14,13 +14,18 @@ def get_config():
       d_model=128, d_ff=256, num_heads=4, d_kv=32,
       num_encoder_layers=2, num_decoder_layers=2,
       mlp_activations=('gelu', 'linear'), dropout_rate=0.0))
+  # Short rows, many steps: at 128 input tokens (7 spans a row) this model still filled every
+  # span with ',' after 2,400 steps (span accuracy 1.5%; its loss barely changed when each
+  # row was given another row's inputs: it had not learned to find a sentinel in the
+  # encoder). At 32 tokens (2 spans a row) it learns that within a few hundred steps; at equal
+  # tokens, batch 32 x 2,400 steps beat batch 64 x 1,200 (figures in the commit).
   cfg.data.update(dict(
       objective='span_corruption',
-      inputs_length=128, targets_length=29,   # objectives.span_corruption_lengths(128): 141 raw
+      inputs_length=32, targets_length=8,   # objectives.span_corruption_lengths(32): 34 raw
       pack=True))
   cfg.train.update(dict(
-      steps=1200, batch_size=16, log_every=50, eval_every=400, eval_steps=10,
-      checkpoint_every=400))
+      steps=3000, batch_size=32, log_every=100, eval_every=1000, eval_steps=10,
+      checkpoint_every=1000))
   # Adafactor, linear warmup to 0.03 then cosine to 0 at the last step: at equal steps it beats
   # the T5 default (rsqrt, 0.01, i.e. constant 0.01 for a 1200-step run) and AdamW 3e-3 cosine
   # (figures in the commit that set it).

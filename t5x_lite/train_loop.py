@@ -286,6 +286,11 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
     # opens with a cast list): the span accuracy counts all of it, a few are printed.
     decoded = evaluation.decode_split(config, trainer.model, jax.device_get(state.params),
                                       'validation', steps=1, sample_seed=0)
+    if config.data.objective == 'text_to_text':
+      from t5x_lite import metrics
+      score = f'exact match {metrics.exact_match(decoded["targets"], decoded["predictions"]):.1f}%'
+    else:
+      score = f'span accuracy over them: {evaluation.span_accuracy(decoded)}'
     print(f'Predictions on validation examples (greedy; {len(decoded["targets"])} drawn at '
-          f'random, seed 0); span accuracy over them: {evaluation.span_accuracy(decoded)}')
+          f'random, seed 0); {score}')
     evaluation.print_predictions(decoded, num_predictions)

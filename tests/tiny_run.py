@@ -33,7 +33,8 @@ def tiny_config(name='t5', *, layers=2, data=None, train=None, **model):
 
 TINY_MODEL = ['--config=configs/default.py'] + [
     f'--config.model.{k}={v}' for k, v in TINY.items()] + [
-    '--config.data.inputs_length=64', '--config.train.batch_size=8']
+    '--config.data.inputs_length=64', '--config.data.targets_length=29',
+    '--config.train.batch_size=8']
 
 
 def config_from_flags(flags):
