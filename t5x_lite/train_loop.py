@@ -283,7 +283,8 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   if pid == 0 and num_predictions > 0 and \
       families.get(config.model.family).generates == 'encoder_decoder':
     # One batch of validation examples drawn at random (seed 0, the same every run: the file
-    # opens with a cast list): the span accuracy counts all of it, a few are printed.
+    # opens with a cast list): the score (exact match for text-to-text tasks, else span
+    # accuracy) counts all of it, a few are printed.
     decoded = evaluation.decode_split(config, trainer.model, jax.device_get(state.params),
                                       'validation', steps=1, sample_seed=0)
     if config.data.objective == 'text_to_text':
