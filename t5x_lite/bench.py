@@ -24,6 +24,7 @@ def _define_flags():
   flags.DEFINE_float('pipeline_seconds', 5.0, 'How long to run the input pipeline.')
   flags.DEFINE_bool('train_only', False, 'Only the peak and the full train step.')
   flags.DEFINE_bool('decode_only', False, 'Only greedy and beam decode beside FlaxT5 generate.')
+  flags.DEFINE_bool('matmuls', False, 'Also time each kind of matmul of the step alone.')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of lines.')
 
 
@@ -36,7 +37,7 @@ def main():
       config, steps=FLAGS.steps, rounds=FLAGS.rounds, decode_batch_size=FLAGS.decode_batch_size,
       decode_length=FLAGS.decode_length, beam_size=FLAGS.beam_size, peak_flops=FLAGS.peak_flops,
       reference=FLAGS.reference, pipeline_seconds=FLAGS.pipeline_seconds,
-      train_only=FLAGS.train_only, decode_only=FLAGS.decode_only,
+      train_only=FLAGS.train_only, decode_only=FLAGS.decode_only, matmuls=FLAGS.matmuls,
       print_fn=(lambda _: None) if FLAGS.json else print)
   if FLAGS.json:
     print(json.dumps(out, sort_keys=True))

@@ -12,6 +12,9 @@ r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` sho
    for greedy and beam search (`decoding`), beside FlaxT5 `generate` at equal shapes, paired.
 5. input pipeline: `get_dataset(config, 'train')` token positions/s (and non-padding tokens/s).
 
+With `matmuls`, 2 is followed by each kind of matmul of the forward pass timed alone at its
+step shape, against the same peak (`throughput.matmul_rates`): where MFU is lost.
+
 `train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh); `decode_only` runs only
 4 (no peak, no train step, no pipeline: the decode comparison at large shapes, where each
 FlaxT5 `generate` takes minutes on a CPU). Every figure is also returned in one flat dict
@@ -82,7 +85,7 @@ def _reference_reason(config, reference: bool) -> str:
 def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
         decode_length: int = 0, beam_size: int = 4, peak_flops: float = 0.0,
         reference: bool = True, pipeline_seconds: float = 5.0, train_only: bool = False,
-        decode_only: bool = False, print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
+        decode_only: bool = False, matmuls: bool = False, print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
   import jax
   from t5x_lite import hf_reference
   out: Dict[str, Any] = {'notes': {}}
@@ -116,6 +119,12 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
            f'{dict(lengths)}): {out["train_step_ms"]:,.1f} ms, {r["tokens_per_sec"]:,.0f} '
            f'tokens/s, {r["flops_per_sec"] / 1e9:,.1f} GFLOP/s, MFU {100 * mfu:.1f}%')
   print_fn(f'  {accounting.MFU_FORMULA}; FLOPs: {r["formula"]}')
+  if matmuls:
+    out['matmuls'] = throughput.matmul_rates(config)
+    for row in out['matmuls']:
+      print_fn(f'  matmul alone: {row["name"]} {row["shape"]}: '
+               f'{row["flops_per_sec"] / 1e9:,.1f} GFLOP/s = '
+               f'{100 * row["flops_per_sec"] / peak:.0f}% of the peak')
   if train_only:
     return out
 

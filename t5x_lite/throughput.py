@@ -46,14 +46,61 @@ def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
   import jax
   import jax.numpy as jnp
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(f(a, a))
+  return 2 * n ** 3 / _best_time(jax.jit(lambda x, y: x @ y), (a, a), repeats)
+
+
+def _best_time(f, args, repeats: int) -> float:
+  import jax
+  jax.block_until_ready(f(*args))
   best = float('inf')
   for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(f(a, a))
+    jax.block_until_ready(f(*args))
     best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best
+  return best
+
+
+def matmul_rates(config, repeats: int = 5) -> list:
+  """Each kind of matmul in the config's forward pass, timed alone at its train-step shape
+  (jitted, float32, best of `repeats`): where MFU is lost. Rows: {name, shape, flops,
+  flops_per_sec}. Per stack: the attention projections, the MLP's input and output, and
+  attention's per-head dots (QK^T, AV) as the model writes them; then the logits. Each
+  row's FLOPs are 2 x (multiply-adds), the count `accounting.FORMULA` uses."""
+  import jax
+  import jax.numpy as jnp
+  m, lengths, b = config.model, families.stream_lengths(config), config.train.batch_size
+  hk = m.num_heads * m.d_kv
+  rows = []
+
+  def dense(name, tokens, k, n):
+    rows.append((name, f'[{tokens}, {k}] x [{k}, {n}]', 2 * tokens * k * n,
+                 lambda x, w: x @ w, ((tokens, k), (k, n))))
+
+  for stack in ('encoder', 'decoder'):
+    length = lengths[stack]
+    if not length:
+      continue
+    dense(f'{stack} attention projection (each of q, k, v, out)', b * length, m.d_model, hk)
+    dense(f'{stack} MLP in', b * length, m.d_model, m.d_ff)
+    dense(f'{stack} MLP out', b * length, m.d_ff, m.d_model)
+    flops = 2 * b * m.num_heads * length * length * m.d_kv
+    shape = f'[{b}, {length}, {m.num_heads}, {m.d_kv}] x 2'
+    rows.append((f'{stack} attention QK^T', shape, flops,
+                 lambda q, k: jnp.einsum('bqhd,bkhd->bhqk', q, k),
+                 ((b, length, m.num_heads, m.d_kv),) * 2))
+    rows.append((f'{stack} attention AV', f'[{b}, {m.num_heads}, {length}, {length}] x '
+                 f'[{b}, {length}, {m.num_heads}, {m.d_kv}]', flops,
+                 lambda w, v: jnp.einsum('bhqk,bkhd->bqhd', w, v),
+                 ((b, m.num_heads, length, length), (b, length, m.num_heads, m.d_kv))))
+  logit_tokens = b * (lengths['decoder'] or lengths['encoder'])
+  dense('logits', logit_tokens, m.d_model, m.vocab_size)
+  out = []
+  for i, (name, shape, flops, fn, shapes) in enumerate(rows):
+    keys = jax.random.split(jax.random.PRNGKey(i), len(shapes))
+    args = [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
+    seconds = _best_time(jax.jit(fn), args, repeats)
+    out.append(dict(name=name, shape=shape, flops=flops, flops_per_sec=flops / seconds))
+  return out
 
 
 def paired_medians(fns: dict, rounds: int) -> dict:

@@ -88,3 +88,21 @@ def test_bench_decode_only_runs_just_the_decode_comparison():
     assert out[key] > 0, key
   assert 0 <= out['greedy_rows_ended_early'] <= 8 and 0 <= out['beam_rows_ended_early'] <= 8
   assert not any(k in out for k in ('peak_flops', 'train_step_ms', 'pipeline_positions_per_s'))
+
+
+def test_matmul_rates_time_each_kind_of_matmul_at_its_step_shape():
+  """`bench --matmuls`: one row per kind of matmul, with FLOPs from the config's dims."""
+  from t5x_lite import throughput
+  cfg = _tiny_config()                         # batch 8, 32 inputs, 8 targets
+  rows = {r['name'].split(' (')[0]: r for r in throughput.matmul_rates(cfg, repeats=1)}
+  b, d, f, hk, v = 8, 32, 64, 2 * 16, cfg.model.vocab_size
+  want = {}
+  for stack, n in (('encoder', 32), ('decoder', 8)):
+    want.update({f'{stack} attention projection': 2 * b * n * d * hk,
+                 f'{stack} MLP in': 2 * b * n * d * f, f'{stack} MLP out': 2 * b * n * f * d,
+                 f'{stack} attention QK^T': 2 * b * n * n * hk,
+                 f'{stack} attention AV': 2 * b * n * n * hk})
+  want['logits'] = 2 * b * 8 * d * v
+  assert {k: r['flops'] for k, r in rows.items()} == want
+  assert all(r['flops_per_sec'] > 1e6 for r in rows.values())
+  assert rows['logits']['shape'] == f'[64, 32] x [32, {v}]'
