@@ -85,7 +85,8 @@ def _reference_reason(config, reference: bool) -> str:
 def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
         decode_length: int = 0, beam_size: int = 4, peak_flops: float = 0.0,
         reference: bool = True, pipeline_seconds: float = 5.0, train_only: bool = False,
-        decode_only: bool = False, matmuls: bool = False, print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
+        decode_only: bool = False, matmuls: bool = False,
+        print_fn: Callable[[str], None] = print) -> Dict[str, Any]:
   import jax
   from t5x_lite import hf_reference
   out: Dict[str, Any] = {'notes': {}}

@@ -215,8 +215,9 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
   # No autotuning: its background thread re-optimises the pipeline model while the train
   # step wants the CPU, and an iterator's destruction waits for it (a restored validation
   # pass took 20-76 s to delete beside one busy process on 2 cores). Without it, parallel
-  # maps take TF's default parallelism (one call per core, at most 16); on this 2-core machine the demo's pipeline gave 141 batches/s
-  # (111 with autotuning) and its first batch in 0.8 s (1.15 s).
+  # maps take TF's default parallelism (one call per core, at most 16); on this 2-core
+  # machine the demo's pipeline gave 141 batches/s (111 with autotuning) and its first
+  # batch in 0.8 s (1.15 s).
   options.autotune.enabled = False
   # Bad-input hooks and TFDS reads are py_functions: stateless in effect, so checkpoints are exact.
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
