@@ -10,10 +10,17 @@ Commands are leaves: they parse flags, call one library function and print; no m
 imports a command module (tests/test_layering.py walks the imports).
 Flags are defined by `define_common_flags()` when a module runs as a command, so importing
 any of these modules has no side effects.
+
+On Linux with glibc >= 2.35 and transparent huge pages in `madvise` mode, `run` first restarts
+the command (same pid, same arguments) with `glibc.malloc.hugetlb=1` added to GLIBC_TUNABLES:
+XLA's CPU runtime maps each step's temporaries afresh, and with 4 KiB pages the kernel faults
+them in one page at a time, every step (`huge_pages_environ`). Setting the tunable yourself
+(`=0` to opt out) skips the restart.
 """
 import difflib
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
@@ -205,9 +212,60 @@ def _drop_orbax_background_errors(record: logging.LogRecord) -> bool:
               and absl_logging.get_verbosity() < absl_logging.INFO)
 
 
+_HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb'
+_THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
+
+
+def huge_pages_environ(environ, libc_version: str, thp_mode: str) -> Optional[dict]:
+  """The environment to restart with so that glibc backs large allocations with transparent
+  huge pages, or None when a restart would change nothing.
+
+  Why: XLA's CPU runtime `posix_memalign`s every step's temporaries (1.6 GB at T5 v1.1 small
+  dims, batch 8, 512/114); glibc mmaps and unmaps such blocks each time, and the kernel faults
+  them in 4 KiB at a time: ~470,000 faults, ~11% of the step's CPU time. With the tunable,
+  glibc madvises those mappings to huge pages and the faults drop over tenfold. glibc reads
+  tunables only at process start, hence a restart rather than a call.
+
+  >>> huge_pages_environ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=4'}, 'glibc 2.36',
+  ...                    'always [madvise] never')['GLIBC_TUNABLES']
+  'glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1'
+
+  None when the tunable is already set (by the user or a restart), when the C library is not
+  glibc >= 2.35 (no such tunable), or when the kernel's mode is `always` (already huge) or
+  `never` (madvise has no effect)."""
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  if _HUGE_PAGES_TUNABLE in tunables or '[madvise]' not in thp_mode:
+    return None
+  match = re.fullmatch(r'glibc (\d+)\.(\d+).*', libc_version)
+  if not match or (int(match.group(1)), int(match.group(2))) < (2, 35):
+    return None
+  env = dict(environ)
+  setting = f'{_HUGE_PAGES_TUNABLE}=1'
+  env['GLIBC_TUNABLES'] = f'{tunables}:{setting}' if tunables else setting
+  return env
+
+
+def restart_with_huge_pages():
+  """Re-executes this process (`sys.orig_argv`) under `huge_pages_environ`, where it applies."""
+  try:
+    libc_version = os.confstr('CS_GNU_LIBC_VERSION') or ''
+    with open(_THP_MODE_FILE) as f:
+      thp_mode = f.read()
+  except (AttributeError, ValueError, OSError):  # not Linux / not glibc
+    return
+  env = huge_pages_environ(os.environ, libc_version, thp_mode)
+  argv = getattr(sys, 'orig_argv', None)
+  if env is not None and argv and sys.executable:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
 def run(body, needs_workdir: bool = True, name: str = ''):
   """`app.run` a command body (no arguments) with the shared set-up and error contract;
-  `name` prefixes the error line (`plan: error: ...`)."""
+  `name` prefixes the error line (`plan: error: ...`). Restarts the process first where huge
+  pages apply (`restart_with_huge_pages`)."""
+  restart_with_huge_pages()
   def parse(argv):
     try:
       return parse_flags(argv)

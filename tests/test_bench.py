@@ -24,8 +24,14 @@ def _tiny_config():
   return cfg
 
 
-def test_bench_prints_and_returns_every_figure_and_mfu_is_flops_over_time_over_peak():
-  from t5x_lite import accounting, benchmark
+def test_bench_prints_and_returns_every_figure_and_mfu_is_flops_over_time_over_peak(
+    monkeypatch):
+  from t5x_lite import accounting, benchmark, throughput
+  # Real measurements, the second scaled up as if the machine were busy during the first.
+  measured_peaks = []
+  real_matmul_peak = throughput.matmul_peak
+  monkeypatch.setattr(throughput, 'matmul_peak', lambda: measured_peaks.append(
+      real_matmul_peak() * (1 + len(measured_peaks))) or measured_peaks[-1])
   cfg = _tiny_config()
   lines = []
   out = benchmark.run(cfg, steps=1, rounds=1, beam_size=2, pipeline_seconds=0.2,
@@ -47,6 +53,8 @@ def test_bench_prints_and_returns_every_figure_and_mfu_is_flops_over_time_over_p
   expected = (per_example * cfg.train.batch_size / (out['train_step_ms'] / 1e3)
               / (jax.device_count() * out['peak_flops']))
   assert abs(out['train_mfu'] - expected) <= 1e-9 * expected
+  # The peak is the better of the measurements before and after the train step.
+  assert len(measured_peaks) == 2 and out['peak_flops'] == measured_peaks[1]
   # Tokens/s counts every input and target position of a row.
   assert abs(out['train_tokens_per_s'] - 8 * 40 / (out['train_step_ms'] / 1e3)) < 1e-6 * 40
   # Greedy ratio is ours / FlaxT5.
