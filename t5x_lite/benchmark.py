@@ -109,15 +109,14 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
   # Measured before and after the step, best of both: on a shared machine a slow spell during
   # one measurement would otherwise understate the peak and overstate MFU.
   if peak_flops > 0:
-    peak, r = peak_flops, throughput.measure_train_step(config, steps)
+    peak, r, source, how = peak_flops, throughput.measure_train_step(config, steps), 'given', ''
   else:
     before = throughput.matmul_peak()
     r = throughput.measure_train_step(config, steps)
-    peak = max(before, throughput.matmul_peak())
-  out.update(peak_flops=peak, peak_source='given' if peak_flops > 0 else 'measured')
-  how = ': best of 10 float32 1024x1024 matmuls before the train step and 10 after, 2n^3 FLOPs'
-  print_fn(f'peak: {peak / 1e9:,.1f} GFLOP/s per device ({out["peak_source"]}'
-           f'{"" if peak_flops > 0 else how})')
+    peak, source = max(before, throughput.matmul_peak()), 'measured'
+    how = ': best of 10 float32 1024x1024 matmuls before the train step and 10 after, 2n^3 FLOPs'
+  out.update(peak_flops=peak, peak_source=source)
+  print_fn(f'peak: {peak / 1e9:,.1f} GFLOP/s per device ({source}{how})')
 
   mfu = r['flops_per_sec'] / (r['devices'] * peak)
   out.update(devices=r['devices'], device_kind=r['device_kind'], batch_size=tc.batch_size,

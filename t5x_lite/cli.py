@@ -266,6 +266,7 @@ def run(body, needs_workdir: bool = True, name: str = ''):
   `name` prefixes the error line (`plan: error: ...`). Restarts the process first where huge
   pages apply (`restart_with_huge_pages`)."""
   restart_with_huge_pages()
+
   def parse(argv):
     try:
       return parse_flags(argv)
