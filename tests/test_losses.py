@@ -1,6 +1,7 @@
 """Losses against hand-computed values (the worked example of losses.py's docstring)."""
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -52,3 +53,28 @@ def test_unknown_normalization_names_the_field():
   with pytest.raises(ValueError, match='config.train.loss_normalization'):
     losses.weighted_loss(np.zeros((1, 1, 2)), np.zeros((1, 1), int), np.ones((1, 1)),
                          normalization='mean')
+
+
+@pytest.mark.parametrize('vocab', [5, 128, 129, 300, 32128])
+def test_first_argmax_is_numpys_argmax_ties_and_infinities_included(vocab):
+  # Accuracy counts a token as correct when the first index of the row maximum is its
+  # target; first_argmax computes that in chunks. numpy is the reference.
+  rng = np.random.RandomState(vocab)
+  x = rng.normal(size=(4, 6, vocab)).astype(np.float32)
+  x[0] = np.round(x[0])                     # many ties at the maximum
+  x[1, :, :] = x[1, :, :1]                  # every entry tied
+  x[2, 0] = -np.inf                         # a row of -inf
+  x[2, 1, -1] = np.inf                      # the maximum in the last index (the tail)
+  x[2, 2, [0, vocab - 1]] = 50.0            # a tie between the first and the last index
+  x[3, 0, vocab // 2:] = 9.0                # a tie starting mid-vocabulary
+  got = np.asarray(jax.jit(losses.first_argmax)(x))
+  np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+
+
+def test_accuracy_counts_first_maximum_only():
+  logits = np.zeros((1, 4, 300), np.float32)
+  logits[0, :3, 4] = logits[0, :3, 290] = 1.0   # ties: index 4 comes first, 290 is in the tail
+  logits[0, 3, 299] = 2.0                        # the maximum in the tail past the last chunk
+  targets = np.array([[4, 4, 290, 299]])
+  _, stats = losses.weighted_loss(logits, targets, np.ones((1, 4), np.float32))
+  assert float(stats['correct_sum']) == 3.0      # 1 + 1 + 0 (a tie lost) + 1
