@@ -173,6 +173,36 @@ def test_adafactor_steps_match_reference_formula(name, shape):
   np.testing.assert_allclose(matrix(got), want, rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('weight_decay', [None, 0.1])
+def test_adafactor_equals_optax_adafactor_and_keeps_its_state_tree(weight_decay):
+  # optim.adafactor rebuilds optax.adafactor's chain with a one-pass parameter scale; the
+  # updates must be optax's exactly, also where the parameter scale's 1e-3 floor applies
+  # (RMS 1e-5), and the state the same pytree (checkpoints written by either restore).
+  rng = np.random.RandomState(1)
+  params = {'big': rng.normal(size=(128, 160)).astype(np.float32),
+            'tiny': (rng.normal(size=(6, 5)) * 1e-5).astype(np.float32),
+            'vector': rng.normal(size=(7,)).astype(np.float32)}
+  ours = optim.adafactor(0.01, weight_decay)
+  theirs = optax.adafactor(
+      learning_rate=0.01, min_dim_size_to_factor=128, decay_rate=0.8, decay_offset=0,
+      multiply_by_parameter_scale=True, clipping_threshold=1.0, momentum=None, eps=1e-30,
+      factored=True, weight_decay_rate=weight_decay)
+  state_ours, state_theirs = ours.init(params), theirs.init(params)
+  assert (jax.tree_util.tree_structure(state_ours) ==
+          jax.tree_util.tree_structure(state_theirs))
+  p_ours = p_theirs = params
+  for step in range(4):
+    grads = {k: rng.normal(size=v.shape).astype(np.float32) * (step + 1) for k, v in params.items()}
+    u_ours, state_ours = jax.jit(ours.update)(grads, state_ours, p_ours)
+    u_theirs, state_theirs = jax.jit(theirs.update)(grads, state_theirs, p_theirs)
+    for k in params:
+      np.testing.assert_allclose(np.asarray(u_ours[k]), np.asarray(u_theirs[k]), rtol=1e-6,
+                                 atol=0, err_msg=f'{k} step {step}')
+    p_ours = optax.apply_updates(p_ours, u_ours)
+    p_theirs = optax.apply_updates(p_theirs, u_theirs)
+  assert np.abs(np.asarray(u_ours['tiny'])).max() > 0
+
+
 def test_rsqrt_schedule_is_t5s():
   cfg = base.get_base_config()  # T5 defaults: peak 0.01, warmup 10k
   sched = optim.schedule(cfg.optimizer, 100000)
