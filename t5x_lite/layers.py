@@ -302,11 +302,14 @@ def _add_batch_mask_fwd(bias, additive_mask):
 
 def _add_batch_mask_bwd(bias_shape, g):
   rows = g.shape[0]
-  if bias_shape[0] == rows:
-    return g, None
-  ones = jnp.ones((1, rows), g.dtype)
-  total = jnp.dot(ones, g.reshape(rows, -1), preferred_element_type=jnp.float32)
-  return total.astype(g.dtype).reshape(bias_shape), None
+  if bias_shape[0] != rows:  # bias broadcast over the batch: sum it out as a matmul
+    tail, dtype = g.shape[1:], g.dtype
+    total = jnp.dot(jnp.ones((1, rows), dtype), g.reshape(rows, -1),
+                    preferred_element_type=jnp.float32)
+    g = total.astype(dtype).reshape((1,) + tail)
+  # Any other dim the bias broadcast over (none for T5's [1, h, q, k]) sums as usual.
+  axes = tuple(i for i, (b, n) in enumerate(zip(bias_shape, g.shape)) if b == 1 and n != 1)
+  return (jnp.sum(g, axes, keepdims=True) if axes else g), None
 
 
 add_batch_mask.defvjp(_add_batch_mask_fwd, _add_batch_mask_bwd)

@@ -52,8 +52,9 @@ def first_argmax(x: jax.Array, chunk: int = 128) -> jax.Array:
   first chunk holding the row maximum, then the first maximum inside that chunk; a tail
   shorter than `chunk` is compared separately and loses ties (its indices come last). The
   first chunk holding the maximum contains its first index, so the result is exactly
-  `jnp.argmax`'s, ties and infinities included. CPU only; other backends call `jnp.argmax`. Not for NaN: XLA's vectorised max need not
-  propagate it (a NaN logit makes the loss NaN, and the trainer then skips the step).
+  `jnp.argmax`'s, ties and infinities included. CPU only; other backends call `jnp.argmax`.
+  Not for NaN: XLA's vectorised max need not propagate it (a NaN logit makes the loss NaN,
+  and the trainer then skips the step).
   """
   vocab = x.shape[-1]
   body = vocab - vocab % chunk
@@ -69,8 +70,7 @@ def first_argmax(x: jax.Array, chunk: int = 128) -> jax.Array:
   if body == vocab:
     return index
   tail = x[..., body:]
-  best = jnp.take_along_axis(chunk_max, best_chunk[..., None], axis=-1)[..., 0]
-  tail_wins = jnp.max(tail, axis=-1) > best  # ties go to the body's earlier index
+  tail_wins = jnp.max(tail, axis=-1) > jnp.max(chunk_max, axis=-1)  # ties: the body's index
   return jnp.where(tail_wins, body + jnp.argmax(tail, axis=-1), index)
 
 
