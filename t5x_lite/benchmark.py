@@ -2,7 +2,7 @@ r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` sho
 
 1. peak: this machine's float32 matmul FLOP/s (`throughput.matmul_peak`, best of 10 jitted
    1024 x 1024 matmuls, 2 n^3 FLOPs each, measured before and after the train step, best of
-   both) unless a peak is given.
+   both; on CPU also best of both dot emitters, YNNPACK and XLA's) unless a peak is given.
 2. train step: the full step (loss, gradients, optimizer update; `throughput.measure_train_step`
    on synthetic batches of the config's shapes): ms, tokens/s (every input + target position),
    MFU (`accounting.MFU_FORMULA`, FLOPs by `accounting.FORMULA`).
@@ -115,6 +115,8 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
     r = throughput.measure_train_step(config, steps)
     peak, source = max(before, throughput.matmul_peak()), 'measured'
     how = ': best of 10 float32 1024x1024 matmuls before the train step and 10 after, 2n^3 FLOPs'
+    if r['device_kind'] == 'cpu':
+      how += ', each with both dot emitters (YNNPACK, XLA)'
   out.update(peak_flops=peak, peak_source=source)
   print_fn(f'peak: {peak / 1e9:,.1f} GFLOP/s per device ({source}{how})')
 
