@@ -123,7 +123,8 @@ def matmul(x: Array, w: Array) -> Array:
   that transpose into whatever produced g (the gated-GELU backward: ~0.3 s per encoder
   layer, column-wise reads of four [tokens, d_ff] arrays), every projection, every layer.
   README grad-step shapes: bytes accessed 14.64 -> 13.27 GB. Remat policies still see
-  the dots (`checkpoint_dots` saves them as before).
+  the dots (`checkpoint_dots` saves them as before). With XLA's own CPU dots (the commands'
+  default, `cli.use_xla_cpu_dots`) both forms move the same bytes.
   """
   return jnp.dot(x, w)
 
