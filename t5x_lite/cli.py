@@ -250,8 +250,13 @@ def huge_pages_environ(environ, libc_version: str, thp_mode: str) -> Optional[di
   return env
 
 
-_CPU_DOTS_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
-CPU_DOTS_SETTING = f'{_CPU_DOTS_FLAG}=LIBRARY_FUSION_TYPE_REDUCE'
+# XLA's CPU dot emitters, as values of its CPU_DOT_OPTION: YNNPACK takes the dots (jaxlib's
+# default), or XLA's own emitter does (the commands' choice); YNNPACK keeps the reductions.
+CPU_DOT_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
+CPU_DOT_EMITTERS = {'ynnpack': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
+                    'xla': 'LIBRARY_FUSION_TYPE_REDUCE'}
+_CPU_DOTS_FLAG = f'--{CPU_DOT_OPTION}'
+CPU_DOTS_SETTING = f'{_CPU_DOTS_FLAG}={CPU_DOT_EMITTERS["xla"]}'
 
 
 def xla_cpu_dots_environ(environ) -> Optional[dict]:

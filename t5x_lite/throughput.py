@@ -40,25 +40,19 @@ def measure_train_step(config, steps: int = 5) -> dict:
               formula=flops['formula'])
 
 
-# XLA's CPU dot emitters, as values of its `xla_cpu_experimental_ynn_fusion_type` option:
-# YNNPACK takes the dots (jaxlib's default), or XLA's own emitter does (the commands' choice,
-# `cli.xla_cpu_dots_environ`).
-CPU_DOT_EMITTERS = {'ynnpack': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT',
-                    'xla': 'LIBRARY_FUSION_TYPE_REDUCE'}
-
-
 def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
   """FLOP/s of the best of `repeats` jitted float32 [n, n] x [n, n] matmuls (2 n^3 FLOPs each)
   on the default device: the peak MFU is measured against where no peak is given. On CPU,
-  the best over both dot emitters (`CPU_DOT_EMITTERS`), so choosing one cannot raise MFU by
-  lowering the peak."""
+  the best over both dot emitters (`cli.CPU_DOT_EMITTERS`), so choosing one cannot raise
+  MFU by lowering the peak."""
   import jax
   import jax.numpy as jnp
+  from t5x_lite import cli
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   lowered = jax.jit(lambda x, y: x @ y).lower(a, a)
   options = [{}]
   if jax.default_backend() == 'cpu':
-    options = [{'xla_cpu_experimental_ynn_fusion_type': v} for v in CPU_DOT_EMITTERS.values()]
+    options = [{cli.CPU_DOT_OPTION: v} for v in cli.CPU_DOT_EMITTERS.values()]
   return max(2 * n ** 3 / _best_time(lowered.compile(compiler_options=o), (a, a), repeats)
              for o in options)
 

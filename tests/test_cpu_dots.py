@@ -20,7 +20,7 @@ hlo = jax.jit(lambda x, y: x @ y).lower(a, a).compile().as_text()
 print(json.dumps(dict(xla_flags=os.environ.get('XLA_FLAGS'), ynnpack='__ynn_fusion' in hlo,
                       dot=' dot(' in hlo)))
 '''
-YNN_DOTS = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'
+YNN_DOTS = f'--{cli.CPU_DOT_OPTION}={cli.CPU_DOT_EMITTERS["ynnpack"]}'
 
 
 def run_child(xla_flags=None):
