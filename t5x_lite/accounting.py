@@ -96,7 +96,13 @@ def count_params(config, boxed=None) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- FLOPs
-def _stream(path) -> str:
+def kernel_shapes(config, boxed=None):
+  """[(path names, shape)] of every matmul kernel (a leaf named 'kernel'), in tree order."""
+  boxed = models.abstract_params(config.model) if boxed is None else boxed
+  return [(path, shape) for path, shape in _flat(boxed) if path[-1] == 'kernel']
+
+
+def stream_of(path) -> str:
   """Which token stream a matmul kernel runs over: 'encoder', 'decoder' or 'logits'."""
   top = path[0]
   if top == 'logits_head':
@@ -128,9 +134,8 @@ def flops_per_token(config, boxed=None) -> Dict[str, Any]:
   heads_dkv = mcfg.num_heads * mcfg.d_kv
 
   matmul = {'encoder': 0, 'decoder': 0, 'logits': 0}
-  for path, shape in _flat(boxed):
-    if path[-1] == 'kernel':
-      matmul[_stream(path)] += math.prod(shape)
+  for path, shape in kernel_shapes(config, boxed):
+    matmul[stream_of(path)] += math.prod(shape)
   if mcfg.tie_embeddings:  # logits through the (tied) token embedding
     matmul['logits'] += mcfg.vocab_size * mcfg.d_model
 

@@ -13,8 +13,11 @@ r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` sho
    for greedy and beam search (`decoding`), beside FlaxT5 `generate` at equal shapes, paired.
 5. input pipeline: `get_dataset(config, 'train')` token positions/s (and non-padding tokens/s).
 
-With `matmuls`, 2 is followed by each kind of matmul of the forward pass timed alone at its
-step shape, against the same peak (`throughput.matmul_rates`): where MFU is lost.
+With `matmuls`, 2 is followed by every matmul of the forward pass, each distinct shape timed
+alone with how many of it one forward pass runs, against the same peak
+(`throughput.matmul_rates`): where MFU is lost. Then the ceiling they set
+(`throughput.matmul_ceiling`): the MFU of a step whose matmuls ran at those rates (backward
+dots at their forward shapes' rates) and whose every other op took no time.
 
 `train_only` stops after 2 (accelerator runs: launch/gpu_bench.sh); `decode_only` runs only
 4 (no peak, no train step, no pipeline: the decode comparison at large shapes, where each
@@ -132,9 +135,16 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
   if matmuls:
     out['matmuls'] = throughput.matmul_rates(config)
     for row in out['matmuls']:
-      print_fn(f'  matmul alone: {row["name"]} {row["shape"]}: '
+      print_fn(f'  matmul alone, x{row["count"]} per forward: {row["shape"]} ({row["name"]}): '
                f'{row["flops_per_sec"] / 1e9:,.1f} GFLOP/s = '
                f'{100 * row["flops_per_sec"] / peak:.0f}% of the peak')
+    ceiling = out['matmul_ceiling'] = throughput.matmul_ceiling(out['matmuls'], peak)
+    # Rates were taken at the whole batch on one device: compare with the step's device-time.
+    share = ceiling['train_s'] / (r['step_time'] * r['devices'])
+    print_fn(f'  at those rates the step\'s matmuls alone take ~{1000 * ceiling["train_s"]:,.0f} ms '
+             f'(forward {1000 * ceiling["forward_s"]:,.0f} ms x 3), {100 * share:.0f}% of the '
+             f'step: with everything else free, MFU would be {100 * ceiling["ceiling_mfu"]:.1f}% '
+             f'(the ceiling)')
   if train_only:
     return out
 

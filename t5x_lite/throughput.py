@@ -6,12 +6,14 @@ Used by `python -m t5x_lite.bench` (train step on synthetic batches of the confi
 beside a T5 v1.1 small train step, and their ratio). Token positions per row and FLOPs come
 from `families.stream_lengths` and `accounting.flops_per_token`, as in training's log.
 """
+import math
 import resource
 import statistics
 import time
 
 from t5x_lite import accounting
 from t5x_lite import families
+from t5x_lite import models
 
 
 def measure_train_step(config, steps: int = 5) -> dict:
@@ -69,46 +71,82 @@ def _best_time(f, args, repeats: int) -> float:
 
 
 def matmul_rates(config, repeats: int = 5) -> list:
-  """Each kind of matmul in the config's forward pass, timed alone at its train-step shape
-  (jitted, float32, best of `repeats`): where MFU is lost. Rows: {name, shape, flops,
-  flops_per_sec}. Per stack: the attention projections, the MLP's input and output, and
-  attention's per-head dots (QK^T, AV) as the model writes them; then the logits. Each
-  row's FLOPs are 2 x (multiply-adds), the count `accounting.FORMULA` uses."""
+  """Every matmul of the config's forward pass, each distinct shape timed alone (jitted,
+  float32, best of `repeats`): where MFU is lost. Rows: {name, shape, count, flops,
+  flops_per_sec}; `flops` is one instance's 2 x (multiply-adds), `count` how many instances
+  one forward pass runs, so sum(count * flops) is `accounting.FORMULA`'s forward FLOPs for
+  the whole batch. Dense rows come from the parameter tree (each kernel over its stream's
+  tokens, `accounting.stream_of`; an attention output kernel contracts its heads x d_kv
+  input); attention rows are QK^T and AV per attention layer, as the model writes them;
+  the logits row uses the logits kernel or, tied, the token embedding."""
   import jax
   import jax.numpy as jnp
-  m, lengths, b = config.model, families.stream_lengths(config), config.train.batch_size
-  hk = m.num_heads * m.d_kv
-  rows = []
+  mcfg = models.ModelConfig.from_config(config.model)
+  lengths, b = families.stream_lengths(config), config.train.batch_size
+  family = families.get(mcfg.family)
+  tokens = {'encoder': b * lengths['encoder'], 'decoder': b * lengths['decoder'],
+            'logits': b * lengths['target']}
+  groups = {}  # (kind, shapes) -> [name, shape text, count, flops, fn]
 
-  def dense(name, tokens, k, n):
-    rows.append((name, f'[{tokens}, {k}] x [{k}, {n}]', 2 * tokens * k * n,
-                 lambda x, w: x @ w, ((tokens, k), (k, n))))
+  def add(key, label, shape, flops, fn):
+    row = groups.setdefault(key, [[], shape, 0, flops, fn])
+    row[2] += 1
+    if label not in row[0]:
+      row[0].append(label)
 
-  for stack in ('encoder', 'decoder'):
-    length = lengths[stack]
-    if not length:
-      continue
-    dense(f'{stack} attention projection (each of q, k, v, out)', b * length, m.d_model, hk)
-    dense(f'{stack} MLP in', b * length, m.d_model, m.d_ff)
-    dense(f'{stack} MLP out', b * length, m.d_ff, m.d_model)
-    flops = 2 * b * m.num_heads * length * length * m.d_kv
-    shape = f'[{b}, {length}, {m.num_heads}, {m.d_kv}] x 2'
-    rows.append((f'{stack} attention QK^T', shape, flops,
-                 lambda q, k: jnp.einsum('bqhd,bkhd->bhqk', q, k),
-                 ((b, length, m.num_heads, m.d_kv),) * 2))
-    rows.append((f'{stack} attention AV', f'[{b}, {m.num_heads}, {length}, {length}] x '
-                 f'[{b}, {length}, {m.num_heads}, {m.d_kv}]', flops,
-                 lambda w, v: jnp.einsum('bhqk,bkhd->bqhd', w, v),
-                 ((b, m.num_heads, length, length), (b, length, m.num_heads, m.d_kv))))
-  logit_tokens = b * (lengths['decoder'] or lengths['encoder'])
-  dense('logits', logit_tokens, m.d_model, m.vocab_size)
+  for path, shape in accounting.kernel_shapes(config):
+    contracted = 2 if path[-2] == 'out' and 'attention' in path[-3] else 1
+    k, n = math.prod(shape[:contracted]), math.prod(shape[contracted:])
+    t = tokens[accounting.stream_of(path)]
+    label = '/'.join(p for p in path[:-1] if not p.startswith('layers_'))
+    add(('dense', (t, k), (k, n)), label, f'[{t}, {k}] x [{k}, {n}]', 2 * t * k * n,
+        lambda x, w: x @ w)
+  if mcfg.tie_embeddings:
+    t, v, d = tokens['logits'], mcfg.vocab_size, mcfg.d_model
+    add(('tied', (t, d), (v, d)), 'logits through token_embedder (tied)',
+        f'[{t}, {d}] x [{v}, {d}]^T', 2 * t * d * v,
+        lambda x, e: jnp.einsum('td,vd->tv', x, e))
+  h, dk = mcfg.num_heads, mcfg.d_kv
+  attention = []
+  if family.has_encoder:
+    attention += [('encoder self-attention', lengths['encoder'], lengths['encoder'])] * \
+        mcfg.num_encoder_layers
+  if family.has_decoder:
+    attention += [('decoder self-attention', lengths['decoder'], lengths['decoder'])] * \
+        mcfg.num_decoder_layers
+    if family.has_encoder:
+      attention += [('decoder cross-attention', lengths['decoder'], lengths['encoder'])] * \
+          mcfg.num_decoder_layers
+  for label, q, kv in attention:
+    flops = 2 * b * h * q * kv * dk
+    add(('qk', (b, q, h, dk), (b, kv, h, dk)), f'{label} QK^T',
+        f'[{b}, {q}, {h}, {dk}] x [{b}, {kv}, {h}, {dk}]', flops,
+        lambda x, y: jnp.einsum('bqhd,bkhd->bhqk', x, y))
+    add(('av', (b, h, q, kv), (b, h, kv, dk)), f'{label} AV',
+        f'[{b}, {h}, {q}, {kv}] x [{b}, {h}, {kv}, {dk}]', flops,
+        lambda x, y: jnp.einsum('bhqk,bhkd->bhqd', x, y))
   out = []
-  for i, (name, shape, flops, fn, shapes) in enumerate(rows):
-    keys = jax.random.split(jax.random.PRNGKey(i), len(shapes))
-    args = [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
+  for i, (key, (names, shape, count, flops, fn)) in enumerate(groups.items()):
+    args = [jax.random.normal(k, s, jnp.float32)
+            for k, s in zip(jax.random.split(jax.random.PRNGKey(i), 2), key[1:])]
     seconds = _best_time(jax.jit(fn), args, repeats)
-    out.append(dict(name=name, shape=shape, flops=flops, flops_per_sec=flops / seconds))
+    out.append(dict(name=', '.join(names), shape=shape, count=count, flops=flops,
+                    flops_per_sec=flops / seconds))
   return out
+
+
+def matmul_ceiling(rows: list, peak: float) -> dict:
+  """What the step's matmuls alone would cost at the rates `matmul_rates` measured.
+
+  forward_s = sum(count * flops / rate); the train step's matmuls take ~3 x that (the
+  backward's dots assumed at their forward shapes' rates). ceiling_mfu = forward FLOPs /
+  forward_s / peak: the MFU of a step whose every other op (norms, softmax, activations,
+  loss, optimizer) took no time at all.
+  """
+  flops = sum(r['count'] * r['flops'] for r in rows)
+  forward_s = sum(r['count'] * r['flops'] / r['flops_per_sec'] for r in rows)
+  return dict(forward_flops=flops, forward_s=forward_s, train_s=3 * forward_s,
+              ceiling_mfu=flops / forward_s / peak)
 
 
 def paired_medians(fns: dict, rounds: int) -> dict:

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tiny_run import ROOT
 
 TINY = dict(d_model=32, d_ff=64, num_heads=2, d_kv=16, num_encoder_layers=1,
@@ -72,7 +74,7 @@ def test_bench_command_json():
   args = [f'--config.model.{k}={v}' for k, v in TINY.items()] + [
       '--config.data.inputs_length=32', '--config.data.targets_length=8',
       '--config.train.batch_size=2', '--steps=1', '--rounds=1', '--beam_size=2',
-      '--pipeline_seconds=0.2', '--noreference', '--peak_flops=1e9', '--json']
+      '--pipeline_seconds=0.2', '--noreference', '--peak_flops=1e9', '--matmuls', '--json']
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
   r = subprocess.run([sys.executable, '-m', 't5x_lite.bench', *args], cwd=ROOT,
                      capture_output=True, text=True, timeout=600, env=env)
@@ -81,6 +83,9 @@ def test_bench_command_json():
   assert out['peak_source'] == 'given' and out['peak_flops'] == 1e9
   assert out['hf_grad_step_ms'] is None and 'noreference' in out['notes']['hf']
   assert out['train_mfu'] > 0 and out['greedy_tokens_per_s'] > 0
+  ceiling = out['matmul_ceiling']
+  assert ceiling['forward_flops'] == sum(r['count'] * r['flops'] for r in out['matmuls'])
+  assert ceiling['ceiling_mfu'] == ceiling['forward_flops'] / ceiling['forward_s'] / 1e9
 
 
 def test_bench_decode_only_runs_just_the_decode_comparison():
@@ -98,19 +103,51 @@ def test_bench_decode_only_runs_just_the_decode_comparison():
   assert not any(k in out for k in ('peak_flops', 'train_step_ms', 'pipeline_positions_per_s'))
 
 
-def test_matmul_rates_time_each_kind_of_matmul_at_its_step_shape():
-  """`bench --matmuls`: one row per kind of matmul, with FLOPs from the config's dims."""
+def test_matmul_rates_cover_every_matmul_of_the_forward_pass_with_its_count():
+  """`bench --matmuls`: one row per distinct matmul shape, counted per forward pass, written
+  out here by hand from T5's architecture (gated MLP, untied logits, cross-attention)."""
   from t5x_lite import throughput
   cfg = _tiny_config()                         # batch 8, 32 inputs, 8 targets
-  rows = {r['name'].split(' (')[0]: r for r in throughput.matmul_rates(cfg, repeats=1)}
-  b, d, f, hk, v = 8, 32, 64, 2 * 16, cfg.model.vocab_size
-  want = {}
-  for stack, n in (('encoder', 32), ('decoder', 8)):
-    want.update({f'{stack} attention projection': 2 * b * n * d * hk,
-                 f'{stack} MLP in': 2 * b * n * d * f, f'{stack} MLP out': 2 * b * n * f * d,
-                 f'{stack} attention QK^T': 2 * b * n * n * hk,
-                 f'{stack} attention AV': 2 * b * n * n * hk})
-  want['logits'] = 2 * b * 8 * d * v
-  assert {k: r['flops'] for k, r in rows.items()} == want
-  assert all(r['flops_per_sec'] > 1e6 for r in rows.values())
-  assert rows['logits']['shape'] == f'[64, 32] x [32, {v}]'
+  cfg.model.update(dict(d_kv=8, num_encoder_layers=2, num_decoder_layers=1))
+  b, d, f, hk, h, dk, v = 8, 32, 64, 16, 2, 8, cfg.model.vocab_size
+  e, t = b * 32, b * 8                         # encoder and decoder tokens
+  got = {r['shape']: (r['count'], r['flops']) for r in throughput.matmul_rates(cfg, repeats=1)}
+  dense = lambda rows, k, n, count: (f'[{rows}, {k}] x [{k}, {n}]', (count, 2 * rows * k * n))
+  attn = lambda q, kv, count: [
+      (f'[{b}, {q}, {h}, {dk}] x [{b}, {kv}, {h}, {dk}]', (count, 2 * b * h * q * kv * dk)),
+      (f'[{b}, {h}, {q}, {kv}] x [{b}, {h}, {kv}, {dk}]', (count, 2 * b * h * q * kv * dk))]
+  want = dict([
+      dense(e, d, hk, 2 * 3 + 2),   # encoder q, k, v in 2 layers; cross-attention k, v
+      dense(e, hk, d, 2),           # encoder attention out
+      dense(e, d, f, 2 * 2), dense(e, f, d, 2),          # wi_0 and wi_1, wo
+      dense(t, d, hk, 3 + 1),       # decoder self-attention q, k, v; cross-attention q
+      dense(t, hk, d, 2),           # self- and cross-attention out
+      dense(t, d, f, 2), dense(t, f, d, 1),
+      dense(t, d, v, 1),            # logits
+      *attn(32, 32, 2), *attn(8, 8, 1), *attn(8, 32, 1)])
+  assert got == want
+
+
+@pytest.mark.parametrize('config_name', ['bert', 'gpt', 't5_decoder_only'])
+def test_matmul_rates_add_up_to_the_accounted_forward_flops(config_name):
+  """Every family (tied and untied logits, MLM transform, prefix LM): sum(count * flops) is
+  `accounting.FORMULA`'s forward FLOPs for the batch, so the ceiling leaves no matmul out."""
+  import importlib
+  from t5x_lite import accounting, throughput
+  cfg = importlib.import_module(f'configs.{config_name}').get_config()
+  cfg.model.update(dict(d_model=32, d_ff=48, num_heads=2, d_kv=8, vocab_size=300))
+  cfg.train.batch_size = 2
+  rows = throughput.matmul_rates(cfg, repeats=1)
+  want = accounting.flops_per_token(cfg)['per_example']['forward'] * 2
+  assert sum(r['count'] * r['flops'] for r in rows) == want
+  assert all(r['flops_per_sec'] > 1e6 for r in rows)
+
+
+def test_matmul_ceiling_is_the_flops_weighted_rate_over_the_peak():
+  from t5x_lite import throughput
+  rows = [dict(count=3, flops=2e9, flops_per_sec=1e11),    # 60 ms
+          dict(count=1, flops=4e9, flops_per_sec=2e10)]    # 200 ms
+  c = throughput.matmul_ceiling(rows, peak=1e11)
+  assert c['forward_flops'] == 10e9
+  assert abs(c['forward_s'] - 0.26) < 1e-12 and abs(c['train_s'] - 0.78) < 1e-12
+  assert abs(c['ceiling_mfu'] - 10e9 / 0.26 / 1e11) < 1e-12
