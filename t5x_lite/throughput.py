@@ -47,6 +47,11 @@ def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
   on the default device: the peak MFU is measured against where no peak is given. On CPU,
   the best over both dot emitters (`cli.CPU_DOT_EMITTERS`), so choosing one cannot raise
   MFU by lowering the peak."""
+  return max(2 * n ** 3 / _best_time(f, args, repeats) for f, args in _peak_matmuls(n))
+
+
+def _peak_matmuls(n: int) -> list:
+  """[(compiled [n, n] x [n, n] matmul, its arguments)], one per CPU dot emitter."""
   import jax
   import jax.numpy as jnp
   from t5x_lite import cli
@@ -55,27 +60,35 @@ def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
   options = [{}]
   if jax.default_backend() == 'cpu':
     options = [{cli.CPU_DOT_OPTION: v} for v in cli.CPU_DOT_EMITTERS.values()]
-  return max(2 * n ** 3 / _best_time(lowered.compile(compiler_options=o), (a, a), repeats)
-             for o in options)
+  return [(lowered.compile(compiler_options=o), (a, a)) for o in options]
 
 
 def _best_time(f, args, repeats: int) -> float:
+  return _best_times([(f, args)], repeats)[0]
+
+
+def _best_times(calls, repeats: int) -> list:
+  """Best of `repeats` seconds of each (f, args), called in turn each round (after one
+  untimed call each), so that a slow spell on a shared machine hits all of them alike."""
   import jax
-  jax.block_until_ready(f(*args))
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
+  for f, args in calls:
     jax.block_until_ready(f(*args))
-    best = min(best, time.perf_counter() - t0)
+  best = [float('inf')] * len(calls)
+  for _ in range(repeats):
+    for i, (f, args) in enumerate(calls):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(*args))
+      best[i] = min(best[i], time.perf_counter() - t0)
   return best
 
 
-def matmul_rates(config, repeats: int = 5) -> list:
+def matmul_rates(config, repeats: int = 10, peak_n: int = 1024) -> list:
   """Every matmul of the config's forward pass, each distinct shape timed alone (jitted,
   float32, best of `repeats`): where MFU is lost. Rows: {name, shape, count, flops,
-  flops_per_sec}; `flops` is one instance's 2 x (multiply-adds), `count` how many instances
-  one forward pass runs, so sum(count * flops) is `accounting.FORMULA`'s forward FLOPs for
-  the whole batch. Dense rows come from the parameter tree (each kernel over its stream's
+  flops_per_sec, peak_flops_per_sec}; `flops` is one instance's 2 x (multiply-adds), `count`
+  how many instances one forward pass runs, so sum(count * flops) is `accounting.FORMULA`'s
+  forward FLOPs for the whole batch. `peak_flops_per_sec` is `matmul_peak`'s [peak_n]^2
+  matmuls timed in alternation with the row's (a slow spell hits both), for the caller's peak. Dense rows come from the parameter tree (each kernel over its stream's
   tokens, `accounting.stream_of`; an attention output kernel contracts its heads x d_kv
   input); attention rows are QK^T and AV per attention layer, as the model writes them;
   the logits row uses the logits kernel or, tied, the token embedding."""
@@ -125,13 +138,14 @@ def matmul_rates(config, repeats: int = 5) -> list:
     add(('av', (b, h, q, kv), (b, h, kv, dk)), f'{label} AV',
         f'[{b}, {h}, {q}, {kv}] x [{b}, {h}, {kv}, {dk}]', flops,
         lambda x, y: jnp.einsum('bhqk,bhkd->bhqd', x, y))
-  out = []
+  peak_calls, out = _peak_matmuls(peak_n), []
   for i, (key, (names, shape, count, flops, fn)) in enumerate(groups.items()):
     args = [jax.random.normal(k, s, jnp.float32)
             for k, s in zip(jax.random.split(jax.random.PRNGKey(i), 2), key[1:])]
-    seconds = _best_time(jax.jit(fn), args, repeats)
+    seconds, *peak_seconds = _best_times([(jax.jit(fn), args)] + peak_calls, repeats)
     out.append(dict(name=', '.join(names), shape=shape, count=count, flops=flops,
-                    flops_per_sec=flops / seconds))
+                    flops_per_sec=flops / seconds,
+                    peak_flops_per_sec=2 * peak_n ** 3 / min(peak_seconds)))
   return out
 
 

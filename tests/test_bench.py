@@ -86,6 +86,7 @@ def test_bench_command_json():
   ceiling = out['matmul_ceiling']
   assert ceiling['forward_flops'] == sum(r['count'] * r['flops'] for r in out['matmuls'])
   assert ceiling['ceiling_mfu'] == ceiling['forward_flops'] / ceiling['forward_s'] / 1e9
+  assert all(r['of_peak'] == r['flops_per_sec'] / 1e9 for r in out['matmuls'])
 
 
 def test_bench_decode_only_runs_just_the_decode_comparison():
@@ -111,7 +112,8 @@ def test_matmul_rates_cover_every_matmul_of_the_forward_pass_with_its_count():
   cfg.model.update(dict(d_kv=8, num_encoder_layers=2, num_decoder_layers=1))
   b, d, f, hk, h, dk, v = 8, 32, 64, 16, 2, 8, cfg.model.vocab_size
   e, t = b * 32, b * 8                         # encoder and decoder tokens
-  got = {r['shape']: (r['count'], r['flops']) for r in throughput.matmul_rates(cfg, repeats=1)}
+  got = {r['shape']: (r['count'], r['flops'])
+         for r in throughput.matmul_rates(cfg, repeats=1, peak_n=128)}
   dense = lambda rows, k, n, count: (f'[{rows}, {k}] x [{k}, {n}]', (count, 2 * rows * k * n))
   attn = lambda q, kv, count: [
       (f'[{b}, {q}, {h}, {dk}] x [{b}, {kv}, {h}, {dk}]', (count, 2 * b * h * q * kv * dk)),
@@ -137,10 +139,10 @@ def test_matmul_rates_add_up_to_the_accounted_forward_flops(config_name):
   cfg = importlib.import_module(f'configs.{config_name}').get_config()
   cfg.model.update(dict(d_model=32, d_ff=48, num_heads=2, d_kv=8, vocab_size=300))
   cfg.train.batch_size = 2
-  rows = throughput.matmul_rates(cfg, repeats=1)
+  rows = throughput.matmul_rates(cfg, repeats=1, peak_n=128)
   want = accounting.flops_per_token(cfg)['per_example']['forward'] * 2
   assert sum(r['count'] * r['flops'] for r in rows) == want
-  assert all(r['flops_per_sec'] > 1e6 for r in rows)
+  assert all(r['flops_per_sec'] > 1e6 and r['peak_flops_per_sec'] > 1e6 for r in rows)
 
 
 def test_matmul_ceiling_is_the_flops_weighted_rate_over_the_peak():
@@ -151,3 +153,22 @@ def test_matmul_ceiling_is_the_flops_weighted_rate_over_the_peak():
   assert c['forward_flops'] == 10e9
   assert abs(c['forward_s'] - 0.26) < 1e-12 and abs(c['train_s'] - 0.78) < 1e-12
   assert abs(c['ceiling_mfu'] - 10e9 / 0.26 / 1e11) < 1e-12
+
+
+def test_bench_matmuls_peak_is_the_best_of_all_its_measurements_and_sets_the_ceiling(monkeypatch):
+  """With --matmuls the peak is also timed beside each matmul shape; a slower measurement
+  before and after the step (here 1 FLOP/s) must not be what MFU and the ceiling use."""
+  from t5x_lite import benchmark, throughput
+  monkeypatch.setattr(throughput, 'matmul_peak', lambda: 1.0)
+  real_rates = throughput.matmul_rates  # real timings, smaller peak matmuls (test time)
+  monkeypatch.setattr(throughput, 'matmul_rates',
+                      lambda config: real_rates(config, repeats=2, peak_n=256))
+  lines = []
+  out = benchmark.run(_tiny_config(), steps=1, train_only=True, matmuls=True,
+                      print_fn=lines.append)
+  rows = out['matmuls']
+  assert out['peak_flops'] == max(r['peak_flops_per_sec'] for r in rows) > 1.0
+  assert out['train_mfu'] == out['train_flops_per_s'] / out['devices'] / out['peak_flops']
+  c = out['matmul_ceiling']
+  assert c['ceiling_mfu'] == c['forward_flops'] / c['forward_s'] / out['peak_flops']
+  assert lines[-1].endswith(f'MFU would be {100 * c["ceiling_mfu"]:.1f}% (the ceiling)')
