@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU, under 5 minutes: train-step MFU of T5 v1.1 large in bfloat16 (inputs 512, targets
 # 114) with each attention implementation. MFU counts matmul FLOPs only (plan.py's formula)
-# against the GPU's dense bf16 peak from plan.PEAK_FLOPS (H100/H200: 989 TFLOP/s).
+# against the GPU's dense bf16 peak from accounting.PEAK_FLOPS (H100/H200: 989 TFLOP/s),
+# which bench uses for any device kind that table knows.
 #   launch/gpu_bench.sh [BATCH] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,10 @@
 r"""One benchmark run, printed side by side: what `python -m t5x_lite.bench` shows.
 
-1. peak: this machine's float32 matmul FLOP/s (`throughput.matmul_peak`, best of 10 jitted
-   1024 x 1024 matmuls, 2 n^3 FLOPs each, measured before and after the train step, best of
-   both; on CPU also best of both dot emitters, YNNPACK and XLA's) unless a peak is given.
+1. peak: `--peak_flops` if given; else a known accelerator's datasheet dense bf16 peak
+   (`accounting.PEAK_FLOPS`, as training's log uses); else (CPU, unknown devices) this
+   machine's float32 matmul FLOP/s (`throughput.matmul_peak`, best of 10 jitted 1024 x 1024
+   matmuls, 2 n^3 FLOPs each, measured before and after the train step, best of both; on CPU
+   also best of both dot emitters, YNNPACK and XLA's).
 2. train step: the full step (loss, gradients, optimizer update; `throughput.measure_train_step`
    on synthetic batches of the config's shapes): ms, tokens/s (every input + target position),
    MFU (`accounting.MFU_FORMULA`, FLOPs by `accounting.FORMULA`).
@@ -112,8 +114,15 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
 
   # Measured before and after the step, best of both: on a shared machine a slow spell during
   # one measurement would otherwise understate the peak and overstate MFU.
+  # A known accelerator is measured against its datasheet's dense bf16 peak (as training's
+  # log does), not a float32 matmul: MFU is a fraction of what the chip can do.
+  kind = jax.devices()[0].device_kind
+  datasheet = accounting.peak_flops_per_device(kind, 0.0)
   if peak_flops > 0:
     peak, r, source, how = peak_flops, throughput.measure_train_step(config, steps), 'given', ''
+  elif datasheet > 0:
+    peak, r, source = datasheet, throughput.measure_train_step(config, steps), 'datasheet'
+    how = f': dense bf16 peak of a {kind}, accounting.PEAK_FLOPS'
   else:
     before = throughput.matmul_peak()
     r = throughput.measure_train_step(config, steps)

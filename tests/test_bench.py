@@ -172,3 +172,19 @@ def test_bench_matmuls_peak_is_the_best_of_all_its_measurements_and_sets_the_cei
   c = out['matmul_ceiling']
   assert c['ceiling_mfu'] == c['forward_flops'] / c['forward_s'] / out['peak_flops']
   assert lines[-1].endswith(f'MFU would be {100 * c["ceiling_mfu"]:.1f}% (the ceiling)')
+
+
+def test_bench_uses_a_known_devices_datasheet_peak(monkeypatch):
+  """A device kind in `accounting.PEAK_FLOPS` (an H100 in the GPU benchmark) is measured
+  against its datasheet peak, not a float32 matmul: here the CPU pretends to be listed."""
+  from t5x_lite import accounting, benchmark, throughput
+
+  def no_matmul_peak():
+    raise AssertionError('a listed device must not measure a float32 matmul peak')
+  monkeypatch.setattr(throughput, 'matmul_peak', no_matmul_peak)
+  monkeypatch.setattr(accounting, 'PEAK_FLOPS', (('cpu', 2e12),))
+  lines = []
+  out = benchmark.run(_tiny_config(), steps=1, train_only=True, print_fn=lines.append)
+  assert out['peak_source'] == 'datasheet' and out['peak_flops'] == 2e12
+  assert out['train_mfu'] == out['train_flops_per_s'] / out['devices'] / 2e12
+  assert lines[0].startswith('peak: 2,000.0 GFLOP/s per device (datasheet: dense bf16 peak')
