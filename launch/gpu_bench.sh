@@ -3,16 +3,17 @@
 # 114) with each attention implementation. MFU counts matmul FLOPs only (plan.py's formula)
 # against the GPU's dense bf16 peak from accounting.PEAK_FLOPS (H100/H200: 989 TFLOP/s),
 # which bench uses for any device kind that table knows.
-#   launch/gpu_bench.sh [BATCH] [STEPS]
+#   launch/gpu_bench.sh [BATCH] [STEPS] [--config.x=v ...]   (extra flags go to each bench run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 batch=${1:-32}
 steps=${2:-10}
+shift $(( $# < 2 ? $# : 2 ))
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 for impl in cudnn xla folded einsum; do
   echo "== attention_impl=$impl"
   CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$python" -m t5x_lite.bench \
     --config=configs/t5_v1_1_bf16.py:large --config.model.attention_impl="$impl" \
-    --config.train.batch_size="$batch" --steps="$steps" --train_only || echo "attention_impl=$impl failed"
+    --config.train.batch_size="$batch" --steps="$steps" --train_only "$@" || echo "attention_impl=$impl failed"
 done

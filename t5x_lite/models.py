@@ -116,6 +116,9 @@ class ModelConfig:
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         fail(name, f'must be one of {", ".join(allowed)}')
+    if self.attention_impl == 'cudnn' and self.dtype != 'bfloat16':
+      fail('attention_impl', "'cudnn' needs dtype='bfloat16' (cuDNN's fused attention takes "
+           "16-bit inputs); 'auto' picks cuDNN where it applies")
     if not 0.0 <= self.dropout_rate < 1.0:
       fail('dropout_rate', 'must be in [0, 1)')
     if self.rescale_tied_logits and not self.tie_embeddings:

@@ -10,6 +10,10 @@ from t5x_lite import models, optim, partitioning
 def validate_config(config, num_devices: int) -> None:
   """Every check that needs no compilation; raises ValueError naming the field."""
   models.ModelConfig.from_config(config.model)
+  import jax
+  if config.model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+    raise ValueError(f"config.model.attention_impl='cudnn' needs a GPU; this run's devices are "
+                     f"{jax.default_backend()} (use auto, xla, folded or einsum).")
   optim.validate(config.optimizer)
   t = config.train
   for name in ('steps', 'batch_size', 'grad_accum_steps', 'log_every'):

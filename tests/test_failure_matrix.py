@@ -134,6 +134,10 @@ ROWS = {
     'model_family_unknown': (_train, ['--config.model.family=transformer'],
                              'config.model.family'),
     'model_vocab_too_small': (_train, ['--config.model.vocab_size=1000'], 'model.vocab_size'),
+    'attention_cudnn_float32': (_train, ['--config.model.attention_impl=cudnn'],
+                                'config.model.attention_impl'),
+    'attention_cudnn_without_gpu': (_train, ['--config.model.attention_impl=cudnn',
+                                             '--config.model.dtype=bfloat16'], 'needs a GPU'),
     'mesh_axis_unknown_in_rules': (_train, [], 'unknown mesh axis'),  # rules set below
     'mesh_does_not_fit_devices': (_train, ['--config.partitioning.mesh.data=3'], 'mesh'),
     'data_objective_wrong_family': (_train, ['--config.data.objective=mlm'], 'data.objective'),
