@@ -112,10 +112,10 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
             _reference_reason(config, reference), print_fn)
     return out
 
-  # Measured before and after the step, best of both: on a shared machine a slow spell during
-  # one measurement would otherwise understate the peak and overstate MFU.
   # A known accelerator is measured against its datasheet's dense bf16 peak (as training's
-  # log does), not a float32 matmul: MFU is a fraction of what the chip can do.
+  # log does), not a float32 matmul: MFU is a fraction of what the chip can do. Elsewhere the
+  # peak is measured before and after the step, best of both: on a shared machine a slow
+  # spell during one measurement would otherwise understate the peak and overstate MFU.
   kind = jax.devices()[0].device_kind
   datasheet = accounting.peak_flops_per_device(kind, 0.0)
   if peak_flops > 0:

@@ -87,11 +87,12 @@ def matmul_rates(config, repeats: int = 10, peak_n: int = 1024) -> list:
   float32, best of `repeats`): where MFU is lost. Rows: {name, shape, count, flops,
   flops_per_sec, peak_flops_per_sec}; `flops` is one instance's 2 x (multiply-adds), `count`
   how many instances one forward pass runs, so sum(count * flops) is `accounting.FORMULA`'s
-  forward FLOPs for the whole batch. `peak_flops_per_sec` is `matmul_peak`'s [peak_n]^2
-  matmuls timed in alternation with the row's (a slow spell hits both), for the caller's peak. Dense rows come from the parameter tree (each kernel over its stream's
-  tokens, `accounting.stream_of`; an attention output kernel contracts its heads x d_kv
-  input); attention rows are QK^T and AV per attention layer, as the model writes them;
-  the logits row uses the logits kernel or, tied, the token embedding."""
+  forward FLOPs for the whole batch. `peak_flops_per_sec`: `matmul_peak`'s [peak_n, peak_n]
+  matmuls timed in alternation with the row's (a slow spell hits both), for the caller's peak.
+  Dense rows come from the parameter tree (each kernel over its stream's tokens,
+  `accounting.stream_of`; an attention output kernel contracts its heads x d_kv input);
+  attention rows are QK^T and AV per attention layer, as the model writes them; the logits
+  row uses the logits kernel or, tied, the token embedding."""
   import jax
   import jax.numpy as jnp
   mcfg = models.ModelConfig.from_config(config.model)
