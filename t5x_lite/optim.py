@@ -112,10 +112,10 @@ def adafactor(learning_rate, weight_decay_rate=None) -> optax.GradientTransforma
   `safe_root_mean_squares` is written to be differentiable: a second pass over a selected
   copy), about 0.66 GB of the update's 3.08 GB at T5 v1.1 small 4+4; `scale_by_param_rms`
   below takes the same max(RMS, 1e-3) in one pass: 277 -> 225 ms per update, bit-identical.
-  `scale_by_factored_rms` below is optax's on CPU with its column means as matvecs.
   tests/test_training.py compares the whole chain with optax.adafactor over several steps.
   """
-  tx = [scale_by_factored_rms(decay_rate=0.8, min_dim_size_to_factor=128, epsilon=1e-30),
+  tx = [optax.scale_by_factored_rms(factored=True, decay_rate=0.8, step_offset=0,
+                                    min_dim_size_to_factor=128, epsilon=1e-30),
         optax.clip_by_block_rms(1.0),
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
         scale_by_param_rms(1e-3)]
@@ -123,73 +123,6 @@ def adafactor(learning_rate, weight_decay_rate=None) -> optax.GradientTransforma
     tx.append(optax.add_decayed_weights(weight_decay_rate))
   tx.append(optax.scale(-1))
   return optax.chain(*tx)
-
-
-def _mean(x, axis: int):
-  """jnp.mean(x, axis). On CPU, over any axis but the last, as a contraction with a ones
-  vector: XLA's CPU reduction (YNNPACK) reads down columns slowly, and the [512, 32128]
-  logits kernel's column mean of squared gradients took 180 ms single-threaded (97 ms with 2
-  threads) where the [512] x [512, 32128] matvec takes 32 ms (23 ms). Other backends reduce
-  as optax does. Same values up to float32 rounding of the sum order."""
-  if axis in (-1, x.ndim - 1) or jax.default_backend() != 'cpu':
-    return jnp.mean(x, axis=axis)
-  ones = jnp.ones((x.shape[axis],), x.dtype)
-  return jnp.tensordot(ones, x, axes=([0], [axis])) / x.shape[axis]
-
-
-def _factored_dims(shape, min_dim_size_to_factor: int):
-  """optax's rule: the (second largest, largest) dims when both are >= the minimum."""
-  if len(shape) < 2:
-    return None
-  order = sorted(range(len(shape)), key=lambda i: shape[i])  # stable, like np.argsort here
-  if shape[order[-2]] < min_dim_size_to_factor:
-    return None
-  return order[-2], order[-1]
-
-
-def scale_by_factored_rms(decay_rate: float = 0.8, min_dim_size_to_factor: int = 128,
-                          epsilon: float = 1e-30) -> optax.GradientTransformation:
-  """`optax.scale_by_factored_rms(factored=True, step_offset=0)` with its default decay
-  schedule (1 - t^-decay_rate at step t) and its state (`optax.FactoredState`: checkpoints of
-  either restore into the other), its means taken by `_mean`.
-
-  Factored rank >= 2 params keep a row statistic (mean of g^2 + eps over the largest dim)
-  and a column statistic (over the second largest) and scale g by
-  (row / mean(row))^-1/2 * col^-1/2; others keep v itself and scale by v^-1/2.
-  """
-  init = optax.scale_by_factored_rms(
-      factored=True, decay_rate=decay_rate, step_offset=0,
-      min_dim_size_to_factor=min_dim_size_to_factor, epsilon=epsilon).init
-
-  def update(grads, state, params=None):
-    if params is None:
-      raise ValueError('scale_by_factored_rms needs the params.')
-    decay = 1.0 - jnp.asarray(state.count + 1, jnp.float32) ** -decay_rate
-
-    def one(grad, v_row, v_col, v, param):
-      dtype, placeholder = param.dtype, jnp.zeros((1,), param.dtype)
-      grad_sqr = jnp.square(grad) + epsilon
-      dims = _factored_dims(param.shape, min_dim_size_to_factor)
-      if dims is None:
-        new_v = (decay * v + (1.0 - decay) * grad_sqr).astype(dtype)
-        return grad * new_v ** -0.5, placeholder, placeholder, new_v
-      d1, d0 = dims
-      new_v_row = (decay * v_row + (1.0 - decay) * _mean(grad_sqr, d0)).astype(dtype)
-      new_v_col = (decay * v_col + (1.0 - decay) * _mean(grad_sqr, d1)).astype(dtype)
-      reduced_d1 = d1 - 1 if d1 > d0 else d1
-      row_factor = (new_v_row / jnp.mean(new_v_row, axis=reduced_d1, keepdims=True)) ** -0.5
-      update = (grad * jnp.expand_dims(row_factor, axis=d0)
-                * jnp.expand_dims(new_v_col ** -0.5, axis=d1))
-      return update, new_v_row, new_v_col, placeholder
-
-    leaves, treedef = jax.tree.flatten(grads)
-    others = [treedef.flatten_up_to(t) for t in (state.v_row, state.v_col, state.v, params)]
-    out = [one(*args) for args in zip(leaves, *others)]
-    tree = lambda i: treedef.unflatten([o[i] for o in out])
-    return tree(0), optax.FactoredState(count=optax.safe_increment(state.count),
-                                        v_row=tree(1), v_col=tree(2), v=tree(3))
-
-  return optax.GradientTransformation(init, update)
 
 
 def scale_by_param_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:

@@ -47,7 +47,7 @@ def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
   on the default device: the peak MFU is measured against where no peak is given. On CPU,
   the best over both dot emitters (`cli.CPU_DOT_EMITTERS`), so choosing one cannot raise
   MFU by lowering the peak."""
-  return max(2 * n ** 3 / _best_time(f, args, repeats) for f, args in _peak_matmuls(n))
+  return 2 * n ** 3 / min(_best_times(_peak_matmuls(n), repeats))
 
 
 def _peak_matmuls(n: int) -> list:
@@ -61,10 +61,6 @@ def _peak_matmuls(n: int) -> list:
   if jax.default_backend() == 'cpu':
     options = [{cli.CPU_DOT_OPTION: v} for v in cli.CPU_DOT_EMITTERS.values()]
   return [(lowered.compile(compiler_options=o), (a, a)) for o in options]
-
-
-def _best_time(f, args, repeats: int) -> float:
-  return _best_times([(f, args)], repeats)[0]
 
 
 def _best_times(calls, repeats: int) -> list:

@@ -175,13 +175,12 @@ def test_adafactor_steps_match_reference_formula(name, shape):
 
 @pytest.mark.parametrize('weight_decay', [None, 0.1])
 def test_adafactor_equals_optax_adafactor_and_keeps_its_state_tree(weight_decay):
-  # optim.adafactor rebuilds optax.adafactor's chain with a one-pass parameter scale and
-  # CPU-friendly factored means; the updates must be optax's, also where the parameter
-  # scale's 1e-3 floor applies (RMS 1e-5), and the state the same pytree (checkpoints written
-  # by either restore).
+  # optim.adafactor rebuilds optax.adafactor's chain with a one-pass parameter scale; the
+  # updates must be optax's, also where the parameter scale's 1e-3 floor applies (RMS 1e-5),
+  # and the state the same pytree (checkpoints written by either restore).
   rng = np.random.RandomState(1)
   # 'big' / 'tall' / 'stacked' are factored, with the column or row mean over a leading or
-  # middle axis (a matvec on CPU, `optim._mean`, summed in another order: rtol 2e-6).
+  # middle axis.
   params = {'big': rng.normal(size=(128, 160)).astype(np.float32),
             'tall': rng.normal(size=(160, 128)).astype(np.float32),
             'stacked': rng.normal(size=(2, 128, 160)).astype(np.float32),
