@@ -36,7 +36,7 @@ def test_bench_prints_and_returns_every_figure_and_mfu_is_flops_over_time_over_p
       real_matmul_peak() * (1 + len(measured_peaks))) or measured_peaks[-1])
   cfg = _tiny_config()
   lines = []
-  out = benchmark.run(cfg, steps=1, rounds=1, beam_size=2, pipeline_seconds=0.2,
+  out = benchmark.run(cfg, steps=2, rounds=1, beam_size=2, pipeline_seconds=0.2,
                       print_fn=lines.append)
   text = '\n'.join(lines)
   for key in FIGURES:
@@ -55,6 +55,12 @@ def test_bench_prints_and_returns_every_figure_and_mfu_is_flops_over_time_over_p
   expected = (per_example * cfg.train.batch_size / (out['train_step_ms'] / 1e3)
               / (jax.device_count() * out['peak_flops']))
   assert abs(out['train_mfu'] - expected) <= 1e-9 * expected
+  # The fastest of the 2 timed steps, against the same peak.
+  assert out['train_steps_timed'] == 2 and out['train_step_fastest_ms'] <= out['train_step_ms']
+  fastest = expected * out['train_step_ms'] / out['train_step_fastest_ms']
+  assert abs(out['train_mfu_fastest_step'] - fastest) <= 1e-9 * fastest
+  assert (f'the fastest, {out["train_step_fastest_ms"]:,.1f} ms: MFU '
+          f'{100 * out["train_mfu_fastest_step"]:.1f}%') in text
   # The peak is the better of the measurements before and after the train step.
   assert len(measured_peaks) == 2 and out['peak_flops'] == measured_peaks[1]
   # Tokens/s counts every input and target position of a row.
@@ -62,6 +68,15 @@ def test_bench_prints_and_returns_every_figure_and_mfu_is_flops_over_time_over_p
   # Greedy ratio is ours / FlaxT5.
   assert abs(out['greedy_ratio_vs_hf'] - out['greedy_tokens_per_s'] /
              out['hf_greedy_tokens_per_s']) < 1e-9
+
+
+def test_measure_train_step_times_each_step():
+  from t5x_lite import throughput
+  r = throughput.measure_train_step(_tiny_config(), steps=3)
+  times = r['step_times']
+  assert len(times) == 3 and all(t > 0 for t in times)
+  assert r['step_time'] == sum(times) / 3 and r['fastest_step_time'] == min(times)
+  assert abs(r['examples_per_sec'] - 8 / r['step_time']) < 1e-9 * r['examples_per_sec']
 
 
 def test_measured_peak_is_a_real_matmul_rate():
