@@ -32,7 +32,10 @@ def main():
   import jax
   from t5x_lite import benchmark, validation
   config = FLAGS.config
-  validation.validate_config(config, jax.device_count())
+  # --train_only / --decode_only time synthetic batches: the data section is not read, and
+  # TensorFlow (which checking it imports) need not be installed, as on a bare GPU machine.
+  reads_data = not (FLAGS.train_only or FLAGS.decode_only)
+  validation.validate_config(config, jax.device_count(), data=reads_data)
   out = benchmark.run(
       config, steps=FLAGS.steps, rounds=FLAGS.rounds, decode_batch_size=FLAGS.decode_batch_size,
       decode_length=FLAGS.decode_length, beam_size=FLAGS.beam_size, peak_flops=FLAGS.peak_flops,

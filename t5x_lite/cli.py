@@ -262,7 +262,9 @@ CPU_DOTS_SETTING = f'{_CPU_DOTS_FLAG}={CPU_DOT_EMITTERS["xla"]}'
 def xla_cpu_dots_environ(environ) -> Optional[dict]:
   """The environment with XLA_FLAGS choosing XLA's own CPU dot emitter (Eigen) over YNNPACK
   for dots and convolutions, YNNPACK still taking reductions; None when XLA_FLAGS already
-  names the flag (the user's choice is kept).
+  names the flag (the user's choice is kept), or when JAX_PLATFORMS leaves the CPU out
+  (`launch/gpu_bench.sh`: no CPU backend to tune, and a CPU flag an accelerator machine's
+  jaxlib might not know would stop XLA at start-up).
 
   Why: jaxlib's default sends every dot on CPU to YNNPACK. On this project's x86 build
   machine (AVX-512) single-threaded, a [4096, 512] x [512, 384] projection ran 92 vs 53
@@ -275,7 +277,8 @@ def xla_cpu_dots_environ(environ) -> Optional[dict]:
   '--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE'
   """
   flags_now = environ.get('XLA_FLAGS', '')
-  if _CPU_DOTS_FLAG in flags_now:
+  platforms = [p.strip() for p in environ.get('JAX_PLATFORMS', '').split(',') if p.strip()]
+  if _CPU_DOTS_FLAG in flags_now or (platforms and 'cpu' not in platforms):
     return None
   env = dict(environ)
   env['XLA_FLAGS'] = f'{flags_now} {CPU_DOTS_SETTING}'.strip()

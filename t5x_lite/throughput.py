@@ -50,20 +50,21 @@ def measure_train_step(config, steps: int = 5) -> dict:
               formula=flops['formula'])
 
 
-def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
-  """FLOP/s of the best of `repeats` jitted float32 [n, n] x [n, n] matmuls (2 n^3 FLOPs each)
-  on the default device: the peak MFU is measured against where no peak is given. On CPU,
-  the best over both dot emitters (`cli.CPU_DOT_EMITTERS`), so choosing one cannot raise
-  MFU by lowering the peak."""
-  return 2 * n ** 3 / min(_best_times(_peak_matmuls(n), repeats))
+def matmul_peak(n: int = 1024, repeats: int = 10, dtype: str = 'float32') -> float:
+  """FLOP/s of the best of `repeats` jitted [n, n] x [n, n] matmuls (2 n^3 FLOPs each) in
+  `dtype` on the default device: the peak MFU is measured against where no peak is given
+  (float32, n=1024); on an accelerator `bench` also prints a bfloat16 n=8192 one beside the
+  datasheet's. On CPU, the best over both dot emitters (`cli.CPU_DOT_EMITTERS`), so choosing
+  one cannot raise MFU by lowering the peak."""
+  return 2 * n ** 3 / min(_best_times(_peak_matmuls(n, dtype), repeats))
 
 
-def _peak_matmuls(n: int) -> list:
+def _peak_matmuls(n: int, dtype: str = 'float32') -> list:
   """[(compiled [n, n] x [n, n] matmul, its arguments)], one per CPU dot emitter."""
   import jax
-  import jax.numpy as jnp
   from t5x_lite import cli
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  # Random, not zeros: some accelerators multiply zeros measurably faster.
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   lowered = jax.jit(lambda x, y: x @ y).lower(a, a)
   options = [{}]
   if jax.default_backend() == 'cpu':

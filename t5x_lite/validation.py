@@ -7,8 +7,12 @@ and the checks that span sections (batch vs. mesh, vocabulary vs. sentinels).
 from t5x_lite import models, optim, partitioning
 
 
-def validate_config(config, num_devices: int) -> None:
-  """Every check that needs no compilation; raises ValueError naming the field."""
+def validate_config(config, num_devices: int, data: bool = True) -> None:
+  """Every check that needs no compilation; raises ValueError naming the field.
+
+  `data=False` skips the data section (and the TensorFlow import its check needs), for runs
+  that read no data: `bench --train_only` / `--decode_only` time synthetic batches.
+  """
   models.ModelConfig.from_config(config.model)
   import jax
   if config.model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
@@ -51,6 +55,8 @@ def validate_config(config, num_devices: int) -> None:
     raise ValueError('config.train.loss_normalization_constant must be > 0.')
   partitioning.microbatch_rows_per_device(
       config, partitioning.mesh_shape(config.partitioning, num_devices))
+  if not data:
+    return
   # Data section against itself, the vocabulary (its size incl. sentinels must fit
   # config.model.vocab_size) and the model family.
   from t5x_lite.data import pipeline  # imports TensorFlow: only when validating a run

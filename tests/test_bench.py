@@ -81,8 +81,9 @@ def test_measure_train_step_times_each_step():
 
 def test_measured_peak_is_a_real_matmul_rate():
   from t5x_lite import throughput
-  peak = throughput.matmul_peak(n=256, repeats=3)
-  assert 1e8 < peak < 1e13  # between 0.1 GFLOP/s and 10 TFLOP/s on any CPU
+  for dtype in ('float32', 'bfloat16'):
+    peak = throughput.matmul_peak(n=256, repeats=3, dtype=dtype)
+    assert 1e8 < peak < 1e13  # between 0.1 GFLOP/s and 10 TFLOP/s on any CPU
 
 
 def test_bench_command_json():
@@ -194,12 +195,21 @@ def test_bench_uses_a_known_devices_datasheet_peak(monkeypatch):
   against its datasheet peak, not a float32 matmul: here the CPU pretends to be listed."""
   from t5x_lite import accounting, benchmark, throughput
 
-  def no_matmul_peak():
-    raise AssertionError('a listed device must not measure a float32 matmul peak')
-  monkeypatch.setattr(throughput, 'matmul_peak', no_matmul_peak)
+  asked = []
+
+  def bf16_matmul_only(n=1024, repeats=10, dtype='float32'):
+    asked.append((n, dtype))
+    if dtype != 'bfloat16':
+      raise AssertionError('a listed device must not measure a float32 matmul peak')
+    return 5e11  # the figure printed beside the datasheet's, as measured on the chip
+  monkeypatch.setattr(throughput, 'matmul_peak', bf16_matmul_only)
   monkeypatch.setattr(accounting, 'PEAK_FLOPS', (('cpu', 2e12),))
   lines = []
   out = benchmark.run(_tiny_config(), steps=1, train_only=True, print_fn=lines.append)
   assert out['peak_source'] == 'datasheet' and out['peak_flops'] == 2e12
   assert out['train_mfu'] == out['train_flops_per_s'] / out['devices'] / 2e12
   assert lines[0].startswith('peak: 2,000.0 GFLOP/s per device (datasheet: dense bf16 peak')
+  assert asked == [(8192, 'bfloat16')] and out['measured_bf16_matmul_flops'] == 5e11
+  assert lines[0].endswith('bfloat16 8192^3 matmuls: 0 TFLOP/s)')  # 0.5 TFLOP/s, rounded
+  assert out['train_mfu_of_measured_matmul'] == out['train_mfu'] * 4
+  assert f'matmul instead of the datasheet: MFU {400 * out["train_mfu"]:.1f}%' in lines[2]

@@ -47,3 +47,7 @@ def test_environ_keeps_other_flags_and_a_users_choice():
   assert env == {'XLA_FLAGS': f'--xla_dump_to=/tmp/x {cli.CPU_DOTS_SETTING}', 'HOME': '/h'}
   assert cli.xla_cpu_dots_environ({}) == {'XLA_FLAGS': cli.CPU_DOTS_SETTING}
   assert cli.xla_cpu_dots_environ({'XLA_FLAGS': YNN_DOTS}) is None
+  # No CPU backend asked for (launch/gpu_bench.sh): no CPU flag; CPU among others: set.
+  assert cli.xla_cpu_dots_environ({'JAX_PLATFORMS': 'cuda'}) is None
+  assert cli.xla_cpu_dots_environ({'JAX_PLATFORMS': 'cuda,cpu'}) == {
+      'JAX_PLATFORMS': 'cuda,cpu', 'XLA_FLAGS': cli.CPU_DOTS_SETTING}

@@ -1,6 +1,10 @@
 """Whole-config validation: one sentence naming the bad field, before anything compiles."""
+import subprocess
+import sys
+
 import pytest
 
+import tiny_run
 from configs import default
 from t5x_lite import validation
 
@@ -35,3 +39,19 @@ def test_rules_must_name_mesh_axes():
 
 def test_default_config_is_valid():
   validation.validate_config(default.get_config(), num_devices=1)
+
+
+def test_runs_that_read_no_data_skip_the_data_section_and_tensorflow():
+  """`bench --train_only` on a machine without TensorFlow (a bare GPU image): the data
+  section is neither checked nor is TensorFlow imported; the default still checks it."""
+  cfg = default.get_config()
+  cfg.data.objective = 'mlm'  # does not fit an encoder-decoder: caught only with data=True
+  validation.validate_config(cfg, num_devices=1, data=False)
+  with pytest.raises(ValueError, match="data.objective='mlm' does not fit"):
+    validation.validate_config(cfg, num_devices=1)
+  code = ('import sys; from configs import default; from t5x_lite import validation; '
+          'validation.validate_config(default.get_config(), 1, data=False); '
+          'print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       check=True, cwd=tiny_run.ROOT)
+  assert out.stdout.strip() == '[]', out.stdout
