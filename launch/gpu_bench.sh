@@ -3,8 +3,8 @@
 # 114) with each attention implementation. MFU counts matmul FLOPs only (plan.py's formula)
 # against the GPU's dense bf16 peak from accounting.PEAK_FLOPS (H100/H200: 989 TFLOP/s),
 # which bench uses for any device kind that table knows, and against a bf16 matmul it
-# measures there. Then tests/test_attention_gpu.py checks cuDNN and XLA attention on this GPU
-# against the float32 reference (where pytest is installed).
+# measures there. Then tests/test_attention_bf16.py checks cuDNN, XLA and folded attention in
+# bfloat16 on this GPU against the float32 reference (where pytest is installed).
 #   launch/gpu_bench.sh [BATCH] [STEPS] [--config.x=v ...]   (extra flags go to each bench run)
 # PYTHON picks the interpreter (default .venv/bin/python). No CPU backend is started
 # (JAX_PLATFORMS=cuda unless set), so no CPU-only XLA flag is set either.
@@ -24,7 +24,7 @@ for impl in cudnn xla folded einsum; do
     --config.train.batch_size="$batch" --steps="$steps" --train_only "$@" || echo "attention_impl=$impl failed"
 done
 if "$python" -c 'import pytest' 2>/dev/null; then
-  echo "== attention on this GPU vs the float32 reference (tests/test_attention_gpu.py)"
-  "$python" -m pytest -q -s -p no:cacheprovider tests/test_attention_gpu.py \
+  echo "== bfloat16 attention on this GPU vs the float32 reference (tests/test_attention_bf16.py)"
+  "$python" -m pytest -q -s -p no:cacheprovider tests/test_attention_bf16.py \
     | grep -E 'errors|logits|passed|failed|skipped|Error' || echo "attention tests failed"
 fi

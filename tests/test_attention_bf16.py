@@ -1,6 +1,7 @@
-"""Attention on a GPU: cuDNN flash attention (`attention_impl='cudnn'`, what 'auto' picks for
-bfloat16 there) and XLA's fused path, each in bfloat16, against the einsum path in
-float32 at full matmul precision.
+"""bfloat16 attention against the float32 reference: `xla` and `folded` everywhere, and cuDNN
+flash attention (`attention_impl='cudnn'`, what 'auto' picks for bfloat16 on a GPU) where a
+GPU is present, each in bfloat16, against the einsum path in float32 at full matmul
+precision.
 
 - The attention op alone (`layers.dot_product_attention` with the stack's folded mask and
   bias, as the models call it): bfloat16 inputs, so the float32 reference sees exactly the
@@ -11,14 +12,14 @@ float32 at full matmul precision.
   table (the bias gradient) included, on padded, packed and prefix-LM batches.
 
 Tolerance: no bfloat16 implementation matches float32 closely, so each must be as close to the
-reference as the einsum path in bfloat16 is (the implementation every CPU test pins): within
-2x plus 1e-3 of relative error norm (||got - ref|| / ||ref||) for the op; for whole models,
-whose every projection and norm rounds to bfloat16 too, 3x plus 5e-3. A wrong mask, a lost
-bias or a wrong bias gradient is off by 0.1 or more.
+reference as the einsum path in bfloat16 is (the implementation the float32 equality tests
+compare against): within 2x plus 1e-3 of relative error norm (||got - ref|| / ||ref||) for
+the op; for whole models, whose every projection and norm rounds to bfloat16 too, 3x plus
+5e-3. A wrong mask, a lost bias or a wrong bias gradient is off by 0.1 or more; so was
+`folded` once, by 2-4x on the query and key gradients, while it divided in bfloat16.
 
-Needs a GPU: skipped elsewhere (`pytest -ra` lists the skip; the CPU equality tests are
-tests/test_attention.py). `launch/gpu_bench.sh` runs this file after its timings; all passed
-on an H200 (jax 0.11.2).
+The cuDNN cases are skipped without a GPU (`pytest -ra` lists them); `launch/gpu_bench.sh`
+runs this file after its timings, and every case passed on an H200 (jax 0.11.2).
 """
 import functools
 
@@ -31,8 +32,8 @@ from test_models import (decoder_batch, make_examples, pack_and_pad, random_para
                          tiny_config)
 from t5x_lite import families, layers, models
 
-pytestmark = pytest.mark.skipif(jax.default_backend() != 'gpu',
-                                reason='needs a GPU (cuDNN flash attention)')
+needs_gpu = pytest.mark.skipif(jax.default_backend() != 'gpu',
+                               reason='needs a GPU (cuDNN flash attention)')
 
 # cuDNN takes head dims that are multiples of 8 up to 256, and (with a bias, in training) even
 # sequence lengths: every batch below has even lengths.
@@ -70,10 +71,7 @@ def relative_error(got, ref, scale=None):
   return float(np.linalg.norm(got - ref) / (np.linalg.norm(ref) if scale is None else scale))
 
 
-# 'folded' (the CPU float32 default) is left out: in bfloat16 its query and key gradients are
-# 2-4x further from float32 than einsum's (measured on CPU), as it rounds the unnormalised
-# softmax before the value matmul; gpu_bench.sh still times it.
-IMPLS = ['cudnn', 'xla']
+IMPLS = ['xla', 'folded', pytest.param('cudnn', marks=needs_gpu)]
 
 
 # ------------------------------------------------------------------------ the op alone
@@ -168,6 +166,7 @@ def test_bfloat16_model_is_as_close_to_float32_as_einsum(name, kind, impl):
     assert any('relpos_bias' in path for path in got_grads), sorted(got_grads)
 
 
+@needs_gpu
 def test_auto_picks_cudnn_for_bfloat16_training_on_a_gpu():
   assert layers.resolve_attention_impl('auto', jnp.bfloat16, False, False) == 'cudnn'
   assert layers.resolve_attention_impl('auto', jnp.float32, False, False) == 'xla'
