@@ -124,7 +124,7 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
   elif datasheet > 0:
     peak, r, source = datasheet, throughput.measure_train_step(config, steps), 'datasheet'
     # What this chip's matmul unit reaches here, beside the datasheet: MFU against it says
-    # how much of the attainable the step gets (an H200 of ours: ~790 of 989 TFLOP/s).
+    # how much of the attainable the step gets (an H200: 617-702 of 989 TFLOP/s, README).
     out['measured_bf16_matmul_flops'] = throughput.matmul_peak(8192, dtype='bfloat16')
     how = (f': dense bf16 peak of a {kind}, accounting.PEAK_FLOPS; measured here, best of 10 '
            f'bfloat16 8192^3 matmuls: {out["measured_bf16_matmul_flops"] / 1e12:,.0f} TFLOP/s')
