@@ -1,6 +1,7 @@
 """Where an accelerator's train step goes: GPU kernel time per step by kind, and the top kernels.
 
     JAX_PLATFORMS=cuda python launch/gpu_profile.py [--size=large] [--impl=cudnn] [--batch=32]
+        [--set model.remat=dots --set model.scan_layers=False ...]
 
 Runs the bfloat16 T5 v1.1 config (configs/t5_v1_1_bf16.py, inputs 512, targets 114) for 3
 warm-up steps, times 3, then traces 2 under `jax.profiler` (a Perfetto trace, read back
@@ -50,18 +51,43 @@ def gpu_kernel_times(trace_dir: str, steps: int):
   return {k: (v, count[k] / steps) for k, v in total.items()}
 
 
+def apply_override(cfg, setting: str) -> None:
+  """'model.remat=dots' -> cfg.model.remat = 'dots', the value parsed as a Python literal
+  where it is one (False, 64, 1e-3) and kept as a string otherwise."""
+  import ast
+  path, sep, text = setting.partition('=')
+  section, _, field = path.partition('.')
+  if not sep or not field or section not in cfg or field not in cfg[section]:
+    raise SystemExit(f'gpu_profile: error: --set {setting!r}: expected SECTION.FIELD=VALUE '
+                     'naming an existing config field.')
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  cfg[section][field] = value
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--size', default='large')
   parser.add_argument('--impl', default='cudnn', help='model.attention_impl')
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--top', type=int, default=30)
+  parser.add_argument('--set', action='append', default=[], metavar='SECTION.FIELD=VALUE',
+                      help='config override, e.g. model.remat=dots (repeatable)')
   args = parser.parse_args()
   import jax
   from configs import t5_v1_1_bf16
   from t5x_lite import families, partitioning, trainer as trainer_lib
   cfg = t5_v1_1_bf16.get_config(args.size)
   cfg.model.attention_impl, cfg.train.batch_size = args.impl, args.batch
+  for setting in args.set:
+    apply_override(cfg, setting)
+  from t5x_lite import validation
+  try:
+    validation.validate_config(cfg, jax.device_count(), data=False)
+  except ValueError as e:
+    raise SystemExit(f'gpu_profile: error: {e}') from None
   trainer = trainer_lib.Trainer(cfg, partitioning.create_mesh(cfg.partitioning))
   state = trainer.init_state(0)
   batch = trainer.shard_batch(families.synthetic_batch(cfg, args.batch))

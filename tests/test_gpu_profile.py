@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 from tiny_run import ROOT
 
 spec = importlib.util.spec_from_file_location(
@@ -38,3 +40,15 @@ def test_gpu_kernel_times_reads_gpu_streams_per_step(tmp_path):
     json.dump({'traceEvents': events}, f)
   times = gpu_profile.gpu_kernel_times(str(tmp_path), steps=2)
   assert times == {'nvjet_gemm': (2.0, 1.0), 'memcpy128': (0.25, 0.5)}
+
+
+def test_overrides_set_existing_fields_and_name_a_bad_one():
+  from configs import t5_v1_1_bf16
+  cfg = t5_v1_1_bf16.get_config('large')
+  gpu_profile.apply_override(cfg, 'model.remat=dots')
+  gpu_profile.apply_override(cfg, 'model.scan_layers=False')
+  gpu_profile.apply_override(cfg, 'train.batch_size=64')
+  assert (cfg.model.remat, cfg.model.scan_layers, cfg.train.batch_size) == ('dots', False, 64)
+  for bad in ('model.no_such_field=1', 'model.remat', 'remat=dots'):
+    with pytest.raises(SystemExit, match='expected SECTION.FIELD=VALUE'):
+      gpu_profile.apply_override(cfg, bad)
