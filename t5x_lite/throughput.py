@@ -24,19 +24,12 @@ def measure_train_step(config, steps: int = 5) -> dict:
   `matmul_peak`'s best of n. Rates (tokens/s, FLOP/s) are from the mean.
   """
   import jax
-  from t5x_lite import partitioning, trainer as trainer_lib
-  mesh = partitioning.create_mesh(config.partitioning)
-  trainer = trainer_lib.Trainer(config, mesh)
-  state = trainer.init_state(config.train.seed)
-  batch = trainer.shard_batch(families.synthetic_batch(config, config.train.batch_size))
-  rng = jax.random.PRNGKey(0)
-  state, m = trainer.train_step(state, batch, rng)  # compile + warm-up
-  jax.block_until_ready(m)
+  step = train_step_runner(config)
+  step()  # compile + warm-up
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    state, m = trainer.train_step(state, batch, rng)
-    jax.block_until_ready(m)
+    step()
     times.append(time.perf_counter() - start)
   step_time = sum(times) / steps
   flops = accounting.flops_per_token(config)
@@ -48,6 +41,22 @@ def measure_train_step(config, steps: int = 5) -> dict:
               flops_per_sec=flops['per_example']['train'] * examples_per_sec,
               devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
               formula=flops['formula'])
+
+
+def train_step_runner(config):
+  """A function that runs one train step of `config` on a synthetic batch and waits for it
+  (the state carried from call to call, as in training). The first call compiles."""
+  import jax
+  from t5x_lite import partitioning, trainer as trainer_lib
+  trainer = trainer_lib.Trainer(config, partitioning.create_mesh(config.partitioning))
+  carried = {'state': trainer.init_state(config.train.seed)}
+  batch = trainer.shard_batch(families.synthetic_batch(config, config.train.batch_size))
+  rng = jax.random.PRNGKey(0)
+
+  def step():
+    carried['state'], metrics = trainer.train_step(carried['state'], batch, rng)
+    jax.block_until_ready(metrics)
+  return step
 
 
 def matmul_peak(n: int = 1024, repeats: int = 10, dtype: str = 'float32') -> float:

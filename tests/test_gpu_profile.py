@@ -3,8 +3,8 @@ import gzip
 import importlib.util
 import json
 import os
-
-import pytest
+import subprocess
+import sys
 
 from tiny_run import ROOT
 
@@ -42,13 +42,20 @@ def test_gpu_kernel_times_reads_gpu_streams_per_step(tmp_path):
   assert times == {'nvjet_gemm': (2.0, 1.0), 'memcpy128': (0.25, 0.5)}
 
 
-def test_overrides_set_existing_fields_and_name_a_bad_one():
-  from configs import t5_v1_1_bf16
-  cfg = t5_v1_1_bf16.get_config('large')
-  gpu_profile.apply_override(cfg, 'model.remat=dots')
-  gpu_profile.apply_override(cfg, 'model.scan_layers=False')
-  gpu_profile.apply_override(cfg, 'train.batch_size=64')
-  assert (cfg.model.remat, cfg.model.scan_layers, cfg.train.batch_size) == ('dots', False, 64)
-  for bad in ('model.no_such_field=1', 'model.remat', 'remat=dots'):
-    with pytest.raises(SystemExit, match='expected SECTION.FIELD=VALUE'):
-      gpu_profile.apply_override(cfg, bad)
+
+def test_command_names_a_bad_config_and_a_trace_without_gpu_kernels():
+  """The `cli.run` error contract: one line, exit 1 (here, on a CPU, the trace holds no GPU
+  kernels; before that, a bad --config override is named)."""
+  tiny = ['--config.model.num_encoder_layers=1', '--config.model.num_decoder_layers=1',
+          '--config.model.d_model=32', '--config.model.d_ff=64', '--config.model.num_heads=2',
+          '--config.model.vocab_size=512', '--config.data.inputs_length=16',
+          '--config.data.targets_length=8', '--config.train.batch_size=2',
+          '--config.model.attention_impl=xla']
+  script = os.path.join(ROOT, 'launch', 'gpu_profile.py')
+  for extra, message in ((['--config.model.no_such_field=1'], 'no_such_field'),
+                         ([], 'no GPU kernel in the trace (cpu backend)')):
+    out = subprocess.run([sys.executable, script] + tiny + extra, capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    assert out.returncode == 1, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith('gpu_profile: error:') and message in last, last
