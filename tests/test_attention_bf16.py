@@ -41,8 +41,12 @@ MODEL = dict(d_kv=64, num_heads=4)
 
 
 def batch_for(name, kind):
-  if kind == 'padded':  # rows of 24, 17, 9 and 24 encoder tokens
-    return decoder_batch(np.random.default_rng(3), 4, 16, encoder_lengths=(24, 17, 9, 24))
+  if kind == 'padded':  # rows of 24, 17, 9 and 24 encoder tokens, 16, 16, 11, 5 targets
+    batch = decoder_batch(np.random.default_rng(3), 4, 16, encoder_lengths=(24, 17, 9, 24))
+    for row, n in ((2, 11), (3, 5)):  # trailing padding on the decoder side too
+      batch['decoder_target_tokens'][row, n:] = 0
+      batch['decoder_input_tokens'][row, n + 1:] = 0
+    return batch
   packed, _, _ = pack_and_pad(*make_examples(name, np.random.default_rng(1)))
   return packed
 
