@@ -17,11 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_lite import cpu_attention
+
 Array = jax.Array
 DType = Any
 Initializer = Callable[..., Array]
 
-NEG_INF = -1e10  # large but finite: fully masked rows (padding) give a uniform softmax, not NaN
+# -1e10: large but finite, so fully masked rows (padding) give a uniform softmax, not NaN.
+NEG_INF = cpu_attention.NEG_INF
 
 
 def constrain(x: Array, logical_axes: Sequence[Optional[str]]) -> Array:
@@ -238,18 +241,23 @@ def attention_mask(query_valid: Array, key_valid: Array,
 # logits -> bias -> mask -> softmax path, kept as the fallback for attention dropout
 # (dot_product_attention has none) and as the reference the equality tests compare against.
 # 'folded' is the same einsum path with the mask folded into the bias once per stack (as
-# FlaxT5 does) and the softmax normalised after the value matmul: on CPU it moves the fewest bytes (XLA cost analysis, T5 v1.1 small grad step:
-# folded < xla (whose vmap adds a transpose and a second divide per layer) < einsum (a select
-# per layer, forward and backward)), so 'auto' picks it there.
-ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum', 'folded')
+# FlaxT5 does) and the softmax normalised after the value matmul: of the whole-batch paths it
+# moves the fewest bytes on CPU (XLA cost analysis, T5 v1.1 small grad step: folded < xla
+# (whose vmap adds a transpose and a second divide per layer) < einsum (a select per layer,
+# forward and backward)). 'rowwise' (cpu_attention.py) walks the batch one row at a time with
+# a recomputing backward: on one CPU device 'auto' picks it; on a CPU mesh and for decoding
+# (one-token queries), 'folded'.
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum', 'folded', 'rowwise')
 
 
 def resolve_attention_impl(impl: str, dtype, dropout_active: bool, decode: bool) -> str:
   """The implementation one attention call uses.
 
   'auto': cuDNN flash attention on a GPU for 16-bit activations outside decoding (cuDNN
-  takes neither float32 nor single-token queries well), 'folded' on CPU, XLA's fused path
-  elsewhere. Any implementation falls back to 'einsum' when attention dropout is active.
+  takes neither float32 nor single-token queries well); on CPU 'rowwise' (a scan over the
+  batch rows) when the active mesh has at most one device and the call is not decoding,
+  else 'folded' (a scan over a batch split across devices would gather it); XLA's fused
+  path elsewhere. Any implementation falls back to 'einsum' when attention dropout is active.
   """
   if dropout_active:
     return 'einsum'
@@ -257,7 +265,8 @@ def resolve_attention_impl(impl: str, dtype, dropout_active: bool, decode: bool)
     backend = jax.default_backend()
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if backend == 'cpu':
-      return 'folded'
+      one_device = jax.sharding.get_abstract_mesh().size <= 1
+      return 'rowwise' if one_device and not decode else 'folded'
     return 'cudnn' if backend == 'gpu' and half and not decode else 'xla'
   return impl
 
@@ -269,9 +278,10 @@ def stack_attention_inputs(mask: Optional[Array], bias: Optional[Array], impl: s
   xla / cudnn / folded: the boolean mask is folded into one additive bias here, once, instead of a
   [batch, heads, q, k] select in every layer (cuDNN would fold it per call anyway, in the
   activation dtype). Rows with no allowed key (padding queries) then get arbitrary outputs,
-  which nothing reads. 'einsum' keeps mask and bias apart: it is the reference.
+  which nothing reads. 'einsum' keeps mask and bias apart: it is the reference; 'rowwise'
+  applies them per batch row, where they are cheap, and the bias gradient stays [1, h, q, k].
   """
-  if impl == 'einsum' or mask is None:
+  if impl in ('einsum', 'rowwise') or mask is None:
     return bias, mask
   bias_dtype = jnp.float32 if impl in ('xla', 'folded') else dtype
   neg = (NEG_INF if impl in ('xla', 'folded') else
@@ -324,6 +334,8 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Optional
   `bias` broadcasts to [b, h, q, k] (T5's relative position bias, added at scale 1.0);
   `mask` is boolean [b or 1, 1, q, k]. `impl` is a resolved name (not 'auto').
   """
+  if impl == 'rowwise':
+    return cpu_attention.attention(query, key, value, bias, mask, scale)
   if impl in ('xla', 'cudnn'):
     return jax.nn.dot_product_attention(
         query, key, value, bias=bias if bias is None else bias.astype(

@@ -68,7 +68,8 @@ class ModelConfig:
   dtype: str = 'float32'            # activation dtype; params, norms and logits stay float32
   scan_layers: bool = False
   remat: str = 'none'               # none | full | dots | dots_no_batch (jax.checkpoint policies)
-  # auto (cuDNN on a GPU in 16-bit, folded on CPU, else xla) | xla | cudnn | folded | einsum
+  # auto (cuDNN on a GPU in 16-bit; on CPU rowwise on one device, folded on a mesh or when
+  # decoding; else xla) | xla | cudnn | folded | rowwise | einsum
   attention_impl: str = 'auto'
 
   @classmethod

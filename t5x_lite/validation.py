@@ -17,7 +17,7 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
   import jax
   if config.model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise ValueError(f"config.model.attention_impl='cudnn' needs a GPU; this run's devices are "
-                     f"{jax.default_backend()} (use auto, xla, folded or einsum).")
+                     f"{jax.default_backend()} (use auto, xla, folded, rowwise or einsum).")
   optim.validate(config.optimizer)
   t = config.train
   for name in ('steps', 'batch_size', 'grad_accum_steps', 'log_every'):

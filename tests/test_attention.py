@@ -1,6 +1,7 @@
-"""Attention implementations agree: `xla` (jax.nn.dot_product_attention) and `folded` (einsum
-with the mask folded into the bias once per stack) vs `einsum` (the explicit logits -> bias
--> mask -> softmax path), on CPU float32.
+"""Attention implementations agree: `xla` (jax.nn.dot_product_attention), `folded` (einsum
+with the mask folded into the bias once per stack) and `rowwise` (cpu_attention.py: a scan
+over batch rows with a recomputing custom VJP) vs `einsum` (the explicit logits -> bias ->
+mask -> softmax path), on CPU float32.
 
 - forward logits, packed rows (segment masks) and a prefix-LM batch;
 - gradients of every parameter, the relative-position table (the bias gradient) included;
@@ -56,7 +57,7 @@ CASES = [('t5', 'packed'), ('t5', 'padded'), ('bert', 'packed'), ('gpt', 'packed
          ('bert', 'trailing'), ('gpt', 'trailing'), ('t5_decoder', 'trailing')]
 
 
-@pytest.mark.parametrize('impl', ['xla', 'folded'])
+@pytest.mark.parametrize('impl', ['xla', 'folded', 'rowwise'])
 @pytest.mark.parametrize('name,kind', CASES)
 def test_forward_equals_einsum(name, kind, impl):
   params, batch = params_for(name), batch_for(name, kind)
@@ -79,7 +80,7 @@ def grads(name, params, batch, impl):
   return jax.jit(jax.grad(loss))(params)
 
 
-@pytest.mark.parametrize('impl', ['xla', 'folded'])
+@pytest.mark.parametrize('impl', ['xla', 'folded', 'rowwise'])
 @pytest.mark.parametrize('name,kind', [('t5', 'packed'), ('t5_decoder', 'prefix'),
                                        ('t5', 'trailing'), ('gpt', 'trailing')])
 def test_gradients_equal_einsum_including_bias_table(name, kind, impl):
@@ -94,7 +95,7 @@ def test_gradients_equal_einsum_including_bias_table(name, kind, impl):
     assert np.abs(table).max() > 1e-3  # the bias gradient is really there
 
 
-@pytest.mark.parametrize('impl', ['xla', 'folded'])
+@pytest.mark.parametrize('impl', ['xla', 'folded', 'rowwise'])
 @pytest.mark.parametrize('name,prefill', [('t5', 3), ('gpt', 0)])
 def test_kv_cache_decoding_equals_einsum_forward(name, prefill, impl):
   full = standard_batch(name)
@@ -162,7 +163,10 @@ def test_folded_mask_bias_equals_separate_mask_and_bias():
 
 
 @pytest.mark.parametrize('impl,dtype,dropout,decode,backend,expected', [
-    ('auto', jnp.float32, False, False, 'cpu', 'folded'),
+    ('auto', jnp.float32, False, False, 'cpu', 'rowwise'),
+    ('auto', jnp.bfloat16, False, False, 'cpu', 'rowwise'),
+    ('auto', jnp.float32, False, True, 'cpu', 'folded'),
+    ('rowwise', jnp.float32, True, False, 'cpu', 'einsum'),
     ('auto', jnp.float32, False, False, 'tpu', 'xla'),
     ('auto', jnp.bfloat16, False, False, 'gpu', 'cudnn'),
     ('auto', jnp.float32, False, False, 'gpu', 'xla'),
@@ -175,6 +179,52 @@ def test_resolve_attention_impl(monkeypatch, impl, dtype, dropout, decode, backe
   assert layers.resolve_attention_impl(impl, dtype, dropout, decode) == expected
 
 
+def test_auto_on_a_cpu_mesh_of_several_devices_is_folded():
+  """'rowwise' scans the batch rows: on a mesh that splits the batch, 'auto' avoids it."""
+  with jax.set_mesh(jax.make_mesh((2,), ('data',))):
+    assert layers.resolve_attention_impl('auto', jnp.float32, False, False) == 'folded'
+  with jax.set_mesh(jax.make_mesh((1,), ('data',))):
+    assert layers.resolve_attention_impl('auto', jnp.float32, False, False) == 'rowwise'
+
+
 def test_unknown_attention_impl_is_named():
   with pytest.raises(ValueError, match='config.model.attention_impl'):
     models.build(tiny_config('t5', attention_impl='flash'))
+
+
+@pytest.mark.parametrize('bias_rows,mask_kind,batch', [
+    (1, 'keys', 3), (3, 'keys', 3), (1, 'causal', 3), (None, 'per_query', 3), (1, None, 1)])
+def test_rowwise_op_equals_einsum_forward_and_gradients(bias_rows, mask_kind, batch):
+  """cpu_attention.attention against the einsum path at the op: a bias shared by the batch
+  (gradient summed over rows) or one per row, key-padding, causal or per-query masks, one
+  row; output, dQ, dK, dV and dbias on every query that has a key to attend to."""
+  rng = np.random.default_rng(3)
+  q_len, k_len, h, d = 5, 7, 2, 4
+  query = jnp.asarray(rng.normal(size=(batch, q_len, h, d)), jnp.float32)
+  key, value = (jnp.asarray(rng.normal(size=(batch, k_len, h, d)), jnp.float32)
+                for _ in range(2))
+  bias = (None if bias_rows is None else
+          jnp.asarray(rng.normal(size=(bias_rows, h, q_len, k_len)), jnp.float32))
+  key_valid = jnp.asarray(np.arange(k_len)[None] < np.array([7, 4, 2])[:batch, None])
+  mask = {'keys': key_valid[:, None, None, :],
+          'causal': (np.arange(q_len)[:, None] + 2 >= np.arange(k_len)[None])[None, None],
+          'per_query': jnp.asarray(rng.random((batch, 1, q_len, k_len)) < 0.7),
+          None: None}[mask_kind]
+  readout = jnp.asarray(rng.normal(size=query.shape), jnp.float32)
+  rows = (np.ones((batch, q_len), bool) if mask is None else
+          np.asarray(jnp.broadcast_to(mask, (batch, 1, q_len, k_len)).any(-1)[:, 0]))
+
+  def loss(impl, *args):
+    out = layers.dot_product_attention(*args, mask, scale=0.5, impl=impl)
+    return jnp.sum(jnp.tanh(out) * readout * rows[..., None, None]), out
+
+  argnums = (0, 1, 2) + ((3,) if bias is not None else ())
+  (_, expected), grads_expected = jax.value_and_grad(
+      lambda *a: loss('einsum', *a), argnums, has_aux=True)(query, key, value, bias)
+  (_, got), grads_got = jax.jit(jax.value_and_grad(
+      lambda *a: loss('rowwise', *a), argnums, has_aux=True))(query, key, value, bias)
+  np.testing.assert_allclose(np.asarray(got)[rows], np.asarray(expected)[rows], atol=ATOL)
+  for g, e in zip(grads_got, grads_expected):
+    assert g.shape == e.shape
+    np.testing.assert_allclose(g, e, atol=ATOL)
+  assert np.abs(np.asarray(grads_expected[-1])).max() > 1e-2  # gradients are not trivially 0

@@ -1,7 +1,7 @@
-"""bfloat16 attention against the float32 reference: `xla` and `folded` everywhere, and cuDNN
-flash attention (`attention_impl='cudnn'`, what 'auto' picks for bfloat16 on a GPU) where a
-GPU is present, each in bfloat16, against the einsum path in float32 at full matmul
-precision.
+"""bfloat16 attention against the float32 reference: `xla`, `folded` and `rowwise`
+everywhere, and cuDNN flash attention (`attention_impl='cudnn'`, what 'auto' picks for
+bfloat16 on a GPU) where a GPU is present, each in bfloat16, against the einsum path in
+float32 at full matmul precision.
 
 - The attention op alone (`layers.dot_product_attention` with the stack's folded mask and
   bias, as the models call it): bfloat16 inputs, so the float32 reference sees exactly the
@@ -75,7 +75,7 @@ def relative_error(got, ref, scale=None):
   return float(np.linalg.norm(got - ref) / (np.linalg.norm(ref) if scale is None else scale))
 
 
-IMPLS = ['xla', 'folded', pytest.param('cudnn', marks=needs_gpu)]
+IMPLS = ['xla', 'folded', 'rowwise', pytest.param('cudnn', marks=needs_gpu)]
 
 
 # ------------------------------------------------------------------------ the op alone
