@@ -21,6 +21,7 @@ devices (GSPMD would gather it): 'auto' picks this only when the active mesh has
 Fully masked query rows (padding) output a uniform average of the values, as the other
 implementations do; nothing reads them.
 """
+import functools
 from typing import Optional
 
 import jax
@@ -45,24 +46,50 @@ def attention(query: Array, key: Array, value: Array, bias: Optional[Array],
     bias = jnp.broadcast_to(bias.astype(jnp.float32),
                             (bias.shape[0] if bias.ndim == 4 else 1, heads, q_len, k_len))
   f32 = lambda x: x.astype(jnp.float32)
-  out = _rows(f32(query) * scale, f32(key), f32(value), bias, mask)
+  rows = rows_per_step(b, heads * q_len * k_len)
+  out = _rows(f32(query) * scale, f32(key), f32(value), bias, mask, rows)
   return out.astype(query.dtype)
+
+
+# A scan step's [rows, heads, q, k] arrays stay under 8 MB of float32: one row at T5's
+# 512 x 512 with 6 heads (6 MB); short rows are grouped, since every scan step costs a
+# fixed ~10 ops (the README's 32-row x 40-token demo: 37 ms per step one row at a time,
+# 32 ms as whole-batch `folded`).
+STEP_ELEMENTS = 2 ** 21
+
+
+def rows_per_step(batch: int, row_elements: int) -> int:
+  """The most rows, dividing `batch`, whose logits fit STEP_ELEMENTS (at least one).
+
+  >>> rows_per_step(8, 6 * 512 * 512), rows_per_step(32, 6 * 40 * 40), rows_per_step(6, 2 ** 19)
+  (1, 32, 3)
+  """
+  fits = [n for n in range(1, batch + 1) if batch % n == 0 and n * row_elements <= STEP_ELEMENTS]
+  return max(fits, default=1)
 
 
 def _heads_first(x: Array) -> Array:  # [b, L, h, d] -> [b, h, L, d]
   return x.transpose(0, 2, 1, 3)
 
 
-def _row_xs(arr: Optional[Array], batch: int):
-  """(scanned part, broadcast part): an array with a leading batch dim of `batch` is
-  scanned row by row; one with a leading 1 is the same for every row."""
+def _group(x: Array, rows: int) -> Array:  # [b, ...] -> [b / rows, rows, ...]
+  return x.reshape((x.shape[0] // rows, rows) + x.shape[1:])
+
+
+def _ungroup(x: Array) -> Array:  # [b / rows, rows, ...] -> [b, ...]
+  return x.reshape((-1,) + x.shape[2:])
+
+
+def _split(arr: Optional[Array], batch: int, rows: int):
+  """(scanned, shared): an array with a leading dim of `batch` (> 1) is scanned `rows` at a
+  time; one with a leading 1 is the same for every step."""
   if arr is None:
     return None, None
-  return (arr, None) if arr.shape[0] == batch and batch != 1 else (None, arr[0])
+  return (_group(arr, rows), None) if arr.shape[0] == batch and batch != 1 else (None, arr)
 
 
-def _logits(q, k, bias, mask):
-  s = jnp.einsum('hqd,hkd->hqk', q, k)
+def _logits(q, k, bias, mask):  # [..., h, q, d] x [..., h, k, d] -> [..., h, q, k]
+  s = jnp.einsum('...qd,...kd->...qk', q, k)
   if bias is not None:
     s = s + bias
   if mask is not None:
@@ -70,59 +97,66 @@ def _logits(q, k, bias, mask):
   return s
 
 
-@jax.custom_vjp
-def _rows(query, key, value, bias, mask):
-  return _rows_fwd(query, key, value, bias, mask)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _rows(query, key, value, bias, mask, rows):
+  return _rows_fwd(query, key, value, bias, mask, rows)[0]
 
 
-def _rows_fwd(query, key, value, bias, mask):
+def _rows_fwd(query, key, value, bias, mask, rows):
   b = query.shape[0]
   qh, kh, vh = _heads_first(query), _heads_first(key), _heads_first(value)
-  bias_rows, bias_all = _row_xs(bias, b)
-  mask_rows, mask_all = _row_xs(mask, b)
+  bias_steps, bias_all = _split(bias, b, rows)
+  mask_steps, mask_all = _split(mask, b, rows)
 
-  def row(_, xs):
-    q, k, v, row_bias, row_mask = xs
-    s = _logits(q, k, bias_all if row_bias is None else row_bias,
-                mask_all if row_mask is None else row_mask)
+  def step(_, xs):
+    q, k, v, step_bias, step_mask = xs
+    s = _logits(q, k, bias_all if step_bias is None else step_bias,
+                mask_all if step_mask is None else step_mask)
     m = jnp.max(s, axis=-1, keepdims=True)
     p = jnp.exp(s - m)
     l = jnp.sum(p, axis=-1, keepdims=True)
-    return None, (jnp.einsum('hqk,hkd->hqd', p, v) / l, m[..., 0], l[..., 0])
+    return None, (jnp.einsum('...qk,...kd->...qd', p, v) / l, m[..., 0], l[..., 0])
 
-  _, (out, m, l) = jax.lax.scan(row, None, (qh, kh, vh, bias_rows, mask_rows))
+  group = lambda x: _group(x, rows)
+  _, (out, m, l) = jax.lax.scan(step, None, (group(qh), group(kh), group(vh), bias_steps,
+                                             mask_steps))
+  out = _ungroup(out)
   return _heads_first(out), (qh, kh, vh, bias, mask, out, m, l)
 
 
-def _rows_bwd(res, g):
+def _rows_bwd(rows, res, g):
   qh, kh, vh, bias, mask, out, m, l = res
   b = qh.shape[0]
   gh = _heads_first(g.astype(jnp.float32))
   d_rowsum = jnp.sum(gh * out, axis=-1)  # D = rowsum(dO * O) = rowsum(dP * P), over d
-  bias_rows, bias_all = _row_xs(bias, b)
-  mask_rows, mask_all = _row_xs(mask, b)
-  shared_bias = bias is not None and bias_rows is None
+  bias_steps, bias_all = _split(bias, b, rows)
+  mask_steps, mask_all = _split(mask, b, rows)
+  shared_bias = bias is not None and bias_steps is None
+  swap = lambda x: x.swapaxes(-1, -2)
 
-  def row(dbias_sum, xs):
-    q, k, v, row_bias, row_mask, row_m, row_l, row_d, do = xs
-    s = _logits(q, k, bias_all if row_bias is None else row_bias,
-                mask_all if row_mask is None else row_mask)
-    p = jnp.exp(s - row_m[..., None]) / row_l[..., None]
-    dv = _barrier(jnp.einsum('hdq,hqk->hdk', _barrier(do.transpose(0, 2, 1)), p))
-    dp = jnp.einsum('hqd,hkd->hqk', do, v)
-    ds = p * (dp - row_d[..., None])
-    dq = jnp.einsum('hqk,hkd->hqd', ds, k)
-    dk = _barrier(jnp.einsum('hdq,hqk->hdk', _barrier(q.transpose(0, 2, 1)), ds))
-    grads = (dq, dk.transpose(0, 2, 1), dv.transpose(0, 2, 1))
+  def step(dbias_sum, xs):
+    q, k, v, step_bias, step_mask, step_m, step_l, step_d, do = xs
+    s = _logits(q, k, bias_all if step_bias is None else step_bias,
+                mask_all if step_mask is None else step_mask)
+    p = jnp.exp(s - step_m[..., None]) / step_l[..., None]
+    dv = _barrier(jnp.einsum('...dq,...qk->...dk', _barrier(swap(do)), p))
+    dp = jnp.einsum('...qd,...kd->...qk', do, v)
+    ds = p * (dp - step_d[..., None])
+    dq = jnp.einsum('...qk,...kd->...qd', ds, k)
+    dk = _barrier(jnp.einsum('...dq,...qk->...dk', _barrier(swap(q)), ds))
+    grads = (dq, swap(dk), swap(dv))
     if shared_bias:
-      return dbias_sum + ds, grads + (None,)
+      return dbias_sum + jnp.sum(ds, axis=0, keepdims=True), grads + (None,)
     return dbias_sum, grads + (ds if bias is not None else None,)
 
-  init = jnp.zeros(bias.shape[1:], jnp.float32) if shared_bias else None
-  dbias_sum, (dq, dk, dv, dbias_rows) = jax.lax.scan(
-      row, init, (qh, kh, vh, bias_rows, mask_rows, m, l, d_rowsum, gh))
-  dbias = dbias_sum[None] if shared_bias else dbias_rows
-  return _heads_first(dq), _heads_first(dk), _heads_first(dv), dbias, None
+  group = lambda x: _group(x, rows)
+  init = jnp.zeros(bias.shape, jnp.float32) if shared_bias else None
+  dbias_sum, (dq, dk, dv, dbias_steps) = jax.lax.scan(
+      step, init, (group(qh), group(kh), group(vh), bias_steps, mask_steps, m, l,
+                   group(d_rowsum), group(gh)))
+  dbias = dbias_sum if shared_bias else (None if bias is None else _ungroup(dbias_steps))
+  return (_heads_first(_ungroup(dq)), _heads_first(_ungroup(dk)),
+          _heads_first(_ungroup(dv)), dbias, None)
 
 
 _rows.defvjp(_rows_fwd, _rows_bwd)

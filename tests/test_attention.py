@@ -19,7 +19,7 @@ import pytest
 from test_models import (LENGTH, forward, incremental_logits, make_examples, one_at_a_time,
                          pack_and_pad, pad, params_for, random_tokens, shift_right,
                          standard_batch, tiny_config)
-from t5x_lite import layers, models
+from t5x_lite import cpu_attention, layers, models
 
 ATOL = 1e-5
 
@@ -28,6 +28,13 @@ ATOL = 1e-5
 def on_cpu():
   with jax.default_device(jax.devices('cpu')[0]):
     yield
+
+
+@pytest.fixture(autouse=True)
+def rowwise_one_row_per_step(monkeypatch):
+  """These batches are tiny, so `rowwise` would take the whole batch in one scan step: one
+  row per step here, the path long rows take (the op test below also runs grouped rows)."""
+  monkeypatch.setattr(cpu_attention, 'STEP_ELEMENTS', 1)
 
 
 def trailing_padded_batch(name):
@@ -192,20 +199,25 @@ def test_unknown_attention_impl_is_named():
     models.build(tiny_config('t5', attention_impl='flash'))
 
 
+@pytest.mark.parametrize('rows', [1, 2, 4])
 @pytest.mark.parametrize('bias_rows,mask_kind,batch', [
-    (1, 'keys', 3), (3, 'keys', 3), (1, 'causal', 3), (None, 'per_query', 3), (1, None, 1)])
-def test_rowwise_op_equals_einsum_forward_and_gradients(bias_rows, mask_kind, batch):
+    (1, 'keys', 4), (4, 'keys', 4), (1, 'causal', 4), (None, 'per_query', 4), (1, None, 1)])
+def test_rowwise_op_equals_einsum_forward_and_gradients(bias_rows, mask_kind, batch, rows,
+                                                        monkeypatch):
   """cpu_attention.attention against the einsum path at the op: a bias shared by the batch
   (gradient summed over rows) or one per row, key-padding, causal or per-query masks, one
-  row; output, dQ, dK, dV and dbias on every query that has a key to attend to."""
+  row; 1, 2 or 4 rows per scan step; output, dQ, dK, dV and dbias on every query that has a
+  key to attend to."""
   rng = np.random.default_rng(3)
   q_len, k_len, h, d = 5, 7, 2, 4
+  monkeypatch.setattr(cpu_attention, 'STEP_ELEMENTS', rows * h * q_len * k_len)
+  assert cpu_attention.rows_per_step(batch, h * q_len * k_len) == min(rows, batch)
   query = jnp.asarray(rng.normal(size=(batch, q_len, h, d)), jnp.float32)
   key, value = (jnp.asarray(rng.normal(size=(batch, k_len, h, d)), jnp.float32)
                 for _ in range(2))
   bias = (None if bias_rows is None else
           jnp.asarray(rng.normal(size=(bias_rows, h, q_len, k_len)), jnp.float32))
-  key_valid = jnp.asarray(np.arange(k_len)[None] < np.array([7, 4, 2])[:batch, None])
+  key_valid = jnp.asarray(np.arange(k_len)[None] < np.array([7, 4, 2, 6])[:batch, None])
   mask = {'keys': key_valid[:, None, None, :],
           'causal': (np.arange(q_len)[:, None] + 2 >= np.arange(k_len)[None])[None, None],
           'per_query': jnp.asarray(rng.random((batch, 1, q_len, k_len)) < 0.7),
