@@ -1,16 +1,20 @@
-"""Attention for XLA's CPU backend: one batch row at a time, softmax statistics saved instead
-of the weights (`attention_impl='rowwise'`, what 'auto' picks on a single CPU device).
+"""Attention for XLA's CPU backend: a batch row (or a few short ones) at a time, softmax
+statistics saved instead of the weights (`attention_impl='rowwise'`, what 'auto' picks on a
+single CPU device).
 
 Why. XLA's CPU backend runs every op over the whole batch, so at T5's 512-token inputs each
 [batch, heads, q, k] array (logits, weights, their gradients: 50 MB at batch 8, 6 heads) goes
 to and from memory once per op, and autodiff writes two of the backward's dots (P^T dO and
-dS^T Q) with a transposed operand, which XLA's CPU dot runs at about half the rate.
-Here a `lax.scan` walks the batch rows: a row's [heads, q, k] arrays (6 MB at those shapes)
-stay in cache between ops. The backward (a custom VJP) recomputes the row's logits from q and
-k, as flash attention does, so the forward keeps only the output and each query's max and
-softmax denominator, never the weights; it forms D = rowsum(dO * O) over the head dim once
-for the whole batch; and it computes dV^T = dO^T P and dK^T = Q^T dS, whose operands XLA then
-reads as they lie (optimization barriers keep its transpose folding from undoing that).
+dS^T Q) with a transposed operand, which XLA's CPU dot ran ~2.4x slower. Here a `lax.scan`
+walks the batch rows: a row's [heads, q, k] arrays (6 MB at those shapes) stay in cache
+between ops (short rows are grouped, `rows_per_step`). The backward (a custom VJP)
+recomputes the row's logits from q and k, as flash attention does, so the forward keeps only
+the output and each query's max and softmax denominator, never the weights; it forms
+D = rowsum(dO * O) over the head dim once for the whole batch; and it computes
+dV^T = dO^T P and dK^T = Q^T dS, whose operands XLA then reads as they lie (optimization
+barriers keep its transpose folding from undoing that).
+One encoder layer's attention forward + backward at batch 8, 6 heads, 512 x 512, two threads:
+~100 ms vs ~134 ms for 'folded' (README figures table for whole train steps).
 
 Worked example (one row, one head, no bias): logits s = q k^T, m = max_k s, p = exp(s - m),
 l = sum_k p, out = (p v) / l. Backward with D = sum_d(dout * out): P = p / l,
