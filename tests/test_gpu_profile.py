@@ -42,7 +42,6 @@ def test_gpu_kernel_times_reads_gpu_streams_per_step(tmp_path):
   assert times == {'nvjet_gemm': (2.0, 1.0), 'memcpy128': (0.25, 0.5)}
 
 
-
 def test_command_names_a_bad_config_and_a_trace_without_gpu_kernels():
   """The `cli.run` error contract: one line, exit 1 (here, on a CPU, the trace holds no GPU
   kernels; before that, a bad --config override is named)."""
