@@ -193,9 +193,21 @@ def paired_medians(fns: dict, rounds: int) -> dict:
   return {k: statistics.median(v) for k, v in times.items()}
 
 
+def stream_token_features(family_name: str) -> list:
+  """The features holding the tokens each stack of the family reads: the encoder's inputs,
+  the decoder's targets (its inputs are the same positions, shifted). Their widths add up to
+  `families.stream_lengths`' encoder + decoder, the positions tokens/s counts."""
+  family = families.get(family_name)
+  return ((['encoder_input_tokens'] if family.has_encoder else []) +
+          (['decoder_target_tokens'] if family.has_decoder else []))
+
+
 def pipeline_throughput(config, seconds: float, batch_size: int):
-  """(positions/s, real tokens/s, one batch) of get_dataset(config, 'train')."""
+  """(positions/s, real tokens/s, one batch) of get_dataset(config, 'train'): positions are
+  every token position of the features each stack reads (`stream_token_features`), real
+  tokens the non-padding (non-zero) ones among them."""
   from t5x_lite.data import pipeline
+  keys = stream_token_features(config.model.family)
   t0 = time.perf_counter()
   it = pipeline.get_dataset(config, 'train', batch_size=batch_size)
   first = next(it)  # build, trace and fill buffers before timing
@@ -207,9 +219,9 @@ def pipeline_throughput(config, seconds: float, batch_size: int):
   while time.perf_counter() - t0 < seconds:
     b = next(it)
     n += 1
-    real += int((b['encoder_input_tokens'] != 0).sum() + (b['decoder_target_tokens'] != 0).sum())
+    real += sum(int((b[k] != 0).sum()) for k in keys)
   dt = time.perf_counter() - t0
-  width = first['encoder_input_tokens'].shape[1] + first['decoder_target_tokens'].shape[1]
+  width = sum(first[k].shape[1] for k in keys)
   return n * batch_size * width / dt, real / dt, first
 
 

@@ -213,3 +213,35 @@ def test_bench_uses_a_known_devices_datasheet_peak(monkeypatch):
   assert lines[0].endswith('bfloat16 8192^3 matmuls: 0 TFLOP/s)')  # 0.5 TFLOP/s, rounded
   assert out['train_mfu_of_measured_matmul'] == out['train_mfu'] * 4
   assert f'matmul instead of the datasheet: MFU {400 * out["train_mfu"]:.1f}%' in lines[2]
+
+
+@pytest.mark.parametrize('name,objective', [('bert', 'mlm'), ('gpt', 'causal_lm'),
+                                            ('t5_decoder', 'prefix_lm'), ('t5', 'span_corruption')])
+def test_pipeline_throughput_counts_the_positions_each_family_reads(name, objective):
+  # Every family, not only the encoder-decoder: positions per row are what the model's stacks
+  # read (families.stream_lengths), the same positions the train step's tokens/s counts.
+  from tiny_run import tiny_config
+  from t5x_lite import families, throughput
+  cfg = tiny_config(name, data=dict(objective=objective, inputs_length=24, targets_length=12))
+  pos, real, batch = throughput.pipeline_throughput(cfg, 0.2, 4)
+  lengths = families.stream_lengths(cfg)
+  keys = throughput.stream_token_features(cfg.model.family)
+  assert sum(batch[k].shape[1] for k in keys) == lengths['encoder'] + lengths['decoder']
+  assert sum(batch[k].shape[0] for k in keys) == 4 * len(keys)
+  assert pos > 0 and 0 < real <= pos
+
+
+def test_bench_runs_for_an_encoder_only_and_a_decoder_only_config():
+  from tiny_run import tiny_config
+  from t5x_lite import benchmark
+  for name in ('bert', 'gpt'):
+    cfg = tiny_config(name, layers=1, train=dict(batch_size=8))
+    lines = []
+    out = benchmark.run(cfg, steps=1, rounds=1, beam_size=2, pipeline_seconds=0.2,
+                        print_fn=lines.append)
+    assert out['train_mfu'] > 0 and out['pipeline_positions_per_s'] > 0, name
+    assert out['hf_grad_step_ms'] is None and 'not a T5 encoder-decoder' in out['notes']['hf']
+    if name == 'bert':
+      assert out['notes']['decode'] == 'encoder-only family: nothing to decode'
+    else:
+      assert out['greedy_tokens_per_s'] > 0 and out['beam_tokens_per_s'] > 0
