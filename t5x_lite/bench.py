@@ -18,7 +18,8 @@ def _define_flags():
   flags.DEFINE_integer('rounds', 3, 'Alternating timed rounds of ours vs FlaxT5 (medians).')
   flags.DEFINE_integer('beam_size', 4, 'Beams for the beam-search decode figure.')
   flags.DEFINE_integer('decode_batch_size', 0, 'Rows decoded (0 = train.batch_size).')
-  flags.DEFINE_integer('decode_length', 0, 'New tokens per row (0 = the target length).')
+  flags.DEFINE_integer('decode_length', 0, 'New tokens per row (0 = the target length; a '
+                       'decoder-only model continues 16-token prompts to its row length).')
   flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device (0 = measure a matmul).')
   flags.DEFINE_bool('reference', True, 'Time Hugging Face FlaxT5 beside ours.')
   flags.DEFINE_float('pipeline_seconds', 5.0, 'How long to run the input pipeline.')

@@ -109,7 +109,7 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
     out.update(devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
                lengths=dict(lengths))
     _decode(config, out, rounds, decode_batch_size or tc.batch_size,
-            decode_length or lengths['decoder'], beam_size,
+            decode_length or _default_new_tokens(config), beam_size,
             _reference_reason(config, reference), print_fn)
     return out
 
@@ -202,7 +202,7 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
                   f'{k}_ratio_vs_hf': None})
   else:
     _decode(config, out, rounds, decode_batch_size or tc.batch_size,
-            decode_length or lengths['decoder'], beam_size, why_not, print_fn)
+            decode_length or _default_new_tokens(config), beam_size, why_not, print_fn)
 
   pos, real, _ = throughput.pipeline_throughput(config, pipeline_seconds, tc.batch_size)
   out.update(pipeline_positions_per_s=pos, pipeline_tokens_per_s=real)
@@ -212,13 +212,27 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
   return out
 
 
+PROMPT_TOKENS = 16  # a decoder-only model's decode continues prompts of this many tokens
+
+
+def _default_new_tokens(config) -> int:
+  """New tokens per row when --decode_length is not given: an encoder-decoder generates its
+  target rows (decoder length); a decoder-only model continues a PROMPT_TOKENS-token prompt
+  to its row length (so a learned position table of that length is never overrun)."""
+  lengths = families.stream_lengths(config)
+  if families.get(config.model.family).has_encoder:
+    return lengths['decoder']
+  return max(1, lengths['decoder'] - PROMPT_TOKENS)
+
+
 def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn):
   from t5x_lite import hf_reference
   batch = families.synthetic_batch(config, rows)
   if 'encoder_input_tokens' in batch:
     batch = {'encoder_input_tokens': batch['encoder_input_tokens']}
-  else:  # decoder-only: continue 16-token prompts
-    batch = {'decoder_input_tokens': np.ascontiguousarray(batch['decoder_input_tokens'][:, :16])}
+  else:  # decoder-only: continue PROMPT_TOKENS-token prompts
+    batch = {'decoder_input_tokens': np.ascontiguousarray(
+        batch['decoder_input_tokens'][:, :PROMPT_TOKENS])}
   out.update(decode_rows=rows, decode_new_tokens=new_tokens, beam_size=beam_size)
   for key, k in (('greedy', 1), ('beam', beam_size)):
     decoder = _our_decoder(config, batch, new_tokens, k)

@@ -139,6 +139,7 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
     axes = _cache_batch_axes(model, full) if beams else None
     step = _encoder_decoder_step(model, params, tokens, None)  # later steps: cached keys/values
     return step, cache, axes, logits[:, -1]
+  check_positions_fit(model.cfg, length, max_length)
   full = {'decoder_input_tokens': jnp.zeros((rows, length + max_length + 1), jnp.int32)}
   step = _decoder_only_step(model, params)
   prefix = jnp.ones((rows, length), jnp.int32) if prefix_lm else None
@@ -148,6 +149,16 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
   axes = _cache_batch_axes(model, full)
   cache = _map_batch(lambda x, a: jnp.repeat(x, beams, axis=a), cache, axes)
   return step, cache, axes, jnp.repeat(logits[:, -1], beams, axis=0)
+
+
+def check_positions_fit(cfg, prompt_length: int, max_length: int) -> None:
+  """A decoder-only model with learned absolute positions continues a prompt only as far as
+  its position table reaches (a position past it reads NaN): prompt + new tokens must fit."""
+  limit = cfg.max_position_embeddings
+  if cfg.position_embedding == 'absolute' and prompt_length + max_length > limit:
+    raise ValueError(f'a prompt of {prompt_length} tokens continued by max_length={max_length} '
+                     f'needs {prompt_length + max_length} positions; the model has '
+                     f'model.max_position_embeddings={limit}.')
 
 
 # ------------------------------------------------------------------ greedy / sampling

@@ -50,7 +50,9 @@ class Report:
     more = f', ... ({len(numbers) - _SHOW} more)' if len(numbers) > _SHOW else ''
     return ', '.join(str(n) for n in numbers[:_SHOW]) + more
 
-  def summary(self, inputs_length: int) -> str:
+  def summary(self, inputs_length: int, limit: str = '') -> str:
+    """The one closing line; `limit` says why prompts were cut to `inputs_length` tokens
+    when it is not data.inputs_length."""
     s = lambda n: '' if n == 1 else 's'
     parts = [f'read {self.lines} line{s(self.lines)}',
              f'wrote {self.predicted} prediction{s(self.predicted)}',
@@ -65,7 +67,9 @@ class Report:
                    f'tokenize{"s" if len(self.no_tokens) == 1 else ""} to nothing '
                    f'(line{s(len(self.no_tokens))} {self._which(self.no_tokens)})')
     parts.append(f'truncated {len(self.truncated)} of {self.tokenized} '
-                 f'input{s(self.tokenized)} to data.inputs_length={inputs_length} tokens' +
+                 f'input{s(self.tokenized)} to ' +
+                 (f'{inputs_length} tokens ({limit})' if limit else
+                  f'data.inputs_length={inputs_length} tokens') +
                  (f' (line{s(len(self.truncated))} '
                   f'{self._which([f"{n}: {k} tokens" for n, k in self.truncated])})'
                   if self.truncated else ''))
@@ -149,8 +153,18 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
       examples = read_examples(f, report)
 
   vocab = vocab_lib.from_config(config.data)
-  inputs_length = config.data.inputs_length
+  inputs_length, limit = config.data.inputs_length, ''
   decoder_only = families.get(family).generates == 'decoder_only'
+  if decoder_only and config.model.position_embedding == 'absolute':
+    # Prompt + generated tokens must fit the learned position table (decoding.py).
+    room = config.model.max_position_embeddings - max_length
+    if room < 2:  # BOS and at least one token
+      raise ValueError(f'--max_length={max_length} leaves no room for a prompt: the model has '
+                       f'model.max_position_embeddings={config.model.max_position_embeddings}.')
+    if room < inputs_length:
+      inputs_length = room
+      limit = (f'model.max_position_embeddings={config.model.max_position_embeddings} - '
+               f'max_length={max_length}, less than data.inputs_length')
   eos = not (decoder_only and config.data.objective == 'causal_lm')
   token_lists, kept = [], []
   for example in examples:
@@ -195,7 +209,7 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   finally:
     if out is not sys.stdout:
       out.close()
-  print(report.summary(inputs_length), file=sys.stderr, flush=True)
+  print(report.summary(inputs_length, limit), file=sys.stderr, flush=True)
   return report
 
 

@@ -4,7 +4,7 @@ Model fields are checked by `models.ModelConfig.validate`, optimizer fields by
 `optim.validate`, the mesh by `partitioning.mesh_shape`; this module adds the train section
 and the checks that span sections (batch vs. mesh, vocabulary vs. sentinels).
 """
-from t5x_lite import models, optim, partitioning
+from t5x_lite import families, models, optim, partitioning
 
 
 def validate_config(config, num_devices: int, data: bool = True) -> None:
@@ -55,9 +55,38 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
     raise ValueError('config.train.loss_normalization_constant must be > 0.')
   partitioning.microbatch_rows_per_device(
       config, partitioning.mesh_shape(config.partitioning, num_devices))
+  check_absolute_positions(config)
   if not data:
     return
   # Data section against itself, the vocabulary (its size incl. sentinels must fit
   # config.model.vocab_size) and the model family.
   from t5x_lite.data import pipeline  # imports TensorFlow: only when validating a run
   pipeline.validate(config)
+
+
+def check_absolute_positions(config) -> None:
+  """With learned absolute positions, every row a stack reads must fit the position table:
+  a position past it reads no embedding (jnp.take gives NaN) and the first step's loss is NaN.
+
+  >>> from configs import gpt
+  >>> cfg = gpt.get_config('tiny'); cfg.model.max_position_embeddings = 64
+  >>> cfg.data.targets_length = 128
+  >>> check_absolute_positions(cfg)
+  Traceback (most recent call last):
+  ...
+  ValueError: config.data.targets_length=128 gives the decoder rows of 128 tokens, more than config.model.max_position_embeddings=64 (learned absolute positions).
+  """
+  if config.model.position_embedding != 'absolute':
+    return
+  limit = int(config.model.max_position_embeddings)
+  lengths = families.stream_lengths(config)
+  for stack, field in (('encoder', 'inputs_length'), ('decoder', 'targets_length')):
+    if lengths[stack] > limit:
+      both = lengths[stack] != int(config.data[field])  # prefix-LM rows: inputs + targets
+      fields = ('config.data.inputs_length + targets_length' if both else
+                f'config.data.{field}')
+      given = (f'{config.data.inputs_length} + {config.data.targets_length}' if both else
+               f'{config.data[field]}')
+      raise ValueError(f'{fields}={given} gives the {stack} rows of {lengths[stack]} tokens, '
+                       f'more than config.model.max_position_embeddings={limit} (learned '
+                       'absolute positions).')

@@ -235,7 +235,10 @@ def test_bench_runs_for_an_encoder_only_and_a_decoder_only_config():
   from tiny_run import tiny_config
   from t5x_lite import benchmark
   for name in ('bert', 'gpt'):
-    cfg = tiny_config(name, layers=1, train=dict(batch_size=8))
+    # GPT's position table exactly as long as its rows: decode continues 16-token prompts
+    # to the row length, never past the table.
+    cfg = tiny_config(name, layers=1, train=dict(batch_size=8), max_position_embeddings=32,
+                      data=dict(inputs_length=32, targets_length=32))
     lines = []
     out = benchmark.run(cfg, steps=1, rounds=1, beam_size=2, pipeline_seconds=0.2,
                         print_fn=lines.append)
@@ -245,3 +248,4 @@ def test_bench_runs_for_an_encoder_only_and_a_decoder_only_config():
       assert out['notes']['decode'] == 'encoder-only family: nothing to decode'
     else:
       assert out['greedy_tokens_per_s'] > 0 and out['beam_tokens_per_s'] > 0
+      assert out['decode_new_tokens'] == 32 - 16

@@ -365,3 +365,42 @@ def test_decoder_only_predict_groups_by_length_and_keeps_order():
     want = decoding.decoder_only_generate(
         model, params, np.array([prompt, prompt], np.int32), 3, prefix_lm=True)[0]
     np.testing.assert_array_equal(out, np.asarray(want))
+
+
+def _tiny_gpt(max_positions):
+  from tiny_run import tiny_config
+  return tiny_config('gpt', layers=1, max_position_embeddings=max_positions,
+                     data=dict(targets_length=16),
+                     train=dict(batch_size=8, steps=1, eval_every=0, log_every=1))
+
+
+def test_absolute_positions_bound_decoding_and_infer_cuts_prompts_to_fit(
+    tmp_path, monkeypatch, capsys):
+  """A learned position table (GPT-2) holds prompt + new tokens or decoding refuses: past it
+  jnp.take reads NaN. infer cuts prompts to the room left, and counts them as truncated."""
+  import jax
+  from t5x_lite import decoding, infer, models, train_loop
+  config = _tiny_gpt(24)
+  model = models.build(config.model)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), {
+      'decoder_input_tokens': np.ones((1, 4), np.int32)})['params']
+  prompt = np.full((2, 16), 7, np.int32)
+  tokens = decoding.decoder_only_generate(model, params, prompt, 8)  # 16 + 8 = 24 positions
+  assert tokens.shape == (2, 8)
+  with pytest.raises(ValueError, match='needs 25 positions.*max_position_embeddings=24'):
+    decoding.decoder_only_generate(model, params, prompt, 9)
+
+  monkeypatch.chdir(ROOT)
+  workdir = str(tmp_path / 'gpt')
+  train_loop.train(config, workdir)
+  lines = tmp_path / 'in.txt'
+  lines.write_text('the king ' * 30 + '\nthe king\n')
+  out = tmp_path / 'out.jsonl'
+  report = infer.run_infer(config, workdir, str(lines), str(out), max_length=8)
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert len(rows) == 2 and all(np.isfinite(r['score']) for r in rows)
+  assert [n for n, _ in report.truncated] == [1]  # only the long line; cut to 24 - 8 = 16
+  assert ('truncated 1 of 2 inputs to 16 tokens (model.max_position_embeddings=24 - '
+          'max_length=8' in capsys.readouterr().err)
+  with pytest.raises(ValueError, match='--max_length=23 leaves no room for a prompt'):
+    infer.run_infer(config, workdir, str(lines), str(out), max_length=23)

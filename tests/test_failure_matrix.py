@@ -133,6 +133,11 @@ ROWS = {
     'optimizer_b1_out_of_range': (_train, ['--config.optimizer.b1=1.5'], 'config.optimizer.b1'),
     'model_family_unknown': (_train, ['--config.model.family=transformer'],
                              'config.model.family'),
+    'model_positions_shorter_than_rows': (
+        _train, ['--config.model.position_embedding=absolute',
+                 '--config.model.max_position_embeddings=16'],
+        'config.data.inputs_length=64 gives the encoder rows of 64 tokens, more than '
+        'config.model.max_position_embeddings=16'),
     'model_vocab_too_small': (_train, ['--config.model.vocab_size=1000'], 'model.vocab_size'),
     'attention_cudnn_float32': (_train, ['--config.model.attention_impl=cudnn'],
                                 'config.model.attention_impl'),
