@@ -99,6 +99,8 @@ def read_examples(stream: TextIO, report: Report) -> List[Tuple[int, str, dict]]
   examples = []
   for number, line in enumerate(stream, start=1):
     report.lines += 1
+    if number == 1:  # a UTF-8 byte-order mark (Windows editors) would hide a JSON line's '{'
+      line = line.removeprefix('\ufeff')
     text, fields, skip = parse_line(line)
     if skip == 'empty':
       report.empty.append(number)

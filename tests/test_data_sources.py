@@ -83,8 +83,28 @@ def test_jsonl_missing_field_and_tsv_columns(tmp_path):
   recs, skips = _records(f'tsv:{tmp_path}/x.tsv', ('inputs', 'targets'))
   assert recs == [('q1', 'a1'), ('q2', 'a2')] and skips.first == {
       'TSV row with wrong number of columns': f'{tmp_path}/x.tsv:3'}
-  with pytest.raises(DataError, match=r"x.tsv:1: TSV header \['inputs', 'targets'\] has no field 'answer'"):
+  with pytest.raises(DataError) as e:  # the reader's own line, not tf.data's wrapping of it
     _records(f'tsv:{tmp_path}/x.tsv', ('inputs', 'answer'))
+  assert str(e.value) == (f"{tmp_path}/x.tsv:1: TSV header ['inputs', 'targets'] has no field "
+                          "'answer' (the first line of a TSV source names its columns).")
+
+
+@pytest.mark.parametrize('kind', ['text', 'jsonl', 'tsv'])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_record(tmp_path, kind):
+  # Windows editors and spreadsheet exports start files with one (EF BB BF); with it, a TSV
+  # header 'inputs' read as '\ufeffinputs', a JSONL file's first line as invalid JSON, and a
+  # text file's first document began with an invisible character.
+  body, fields = {
+      'text': ('first line\r\nsecond\r\n\r\nnext paragraph\r\n', ('text',)),
+      'jsonl': ('{"text": "first"}\r\n{"text": "second"}\r\n', ('text',)),
+      'tsv': ('inputs\ttargets\r\nq1\ta1\r\nq2\ta2\r\n', ('inputs', 'targets'))}[kind]
+  plain, marked = tmp_path / f'plain.{kind}', tmp_path / f'marked.{kind}'
+  plain.write_bytes(body.encode())
+  marked.write_bytes(b'\xef\xbb\xbf' + body.encode())
+  want, want_skips = _records(f'{kind}:{plain}', fields)
+  got, skips = _records(f'{kind}:{marked}', fields)
+  assert got == want and len(want) == 2 and skips.as_dict() == want_skips.as_dict() == {}
+  assert not any('\ufeff' in field for rec in got for field in rec)
 
 
 def test_skips_are_reported_by_the_iterator(tmp_path, caplog):

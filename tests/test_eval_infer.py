@@ -404,3 +404,13 @@ def test_absolute_positions_bound_decoding_and_infer_cuts_prompts_to_fit(
           'max_length=8' in capsys.readouterr().err)
   with pytest.raises(ValueError, match='--max_length=23 leaves no room for a prompt'):
     infer.run_infer(config, workdir, str(lines), str(out), max_length=23)
+
+
+def test_infer_reads_a_first_line_after_a_byte_order_mark():
+  """With the mark, the first JSONL line read as plain text: the whole JSON became the prompt."""
+  import io
+  from t5x_lite import infer
+  report = infer.Report()
+  got = infer.read_examples(io.StringIO('\ufeff{"inputs": "q1", "id": 7}\n\nplain q2\n'), report)
+  assert got == [(1, 'q1', {'inputs': 'q1', 'id': 7}), (3, 'plain q2', {})]
+  assert report.lines == 3 and report.empty == [2] and report.bad == []

@@ -190,7 +190,8 @@ def _checked_lines(path, skips, policy, any_gz, file_number, owner):
     report = bad if policy == 'error' else bad & _owned(numbers, file_number, owner)
     numbers, lines = _drop_bad(numbers, lines, bad, report=report,
                                hook=lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
-    return numbers, tf.strings.regex_replace(lines, '\r$', '')
+    # A UTF-8 byte-order mark (Windows editors write one) and a CRLF's \r are not text.
+    return numbers, tf.strings.regex_replace(lines, '^\ufeff|\r$', '')
   return _line_batches(path, skips, policy, any_gz, file_number, owner).map(check)
 
 
@@ -270,10 +271,15 @@ def _parsed(lines, path, parse, nf: int, header=None, file_number=None, owner=No
   return recs.filter(lambda *r: r[-1]).map(lambda *r: tuple(r[:-1]))
 
 
+_UTF8_BOM = b'\xef\xbb\xbf'  # a byte-order mark some editors put before a file's first line
+
+
 def _nonempty_line(path, n, raw, skips, policy, count=True):
   """(text, 'path:n') of a record line, or None after counting (when `count`) an
   undecodable or empty one."""
   where = f'{path}:{n}'
+  if n == 1:
+    raw = raw.removeprefix(_UTF8_BOM)
   try:
     line = raw.decode('utf-8').rstrip('\r')
   except UnicodeDecodeError as e:
@@ -319,11 +325,12 @@ def jsonl_parser(fields, skips, policy):
 
 def tsv_parser(fields, skips, policy):
   def parse(path, n, raw, header, count=True):
-    header = header.rstrip('\r').split('\t')
+    header = header.removeprefix('\ufeff').rstrip('\r').split('\t')
     missing = [f for f in fields if f not in header]
-    if missing:  # a setup error, whatever the policy
-      raise DataError(f'{path}:1: TSV header {header} has no field {missing[0]!r} '
-                      f'(the first line of a TSV source names its columns).')
+    if missing:  # a setup error, whatever the policy; skips.error: tf.data wraps what we raise
+      skips.error = DataError(f'{path}:1: TSV header {header} has no field {missing[0]!r} '
+                              f'(the first line of a TSV source names its columns).')
+      raise skips.error
     checked = _nonempty_line(path, n, raw, skips, policy, count)
     if checked is None:
       return None

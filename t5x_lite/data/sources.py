@@ -13,7 +13,8 @@ Source spec: entries separated by ',', each `KIND:TARGET[;key=value...]`:
   tfds:c4/en:3.0.1;split=validation        any TFDS dataset (name[:version]); `split`
                                            defaults to the pipeline's split
 Options: rate (mixture weight), boundary, field (document text field), inputs / targets
-(text-to-text fields), split, data_dir (TFDS).
+(text-to-text fields), split, data_dir (TFDS). Files are UTF-8, with LF or CRLF line ends;
+a byte-order mark before the first line is dropped.
 
 Virtual shards: a source is read as `num_streams` disjoint streams that together cover it
 (`token_dataset(..., stream=v, num_streams=V)`). File sources stream through tf.data
