@@ -140,11 +140,11 @@ def _line_batches(path, skips, policy, any_gz: bool, file_number=None, owner=Non
   corrupt) is reported, per `policy`, once its last line has been read (the check is
   left out of the graph when the source has no .gz file: `any_gz` False), and counted by
   the stream that owns the file (`_owned`: when every stream reads it, file f by stream
-  f mod V)."""
+  f mod V). A UTF-8 byte-order mark before line 1 is dropped (`_without_bom`)."""
   is_gz = tf.strings.regex_full_match(path, r'.*\.gz')
   lines = tf.data.TextLineDataset(path, compression_type=tf.where(is_gz, 'GZIP', ''))
   if not any_gz:
-    return lines.enumerate(start=1).batch(LINES_PER_CALL)
+    return lines.enumerate(start=1).batch(LINES_PER_CALL).map(_without_bom)
   end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
   batches = lines.enumerate(start=1).batch(LINES_PER_CALL).concatenate(end)
 
@@ -176,7 +176,22 @@ def _line_batches(path, skips, policy, any_gz: bool, file_number=None, owner=Non
 
   start = (tf.constant(0, tf.int64), tf.constant(0, tf.int64))
   batches = batches.scan(start, count).map(checked)
-  return batches.filter(lambda numbers, text: tf.size(text) > 0)
+  return batches.filter(lambda numbers, text: tf.size(text) > 0).map(_without_bom)
+
+
+_UTF8_BOM = b'\xef\xbb\xbf'
+
+
+def _without_bom(numbers, lines):
+  """A byte-order mark (Windows editors write one) before a file's first line is not text:
+  it would make a first JSON line invalid and hide a TSV header's first field. After the
+  .gz size check, which counts the bytes as read."""
+  def strip():
+    first = lines[0]
+    start = tf.where(tf.strings.substr(first, 0, 3) == _UTF8_BOM, 3, 0)
+    first = tf.strings.substr(first, start, tf.strings.length(first) - start)
+    return tf.concat([first[None], lines[1:]], 0)
+  return numbers, tf.cond(tf.equal(numbers[0], 1), strip, lambda: lines)
 
 
 def _checked_lines(path, skips, policy, any_gz, file_number, owner):
@@ -190,8 +205,7 @@ def _checked_lines(path, skips, policy, any_gz, file_number, owner):
     report = bad if policy == 'error' else bad & _owned(numbers, file_number, owner)
     numbers, lines = _drop_bad(numbers, lines, bad, report=report,
                                hook=lambda n, l: _report(skips, policy, 'invalid UTF-8', path, n, l))
-    # A UTF-8 byte-order mark (Windows editors write one) and a CRLF's \r are not text.
-    return numbers, tf.strings.regex_replace(lines, '^\ufeff|\r$', '')
+    return numbers, tf.strings.regex_replace(lines, '\r$', '')  # CRLF line ends
   return _line_batches(path, skips, policy, any_gz, file_number, owner).map(check)
 
 
@@ -271,15 +285,10 @@ def _parsed(lines, path, parse, nf: int, header=None, file_number=None, owner=No
   return recs.filter(lambda *r: r[-1]).map(lambda *r: tuple(r[:-1]))
 
 
-_UTF8_BOM = b'\xef\xbb\xbf'  # a byte-order mark some editors put before a file's first line
-
-
 def _nonempty_line(path, n, raw, skips, policy, count=True):
   """(text, 'path:n') of a record line, or None after counting (when `count`) an
   undecodable or empty one."""
   where = f'{path}:{n}'
-  if n == 1:
-    raw = raw.removeprefix(_UTF8_BOM)
   try:
     line = raw.decode('utf-8').rstrip('\r')
   except UnicodeDecodeError as e:
@@ -325,7 +334,7 @@ def jsonl_parser(fields, skips, policy):
 
 def tsv_parser(fields, skips, policy):
   def parse(path, n, raw, header, count=True):
-    header = header.removeprefix('\ufeff').rstrip('\r').split('\t')
+    header = header.rstrip('\r').split('\t')
     missing = [f for f in fields if f not in header]
     if missing:  # a setup error, whatever the policy; skips.error: tf.data wraps what we raise
       skips.error = DataError(f'{path}:1: TSV header {header} has no field {missing[0]!r} '
