@@ -299,12 +299,18 @@ def load_params(directory: str, abstract_params):
 # --------------------------------------------------------------- restore precedence
 def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
   """Latest workdir checkpoint > config.init_from > fresh. Returns (state, one-line why)."""
+  from t5x_lite.data.sources import ResumeMismatch
   latest = ckpts.newest_intact_step()
   while latest is not None:
     ckpts.check_compatible(latest, trainer.abstract_state)  # a config mistake: no fallback
     try:
       state = ckpts.restore(latest, trainer.abstract_state, train_iter)
       break
+    except ResumeMismatch as e:  # the data settings changed: a config mistake, keep it
+      raise ResumeMismatch(
+          f'cannot resume step {latest}: {e} Nothing was moved; resume with the data settings '
+          f'it was saved with, or train on from its params in a new --workdir with '
+          f'config.init_from={ckpts.directory / str(latest)} (fresh data order).') from None
     except Exception as e:  # verified, yet unreadable: set it aside like a corrupt one
       ckpts.move_aside(latest, f'restore failed: {type(e).__name__}: {str(e)[:200]}')
       latest = ckpts.newest_intact_step()

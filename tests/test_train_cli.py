@@ -253,6 +253,29 @@ def test_incompatible_checkpoint_names_shapes(uninterrupted, tmp_path):
   assert 'start fresh' in last
 
 
+@pytest.mark.parametrize('override,message', [
+    ('--config.data.num_virtual_shards=2', 'has 4 streams'),
+    ('--config.data.seed=5', 'saved with seed'),
+])
+def test_changed_data_settings_stop_the_resume_and_keep_the_checkpoints(
+    uninterrupted, tmp_path, override, message):
+  """A data position the new config cannot continue is a config mistake: one-line error,
+  exit 1, every checkpoint left where it was (not set aside as corrupt, no fresh start)."""
+  ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / 'changed')
+  import shutil
+  shutil.copytree(ref_dir, workdir)
+  before = checkpoint_steps(workdir)
+  proc = run(workdir, '--config.train.steps=20', override, check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: cannot resume step 12') and message in last, last
+  assert 'Nothing was moved' in last and 'config.init_from=' in last
+  assert checkpoint_steps(workdir) == before
+  assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
+  assert 'fresh start' not in proc.stdout + proc.stderr
+
+
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from t5x_lite.data import sources as src_lib
-from t5x_lite.data.sources import DataError
+from t5x_lite.data.sources import DataError, ResumeMismatch
 
 
 class DataIterator:
@@ -97,12 +97,12 @@ class DataIterator:
                      glob.glob(os.path.join(directory, 'data_iterator-shard-*.index')))
       layout = (f'an older per-process layout ({os.path.basename(older[0])}), from before virtual '
                 f'shards' if older else 'no data iterator state')
-      raise DataError(f'{directory!r} holds {layout}; this code restores per-stream state '
+      raise ResumeMismatch(f'{directory!r} holds {layout}; this code restores per-stream state '
                       f'(stream-*-of-*). Resume it with the version that wrote it, or train on '
                       f'from its params with config.init_from (fresh data order).')
     found = int(os.path.basename(saved[0]).split('-of-')[1].split('.')[0])
     if found != self.num_streams:
-      raise DataError(f'data iterator state in {directory!r} has {found} streams; this config has '
+      raise ResumeMismatch(f'data iterator state in {directory!r} has {found} streams; this config has '
                       f'data.num_virtual_shards={self.num_streams} (set it to {found} to resume).')
     for v, ckpt in self._ckpts.items():
       prefix = self._prefix(directory, v)
@@ -112,11 +112,11 @@ class DataIterator:
       with tf.io.gfile.GFile(prefix + '.json') as f:
         meta = json.load(f)
       if meta['seed'] != self.seed or meta['split'] != self.split:
-        raise DataError(f'data iterator state in {directory!r} was saved with seed {meta["seed"]}, '
+        raise ResumeMismatch(f'data iterator state in {directory!r} was saved with seed {meta["seed"]}, '
                         f'split {meta["split"]!r}; this pipeline has seed {self.seed}, split '
                         f'{self.split!r}.')
       if self._stream_shapes(v) != meta['element_spec']:
-        raise DataError(f'data iterator state in {directory!r} has features {meta["element_spec"]} '
+        raise ResumeMismatch(f'data iterator state in {directory!r} has features {meta["element_spec"]} '
                         f'for stream {v}; this pipeline makes {self._stream_shapes(v)} (a different '
                         f'global batch size or feature lengths).')
       ckpt.read(prefix).assert_consumed()

@@ -44,6 +44,11 @@ class DataError(ValueError):
   """Bad data or data config; the one-line message names the file, line, field or setting."""
 
 
+class ResumeMismatch(DataError):
+  """A saved data position this config cannot continue (other streams, seed, split, batch
+  or lengths): a config mistake, not a damaged checkpoint."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
   kind: str
