@@ -36,6 +36,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags
 from absl import logging as absl_logging
+import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 
@@ -112,6 +113,9 @@ def _load_config_file(argument: str, parser):
                     f'(--config={argument}).') from None
   if type(config).__name__ == '_ErrorConfig':  # ml_collections defers load errors
     raise FlagError(f'config file {path} could not be loaded (--config={argument}).')
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise FlagError(f'config file {path}: get_config() returned a {type(config).__name__}, not '
+                    f'an ml_collections.ConfigDict (--config={argument}).')
   return config
 
 

@@ -99,7 +99,8 @@ def evaluate(config, trainer, params, split: str = 'validation', skips=None):
     totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
     steps += 1
   if not totals:
-    raise ValueError(f'the {split} split yielded no batch; check config.data.{split}_source.')
+    raise ValueError(f'the {split} split yielded no batch; check config.data.{split}_source '
+                     f'({it.skips.summary()}).')
   w = max(float(totals['weight_sum']), 1.0)
   return {'eval_loss': float(totals['loss_sum']) / w,
           'eval_accuracy': float(totals['correct_sum']) / w}

@@ -4,9 +4,11 @@
 
 Input detection, tokenization, batching, decoding options and the output: docs/cli.md.
 """
+import gzip
 import json
 import sys
-from typing import List, Optional, TextIO, Tuple
+import zlib
+from typing import Iterable, List, Optional, Tuple, Union
 
 from absl import flags
 
@@ -41,6 +43,7 @@ class Report:
     self.predicted = 0
     self.empty: List[int] = []
     self.bad: List[Tuple[int, str]] = []
+    self.invalid: List[int] = []  # invalid UTF-8, or a lone surrogate (JSON "\ud800")
     self.no_tokens: List[int] = []
     self.tokenized = 0  # inputs with tokens: what the truncated count is out of
     self.truncated: List[Tuple[int, int]] = []
@@ -58,6 +61,10 @@ class Report:
              f'wrote {self.predicted} prediction{s(self.predicted)}',
              f'skipped {len(self.empty)} empty line{s(len(self.empty))}' +
              (f' (line{s(len(self.empty))} {self._which(self.empty)})' if self.empty else '')]
+    if self.invalid:
+      parts.append(f'skipped {len(self.invalid)} line{s(len(self.invalid))} of invalid UTF-8 '
+                   f'or lone-surrogate text (line{s(len(self.invalid))} '
+                   f'{self._which(self.invalid)})')
     if self.bad:
       parts.append(f'skipped {len(self.bad)} JSON line{s(len(self.bad))} without a non-empty '
                    f'string "inputs" (line{s(len(self.bad))} '
@@ -87,6 +94,10 @@ def parse_line(line: str) -> Tuple[Optional[str], dict, Optional[str]]:
     except json.JSONDecodeError:
       obj = None  # not JSON after all: plain text that starts with '{'
     if isinstance(obj, dict):
+      try:  # a lone surrogate ("\ud800"): neither SentencePiece nor UTF-8 output takes it
+        json.dumps(obj, ensure_ascii=False).encode('utf-8')
+      except UnicodeEncodeError:
+        return None, {}, 'invalid'
       inputs = obj.get('inputs')
       if not isinstance(inputs, str) or not inputs.strip():
         return None, {}, 'bad'
@@ -94,11 +105,19 @@ def parse_line(line: str) -> Tuple[Optional[str], dict, Optional[str]]:
   return text, {}, None
 
 
-def read_examples(stream: TextIO, report: Report) -> List[Tuple[int, str, dict]]:
-  """[(line number, inputs text, fields)] of the usable lines; the rest go to `report`."""
+def read_examples(stream: Iterable[Union[bytes, str]],
+                  report: Report) -> List[Tuple[int, str, dict]]:
+  """[(line number, inputs text, fields)] of the usable lines; the rest go to `report`.
+  Lines are bytes (decoded here, so one bad line is skipped, not the whole input) or str."""
   examples = []
   for number, line in enumerate(stream, start=1):
     report.lines += 1
+    try:
+      line = line.decode('utf-8') if isinstance(line, bytes) else line
+      line.encode('utf-8')  # str lines: no lone surrogates either
+    except UnicodeError:
+      report.invalid.append(number)
+      continue
     if number == 1:  # a UTF-8 byte-order mark (Windows editors) would hide a JSON line's '{'
       line = line.removeprefix('\ufeff')
     text, fields, skip = parse_line(line)
@@ -106,6 +125,8 @@ def read_examples(stream: TextIO, report: Report) -> List[Tuple[int, str, dict]]
       report.empty.append(number)
     elif skip == 'bad':
       report.bad.append((number, line))
+    elif skip == 'invalid':
+      report.invalid.append(number)
     else:
       examples.append((number, text, fields))
   return examples
@@ -148,11 +169,14 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   if max_length < 1 or batch_size < 1:
     raise ValueError(f'--max_length={max_length} and --batch_size={batch_size} must be >= 1.')
   report = Report()
-  if input_path == '-':
-    examples = read_examples(sys.stdin, report)
-  else:
-    with open(input_path, encoding='utf-8') as f:
-      examples = read_examples(f, report)
+  if input_path == '-':  # bytes, decoded per line (tests may swap in a text-only stdin)
+    examples = read_examples(getattr(sys.stdin, 'buffer', sys.stdin), report)
+  else:  # .gz decompressed, as the data pipeline reads it
+    try:
+      with (gzip.open if input_path.endswith('.gz') else open)(input_path, 'rb') as f:
+        examples = read_examples(f, report)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+      raise ValueError(f'--input={input_path}: truncated or corrupt .gz file ({e}).') from None
 
   vocab = vocab_lib.from_config(config.data)
   inputs_length, limit = config.data.inputs_length, ''

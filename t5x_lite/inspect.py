@@ -45,14 +45,22 @@ def main():
   config = FLAGS.config
   if config is None:
     raise ValueError('--config (or --workdir) is required.')
+  if FLAGS.n < 1:
+    raise ValueError(f'--n={FLAGS.n} must be at least 1.')
+  # Whole blocks of every stream this shard runs (each stream feeds an equal block of a
+  # batch); the first --n rows of that batch are printed.
+  streams = len(pipeline.owned_streams(FLAGS.shard_index, FLAGS.num_shards,
+                                       config.data.num_virtual_shards))
   it = pipeline.get_dataset(config, FLAGS.split, shard_index=FLAGS.shard_index,
-                            num_shards=FLAGS.num_shards, seed=FLAGS.seed, batch_size=FLAGS.n)
+                            num_shards=FLAGS.num_shards, seed=FLAGS.seed,
+                            batch_size=-(-FLAGS.n // streams) * streams)
   try:
     batch = next(it)
   except StopIteration:
-    raise ValueError(f'the {FLAGS.split} split of shard {FLAGS.shard_index} is empty.') from None
+    raise ValueError(f'the {FLAGS.split} split of shard {FLAGS.shard_index} is empty; '
+                     f'{it.skips.summary()}.') from None
   from t5x_lite.data import rows
-  for row in rows.rows_as_json(batch, it.vocab):
+  for row in rows.rows_as_json(batch, it.vocab)[:FLAGS.n]:
     print(json.dumps(row, ensure_ascii=False))
   print(it.skips.report() or it.skips.summary(), file=sys.stderr)  # what was read so far
 

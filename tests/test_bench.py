@@ -89,7 +89,7 @@ def test_measured_peak_is_a_real_matmul_rate():
 def test_bench_command_json():
   args = [f'--config.model.{k}={v}' for k, v in TINY.items()] + [
       '--config.data.inputs_length=32', '--config.data.targets_length=8',
-      '--config.train.batch_size=2', '--steps=1', '--rounds=1', '--beam_size=2',
+      '--config.train.batch_size=4', '--steps=1', '--rounds=1', '--beam_size=2',
       '--pipeline_seconds=0.2', '--noreference', '--peak_flops=1e9', '--matmuls', '--json']
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
   r = subprocess.run([sys.executable, '-m', 't5x_lite.bench', *args], cwd=ROOT,

@@ -26,6 +26,11 @@ def test_inspect_prints_ids_and_text_per_feature():
   assert '<extra_id_0>' in row['encoder_input_tokens']['text'][0]
   assert row['decoder_target_tokens']['ids'][-1] == 1 and 'text' not in row['decoder_loss_weights']
   assert 'no input skipped' in r.stderr
+  # Fewer rows than streams: the first --n rows of a batch that every stream feeds.
+  r3 = _run('t5x_lite.inspect', '--config=configs/default.py', '--split=validation', '--n=3')
+  r4 = _run('t5x_lite.inspect', '--config=configs/default.py', '--split=validation', '--n=4')
+  assert r3.returncode == r4.returncode == 0, r3.stderr[-2000:]
+  assert r3.stdout.splitlines() == r4.stdout.splitlines()[:3] and len(r4.stdout.splitlines()) == 4
 
 
 def test_inspect_rows_show_masks_for_mlm():

@@ -61,7 +61,8 @@ def test_validation_shards_are_disjoint_and_cover_the_data():
   cfg = data_config(objective='text_to_text', inputs_length=64, targets_length=8,
                     validation_source='jsonl:data/tasks/speaker/validation.jsonl',
                     num_virtual_shards=3)
-  full = collections.Counter(_examples(pipeline.get_dataset(cfg, 'validation', batch_size=32)))
+  cfg.train.batch_size = 30
+  full = collections.Counter(_examples(pipeline.get_dataset(cfg, 'validation', batch_size=30)))
   n = sum(1 for line in open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) if line.strip())
   assert sum(full.values()) == n > 900                         # every record of the file
   parts = [collections.Counter(_examples(pipeline.get_dataset(cfg, 'validation', shard_index=k, num_shards=3,
@@ -128,7 +129,7 @@ def test_save_after_k_batches_restore_in_a_new_process(tmp_path):
   cfg = data_config(objective='span_corruption', inputs_length=128, targets_length=29,
                     train_source='text:data/corpus/validation.txt;rate=3,'
                                  'text:data/corpus/validation.txt;boundary=line;rate=1')
-  it = pipeline.get_dataset(cfg, 'train', seed=11, shard_index=1, num_shards=2, batch_size=3)
+  it = pipeline.get_dataset(cfg, 'train', seed=11, shard_index=1, num_shards=2, batch_size=4)
   _take(it, 5)
   step_dir = tmp_path / 'checkpoints' / '5'            # as if inside an Orbax step directory
   (step_dir / 'state').mkdir(parents=True)
@@ -142,7 +143,7 @@ def test_save_after_k_batches_restore_in_a_new_process(tmp_path):
       from t5x_lite.data import pipeline
       cfg = data_config(objective='span_corruption', inputs_length=128, targets_length=29,
                         train_source={cfg.data.train_source!r})
-      it = pipeline.get_dataset(cfg, 'train', seed=11, shard_index=1, num_shards=2, batch_size=3)
+      it = pipeline.get_dataset(cfg, 'train', seed=11, shard_index=1, num_shards=2, batch_size=4)
       it.restore({str(step_dir / 'data')!r})
       np.savez({str(out)!r}, **{{f'{{i}}/{{k}}': v for i in range(4) for k, v in next(it).items()}})
   ''')
@@ -155,7 +156,7 @@ def test_save_after_k_batches_restore_in_a_new_process(tmp_path):
     for k, v in b.items():
       np.testing.assert_array_equal(got[f'{i}/{k}'], v)
   # A fresh iterator without the restore yields something else (the test is not vacuous).
-  fresh = next(pipeline.get_dataset(cfg, 'train', seed=11, shard_index=1, num_shards=2, batch_size=3))
+  fresh = next(pipeline.get_dataset(cfg, 'train', seed=11, shard_index=1, num_shards=2, batch_size=4))
   assert not np.array_equal(fresh['encoder_input_tokens'], expected[0]['encoder_input_tokens'])
 
 
@@ -192,6 +193,25 @@ def test_validation_is_one_finite_pass_with_a_padded_last_batch():
   cfg.data.eval_repeat = True
   it = pipeline.get_dataset(cfg, 'validation', batch_size=100)
   assert len(_take(it, 20)) == 20
+
+
+def test_every_stream_feeds_an_equal_block_or_the_config_is_refused():
+  """A batch of fewer rows than streams would leave some streams' part of the corpus
+  unread; an uneven split would read some parts faster: both are config errors."""
+  cfg = data_config(objective='text_to_text', inputs_length=64, targets_length=8,
+                    validation_source='jsonl:data/tasks/speaker/validation.jsonl', pack=False)
+  for rows in (2, 6):
+    cfg.train.batch_size = 8
+    with pytest.raises(DataError, match=f'config.train.batch_size={rows} is not a multiple of '
+                                        'data.num_virtual_shards=4'):
+      pipeline.get_dataset(cfg, 'validation', batch_size=rows)
+    cfg.train.batch_size = rows
+    with pytest.raises(DataError, match=f'batch_size={rows} is not a multiple'):
+      pipeline.validate(cfg)
+  cfg.train.batch_size = 8
+  n = sum(1 for line in open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) if line.strip())
+  it = pipeline.get_dataset(cfg, 'validation', batch_size=8)
+  assert sum(int((b['decoder_loss_weights'].sum(1) > 0).sum()) for b in it) == n
 
 
 def test_batch_size_defaults_to_global_over_shards_and_vocab_conflicts():

@@ -66,6 +66,8 @@ def test_empty_files_and_globs_matching_nothing(tmp_path):
     _records(f'text:{tmp_path}/e*.txt')
   with pytest.raises(DataError, match=r"'.*/nothing-\*.txt' matches no files"):
     _records(f'text:{tmp_path}/nothing-*.txt')
+  with pytest.raises(DataError, match=r"is a directory; name its files with a glob, e.g. '.*/\*.txt'"):
+    _records(f'text:{tmp_path}')
 
 
 def test_jsonl_missing_field_and_tsv_columns(tmp_path):
@@ -87,6 +89,27 @@ def test_jsonl_missing_field_and_tsv_columns(tmp_path):
     _records(f'tsv:{tmp_path}/x.tsv', ('inputs', 'answer'))
   assert str(e.value) == (f"{tmp_path}/x.tsv:1: TSV header ['inputs', 'targets'] has no field "
                           "'answer' (the first line of a TSV source names its columns).")
+
+
+def test_jsonl_fields_must_be_text_or_numbers(tmp_path):
+  """Numbers are their JSON text; objects, lists, booleans, null and strings with a lone
+  surrogate escape (which no UTF-8 text holds) are counted skips, never silently turned
+  into text or a crash of the pipeline."""
+  lines = ['{"text": "good one"}', '{"text": {"nested": "x"}}', '{"text": ["a", "b"]}',
+           '{"text": null}', '{"text": true}', '{"text": "lone \\ud800 surrogate"}',
+           '{"text": 3.5}', '{"text": "good two"}']
+  (tmp_path / 'x.jsonl').write_text('\n'.join(lines) + '\n')
+  recs, skips = _records(f'jsonl:{tmp_path}/x.jsonl')
+  assert recs == [('good one',), ('3.5',), ('good two',)]
+  assert skips.as_dict() == {
+      "field 'text' is not a string or number": dict(count=4, first=f'{tmp_path}/x.jsonl:2'),
+      "field 'text' is not valid Unicode": dict(count=1, first=f'{tmp_path}/x.jsonl:6')}
+  (tmp_path / 'y.jsonl').write_text(lines[3] + '\n')
+  with pytest.raises(DataError, match=r"y.jsonl:1: field 'text' is not a string or number: null"):
+    _records(f'jsonl:{tmp_path}/y.jsonl', on_bad_input='error')
+  (tmp_path / 'y.jsonl').write_text(lines[5] + '\n')
+  with pytest.raises(DataError, match=r"y.jsonl:1: field 'text' is not valid Unicode: surrogates"):
+    _records(f'jsonl:{tmp_path}/y.jsonl', on_bad_input='error')
 
 
 @pytest.mark.parametrize('kind', ['text', 'jsonl', 'tsv'])
@@ -123,8 +146,9 @@ def test_skips_are_reported_by_the_iterator(tmp_path, caplog):
 def test_bad_source_specs():
   with pytest.raises(DataError, match='is not KIND:TARGET'):
     sources.parse_sources('csv:x.csv')
-  with pytest.raises(DataError, match='rate in .* must be a positive number'):
-    sources.parse_sources('text:a.txt;rate=-1')
+  for rate in ('-1', 'inf', 'nan', 'x'):
+    with pytest.raises(DataError, match='rate in .* must be a positive finite number'):
+      sources.parse_sources(f'text:a.txt;rate={rate}')
   with pytest.raises(DataError, match="option 'colour=red'"):
     sources.parse_sources('text:a.txt;colour=red')
   cfg = data_config(objective='text_to_text', train_source='text:data/corpus/train.txt')
@@ -154,9 +178,9 @@ def mock_c4():
 def test_tfds_source_with_mock_data(mock_c4, monkeypatch, tmp_path):
   cfg = data_config(objective='span_corruption', inputs_length=128, targets_length=29,
                     train_source='tfds:c4/en', validation_source='tfds:c4/en')
-  it = pipeline.get_dataset(cfg, 'train', batch_size=2)
+  it = pipeline.get_dataset(cfg, 'train', batch_size=4)
   b = next(it)
-  assert b['encoder_input_tokens'].shape == (2, 128) and (b['encoder_input_tokens'] > 0).any()
+  assert b['encoder_input_tokens'].shape == (4, 128) and (b['encoder_input_tokens'] > 0).any()
   # Mock TFDS data are Python generators, which tf.data cannot checkpoint (real TFDS reads
   # TFRecords, which it can): saving says so in one line.
   with pytest.raises(DataError, match='cannot be checkpointed: GeneratorDataset does not support checkpointing'):
@@ -185,11 +209,11 @@ def test_streamed_tfds_tokenization_saves_and_restores(monkeypatch, tmp_path):
   monkeypatch.setattr(sources, '_tfds_dataset', lambda *a, **k: tf.data.Dataset.from_tensor_slices((docs,)))
   cfg = data_config(objective='causal_lm', inputs_length=32, targets_length=32, train_source='tfds:anything')
   cfg.model.family = 'decoder'
-  it = pipeline.get_dataset(cfg, 'train', batch_size=2)
+  it = pipeline.get_dataset(cfg, 'train', batch_size=4)
   [next(it) for _ in range(3)]
   it.save(str(tmp_path))
   expected = [next(it) for _ in range(3)]
-  it2 = pipeline.get_dataset(cfg, 'train', batch_size=2)
+  it2 = pipeline.get_dataset(cfg, 'train', batch_size=4)
   it2.restore(str(tmp_path))
   for e in expected:
     np.testing.assert_array_equal(next(it2)['decoder_target_tokens'], e['decoder_target_tokens'])
@@ -386,7 +410,7 @@ def test_text_to_text_counts_empty_and_truncated_examples_over_all_streams(tmp_p
     (tmp_path / f'x{f}.jsonl').write_text(''.join(l + '\n' for l in lines[f::num_files]))
   cfg = data_config(objective='text_to_text', inputs_length=16, targets_length=8, pack=False,
                     validation_source=f'jsonl:{tmp_path}/x*.jsonl', num_virtual_shards=streams)
-  it = pipeline.get_dataset(cfg, 'validation', batch_size=4)
+  it = pipeline.get_dataset(cfg, 'validation')
   rows = [r for b in it for r, w in zip(b['decoder_target_tokens'], b['decoder_loss_weights'])
           if w.sum()]
   assert len(rows) == 17

@@ -26,6 +26,18 @@ def test_length_helper_known_values():
   assert objectives.span_corruption_lengths(512, 0.15, 3.0) == (568, 114)
 
 
+@pytest.mark.parametrize('density,mean', [(0.15, 3.0), (0.15, 100.0), (0.5, 1.0), (0.05, 8.0)])
+def test_the_helpers_lengths_always_fit(density, mean):
+  """For every inputs length, the helper's targets length passes the config check: its raw
+  chunk (and every shorter one) corrupts, with the noise mask's own counts and clamps, to
+  at most both lengths. T5's helper without the clamps picked, e.g. at inputs 7 (0.15 / 3),
+  a raw length of 7 with no noise span, whose corruption needs 8 inputs."""
+  for inputs_length in range(2, 400):
+    raw, targets = objectives.span_corruption_lengths(inputs_length, density, mean)
+    pipeline.check_span_corruption(inputs_length, targets, density, mean, extra_ids=1000)
+  assert objectives.span_corruption_lengths(7) == (6, 3)
+
+
 def _one_stream(cfg):
   """Objective tests read one pass in file order: a single virtual shard."""
   cfg.data.num_virtual_shards = 1
@@ -235,7 +247,7 @@ def test_zero_density_has_no_noise():
 
 
 def test_more_spans_than_sentinels_is_a_config_error():
-  # S > 100 once L >= 2010 at 0.15 / 3: inputs_length 2048 -> raw 2272 tokens.
+  # S > 100 once L >= 2010 at 0.15 / 3: inputs_length 2048 -> raw 2274 tokens.
   raw, tl = objectives.span_corruption_lengths(2048)
   with pytest.raises(sources.DataError, match=r'noise spans, more than the 100 sentinels'):
     pipeline.check_span_corruption(2048, tl, 0.15, 3.0, extra_ids=100)
@@ -250,3 +262,16 @@ def test_targets_length_below_the_helper_is_a_config_error():
   cfg = data_config(objective='span_corruption', inputs_length=512, targets_length=113)
   with pytest.raises(sources.DataError, match=r'data.targets_length=113 is smaller than the 114'):
     pipeline.get_dataset(cfg, 'train')
+
+
+def test_a_document_over_the_chunk_limit_is_cut_and_counted(tmp_path):
+  """T5 keeps one random 65,536-token chunk of a longer document: the rest is unused, so
+  each such document is counted and reported, not dropped silently."""
+  (tmp_path / 'long.txt').write_text(' '.join(['the king'] * 40000) + '\n\nshort one\n')
+  cfg = _one_stream(data_config(objective='span_corruption', inputs_length=512,
+                                targets_length=114, validation_source=f'text:{tmp_path}/long.txt'))
+  it = pipeline.get_dataset(cfg, 'validation')
+  tokens = sum(int((b['encoder_segment_ids'] > 0).sum()) for b in it)
+  assert 0 < tokens < 65536
+  assert it.skips.counts == {pipeline._CUT: 1}
+  assert 'document over 65536 tokens' in it.skips.summary()

@@ -122,3 +122,59 @@ def test_tf_encode_matches_python_sentencepiece_on_tricky_strings(vocab):
   no_sentinels = vocab_lib.Vocabulary(SHIPPED, extra_ids=0)
   for text, ids in zip(TRICKY, no_sentinels.tf_encode(tf.constant(TRICKY)).to_list()):
     assert ids == (sp.encode(text) if text.strip() else []) == no_sentinels.encode(text), text
+
+
+def vocab_cli(*args):
+  return subprocess.run([sys.executable, '-m', 't5x_lite.vocab', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_vocab_cli_reads_gzip_files_like_the_pipeline(tmp_path):
+  import gzip
+  src = open(os.path.join(ROOT, 'data/corpus/validation.txt'), 'rb').read()[:30000]
+  src = src[:src.rindex(b'\n') + 1]  # whole lines
+  (tmp_path / 'a.txt.gz').write_bytes(gzip.compress(src))
+  r = vocab_cli(f'--input={tmp_path}/*.gz', '--vocab_size=200', f'--output={tmp_path}/v')
+  assert r.returncode == 0, r.stderr[-2000:]
+  n = len([l for l in src.decode('utf-8').splitlines() if l.strip()])
+  assert f'train coverage: {n} lines' in r.stdout and 'skipped' not in r.stdout
+
+
+def test_split_long_keeps_every_word_in_pieces_under_the_limit():
+  text = ' '.join(['alpha', 'ø' * 30, 'beta'] * 20) + ' ' + 'x' * 300
+  pieces = vocab_lib.split_long(text, limit=100)
+  assert len(pieces) > 1 and all(len(p.encode('utf-8')) <= 100 for p in pieces)
+  assert ''.join(pieces).replace(' ', '') == text.replace(' ', '')
+  assert vocab_lib.split_long('short line', limit=100) == ['short line']
+
+
+def test_vocab_cli_trains_on_lines_over_sentencepieces_limit(tmp_path):
+  """SentencePiece drops sentences over 64 KiB without a word: the long line (the only one
+  with 'ø') is trained on in pieces, and the split is reported."""
+  short = open(os.path.join(ROOT, 'data/corpus/validation.txt')).read(20000)
+  long = ' '.join(short.split() * 4 + ['frøm'] * 200)
+  assert len(long.encode('utf-8')) > vocab_lib.MAX_SENTENCE_BYTES
+  (tmp_path / 'a.txt').write_text(short + '\n' + long + '\n')
+  r = vocab_cli(f'--input={tmp_path}/a.txt', '--vocab_size=100', f'--output={tmp_path}/v')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'input: split 1 line longer than 65536 bytes' in r.stdout
+  v = vocab_lib.Vocabulary(str(tmp_path / 'v.model'))
+  assert v.unk_id not in v.encode('frøm') and 'uncovered' not in r.stdout
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--eval_input={d}/none-*.txt'], "--eval_input: '{d}/none-*.txt' matches no files"),
+    (['--vocab_size=0'], '--vocab_size=0: must be at least 5'),
+    (['--input={d}/blank.txt'], "--input='{d}/blank.txt': no non-blank lines; skipped 1 x file "
+                                'without non-blank lines'),
+    (['--eval_input={d}/blank.txt'], "--eval_input='{d}/blank.txt': no non-blank lines"),
+])
+def test_vocab_cli_bad_flags_fail_before_training_naming_the_flag(tmp_path, args, message):
+  (tmp_path / 'a.txt').write_bytes(
+      open(os.path.join(ROOT, 'data/corpus/validation.txt'), 'rb').read()[:20000])
+  (tmp_path / 'blank.txt').write_text('  \n\t\n')
+  r = vocab_cli(f'--input={tmp_path}/a.txt', '--vocab_size=100', f'--output={tmp_path}/v',
+                *[a.format(d=tmp_path) for a in args])
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 1 and len(lines) == 1 and message.format(d=tmp_path) in lines[0], r.stderr
+  assert not (tmp_path / 'v.model').exists()  # failed before training

@@ -414,3 +414,23 @@ def test_infer_reads_a_first_line_after_a_byte_order_mark():
   got = infer.read_examples(io.StringIO('\ufeff{"inputs": "q1", "id": 7}\n\nplain q2\n'), report)
   assert got == [(1, 'q1', {'inputs': 'q1', 'id': 7}), (3, 'plain q2', {})]
   assert report.lines == 3 and report.empty == [2] and report.bad == []
+
+
+def test_infer_skips_invalid_text_and_reads_gzip(workdir, tmp_path, monkeypatch, capsys):
+  """Invalid UTF-8 bytes and a JSON lone surrogate (SentencePiece cannot take it) are
+  skipped and reported by line, from stdin and from a .gz file; the other lines predicted."""
+  import gzip
+  import io
+  data = (b'speaker: Macbeth. Is this a dagger\n{"inputs": "lone \\ud800 surrogate"}\n'
+          b'bad \xff byte\n{"inputs": "speaker: Lear. Blow, winds", "id": 4}\n')
+  (tmp_path / 'in.gz').write_bytes(gzip.compress(data))
+  monkeypatch.setattr(sys, 'stdin', io.TextIOWrapper(io.BytesIO(data), encoding='utf-8'))
+  for source in ('-', str(tmp_path / 'in.gz')):
+    out = tmp_path / 'out.jsonl'
+    report = in_process('infer', workdir, monkeypatch, input_path=source, output_path=str(out))
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r['inputs'] for r in rows] == ['speaker: Macbeth. Is this a dagger',
+                                           'speaker: Lear. Blow, winds'], source
+    assert rows[1]['id'] == 4 and report.invalid == [2, 3]
+    assert ('read 4 lines; wrote 2 predictions; skipped 0 empty lines; skipped 2 lines of '
+            'invalid UTF-8 or lone-surrogate text (lines 2, 3)') in capsys.readouterr().err

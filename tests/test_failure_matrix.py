@@ -61,7 +61,7 @@ def _plan(num_devices=8):
 
 def _inspect_data(config, workdir):
   from t5x_lite.data import pipeline
-  next(pipeline.get_dataset(config, 'train', batch_size=2))
+  next(pipeline.get_dataset(config, 'train', batch_size=4))
 
 
 def _inspect_checkpoints(sub=''):
@@ -99,6 +99,8 @@ ROWS = {
     'config_file_missing': (_train, ['--config=configs/no_such.py'], 'configs/no_such.py'),
     'config_file_syntax_error': (_train, ['--config={bad_syntax}'], 'line 2'),
     'config_file_raises': (_plan(), ['--config={raises}'], 'line 3'),
+    'config_file_not_a_configdict': (_plan(), ['--config={returns_int}'],
+                                     'get_config() returned a int'),
     'config_argument_unknown': (_plan(), ['--config=configs/t5_v1_1.py:huge'], "'huge'"),
     'config_argument_not_taken': (_plan(), ['--config=configs/default.py:big'], 'get_config()'),
     'override_unknown_key': (_train, ['--config.train.no_such_key=1'], 'no_such_key'),
@@ -183,15 +185,18 @@ ROWS = {
 
 BAD_SYNTAX = 'from configs import base\ndef get_config(:\n  return base.get_base_config()\n'
 RAISES = ('from configs import base\ndef get_config():\n  raise KeyError("no dataset here")\n')
+RETURNS_INT = 'def get_config():\n  return 5\n'
 
 
 @pytest.fixture
 def files(tmp_path):
   (tmp_path / 'bad_syntax.py').write_text(BAD_SYNTAX)
   (tmp_path / 'raises.py').write_text(RAISES)
+  (tmp_path / 'returns_int.py').write_text(RETURNS_INT)
   (tmp_path / 'workdir').mkdir()
   (tmp_path / 'workdir' / 'file').write_text('a file where a directory should be')
   return dict(bad_syntax=str(tmp_path / 'bad_syntax.py'), raises=str(tmp_path / 'raises.py'),
+              returns_int=str(tmp_path / 'returns_int.py'),
               workdir=str(tmp_path / 'workdir'))
 
 

@@ -18,7 +18,7 @@ def test_stream_lengths_equal_pipeline_row_shapes(family, objective):
   cfg = data_config(objective=objective, inputs_length=64, targets_length=20,
                     **SOURCES.get(objective, {}))
   cfg.model.family = family
-  batch = next(pipeline.get_dataset(cfg, 'validation', batch_size=2))
+  batch = next(pipeline.get_dataset(cfg, 'validation', batch_size=4))
   lengths = families.stream_lengths(cfg)
   fam = families.get(family)
   seen = {'encoder': batch['encoder_input_tokens'].shape[1] if fam.has_encoder else 0,
@@ -26,6 +26,6 @@ def test_stream_lengths_equal_pipeline_row_shapes(family, objective):
           'target': batch[fam.targets].shape[1]}
   assert lengths == seen
   assert batch[fam.weights].shape == batch[fam.targets].shape
-  synthetic = families.synthetic_batch(cfg, 2)
+  synthetic = families.synthetic_batch(cfg, 4)
   assert {k: v.shape for k, v in synthetic.items()} == \
       {k: batch[k].shape for k in synthetic}

@@ -1,4 +1,5 @@
 """Whole-config validation: one sentence naming the bad field, before anything compiles."""
+import re
 import subprocess
 import sys
 
@@ -21,11 +22,16 @@ from t5x_lite import validation
     ('model', 'vocab_size', 1000, 'model.vocab_size=1000'),  # < 1000 pieces + 100 sentinels
     ('model', 'mlp_activations', ('swish',), 'config.model.mlp_activations'),
     ('data', 'objective', 'mlm', "data.objective='mlm' does not fit"),  # not for enc-dec
+    ('data', 'shuffle_buffer_size', 0, 'data.shuffle_buffer_size=0 must be at least 1'),
+    ('data', 'iid_random_prob', 5.0, 'data.iid_random_prob=5.0'),
+    ('data', 'mlm_rate', 0.0, 'data.mlm_rate=0.0 must be in (0, 1)'),
+    ('train', 'batch_size', 6, 'config.train.batch_size=6 is not a multiple of '
+                               'data.num_virtual_shards=4'),
 ])
 def test_bad_field_is_named(section, field, value, message):
   cfg = default.get_config()
   cfg[section][field] = value
-  with pytest.raises(ValueError, match=message.replace('.', r'\.')) as e:
+  with pytest.raises(ValueError, match=re.escape(message)) as e:
     validation.validate_config(cfg, num_devices=1)
   assert '\n' not in str(e.value)
 

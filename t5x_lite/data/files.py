@@ -318,11 +318,20 @@ def jsonl_parser(fields, skips, policy):
       return bad_input(policy, skips, 'JSON line is not an object', where, '', count)
     rec = []
     for f in fields:
-      v = obj.get(f)
-      if v is None:
+      if f not in obj:
         return bad_input(policy, skips, f'missing field {f!r}', where, f'fields are {sorted(obj)}',
                          count)
-      v = v if isinstance(v, str) else json.dumps(v)
+      v = obj[f]
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = json.dumps(v)  # a number is its JSON text (a regression target, say)
+      if not isinstance(v, str):
+        return bad_input(policy, skips, f'field {f!r} is not a string or number', where,
+                         f'{json.dumps(v)[:40]}', count)
+      try:
+        v.encode('utf-8')
+      except UnicodeEncodeError as e:  # JSON escapes can spell a lone surrogate
+        return bad_input(policy, skips, f'field {f!r} is not valid Unicode', where,
+                         f'{e.reason} at character {e.start + 1}', count)
       if not v.strip():
         if count:
           skips.add(f'empty field {f!r}', where)

@@ -30,8 +30,12 @@ DOCS_PER_GROUP = 128
 
 # ---------------------------------------------------------------- span corruption lengths
 def _span_lengths(tokens_length: int, noise_density: float, mean_noise_span_length: float):
-  n = int(round(tokens_length * noise_density))
-  s = int(round(n / mean_noise_span_length))
+  """(inputs, targets) lengths of a corrupted chunk of `tokens_length`, with the noise
+  mask's own counts (`noise_counts`: T5's helper without the clamps would pick, for short
+  inputs or long spans, a length with no noise span whose corruption then does not fit)."""
+  if tokens_length == 1:  # one token keeps no noise
+    return 2, 1
+  n, s = (int(x) for x in noise_counts(tokens_length, noise_density, mean_noise_span_length))
   return tokens_length - n + s + 1, n + s + 1
 
 
@@ -40,7 +44,8 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
   """(raw chunk length T, targets length) so that span-corrupted inputs fill `inputs_length`.
 
   T5's random_spans_helper: f(T) = (T - N + S + 1, N + S + 1), N = round(T d),
-  S = round(N / m); start at T = inputs_length - 1 and grow while f(T + 1) still fits.
+  S = round(N / m) (with the noise mask's clamps N in [1, T - 1], S >= 1); start at
+  T = inputs_length - 1 and grow while f(T + 1) still fits.
   512 -> (568, 114); 1024 -> (1137, 229).
   """
   t = inputs_length - 1
@@ -130,13 +135,20 @@ def _example_seeds(ds, seed, salt: int):
       lambda i, x: (x, tf.random.experimental.stateless_fold_in(base, i)))
 
 
-def select_random_chunk(ds, seed, max_length: int = MAX_DOC_TOKENS):
-  """Documents longer than `max_length` keep one aligned chunk chosen at random."""
+def select_random_chunk(ds, seed, max_length: int = MAX_DOC_TOKENS, on_cut=None):
+  """Documents longer than `max_length` keep one aligned chunk chosen at random (T5's
+  select_random_chunk); `on_cut()`, if given, is called (in Python) for each one cut."""
+  def cut(x, start):
+    if on_cut is None:
+      return x[start:start + max_length]
+    with tf.control_dependencies([tf.py_function(lambda: on_cut() or True, [], tf.bool)]):
+      return tf.identity(x[start:start + max_length])
+
   def chunk(x, s):
     n = tf.size(x)
     num = (n + max_length - 1) // max_length
     start = max_length * tf.random.stateless_uniform([], s, 0, tf.maximum(num, 1), tf.int32)
-    return tf.cond(n > max_length, lambda: x[start:start + max_length], lambda: x)
+    return tf.cond(n > max_length, lambda: cut(x, start), lambda: x)
   return _example_seeds(ds, seed, 101).map(chunk)
 
 
@@ -162,10 +174,10 @@ def concat_and_split(ds, length: int, *, append_eos: bool = False,
 
 # ---------------------------------------------------------------- objectives on datasets
 def span_corruption(ds, *, vocab_size: int, inputs_length: int, noise_density: float = 0.15,
-                    mean_noise_span_length: float = 3.0, seed=(0, 0)):
+                    mean_noise_span_length: float = 3.0, seed=(0, 0), on_cut=None):
   raw_length, _ = span_corruption_lengths(inputs_length, noise_density, mean_noise_span_length)
   ds = ds.filter(lambda x: tf.size(x) > 0)
-  ds = select_random_chunk(ds, seed)
+  ds = select_random_chunk(ds, seed, on_cut=on_cut)
   ds = concat_and_split(ds, raw_length)
   return _example_seeds(ds, seed, 1).map(
       lambda x, s: span_corrupt_example(x, vocab_size, noise_density, mean_noise_span_length, s),

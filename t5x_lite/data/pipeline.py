@@ -44,6 +44,8 @@ from t5x_lite.data import vocab as vocab_lib  # noqa: E402
 from t5x_lite.data.iterator import DataIterator  # noqa: E402
 from t5x_lite.data.sources import DataError  # noqa: E402
 
+_CUT = (f'document over {obj_lib.MAX_DOC_TOKENS} tokens (span corruption keeps one random '
+        f'{obj_lib.MAX_DOC_TOKENS}-token chunk of it, as T5 does)')
 OBJECTIVES = ('span_corruption', 'mlm', 'iid_noise', 'causal_lm', 'prefix_lm', 'text_to_text')
 FAMILY_OBJECTIVES = {name: f.objectives for name, f in families.FAMILIES.items()}
 
@@ -67,9 +69,16 @@ def validate(config, vocab: vocab_lib.Vocabulary | None = None) -> vocab_lib.Voc
     raise DataError(f'data.doc_boundary={d.doc_boundary!r} is not one of {", ".join(src_lib.BOUNDARIES)}.')
   if d.on_bad_input not in ('skip', 'error'):
     raise DataError(f"data.on_bad_input={d.on_bad_input!r} must be 'skip' or 'error'.")
-  for name in ('noise_density', 'mlm_rate'):
-    if not 0.0 <= float(d[name]) < 1.0:
-      raise DataError(f'data.{name}={d[name]} must be in [0, 1).')
+  if not 0.0 <= float(d.noise_density) < 1.0:
+    raise DataError(f'data.noise_density={d.noise_density} must be in [0, 1).')
+  if not 0.0 < float(d.mlm_rate) < 1.0:  # 0 selects nothing: a loss of 0 at every step
+    raise DataError(f'data.mlm_rate={d.mlm_rate} must be in (0, 1).')
+  if not 0.0 <= float(d.iid_random_prob) <= 1.0:
+    raise DataError(f'data.iid_random_prob={d.iid_random_prob} must be in [0, 1].')
+  if int(d.shuffle_buffer_size) < 1:
+    raise DataError(f'data.shuffle_buffer_size={d.shuffle_buffer_size} must be at least 1 '
+                    '(1 = no shuffling).')
+  check_stream_rows(config.train.batch_size, d.num_virtual_shards)
   if not (0 <= d.mlm_mask_prob and 0 <= d.mlm_random_prob and d.mlm_mask_prob + d.mlm_random_prob <= 1):
     raise DataError('data.mlm_mask_prob + data.mlm_random_prob must be a split of 1 '
                     f'(got {d.mlm_mask_prob} + {d.mlm_random_prob}).')
@@ -109,19 +118,38 @@ def check_span_corruption(inputs_length, targets_length, noise_density, mean_noi
     raise DataError(f'data.inputs_length={inputs_length} gives raw chunks of {raw} tokens with up '
                     f'to {s.max()} noise spans, more than the {extra_ids} sentinels of '
                     f'data.extra_ids; shorten the inputs or raise data.mean_noise_span_length.')
-  if (lengths - n + s + 1).max() > inputs_length or (n + s + 1).max() > targets_length:
-    raise DataError(f'data.inputs_length={inputs_length}/data.targets_length={targets_length}: '
-                    f'some span-corrupted chunk would not fit.')
+  inputs, targets = int((lengths - n + s + 1).max()), int((n + s + 1).max())
+  if inputs > inputs_length:
+    raise DataError(f'data.inputs_length={inputs_length}: raw chunks of up to {raw} tokens '
+                    f'corrupt to inputs of up to {inputs} tokens (noise {noise_density}, mean '
+                    f'span {mean_noise_span_length}); try another data.inputs_length.')
+  if targets > targets_length:
+    raise DataError(f'data.targets_length={targets_length} is smaller than the {targets} tokens '
+                    f'that span corruption of data.inputs_length={inputs_length} can produce '
+                    f'(noise {noise_density}, mean span {mean_noise_span_length}).')
 
 
 # ---------------------------------------------------------------- virtual shards
-def stream_rows(global_batch: int, num_streams: int) -> list[int]:
-  """Rows of every global batch that each stream feeds: a fixed block per stream.
+def check_stream_rows(global_batch: int, num_streams: int) -> None:
+  """Every stream must feed the same number of rows: a stream with none would leave its part
+  of the corpus unread, and unequal blocks would read some parts faster than others."""
+  if num_streams < 1:
+    raise DataError(f'data.num_virtual_shards={num_streams} must be at least 1.')
+  if global_batch % num_streams:
+    raise DataError(f'config.train.batch_size={global_batch} is not a multiple of '
+                    f'data.num_virtual_shards={num_streams}: each stream (a part of the corpus) '
+                    f'feeds an equal block of every batch; use a multiple of {num_streams} rows, '
+                    f'or a data.num_virtual_shards that divides {global_batch} (a fresh run\'s '
+                    'data order changes).')
 
-  Stream v feeds rows [v G // V, (v + 1) G // V): whatever the process count P dividing V,
+
+def stream_rows(global_batch: int, num_streams: int) -> list[int]:
+  """Rows of every global batch that each stream feeds: a fixed, equal block per stream.
+
+  Stream v feeds rows [v G / V, (v + 1) G / V): whatever the process count P dividing V,
   process p's rows [p G / P, (p + 1) G / P) are exactly the blocks of its streams."""
-  return [(v + 1) * global_batch // num_streams - v * global_batch // num_streams
-          for v in range(num_streams)]
+  check_stream_rows(global_batch, num_streams)
+  return [global_batch // num_streams] * num_streams
 
 
 def owned_streams(shard_index: int, num_shards: int, num_streams: int) -> range:
@@ -182,6 +210,8 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
     ds = sources[0]
   else:
     rates = np.array([s.rate for s in specs], np.float64)
+    if not np.isfinite(rates.sum()):  # rates near the float maximum overflow their sum
+      rates = rates / rates.max()
     ds = tf.data.Dataset.sample_from_datasets(
         sources, weights=(rates / rates.sum()).tolist(), seed=seed * 1000 + 997 * stream + 1,
         stop_on_empty_dataset=False)
@@ -190,7 +220,8 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
   if d.objective == 'span_corruption':
     ds = obj_lib.span_corruption(ds, vocab_size=vocab.vocab_size, inputs_length=il,
                                  noise_density=d.noise_density,
-                                 mean_noise_span_length=d.mean_noise_span_length, seed=pair)
+                                 mean_noise_span_length=d.mean_noise_span_length, seed=pair,
+                                 on_cut=lambda: skips.add(_CUT, f'{split} stream {stream}'))
   elif d.objective == 'mlm':
     ds = obj_lib.mlm(ds, vocab=vocab, length=il, rate=d.mlm_rate, mask_prob=d.mlm_mask_prob,
                      random_prob=d.mlm_random_prob, whole_word=d.mlm_whole_word, seed=pair)
@@ -274,8 +305,6 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   row_lengths = {k + sfx: n for k, n in lengths.items() for sfx in ('', '_segment_ids', '_positions')}
   datasets = {}
   for v in owned:
-    if not rows[v]:  # fewer rows than streams: this stream feeds none
-      continue
     ds = build_stream(config, split, stream=v, num_streams=num_streams, seed=seed, skips=skips,
                       vocab=vocab).batch(rows[v], drop_remainder=drop)
     if not drop:

@@ -83,8 +83,8 @@ def parse_sources(spec: str, what: str = 'data.train_source') -> list[SourceSpec
       rate = float(rate)
     except ValueError:
       rate = -1.0
-    if not rate > 0:
-      raise DataError(f'{what}: rate in {entry!r} must be a positive number.')
+    if not 0 < rate < float('inf'):
+      raise DataError(f'{what}: rate in {entry!r} must be a positive finite number.')
     if 'boundary' in options and options['boundary'] not in BOUNDARIES:
       raise DataError(f'{what}: boundary in {entry!r} must be one of {", ".join(BOUNDARIES)}.')
     out.append(SourceSpec(kind, target, rate, tuple(sorted(options.items()))))
@@ -185,29 +185,13 @@ def expand_glob(pattern: str, what: str) -> list[str]:
   if not files and not os.path.isabs(pattern):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     files = sorted(f for f in glob_lib.glob(os.path.join(root, pattern)) if os.path.isfile(f))
+  if not files and os.path.isdir(pattern):
+    raise DataError(f'{what}: {pattern!r} is a directory; name its files with a glob, e.g. '
+                    f'{os.path.join(pattern, "*.txt")!r}.')
   if not files:
     raise DataError(f'{what}: {pattern!r} matches no files (cwd {os.getcwd()!r}, also tried '
                     f'relative to the repository root).')
   return files
-
-
-def _lines(path: str, policy: str, skips: SkipCounter):
-  """Yields (line_number, text) for every line of `path` that is valid UTF-8."""
-  with open(path, 'rb') as f:
-    data = f.read()
-  if not data.strip():
-    skips.add('empty file', path)
-    return
-  lines = data.split(b'\n')
-  if lines[-1] == b'':  # the newline that ends the last line does not start another
-    lines.pop()
-  for n, raw in enumerate(lines, 1):
-    try:
-      line = raw.decode('utf-8')
-    except UnicodeDecodeError as e:
-      bad_input(policy, skips, 'invalid UTF-8', f'{path}:{n}', f'byte {raw[e.start]:#04x} at column {e.start + 1}')
-      continue
-    yield n, line.rstrip('\r')
 
 
 def _tfds_dataset(src: SourceSpec, split: str, fields, data_dir: str, shard_index: int,

@@ -27,6 +27,7 @@ EOS_ID = 1
 UNK_ID = 2
 MASK_PIECE = '[MASK]'
 WORD_START = '\u2581'  # SentencePiece's '▁'
+MAX_SENTENCE_BYTES = 1 << 16  # SentencePiece's trainer drops longer sentences, unreported
 _SENTINEL_RE = re.compile(r'<extra_id_(\d+)>')
 
 
@@ -221,23 +222,44 @@ def from_config(data_cfg) -> Vocabulary:
   return _load(resolve_path(data_cfg.vocab), int(data_cfg.extra_ids))
 
 
+def split_long(text: str, limit: int = MAX_SENTENCE_BYTES) -> list[str]:
+  """`text`, or if longer than `limit` UTF-8 bytes its words in pieces of at most `limit`
+  bytes (a word of more than limit // 4 characters is cut: 4 bytes is UTF-8's longest)."""
+  if len(text.encode('utf-8')) <= limit:
+    return [text]
+  step = limit // 4
+  pieces, words, size = [], [], -1
+  for word in (w[i:i + step] for w in text.split() for i in range(0, len(w), step)):
+    n = len(word.encode('utf-8')) + 1  # with the space before it
+    if words and size + n > limit:
+      pieces.append(' '.join(words))
+      words, size = [], -1
+    words.append(word)
+    size += n
+  return pieces + ([' '.join(words)] if words else [])
+
+
 def train(sentences: Iterable[str], output: str, vocab_size: int, model_type: str = 'unigram',
           character_coverage: float = 1.0, num_threads: int = 0) -> str:
   """Trains a SentencePiece model in the T5 layout on `sentences`; returns the .model path.
 
   `vocab_size` counts SentencePiece pieces (pad, eos, unk and `[MASK]` included); the
-  Vocabulary adds the sentinels on top.
+  Vocabulary adds the sentinels on top. Sentences over MAX_SENTENCE_BYTES are trained on
+  in pieces (`split_long`), not dropped.
   """
   if model_type not in ('unigram', 'bpe'):
     raise VocabError(f'--model_type must be unigram or bpe, got {model_type!r}.')
+  if vocab_size < 5:  # SentencePiece's own errors below 5 name none of this
+    raise VocabError(f'--vocab_size={vocab_size}: must be at least 5 (pad, eos, unk and '
+                     f'[MASK] take 4 pieces).')
   prefix = output[:-len('.model')] if output.endswith('.model') else output
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences), model_prefix=prefix, vocab_size=int(vocab_size),
-      model_type=model_type, character_coverage=character_coverage,
+      sentence_iterator=(p for s in sentences for p in split_long(s)), model_prefix=prefix,
+      vocab_size=int(vocab_size), model_type=model_type, character_coverage=character_coverage,
       pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, control_symbols=[MASK_PIECE],
-      input_sentence_size=0, max_sentence_length=1 << 16, num_threads=num_threads or (os.cpu_count() or 1),
-      minloglevel=2)
+      input_sentence_size=0, max_sentence_length=MAX_SENTENCE_BYTES,
+      num_threads=num_threads or (os.cpu_count() or 1), minloglevel=2)
   return prefix + '.model'
 
 
