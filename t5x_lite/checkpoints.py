@@ -286,9 +286,49 @@ def resolve_params_dir(directory: str) -> epath.Path:
   return path
 
 
+# Model fields that do not change what the weights mean: runtime choices and the initializer.
+RUNTIME_MODEL_FIELDS = ('dropout_rate', 'dtype', 'scan_layers', 'remat', 'attention_impl',
+                        'init_scheme')
+
+
+def model_mismatch(saved_model: dict, model_cfg, source: str) -> str:
+  """'' if `saved_model` (a config.json's "model") describes the same network as `model_cfg`
+  (runtime fields aside), else one sentence naming the first field that differs."""
+  for key, saved in sorted(saved_model.items()):
+    if key in RUNTIME_MODEL_FIELDS or key not in model_cfg:
+      continue
+    want = model_cfg[key]
+    if (list(want) if isinstance(want, (list, tuple)) else want) != (
+        list(saved) if isinstance(saved, (list, tuple)) else saved):
+      return f'config.model.{key}={want!r} differs from {source} ({saved!r})'
+  return ''
+
+
+def check_init_config(directory: str, model_cfg) -> None:
+  """ValueError if `directory` (a workdir or a converted checkpoint) has a config.json whose
+  model differs from `model_cfg` (same shapes can still mean another network: relu vs gelu)."""
+  path = os.path.join(directory, 'config.json')
+  if not os.path.isfile(path):
+    return
+  import json
+  with open(path) as f:
+    saved = json.load(f).get('model', {})
+  mismatch = model_mismatch(saved, model_cfg, path)
+  if mismatch:
+    raise ValueError(f'config.init_from={directory}: {mismatch}; pass the model config the '
+                     'checkpoint was trained with.')
+
+
 def load_params(directory: str, abstract_params):
-  """Only the params of a checkpoint (fine-tuning), sharded like `abstract_params`."""
+  """Only the params of a checkpoint (fine-tuning), sharded like `abstract_params`: every
+  parameter must be there with the config's shape (no silent partial load)."""
   path = resolve_params_dir(directory)
+  meta = ocp.PyTreeCheckpointer().metadata(path)
+  meta = getattr(meta, 'item_metadata', meta)
+  tree = getattr(meta, 'tree', meta)
+  check_shapes(path, tree.get('params', tree) if isinstance(tree, dict) else tree,
+               abstract_params, 'Pass the model config (and --config overrides) it was '
+               'trained with.')
   target = {'params': abstract_params}
   restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
@@ -300,6 +340,7 @@ def load_params(directory: str, abstract_params):
 def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
   """Latest workdir checkpoint > config.init_from > fresh. Returns (state, one-line why)."""
   from t5x_lite.data.sources import ResumeMismatch
+  had_checkpoints = bool(integrity.step_dirs(os.fspath(ckpts.directory)))
   latest = ckpts.newest_intact_step()
   while latest is not None:
     ckpts.check_compatible(latest, trainer.abstract_state)  # a config mistake: no fallback
@@ -314,6 +355,11 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
     except Exception as e:  # verified, yet unreadable: set it aside like a corrupt one
       ckpts.move_aside(latest, f'restore failed: {type(e).__name__}: {str(e)[:200]}')
       latest = ckpts.newest_intact_step()
+  aside = ckpts.directory.parent / integrity.CORRUPT_DIR
+  if latest is None and (had_checkpoints or (aside.exists() and any(aside.iterdir()))):
+    raise ValueError(f'every checkpoint of this run is unusable (set aside in {aside}; see the '
+                     'warnings above and `python -m t5x_lite.inspect --workdir=...`); not '
+                     'starting fresh over its history: use a new --workdir to start again.')
   if latest is not None:
     why = (f'restored step {latest} from {ckpts.directory / str(latest)} (latest checkpoint '
            'in the workdir wins): params, optimizer state and data position')
@@ -323,17 +369,16 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
   if config.init_from.startswith('hf:'):
     from t5x_lite import hf
     hf_cfg, params = hf.load(config.init_from[3:], scan_layers=config.model.scan_layers)
-    mismatch = [k for k, v in hf_cfg.items() if k in config.model and config.model[k] != v
-                and k not in ('dropout_rate', 'dtype', 'scan_layers', 'remat')]
+    mismatch = model_mismatch(hf_cfg, config.model,
+                              f'the Hugging Face model in {config.init_from[3:]}')
     if mismatch:
-      raise ValueError(f'config.model.{mismatch[0]}={config.model[mismatch[0]]!r} differs from '
-                       f'the Hugging Face model in {config.init_from[3:]} '
-                       f'({hf_cfg[mismatch[0]]!r}).')
+      raise ValueError(f'{mismatch}.')
     state = trainer.state_from_params(params)
     return state, (f'initialized params from Hugging Face directory {config.init_from[3:]} '
                    '(config.init_from; no checkpoint in the workdir); fresh optimizer state '
                    'and data position')
   if config.init_from:
+    check_init_config(config.init_from, config.model)
     params, path = load_params(config.init_from, trainer.abstract_state.params)
     state = trainer.state_from_params(params)
     return state, (f'initialized params from {path} (config.init_from; no checkpoint in the '

@@ -256,6 +256,8 @@ def test_incompatible_checkpoint_names_shapes(uninterrupted, tmp_path):
 @pytest.mark.parametrize('override,message', [
     ('--config.data.num_virtual_shards=2', 'has 4 streams'),
     ('--config.data.seed=5', 'saved with seed'),
+    ('--config.data.train_source=text:data/corpus/validation.txt',
+     "saved with data.train_source='text:data/corpus/train.txt'"),
 ])
 def test_changed_data_settings_stop_the_resume_and_keep_the_checkpoints(
     uninterrupted, tmp_path, override, message):
@@ -274,6 +276,44 @@ def test_changed_data_settings_stop_the_resume_and_keep_the_checkpoints(
   assert checkpoint_steps(workdir) == before
   assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
   assert 'fresh start' not in proc.stdout + proc.stderr
+
+
+def test_every_checkpoint_unusable_is_an_error_not_a_fresh_start(uninterrupted, tmp_path):
+  """With no intact checkpoint left, training from scratch would overwrite the run's
+  metrics and history: a one-line error instead, now and on every later try."""
+  ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / 'all_bad')
+  import shutil
+  shutil.copytree(ref_dir, workdir)
+  for step in checkpoint_steps(workdir):
+    open(os.path.join(workdir, 'checkpoints', str(step), 'state', '_METADATA'), 'w').close()
+  metrics = open(os.path.join(workdir, 'metrics.jsonl')).read()
+  for _ in range(2):
+    proc = run(workdir, '--config.train.steps=20', check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert 'every checkpoint of this run is unusable' in last and 'new --workdir' in last
+    assert 'fresh start' not in proc.stdout
+  assert open(os.path.join(workdir, 'metrics.jsonl')).read() == metrics
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.model.relative_attention_max_distance=64',  # same shapes, another network
+     'config.model.relative_attention_max_distance=64 differs from'),
+    ('--config.model.num_decoder_layers=1', 'config.model.num_decoder_layers=1 differs from'),
+    # A step directory has no config.json: the parameter shapes must match, all of them.
+    ('checkpoints/12 --config.model.num_decoder_layers=1', 'does not match this config'),
+    ('checkpoints/12 --config.model.d_ff=96', 'does not match this config: '),
+])
+def test_init_from_a_checkpoint_of_another_model_is_refused(uninterrupted, tmp_path, override,
+                                                            message):
+  ref_dir, _ = uninterrupted
+  sub, _, override = override.rpartition(' ')
+  proc = run(str(tmp_path / 'ft'), '--config.train.steps=1',
+             f'--config.init_from={os.path.join(ref_dir, sub)}', override, check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last, last
 
 
 def test_unwritable_workdir(tmp_path):

@@ -25,8 +25,9 @@ class DataIterator:
   """Iterator of numpy host batches whose exact position can be saved and restored."""
 
   def __init__(self, datasets: dict, *, vocab, num_streams: int, seed: int, split: str,
-               skips: src_lib.SkipCounter, finite: bool):
+               skips: src_lib.SkipCounter, finite: bool, settings: dict | None = None):
     self.datasets = datasets          # {stream index: dataset of batch blocks}
+    self.settings = settings or {}    # {config field: value} that make the stream what it is
     self.vocab = vocab
     self.num_streams, self.seed, self.split, self.skips = num_streams, seed, split, skips
     self.finite = finite
@@ -87,7 +88,8 @@ class DataIterator:
                         f'{e.message.split("}} ")[-1].split(" [Op:")[0]}') from None
       with tf.io.gfile.GFile(prefix + '.json', 'w') as f:
         json.dump(dict(stream=v, num_streams=self.num_streams, seed=self.seed, split=self.split,
-                       ended=v in self._ended, element_spec=self._stream_shapes(v)), f)
+                       ended=v in self._ended, element_spec=self._stream_shapes(v),
+                       settings=self.settings), f)
 
   def restore(self, directory: str) -> None:
     """Restores every stream this process runs from `directory`, whoever saved it."""
@@ -115,6 +117,12 @@ class DataIterator:
         raise ResumeMismatch(f'data iterator state in {directory!r} was saved with seed {meta["seed"]}, '
                         f'split {meta["split"]!r}; this pipeline has seed {self.seed}, split '
                         f'{self.split!r}.')
+      changed = [k for k, x in meta.get('settings', {}).items()
+                 if k in self.settings and self.settings[k] != x]
+      if changed:  # tf.data would restore its old files and buffers under the new config
+        k = changed[0]
+        raise ResumeMismatch(f'data iterator state in {directory!r} was saved with {k}='
+                             f'{meta["settings"][k]!r}; this config has {k}={self.settings[k]!r}.')
       if self._stream_shapes(v) != meta['element_spec']:
         raise ResumeMismatch(f'data iterator state in {directory!r} has features {meta["element_spec"]} '
                         f'for stream {v}; this pipeline makes {self._stream_shapes(v)} (a different '

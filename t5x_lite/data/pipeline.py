@@ -311,7 +311,22 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
       ds = ds.map(functools.partial(_pad_batch, n=rows[v], row_lengths=row_lengths))
     datasets[v] = ds.map(packing.CONVERTERS[config.model.family]).prefetch(2)
   return DataIterator(datasets, vocab=vocab, num_streams=num_streams, seed=seed, split=split,
-                      skips=skips, finite=not drop)
+                      skips=skips, finite=not drop, settings=stream_settings(config, split))
+
+
+# What a saved stream position depends on: a resume under other values is refused (the
+# restored tf.data state would keep reading the old files and buffers). Not here: paths of
+# TFDS data, the bad-input policy and eval_repeat, which a resume may change.
+STREAM_FIELDS = ('objective', 'vocab', 'extra_ids', 'doc_boundary', 'text_field',
+                 'inputs_field', 'targets_field', 'pack', 'shuffle_buffer_size', 'noise_density',
+                 'mean_noise_span_length', 'iid_random_prob', 'mlm_rate', 'mlm_mask_prob',
+                 'mlm_random_prob', 'mlm_whole_word')
+
+
+def stream_settings(config, split: str) -> dict:
+  source = 'train_source' if split == 'train' else 'validation_source'
+  fields = (source,) + STREAM_FIELDS
+  return {f'data.{k}': config.data[k] for k in fields if k in config.data}
 
 
 def _pad_batch(rows, *, n, row_lengths):
