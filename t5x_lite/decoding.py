@@ -8,7 +8,11 @@ are [7, 9, 1, 5] returns [7, 9, 1, 0].
 
 Decoder-only: the prompt is prefilled in one cached call (with `decoder_causal_attention`
 marking it as the bidirectional prefix when the model was trained as a prefix LM), then
-tokens are generated one at a time. Only the generated tokens are returned.
+tokens are generated one at a time. Only the generated tokens are returned. Every chosen
+token but the last is fed back, so a prompt of P tokens continued by max_length tokens
+takes P + max_length - 1 positions: a prefix-LM training row's inputs_length +
+targets_length when P = BOS + inputs_length, so what trains with learned absolute positions
+also decodes.
 
 Scores (beam search, and `decode` for every method): score = log P(y | x) / lp(|y|) with
 lp(n) = ((5 + n) / 6) ** alpha (Wu et al. 2016, as in T5X `brevity_penalty`), where
@@ -17,10 +21,11 @@ EOS and |y| counts them (max_length when no EOS). alpha = 0 gives the plain log-
 
 Beam search (`beam_search`): K beams per example, flattened into the batch axis (row
 b * K + k). Each step takes the 2K best one-token extensions by log P; those among the
-top K that end in EOS become finished hypotheses (ranked by score), the K best that do
-not end in EOS stay alive. An example stops once it has K finished hypotheses (Hugging
-Face's `early_stopping=True`); at max_length, missing finished slots are filled with the
-alive beams. With K = 1 this is exactly greedy decoding. The model's decode cache is an
+top K that end in EOS become finished hypotheses (the K best by score are kept), the K best
+that do not end in EOS stay alive. An example stops, as in T5X's beam search, once all K
+finished slots are full and its best alive beam, given the most favourable length penalty
+it could still get, cannot beat the worst finished one; at max_length, missing finished
+slots are filled with the alive beams. With K = 1 this is exactly greedy decoding. The model's decode cache is an
 opaque pytree: beams are expanded and reordered along each leaf's batch axis, found by
 comparing the cache shapes at two batch sizes, so new cache entries need no change here.
 """
@@ -122,8 +127,7 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
 
   Encoder-decoder: the encoder runs once per example, the decoder starts from token 0.
   Decoder-only: the prompt is prefilled in one call (bidirectionally for a prefix LM), once
-  per example, then repeated. The cache has one spare position: the last chosen token is fed
-  once more (its logits unused).
+  per example, then repeated. The cache holds exactly the positions fed (`_feed`).
   """
   tokens = jnp.asarray(tokens, jnp.int32)
   rows, length = tokens.shape
@@ -133,14 +137,14 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
     if beams:
       tokens, encoded = jnp.repeat(tokens, beams, axis=0), jnp.repeat(encoded, beams, axis=0)
     full = {'encoder_input_tokens': tokens,
-            'decoder_input_tokens': jnp.zeros((tokens.shape[0], max_length + 1), jnp.int32)}
+            'decoder_input_tokens': jnp.zeros((tokens.shape[0], max_length), jnp.int32)}
     first = _encoder_decoder_step(model, params, tokens, encoded)
     logits, cache = first(_empty_cache(model, full), jnp.zeros((tokens.shape[0], 1), jnp.int32))
     axes = _cache_batch_axes(model, full) if beams else None
     step = _encoder_decoder_step(model, params, tokens, None)  # later steps: cached keys/values
     return step, cache, axes, logits[:, -1]
   check_positions_fit(model.cfg, length, max_length)
-  full = {'decoder_input_tokens': jnp.zeros((rows, length + max_length + 1), jnp.int32)}
+  full = {'decoder_input_tokens': jnp.zeros((rows, length + max_length - 1), jnp.int32)}
   step = _decoder_only_step(model, params)
   prefix = jnp.ones((rows, length), jnp.int32) if prefix_lm else None
   logits, cache = step(_empty_cache(model, full), tokens, prefix)
@@ -153,12 +157,31 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
 
 def check_positions_fit(cfg, prompt_length: int, max_length: int) -> None:
   """A decoder-only model with learned absolute positions continues a prompt only as far as
-  its position table reaches (a position past it reads NaN): prompt + new tokens must fit."""
-  limit = cfg.max_position_embeddings
-  if cfg.position_embedding == 'absolute' and prompt_length + max_length > limit:
+  its position table reaches (a position past it reads NaN): the prompt and every new token
+  but the last (never fed back, `_feed`) must fit."""
+  limit, needed = cfg.max_position_embeddings, prompt_length + max_length - 1
+  if cfg.position_embedding == 'absolute' and needed > limit:
     raise ValueError(f'a prompt of {prompt_length} tokens continued by max_length={max_length} '
-                     f'needs {prompt_length + max_length} positions; the model has '
+                     f'needs {needed} positions; the model has '
                      f'model.max_position_embeddings={limit}.')
+
+
+def check_options(vocab_size: int, beam_size: int = 1, temperature: float = 0.0,
+                  top_k: int = 0, top_p: float = 1.0) -> None:
+  """One-line errors, naming the flags, for decoding options `decode` cannot honour (infer
+  calls it before loading the model)."""
+  check_beam_size(beam_size, vocab_size)
+  if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+    raise ValueError(f'--temperature={temperature} / --top_k={top_k} / --top_p={top_p}: need '
+                     'temperature >= 0, top_k >= 0 and 0 < top_p <= 1.')
+  if temperature == 0 and (top_k or top_p < 1):
+    raise ValueError(f'--top_k={top_k} / --top_p={top_p} with --temperature=0: sampling needs '
+                     '--temperature > 0 (at 0 decoding is greedy or beam search).')
+  if top_k > vocab_size:
+    raise ValueError(f'--top_k={top_k} is larger than the vocabulary size ({vocab_size}).')
+  if beam_size > 1 and temperature > 0:
+    raise ValueError(f'--beam_size={beam_size} with --temperature={temperature}: sampling '
+                     'draws one sequence per input; use --beam_size=1 to sample.')
 
 
 # ------------------------------------------------------------------ greedy / sampling
@@ -180,6 +203,16 @@ def _choose(logits, rng, temperature: float, top_k: int, top_p: float):
   return jax.random.categorical(rng, logits).astype(jnp.int32)
 
 
+def _feed(step_fn, cache, tokens, logits, i, max_length: int):
+  """(next-token logits, cache) after feeding the tokens [rows] chosen at step i, except at
+  the last step: those logits would go unused, and the position would lie one past what
+  training rows use (`check_positions_fit`)."""
+  def feed():
+    new_logits, new_cache = step_fn(cache, tokens[:, None])
+    return new_logits[:, -1], new_cache
+  return jax.lax.cond(i + 1 < max_length, feed, lambda: (logits, cache))
+
+
 def _token_log_prob(logits, token):
   return jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
 
@@ -193,8 +226,8 @@ def _generate(step_fn, cache, first_logits, max_length, rng, temperature, top_k,
     token = jnp.where(done, 0, token)
     log_prob = log_prob + jnp.where(done, 0.0, _token_log_prob(logits, token))
     done = done | (token == EOS_ID)
-    logits, cache = step_fn(cache, token[:, None])
-    return (cache, logits[:, -1], done, log_prob), token
+    logits, cache = _feed(step_fn, cache, token, logits, i, max_length)
+    return (cache, logits, done, log_prob), token
 
   rows = first_logits.shape[0]
   init = (cache, first_logits, jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32))
@@ -262,12 +295,25 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
   state = (jnp.int32(0), cache, logits, zeros, alive_lp, zeros,
            jnp.full((batch, k), _EMPTY), jnp.zeros((batch, k), bool))
 
+  def done(i, alive_lp, fin_scores, finished):
+    """[batch]: T5X's early-stopping test (`beam_search_loop_cond_fn` in t5x/decoding.py):
+    all K finished slots are full and the best alive beam, divided by the largest length
+    penalty it could still get (at max_length for alpha >= 0, T5X's
+    `min_brevity_penalty`), scores below the worst finished one, so no alive beam can
+    still enter the finished set. (Stopping at K finished hypotheses, like Hugging Face's
+    early_stopping=True, returned answers worse than greedy's.)"""
+    penalty = jnp.maximum(brevity_penalty(alpha, i + 1), brevity_penalty(alpha, max_length))
+    best_alive = alive_lp.max(-1) / penalty
+    return finished.all(-1) & (fin_scores.min(-1) > best_alive)
+
   def not_done(state):
-    i, *_, finished = state
-    return (i < max_length) & ~jnp.all(finished.sum(-1) >= k)
+    i, _, _, _, alive_lp, _, fin_scores, finished = state
+    return (i < max_length) & ~jnp.all(done(i, alive_lp, fin_scores, finished))
 
   def body(state):
     i, cache, logits, alive, alive_lp, fin, fin_scores, finished = state
+    # A done example's finished set is frozen, so its result is the same in any batch.
+    stopped = done(i, alive_lp, fin_scores, finished)[:, None]
     lp = jax.nn.log_softmax(logits).reshape(batch, k, vocab) + alive_lp[:, :, None]
     cand_lp, flat_index = jax.lax.top_k(lp.reshape(batch, k * vocab), 2 * k)
     parent, token = flat_index // vocab, (flat_index % vocab).astype(jnp.int32)
@@ -275,8 +321,7 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
     cand = jnp.where(positions == i, token[:, :, None], cand)
     is_eos = token == EOS_ID
     # Finished: EOS extensions ranked in the top K, unless the example is already done.
-    full = finished.sum(-1, keepdims=True) >= k
-    finishing = is_eos & (jnp.arange(2 * k) < k) & ~full
+    finishing = is_eos & (jnp.arange(2 * k) < k) & ~stopped
     new_scores = jnp.where(finishing, cand_lp / brevity_penalty(alpha, i + 1), _EMPTY)
     pool_scores = jnp.concatenate([fin_scores, new_scores], 1)
     fin_scores, keep = jax.lax.top_k(pool_scores, k)
@@ -287,8 +332,9 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
     alive = jnp.take_along_axis(cand, keep[:, :, None], axis=1)
     rows = (jnp.arange(batch)[:, None] * k + jnp.take_along_axis(parent, keep, 1)).reshape(-1)
     cache = _map_batch(lambda x, a: jnp.take(x, rows, axis=a), cache, axes)
-    logits, cache = step_fn(cache, jnp.take_along_axis(token, keep, 1).reshape(-1, 1))
-    return (i + 1, cache, logits[:, -1], alive, alive_lp, fin, fin_scores, finished)
+    logits, cache = _feed(step_fn, cache, jnp.take_along_axis(token, keep, 1).reshape(-1),
+                          logits, i, max_length)
+    return (i + 1, cache, logits, alive, alive_lp, fin, fin_scores, finished)
 
   _, _, _, alive, alive_lp, fin, fin_scores, finished = jax.lax.while_loop(
       not_done, body, state)
@@ -335,13 +381,12 @@ def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
            ) -> Tuple[np.ndarray, np.ndarray]:
   """What eval and infer call: (tokens [batch, max_length], scores [batch]).
 
-  temperature > 0 samples (one sequence per row; beam_size must be 1); otherwise beam
-  search with `beam_size` beams, keeping the best (beam_size=1 is greedy).
+  temperature > 0 samples (one sequence per row; beam_size must be 1), with top_k / top_p
+  if given; otherwise beam search with `beam_size` beams, keeping the best (beam_size=1 is
+  greedy). Options that contradict each other are errors (`check_options`).
   """
+  check_options(model.cfg.vocab_size, beam_size, temperature, top_k, top_p)
   if temperature > 0:
-    if beam_size != 1:
-      raise ValueError(f'--beam_size={beam_size} with --temperature={temperature}: sampling '
-                       'draws one sequence per input; use --beam_size=1 to sample.')
     rng = jax.random.PRNGKey(0) if rng is None else rng
     tokens, log_prob = _sample(model, params, _prompt(model, batch), max_length, rng,
                                temperature, top_k, top_p, bool(prefix_lm))

@@ -319,7 +319,40 @@ def hf_config_dict(model_cfg) -> dict:
   return _config_to_hf(_architecture_of(model_cfg), model_cfg)
 
 
-def _config_to_hf(arch: str, c) -> dict:
+# The config.json fields naming special tokens: `save` writes `trained_special_tokens`
+# unless given an imported model's own (`special_tokens`; t5x_lite.conversion keeps them).
+SPECIAL_TOKEN_FIELDS = ('pad_token_id', 'bos_token_id', 'eos_token_id', 'decoder_start_token_id')
+
+
+def special_tokens(hf_cfg: dict) -> dict:
+  """The special-token ids a Hugging Face config.json sets."""
+  return {k: hf_cfg[k] for k in SPECIAL_TOKEN_FIELDS if hf_cfg.get(k) is not None}
+
+
+def trained_special_tokens(arch: str) -> dict:
+  """The special-token ids of a model trained here, in config.json fields: this codebase's
+  vocabulary has pad 0 and EOS 1 (t5x_lite/data/vocab.py); T5's decoder and decoder-only rows
+  start from 0 (BOS = pad: the shifted targets' first input, infer's prompt BOS). BERT's
+  config has only a pad id ([MASK] is a tokenizer's; the MLM rows here have no CLS / SEP).
+  GPT-2 gets no pad id, like GPT-2's own config: with pad = BOS = 0, HF `generate` called
+  without an attention_mask takes the prompt's BOS for padding and masks it out; without one
+  it pads finished rows with EOS."""
+  from t5x_lite.data.vocab import EOS_ID, PAD_ID  # pylint: disable=import-outside-toplevel
+  if arch == 'T5ForConditionalGeneration':
+    return dict(pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID)
+  if arch == 'BertForMaskedLM':
+    return dict(pad_token_id=PAD_ID)
+  return dict(bos_token_id=PAD_ID, eos_token_id=EOS_ID)
+
+
+def _config_to_hf(arch: str, c, ids=None) -> dict:
+  """config.json of `arch` for model config `c`, with special-token ids `ids` (a
+  `special_tokens` dict; None: `trained_special_tokens`)."""
+  return {**_architecture_fields(arch, c),
+          **(trained_special_tokens(arch) if ids is None else ids)}
+
+
+def _architecture_fields(arch: str, c) -> dict:
   acts = tuple(c.mlp_activations)
   if arch == 'T5ForConditionalGeneration':
     # HF's 'gated-gelu' means gelu_new (tanh); a gated exact GELU has no T5 spelling.
@@ -336,8 +369,7 @@ def _config_to_hf(arch: str, c) -> dict:
         relative_attention_num_buckets=c.relative_attention_num_buckets,
         relative_attention_max_distance=c.relative_attention_max_distance,
         dropout_rate=c.dropout_rate, layer_norm_epsilon=c.norm_eps, feed_forward_proj=proj,
-        tie_word_embeddings=bool(c.tie_embeddings), is_encoder_decoder=True,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, use_cache=True,
+        tie_word_embeddings=bool(c.tie_embeddings), is_encoder_decoder=True, use_cache=True,
         torch_dtype='float32')
   if acts[0] not in _ACT_TO_HF:
     _fail(f'config.model.mlp_activations={acts!r} has no {arch} activation.')
@@ -349,7 +381,7 @@ def _config_to_hf(arch: str, c) -> dict:
         hidden_act=_ACT_TO_HF[acts[0]], hidden_dropout_prob=c.dropout_rate,
         attention_probs_dropout_prob=c.dropout_rate,
         max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
-        layer_norm_eps=c.norm_eps, pad_token_id=0, position_embedding_type='absolute',
+        layer_norm_eps=c.norm_eps, position_embedding_type='absolute',
         tie_word_embeddings=True, torch_dtype='float32')
   return dict(
       architectures=[arch], model_type='gpt2', vocab_size=c.vocab_size,
@@ -358,8 +390,7 @@ def _config_to_hf(arch: str, c) -> dict:
       resid_pdrop=c.dropout_rate, embd_pdrop=c.dropout_rate, attn_pdrop=c.dropout_rate,
       layer_norm_epsilon=c.norm_eps, scale_attn_weights=True,
       scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
-      tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256,
-      torch_dtype='float32')
+      tie_word_embeddings=True, torch_dtype='float32')
 
 
 # ------------------------------------------------------------------------- tree helpers
@@ -502,12 +533,16 @@ def _stack(params):
   return out
 
 
-def save(model_cfg, params, out_dir: str) -> str:
-  """Write `config.json` + `model.safetensors` that `transformers` loads; returns out_dir."""
+def save(model_cfg, params, out_dir: str, ids=None) -> str:
+  """Write `config.json` + `model.safetensors` that `transformers` loads; returns out_dir.
+
+  `ids`: the special-token ids to write (`special_tokens` of an imported model's config);
+  None writes those of a model trained here (`trained_special_tokens`).
+  """
   from t5x_lite import models  # pylint: disable=import-outside-toplevel
   cfg = models.ModelConfig.from_config(model_cfg)
   arch = _architecture_of(cfg)
-  hf_config = _config_to_hf(arch, cfg)
+  hf_config = _config_to_hf(arch, cfg, ids)
   flat = dict(tree_paths.named_leaves(_plain_params(params, cfg)))
   specs = _SPECS[arch](cfg)
   used = set()

@@ -29,8 +29,9 @@ def _define_flags():
   flags.DEFINE_integer('max_length', 0, 'Tokens to generate (0 = data.targets_length).')
   flags.DEFINE_integer('beam_size', 1, 'Beams (1 = greedy); not with --temperature > 0.')
   flags.DEFINE_float('temperature', 0.0, 'Sampling temperature (0 = greedy).')
-  flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely tokens (0 = all).')
-  flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off).')
+  flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely tokens (0 = all); needs '
+                       '--temperature > 0.')
+  flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off); needs --temperature > 0.')
   flags.DEFINE_integer('seed', 0, 'Sampling seed.')
   flags.DEFINE_integer('batch_size', 0, 'Lines per decoding batch (0 = config.train.batch_size).')
 
@@ -134,7 +135,9 @@ def read_examples(stream: Iterable[Union[bytes, str]],
 
 def tokenize(vocab, text: str, inputs_length: int, eos: bool) -> Tuple[List[int], int]:
   """(ids, original length): ids[:inputs_length - 1] + EOS like the text_to_text pipeline
-  (without EOS: ids[:inputs_length - 1], leaving room for the decoder-only BOS)."""
+  (without EOS: ids[:inputs_length - 1], leaving room for the decoder-only BOS). A decoder-
+  only prompt, BOS in front, is thus inputs_length + 1 tokens with EOS, inputs_length
+  without."""
   ids = vocab.encode(text)
   return ids[:inputs_length - 1] + ([vocab.eos_id] if eos else []), len(ids) + int(eos)
 
@@ -155,19 +158,28 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   if families.get(family).generates is None:
     raise ValueError(f'config.model.family={family!r} does not generate text; infer needs '
                      'encoder_decoder or decoder.')
-  if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-    raise ValueError(f'--temperature={temperature} / --top_k={top_k} / --top_p={top_p}: need '
-                     'temperature >= 0, top_k >= 0 and 0 < top_p <= 1.')
   from t5x_lite import decoding
-  decoding.check_beam_size(beam_size, config.model.vocab_size)
-  if beam_size > 1 and temperature > 0:
-    raise ValueError(f'--beam_size={beam_size} with --temperature={temperature}: sampling '
-                     'draws one sequence per input; use --beam_size=1 to sample.')
+  decoding.check_options(config.model.vocab_size, beam_size, temperature, top_k, top_p)
   checkpoints.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
   max_length = max_length or config.data.targets_length
   batch_size = batch_size or config.train.batch_size
   if max_length < 1 or batch_size < 1:
     raise ValueError(f'--max_length={max_length} and --batch_size={batch_size} must be >= 1.')
+  inputs_length, limit = config.data.inputs_length, ''
+  decoder_only = families.get(family).generates == 'decoder_only'
+  eos = not (decoder_only and config.data.objective == 'causal_lm')
+  if decoder_only and config.model.position_embedding == 'absolute':
+    # Decoding feeds a prompt of P tokens and max_length - 1 new ones, all within the learned
+    # position table (decoding.check_positions_fit), and P is tokenize's length + eos.
+    positions = config.model.max_position_embeddings
+    room = positions + 1 - max_length - eos
+    if room < 2:  # tokenize keeps room - 1 ids: at least one
+      raise ValueError(f'--max_length={max_length} leaves no room for a prompt: the model has '
+                       f'model.max_position_embeddings={positions}.')
+    if room < inputs_length:
+      inputs_length = room
+      limit = (f'what model.max_position_embeddings={positions} leaves for a prompt continued '
+               f'by max_length={max_length}, less than data.inputs_length')
   report = Report()
   if input_path == '-':  # bytes, decoded per line (tests may swap in a text-only stdin)
     examples = read_examples(getattr(sys.stdin, 'buffer', sys.stdin), report)
@@ -179,19 +191,6 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
       raise ValueError(f'--input={input_path}: truncated or corrupt .gz file ({e}).') from None
 
   vocab = vocab_lib.from_config(config.data)
-  inputs_length, limit = config.data.inputs_length, ''
-  decoder_only = families.get(family).generates == 'decoder_only'
-  if decoder_only and config.model.position_embedding == 'absolute':
-    # Prompt + generated tokens must fit the learned position table (decoding.py).
-    room = config.model.max_position_embeddings - max_length
-    if room < 2:  # BOS and at least one token
-      raise ValueError(f'--max_length={max_length} leaves no room for a prompt: the model has '
-                       f'model.max_position_embeddings={config.model.max_position_embeddings}.')
-    if room < inputs_length:
-      inputs_length = room
-      limit = (f'model.max_position_embeddings={config.model.max_position_embeddings} - '
-               f'max_length={max_length}, less than data.inputs_length')
-  eos = not (decoder_only and config.data.objective == 'causal_lm')
   token_lists, kept = [], []
   for example in examples:
     number, text, _ = example

@@ -5,6 +5,14 @@ factored second moments for rank>=2 params whose two largest dims are >= 128,
 multiply_by_parameter_scale, update clipping 1.0, eps1 1e-30, eps2 (parameter-scale floor)
 1e-3, no weight decay. AdamW for BERT / GPT recipes.
 
+Weight decay (AdamW's, and Adafactor's optional `weight_decay_rate`) applies only to weight
+matrices: kernels, embeddings and T5's relative-position tables. Norm scales and biases are not
+decayed: nanoGPT's rule (parameters of rank >= 2 decay, others not), which is also what HF's
+run_clm / run_mlm (no LayerNorm, no bias) and the GPT-2 / BERT recipes do. The rank is the
+unscanned one (a scanned stack's leading `layers` axis does not count), and attention biases,
+stored [heads, d_kv], are biases (`decays`). The optimizer state keeps the pytree of
+`optax.adamw` / `optax.adafactor` without a mask, so existing checkpoints restore.
+
 T5 factors attention kernels as the matrices [d_model, heads * d_kv] / [heads * d_kv, d_model];
 this codebase stores them as [embed, heads, kv] / [heads, kv, embed] (for logical-axis
 sharding), where optax's rule (the two largest dims, both >= 128) would not factor them when
@@ -96,8 +104,10 @@ def create(opt_cfg, total_steps: int) -> optax.GradientTransformation:
   if opt_cfg.name == 'adafactor':
     tx = view_as_matrices(adafactor(lr, opt_cfg.weight_decay or None))
   else:
-    tx = optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=1e-8,
-                     weight_decay=opt_cfg.weight_decay)
+    # optax.adamw's chain, with the decay restricted to `decays`.
+    tx = optax.chain(optax.scale_by_adam(b1=opt_cfg.b1, b2=opt_cfg.b2, eps=1e-8),
+                     add_decayed_weights(opt_cfg.weight_decay),
+                     optax.scale_by_learning_rate(lr))
   if opt_cfg.clip_grad_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt_cfg.clip_grad_norm), tx)
   return tx
@@ -106,7 +116,8 @@ def create(opt_cfg, total_steps: int) -> optax.GradientTransformation:
 def adafactor(learning_rate, weight_decay_rate=None) -> optax.GradientTransformation:
   """`optax.adafactor` with the T5 defaults, built from the same optax transformations in
   the same order (so its state, and checkpoints of it, are the same pytree), except the
-  parameter scale.
+  parameter scale and weight decay on `decays` parameters only (optax's
+  `weight_decay_mask=decay_mask` gives the same updates, in a MaskedState).
 
   optax's `scale_by_param_block_rms` computes each parameter's RMS twice (its
   `safe_root_mean_squares` is written to be differentiable: a second pass over a selected
@@ -120,9 +131,37 @@ def adafactor(learning_rate, weight_decay_rate=None) -> optax.GradientTransforma
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
         scale_by_param_rms(1e-3)]
   if weight_decay_rate is not None:
-    tx.append(optax.add_decayed_weights(weight_decay_rate))
+    tx.append(add_decayed_weights(weight_decay_rate))
   tx.append(optax.scale(-1))
   return optax.chain(*tx)
+
+
+def decays(path_names, shape) -> bool:
+  """Whether weight decay applies to a parameter (module docstring): rank >= 2 without a
+  scanned `layers` axis, and not a bias."""
+  if tuple(path_names[-1:]) == ('bias',):  # attention biases are [heads, d_kv]: one vector in torch
+    return False
+  return len(shape) - ('layers' in path_names) >= 2
+
+
+def decay_mask(params):
+  """`decays` of each parameter, as a pytree of bools like `params`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: decays(tree_paths.path_names(p), x.shape), params)
+
+
+def add_decayed_weights(rate: float) -> optax.GradientTransformation:
+  """`optax.add_decayed_weights(rate, mask=decay_mask)` with the unmasked one's state
+  (EmptyState): optax's mask wraps the state in a MaskedState, another opt_state pytree than
+  the one existing checkpoints hold."""
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError('add_decayed_weights needs the params.')
+    if not rate:
+      return updates, state
+    return jax.tree.map(lambda u, p, d: u + rate * p if d else u, updates, params,
+                        decay_mask(params)), state
+  return optax.GradientTransformation(optax.init_empty_state, update)
 
 
 def scale_by_param_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:

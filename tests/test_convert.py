@@ -1,4 +1,5 @@
-"""`python -m t5x_lite.convert`: HF dir -> Orbax params dir -> HF dir is lossless."""
+"""`python -m t5x_lite.convert`: HF dir -> Orbax params dir -> HF dir is lossless, special-token
+ids included; a model trained here exports its own vocabulary's ids."""
 import json
 import os
 import subprocess
@@ -6,19 +7,28 @@ import sys
 
 os.environ.setdefault('USE_TF', '0')
 
+import flax.linen as nn
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 import torch
 import transformers
 
-from t5x_lite import conversion as convert, models
+from configs import gpt as gpt_config
+from t5x_lite import conversion as convert, decoding, hf, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tensors(d):
   return safetensors.numpy.load_file(os.path.join(d, 'model.safetensors'))
+
+
+def _hf_config(d):
+  with open(os.path.join(d, 'config.json')) as f:
+    return json.load(f)
 
 
 def _assert_same_tensors(a_dir, b_dir):
@@ -49,8 +59,68 @@ def test_round_trip(tmp_path, t5_dir, scan_layers):
   models.build(saved)  # the stored model section is a valid model config
   out = convert.t5x_to_hf(ours, str(tmp_path / 'back'))
   _assert_same_tensors(t5_dir, out)
+  ids = lambda d: {k: _hf_config(d).get(k) for k in ('pad_token_id', 'bos_token_id',
+                                                     'eos_token_id', 'decoder_start_token_id')}
+  assert ids(out) == ids(t5_dir)
   model = transformers.T5ForConditionalGeneration.from_pretrained(out)
   assert model.config.num_decoder_layers == 3
+
+
+def test_gpt2_round_trip_keeps_its_special_ids(tmp_path):
+  """An imported GPT-2 keeps its own ids (bos = eos = 50256, <|endoftext|> of its BPE
+  vocabulary) through hf_to_t5x -> t5x_to_hf."""
+  torch.manual_seed(0)
+  src = str(tmp_path / 'gpt2')
+  transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=50257, n_embd=32, n_layer=1, n_head=4, n_positions=64)).save_pretrained(src)
+  out = convert.t5x_to_hf(convert.hf_to_t5x(src, str(tmp_path / 'ours')), str(tmp_path / 'back'))
+  _assert_same_tensors(src, out)
+  got = _hf_config(out)
+  assert (got['bos_token_id'], got['eos_token_id']) == (50256, 50256)
+  assert 'pad_token_id' not in got
+
+
+def test_trained_gpt_exports_its_eos_and_hf_generate_stops_there(tmp_path):
+  """A decoder trained here saw this codebase's vocabulary (t5x_lite/data/vocab.py: EOS 1;
+  rows start with BOS 0), whatever its vocab_size (configs/gpt.py has GPT-2's 50257): the
+  export says so, and HF greedy `generate` (plain input_ids, no attention_mask) on the
+  exported directory gives decoding.decoder_only_generate's tokens, stopping at its EOS."""
+  assert hf.hf_config_dict(gpt_config.get_config('tiny').model)['eos_token_id'] == 1
+  cfg = gpt_config.get_config('tiny')
+  cfg.model.update(dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16,
+                        max_position_embeddings=64))
+  rng = np.random.default_rng(0)
+
+  def draw(path, x):  # kernels N(0, 1 / d_model), not 0.02: clear greedy margins (>= 0.1)
+    name, noise = jax.tree_util.keystr(path), rng.standard_normal(x.shape)
+    if 'scale' in name:
+      return (1 + 0.1 * noise).astype(np.float32)
+    if 'bias' in name:
+      return (0.1 * noise).astype(np.float32)
+    return (noise if 'embedding' in name else noise / np.sqrt(32)).astype(np.float32)
+  params = jax.tree_util.tree_map_with_path(draw, nn.unbox(models.abstract_params(cfg.model)))
+  # EOS's logit + 16 (the final norm's bias along EOS's tied embedding): greedy decoding then
+  # ends some rows at EOS after a few tokens.
+  eos = params['token_embedder']['embedding'][1]
+  params['decoder']['final_norm']['bias'] += 16 * eos / (eos @ eos)
+  prompts = np.concatenate([np.zeros((4, 1), np.int32),
+                            rng.integers(3, 1152, (4, 3)).astype(np.int32)], axis=1)
+  ours = np.asarray(decoding.decoder_only_generate(models.build(cfg.model), params, prompts, 12))
+  ends = [list(row).index(1) + 1 if 1 in row else len(row) for row in ours]
+  assert min(ends) < 12 and max(ends) == 12, ends  # some rows stop, one runs to max_length
+
+  workdir = str(tmp_path / 'workdir')  # what t5x_to_hf reads of a training workdir
+  ocp.PyTreeCheckpointer().save(workdir, {'params': params})
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(cfg.to_json_best_effort())
+  out = convert.t5x_to_hf(workdir, str(tmp_path / 'hf'))
+  got = _hf_config(out)
+  assert (got['bos_token_id'], got['eos_token_id']) == (0, 1)
+  model = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+  for prompt, row, end in zip(prompts, ours, ends):
+    theirs = model.generate(torch.tensor(prompt[None], dtype=torch.long), max_new_tokens=12,
+                            do_sample=False)[0, len(prompt):]
+    assert theirs.tolist() == row[:end].tolist()
 
 
 def test_refuses_non_empty_output(tmp_path, t5_dir):

@@ -219,6 +219,16 @@ EXPORT_CASES = {
 }
 
 
+# The special-token ids a model trained here saw (t5x_lite/data/vocab.py: pad 0, EOS 1; the
+# T5 decoder and decoder-only rows start from 0), as HF config fields. BERT's config has only
+# pad: [MASK] is a tokenizer's id, and the MLM rows here have no CLS / SEP.
+TRAINED_IDS = {
+    'encoder_decoder': dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+    'encoder': dict(pad_token_id=0),
+    'decoder': dict(bos_token_id=0, eos_token_id=1),
+}
+
+
 @pytest.mark.parametrize('case', sorted(EXPORT_CASES))
 def test_export_parity(tmp_path, case):
   model_cfg = EXPORT_CASES[case]()
@@ -239,6 +249,8 @@ def test_export_parity(tmp_path, case):
   model, info = cls.from_pretrained(out, output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys'], info
   assert not info['mismatched_keys'], info
+  for field, want in TRAINED_IDS[family].items():
+    assert getattr(model.config, field) == want, (case, field)
   ref = torch_logits(model.eval(), theirs)
   if valid is not None:
     got, ref = got[valid], ref[valid]

@@ -7,11 +7,12 @@ input) is in test_train_cli.py.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
 import pytest
 
 from configs import base
-from t5x_lite import optim, partitioning, trainer as trainer_lib
+from t5x_lite import models, optim, partitioning, trainer as trainer_lib, tree_paths
 from t5x_lite.data import pipeline
 from tiny_run import tiny_config
 
@@ -187,13 +188,16 @@ def test_adafactor_equals_optax_adafactor_and_keeps_its_state_tree(weight_decay)
             'tiny': (rng.normal(size=(6, 5)) * 1e-5).astype(np.float32),
             'vector': rng.normal(size=(7,)).astype(np.float32)}
   ours = optim.adafactor(0.01, weight_decay)
-  theirs = optax.adafactor(
+  optax_adafactor = lambda **mask: optax.adafactor(
       learning_rate=0.01, min_dim_size_to_factor=128, decay_rate=0.8, decay_offset=0,
       multiply_by_parameter_scale=True, clipping_threshold=1.0, momentum=None, eps=1e-30,
-      factored=True, weight_decay_rate=weight_decay)
+      factored=True, weight_decay_rate=weight_decay, **mask)
+  # Decay skips 'vector' (rank 1), as optax's weight_decay_mask does; the state stays the
+  # unmasked pytree (optax's mask would wrap it in a MaskedState).
+  theirs = optax_adafactor(weight_decay_mask=optim.decay_mask)
   state_ours, state_theirs = ours.init(params), theirs.init(params)
   assert (jax.tree_util.tree_structure(state_ours) ==
-          jax.tree_util.tree_structure(state_theirs))
+          jax.tree_util.tree_structure(optax_adafactor().init(params)))
   p_ours = p_theirs = params
   for step in range(4):
     grads = {k: rng.normal(size=v.shape).astype(np.float32) * (step + 1) for k, v in params.items()}
@@ -212,6 +216,47 @@ def test_adafactor_equals_optax_adafactor_and_keeps_its_state_tree(weight_decay)
     p_ours = optax.apply_updates(p_ours, u_ours)
     p_theirs = optax.apply_updates(p_theirs, u_theirs)
   assert np.abs(np.asarray(u_ours['tiny'])).max() > 0
+
+
+def _decay_expected(name):
+  """Which parameters weight decay shrinks, by name (HF run_clm / run_mlm: not LayerNorm, not
+  bias): True for weight matrices, False for norm scales and biases."""
+  leaf = name.rsplit('/', 1)[-1]
+  assert leaf in ('kernel', 'embedding', 'rel_embedding', 'scale', 'bias', 'mlm_bias'), name
+  return leaf in ('kernel', 'embedding', 'rel_embedding')
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+@pytest.mark.parametrize('family,opt', [('gpt', 'adamw'), ('bert', 'adamw'),
+                                        ('t5', 'adafactor')])
+def test_weight_decay_spares_norm_scales_and_biases(family, opt, scan_layers):
+  """One update with zero gradients is weight decay alone: kernels and embeddings shrink by
+  (1 - lr * wd) (AdamW) or (1 - wd) (Adafactor: optax adds decay after the learning rate);
+  norm scales and biases, [heads, d_kv] attention biases and scanned [layers, d] scales
+  included, stay. AdamW's state keeps optax.adamw's pytree (checkpoints restore)."""
+  lr, wd = 0.01, 0.1
+  cfg = tiny_config(family, scan_layers=scan_layers)
+  cfg.optimizer.update(dict(name=opt, schedule='constant', learning_rate=lr, warmup_steps=0,
+                            weight_decay=wd, clip_grad_norm=0.0))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32),
+                        nn.unbox(models.abstract_params(cfg.model)))
+  tx = optim.create(cfg.optimizer, 10)
+  state = tx.init(params)
+  updates, _ = tx.update(jax.tree.map(np.zeros_like, params), state, params)
+  new = optax.apply_updates(params, updates)
+  shrink = 1 - lr * wd if opt == 'adamw' else 1 - wd
+  names = [('/'.join(k), x) for k, x in tree_paths.named_leaves(params)]
+  assert any('layers' in n.split('/') for n, _ in names) == scan_layers
+  for (name, p), q in zip(names, jax.tree.leaves(new)):
+    if _decay_expected(name):
+      np.testing.assert_allclose(q, shrink * p, rtol=1e-6, err_msg=name)
+    else:
+      np.testing.assert_array_equal(q, p, err_msg=name)
+  if opt == 'adamw':
+    assert (jax.tree_util.tree_structure(state) ==
+            jax.tree_util.tree_structure(optax.adamw(
+                optim.schedule(cfg.optimizer, 10), weight_decay=wd).init(params)))
 
 
 def test_rsqrt_schedule_is_t5s():
@@ -264,7 +309,7 @@ def _cosine_lr(step, peak, warmup, decay_steps):
 def test_adamw_clipping_cosine_weight_decay_label_smoothing_match_numpy():
   """Four train steps against an independent computation: the loss and its gradient from
   the definition above, global-norm clipping, the warmup-cosine learning rate and AdamW with
-  decoupled weight decay in float64 numpy."""
+  decoupled weight decay (weight matrices only) in float64 numpy."""
   peak, warmup, decay_steps, wd, smoothing, z_loss, b1, b2 = 1e-2, 2, 5, 1.0, 0.1, 1e-4, 0.9, 0.99
   cfg = tiny('gpt', 'causal_lm', targets_length=32)
   cfg.train.update(dict(steps=8, label_smoothing=smoothing, z_loss=z_loss))
@@ -291,6 +336,8 @@ def test_adamw_clipping_cosine_weight_decay_label_smoothing_match_numpy():
 
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(state.params))
   p0 = p
+  decay = jax.tree.unflatten(jax.tree.structure(p), [  # wd on weight matrices only
+      wd * _decay_expected('/'.join(k)) for k, _ in tree_paths.named_leaves(p)])
   m = jax.tree.map(np.zeros_like, p)
   v = jax.tree.map(np.zeros_like, p)
   for t, b in enumerate(batches):
@@ -308,9 +355,9 @@ def test_adamw_clipping_cosine_weight_decay_label_smoothing_match_numpy():
     m = jax.tree.map(lambda m_, g_: b1 * m_ + (1 - b1) * g_, m, g)
     v = jax.tree.map(lambda v_, g_: b2 * v_ + (1 - b2) * g_ ** 2, v, g)
     p = jax.tree.map(
-        lambda p_, m_, v_: p_ - lr * ((m_ / (1 - b1 ** (t + 1))) /
-                                      (np.sqrt(v_ / (1 - b2 ** (t + 1))) + 1e-8) + wd * p_),
-        p, m, v)
+        lambda p_, m_, v_, d: p_ - lr * ((m_ / (1 - b1 ** (t + 1))) /
+                                         (np.sqrt(v_ / (1 - b2 ** (t + 1))) + 1e-8) + d * p_),
+        p, m, v, decay)
 
   # Compare the total update per parameter by its norm: Adam turns rounding noise in a
   # near-zero gradient entry into a step of about lr, so single entries may differ.
