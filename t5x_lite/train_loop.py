@@ -166,6 +166,26 @@ def _every(period: int, step: int) -> bool:
   return bool(period) and step % period == 0
 
 
+def _say_if_the_schedule_moved(config, ckpts, step: int) -> None:
+  """A cosine schedule without decay_steps decays over train.steps: a resume with another
+  train.steps changes the learning rate from here on (it jumps back up when raised)."""
+  o = config.optimizer
+  if o.schedule != 'cosine' or o.decay_steps:
+    return
+  import orbax.checkpoint as ocp
+  try:
+    saved = ckpts.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))['config']
+    before = int(saved['train']['steps'])
+  except Exception:  # noqa: BLE001 - only a notice: an old or odd checkpoint says nothing
+    return
+  if before != config.train.steps:
+    print(f'[t5x_lite] warning: the cosine schedule decays over train.steps (optimizer.'
+          f'decay_steps=0): it was {before} steps, now {config.train.steps}, so the learning '
+          f'rate changes from step {step} on; set optimizer.decay_steps={before} to keep it.',
+          flush=True)
+
+
 def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 0):
   """Pretrain or fine-tune `config` in `workdir` (`python -m t5x_lite.train`, docs/cli.md)."""
   import jax
@@ -201,6 +221,11 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
                       max_consecutive_skips=config.train.max_consecutive_skips,
                       skipped_steps=int(saved.get('skipped_steps', 0)))
   print(f'[t5x_lite] {why}.', flush=True)
+  if start >= config.train.steps:
+    print(f'[t5x_lite] the workdir is at step {start}, at or past config.train.steps='
+          f'{config.train.steps}: nothing to train (raise train.steps to train on).', flush=True)
+  if resumed:
+    _say_if_the_schedule_moved(config, ckpts, start)
   config_dict = _config_dict(config)
   if pid == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:

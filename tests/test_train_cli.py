@@ -316,6 +316,20 @@ def test_init_from_a_checkpoint_of_another_model_is_refused(uninterrupted, tmp_p
   assert last.startswith('error: ') and message in last, last
 
 
+def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp_path):
+  workdir = str(tmp_path / 'cosine')
+  cosine = ['--config.optimizer.schedule=cosine', '--config.optimizer.warmup_steps=1']
+  run(workdir, '--config.train.steps=2', *cosine)
+  proc = run(workdir, '--config.train.steps=3', *cosine)
+  assert ('the cosine schedule decays over train.steps (optimizer.decay_steps=0): it was 2 '
+          'steps, now 3') in proc.stdout
+  proc = run(workdir, '--config.train.steps=3', *cosine)  # same steps: no notice
+  assert 'cosine schedule' not in proc.stdout
+  assert 'at step 3, at or past config.train.steps=3: nothing to train' in proc.stdout
+  proc = run(workdir, '--config.train.steps=4', *cosine, '--config.optimizer.decay_steps=3')
+  assert 'cosine schedule' not in proc.stdout
+
+
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
