@@ -25,7 +25,9 @@ top K that end in EOS become finished hypotheses (the K best by score are kept),
 that do not end in EOS stay alive. An example stops, as in T5X's beam search, once all K
 finished slots are full and its best alive beam, given the most favourable length penalty
 it could still get, cannot beat the worst finished one; at max_length, missing finished
-slots are filled with the alive beams. With K = 1 this is exactly greedy decoding. The model's decode cache is an
+slots are filled with the alive beams. With K = 1 and alpha = 0 this is greedy decoding
+(with alpha > 0 the one beam may go on past greedy's EOS to a longer, better-scored
+sequence, as in T5X: `decode` does greedy decoding itself). The model's decode cache is an
 opaque pytree: beams are expanded and reordered along each leaf's batch axis, found by
 comparing the cache shapes at two batch sizes, so new cache entries need no change here.
 """
@@ -218,21 +220,24 @@ def _token_log_prob(logits, token):
 
 
 def _generate(step_fn, cache, first_logits, max_length, rng, temperature, top_k, top_p):
-  """Tokens [batch, max_length] and their summed model log-prob (through the first EOS)."""
+  """Tokens [batch, max_length] and their summed model log-prob (through the first EOS).
+  Stops once every row has ended (later tokens stay 0)."""
 
-  def body(carry, i):
-    cache, logits, done, log_prob = carry
+  def body(state):
+    i, cache, logits, done, log_prob, tokens = state
     token = _choose(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p)
     token = jnp.where(done, 0, token)
     log_prob = log_prob + jnp.where(done, 0.0, _token_log_prob(logits, token))
     done = done | (token == EOS_ID)
     logits, cache = _feed(step_fn, cache, token, logits, i, max_length)
-    return (cache, logits, done, log_prob), token
+    return i + 1, cache, logits, done, log_prob, tokens.at[:, i].set(token)
 
   rows = first_logits.shape[0]
-  init = (cache, first_logits, jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32))
-  (_, _, _, log_prob), tokens = jax.lax.scan(body, init, jnp.arange(max_length))
-  return tokens.T, log_prob
+  state = (jnp.int32(0), cache, first_logits, jnp.zeros((rows,), bool),
+           jnp.zeros((rows,), jnp.float32), jnp.zeros((rows, max_length), jnp.int32))
+  *_, log_prob, tokens = jax.lax.while_loop(lambda s: (s[0] < max_length) & ~s[3].all(), body,
+                                            state)
+  return tokens, log_prob
 
 
 def _lengths(tokens):
@@ -382,11 +387,11 @@ def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
   """What eval and infer call: (tokens [batch, max_length], scores [batch]).
 
   temperature > 0 samples (one sequence per row; beam_size must be 1), with top_k / top_p
-  if given; otherwise beam search with `beam_size` beams, keeping the best (beam_size=1 is
-  greedy). Options that contradict each other are errors (`check_options`).
+  if given; beam_size=1 is greedy; otherwise beam search with `beam_size` beams, keeping the
+  best. Options that contradict each other are errors (`check_options`).
   """
   check_options(model.cfg.vocab_size, beam_size, temperature, top_k, top_p)
-  if temperature > 0:
+  if temperature > 0 or beam_size == 1:  # greedy here: one beam may go on past EOS
     rng = jax.random.PRNGKey(0) if rng is None else rng
     tokens, log_prob = _sample(model, params, _prompt(model, batch), max_length, rng,
                                temperature, top_k, top_p, bool(prefix_lm))

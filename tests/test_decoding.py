@@ -102,14 +102,26 @@ def test_encoder_decoder_greedy_equals_full_forward_argmax_with_forced_eos(encde
   assert len({tuple(r) for r in got}) > BATCH // 2
 
 
-def test_beam_1_equals_greedy_and_scores_are_penalised_log_likelihoods(encdec):
+def test_greedy_decode_and_beam_1_scores_are_penalised_log_likelihoods(encdec):
+  """decode(beam_size=1) is greedy for any alpha; one beam is greedy at alpha 0, and with
+  alpha > 0 (it may go on past greedy's EOS) scores at least as well."""
   model, params, enc, full = encdec
   greedy = np.asarray(decoding.encoder_decoder_generate(model, params, enc, MAX_LEN))
-  tokens, scores = decoding.beam_search(model, params, {'encoder_input_tokens': enc}, MAX_LEN,
-                                        beam_size=1, alpha=0.6)
-  np.testing.assert_array_equal(np.asarray(tokens)[:, 0], greedy)
-  want = _encdec_log_likelihood(full, greedy) / _penalty(0.6, _lengths(greedy))
-  np.testing.assert_allclose(np.asarray(scores)[:, 0], want, rtol=1e-5, atol=1e-5)
+  for alpha in (0.0, 0.6):
+    tokens, scores = decoding.decode(model, params, {'encoder_input_tokens': enc}, MAX_LEN,
+                                     beam_size=1, alpha=alpha)
+    np.testing.assert_array_equal(tokens, greedy)
+    want = _encdec_log_likelihood(full, greedy) / _penalty(alpha, _lengths(greedy))
+    np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-5)
+    tokens, scores = decoding.beam_search(model, params, {'encoder_input_tokens': enc}, MAX_LEN,
+                                          beam_size=1, alpha=alpha)
+    tokens, scores = np.asarray(tokens)[:, 0], np.asarray(scores)[:, 0]
+    np.testing.assert_allclose(
+        scores, _encdec_log_likelihood(full, tokens) / _penalty(alpha, _lengths(tokens)),
+        rtol=1e-5, atol=1e-5)
+    if alpha == 0:
+      np.testing.assert_array_equal(tokens, greedy)
+    assert np.all(scores >= want - 1e-5)
 
 
 @pytest.mark.parametrize('alpha', [0.0, 0.6])
@@ -134,6 +146,67 @@ def test_beam_scores_equal_teacher_forced_scores_and_beat_greedy(encdec, alpha):
   greedy_score = _encdec_log_likelihood(full, greedy) / _penalty(alpha, _lengths(greedy))
   assert np.all(scores[:, 0] >= greedy_score - 1e-5)
   assert np.any(scores[:, 0] > greedy_score + 1e-3)
+
+
+class _Hesitant:
+  """`model` with its logits times `scale` (confident) and EOS never far behind: its logit is
+  at least the best other token's minus `gap`, as in a trained model that always weighs
+  stopping. Beam search then finishes K short, unlikely hypotheses within a few steps while
+  the likely continuations end later: the case where stopping at K finished hypotheses
+  (Hugging Face's early_stopping=True) loses. Plain random models almost never weigh EOS
+  so (both stopping rules gave equal results on them)."""
+
+  def __init__(self, model, scale, gap):
+    self.model, self.cfg, self.scale, self.gap = model, model.cfg, scale, gap
+    self.init, self.encode, self.decode = model.init, model.encode, model.decode
+
+  def _logits(self, logits):
+    logits = logits * self.scale
+    runner_up = jnp.max(logits.at[..., EOS].set(-jnp.inf), axis=-1) - self.gap
+    return logits.at[..., EOS].max(runner_up)
+
+  def apply(self, *args, method=None, **kwargs):
+    out = self.model.apply(*args, method=method, **kwargs)
+    if isinstance(out, tuple):  # cached decoder step: (logits, mutated cache)
+      return self._logits(out[0]), out[1]
+    return out if method == self.model.encode else self._logits(out)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.6])
+def test_beam_search_keeps_going_while_a_live_beam_can_still_win(alpha):
+  """T5X's stopping rule: over 128 inputs, beam search (K = 4) scores at least as well as
+  greedy, both scored by teacher forcing, wherever greedy ends with EOS. (Where greedy runs
+  out of length without EOS, K finished hypotheses outrank it, as in T5X.) Stopping at K
+  finished hypotheses (the old rule) scored below greedy on 9+ of these inputs."""
+  n, length, k = 128, 10, 4
+  base = _tiny(t5_v1_1.get_config('tiny'))
+  enc = np.random.RandomState(2).randint(2, VOCAB, (n, 7)).astype(np.int32)
+  params = _params(base, {'encoder_input_tokens': enc, 'decoder_input_tokens': enc})
+  # EOS takes the place of the token whose first greedy occurrence most often lies at steps
+  # 3..length-1, so greedy outputs end at varied, not too early, steps.
+  plain = np.asarray(decoding.encoder_decoder_generate(base, params, enc, length))
+  def ends_between_3_and_length(t):
+    first = np.where((plain == t).any(1), (plain == t).argmax(1) + 1, 0)
+    return ((first >= 3) & (first < length)).sum()
+  params = _force_eos(params, max(range(2, VOCAB), key=ends_between_3_and_length))
+  model = _Hesitant(base, scale=8.0, gap=2.0)
+  apply = jax.jit(model.apply)
+
+  def full(dec, rows=slice(None)):
+    return np.asarray(apply({'params': params}, {
+        'encoder_input_tokens': enc[rows], 'decoder_input_tokens': dec}))
+
+  def score(tokens):
+    return _encdec_log_likelihood(full, tokens) / _penalty(alpha, _lengths(tokens))
+  greedy = np.asarray(decoding.encoder_decoder_generate(model, params, enc, length))
+  tokens, scores = decoding.beam_search(model, params, {'encoder_input_tokens': enc}, length,
+                                        beam_size=k, alpha=alpha)
+  best = np.asarray(tokens)[:, 0]
+  np.testing.assert_allclose(np.asarray(scores)[:, 0], score(best), rtol=1e-4, atol=1e-4)
+  ended = _lengths(greedy) < length
+  assert ended.sum() >= 40 and len(set(_lengths(greedy)[ended].tolist())) >= 5
+  worse = ended & (score(best) < score(greedy) - 1e-4)
+  assert not worse.any(), (np.nonzero(worse)[0], score(best)[worse], score(greedy)[worse])
 
 
 def test_beam_search_with_scanned_layers_equals_unscanned(encdec):
@@ -188,11 +261,11 @@ def test_decoder_only_beam_search_continues_the_prompt(prefix_lm):
                                atol=1e-5)
   greedy = np.asarray(decoding.decoder_only_generate(model, params, prompt, n, prefix_lm=True))
   one = decoding.beam_search(model, params, {'decoder_input_tokens': prompt}, n, beam_size=1,
-                             prefix_lm=True)[0]
+                             alpha=0.0, prefix_lm=True)[0]
   np.testing.assert_array_equal(np.asarray(one)[:, 0], greedy)
 
 
-def test_bad_beam_sizes_and_encoder_only_are_one_line_errors(encdec):
+def test_bad_beam_sizes_sampling_options_and_encoder_only_are_one_line_errors(encdec):
   model, params, enc, _ = encdec
   for k in (0, VOCAB + 1):
     with pytest.raises(ValueError, match=rf'--beam_size={k} must be between 1 and the '
@@ -205,6 +278,13 @@ def test_bad_beam_sizes_and_encoder_only_are_one_line_errors(encdec):
   with pytest.raises(ValueError, match='sampling draws one sequence'):
     decoding.decode(model, params, {'encoder_input_tokens': enc}, MAX_LEN, beam_size=2,
                     temperature=1.0)
+  with pytest.raises(ValueError, match=r'--top_k=5 / --top_p=1.0 with --temperature=0: '
+                                       r'sampling needs --temperature > 0'):
+    decoding.decode(model, params, {'encoder_input_tokens': enc}, MAX_LEN, top_k=5)
+  with pytest.raises(ValueError, match=rf'--top_k={VOCAB + 1} is larger than the vocabulary '
+                                       rf'size \({VOCAB}\)'):
+    decoding.decode(model, params, {'encoder_input_tokens': enc}, MAX_LEN, temperature=1.0,
+                    top_k=VOCAB + 1)
 
 
 # ----------------------------------------------------------------- sampling frequencies

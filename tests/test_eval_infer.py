@@ -324,13 +324,24 @@ def test_infer_top_p_samples_the_nucleus_at_its_frequencies(workdir, tmp_path, m
   assert p_value > 1e-3, (counts, draws * expected)
 
 
-@pytest.mark.parametrize('flag', ['--temperature=-1', '--top_k=-1', '--top_p=0'])
-def test_bad_sampling_flag_is_a_one_line_error(workdir, flag):
-  proc = run('infer', f'--workdir={workdir}', flag, check=False, stdin='x\n', timeout=120)
+_RANGE = 'need temperature >= 0, top_k >= 0 and 0 < top_p <= 1'
+_GREEDY = 'sampling needs --temperature > 0'
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--temperature=-1'], _RANGE), (['--top_k=-1'], _RANGE), (['--top_p=0'], _RANGE),
+    # Without --temperature, top-k / top-p were silently ignored (greedy decoding).
+    (['--top_k=5'], '--top_k=5 / --top_p=1.0 with --temperature=0: ' + _GREEDY),
+    (['--top_p=0.9'], '--top_k=0 / --top_p=0.9 with --temperature=0: ' + _GREEDY),
+    # JAX's raw top_k error after the model had loaded.
+    (['--temperature=1', '--top_k=1153'], '--top_k=1153 is larger than the vocabulary size '
+                                          '(1152)')])
+def test_bad_sampling_flag_is_a_one_line_error(workdir, flags, message):
+  proc = run('infer', f'--workdir={workdir}', *flags, check=False, stdin='x\n', timeout=120)
   assert proc.returncode == 1
   lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: ') and flag.split('=')[0] in lines[0] and \
-      'need temperature >= 0, top_k >= 0 and 0 < top_p <= 1' in lines[0], proc.stderr
+  assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0] and \
+      flags[-1].split('=')[0] in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize('module', ['eval', 'infer'])
@@ -376,19 +387,32 @@ def _tiny_gpt(max_positions):
 
 def test_absolute_positions_bound_decoding_and_infer_cuts_prompts_to_fit(
     tmp_path, monkeypatch, capsys):
-  """A learned position table (GPT-2) holds prompt + new tokens or decoding refuses: past it
-  jnp.take reads NaN. infer cuts prompts to the room left, and counts them as truncated."""
+  """A learned position table (GPT-2) holds the prompt and every new token but the last (it
+  is never fed back) or decoding refuses: past it jnp.take reads NaN. At the edge, greedy
+  tokens are the full forward pass's argmaxes and beam scores its log-likelihoods. infer
+  (causal LM: prompt = BOS + ids) cuts prompts to the room left, counted as truncated."""
   import jax
   from t5x_lite import decoding, infer, models, train_loop
   config = _tiny_gpt(24)
   model = models.build(config.model)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), {
       'decoder_input_tokens': np.ones((1, 4), np.int32)})['params']
-  prompt = np.full((2, 16), 7, np.int32)
-  tokens = decoding.decoder_only_generate(model, params, prompt, 8)  # 16 + 8 = 24 positions
-  assert tokens.shape == (2, 8)
-  with pytest.raises(ValueError, match='needs 25 positions.*max_position_embeddings=24'):
-    decoding.decoder_only_generate(model, params, prompt, 9)
+  prompt = np.random.RandomState(0).randint(2, 64, (2, 16)).astype(np.int32)
+
+  def full_logits(tokens):  # the prompt and all new tokens but the last: 24 positions
+    return np.asarray(model.apply({'params': params}, {
+        'decoder_input_tokens': np.concatenate([prompt, tokens[:, :-1]], 1)}))[:, 15:]
+  greedy = np.asarray(decoding.decoder_only_generate(model, params, prompt, 9))
+  np.testing.assert_array_equal(greedy, np.argmax(full_logits(greedy), -1))
+  tokens, scores = decoding.decode(model, params, {'decoder_input_tokens': prompt}, 9,
+                                   beam_size=3, alpha=0.0)
+  assert (tokens != 1).all()  # no EOS: the score sums all 9 log-probs
+  log_p = jax.nn.log_softmax(full_logits(tokens))
+  np.testing.assert_allclose(scores, np.take_along_axis(log_p, tokens[..., None], -1).sum(
+      (1, 2)), rtol=1e-5)
+  with pytest.raises(ValueError, match='a prompt of 16 tokens continued by max_length=10 '
+                                       'needs 25 positions.*max_position_embeddings=24'):
+    decoding.decoder_only_generate(model, params, prompt, 10)
 
   monkeypatch.chdir(ROOT)
   workdir = str(tmp_path / 'gpt')
@@ -399,11 +423,77 @@ def test_absolute_positions_bound_decoding_and_infer_cuts_prompts_to_fit(
   report = infer.run_infer(config, workdir, str(lines), str(out), max_length=8)
   rows = [json.loads(l) for l in out.read_text().splitlines()]
   assert len(rows) == 2 and all(np.isfinite(r['score']) for r in rows)
-  assert [n for n, _ in report.truncated] == [1]  # only the long line; cut to 24 - 8 = 16
-  assert ('truncated 1 of 2 inputs to 16 tokens (model.max_position_embeddings=24 - '
-          'max_length=8' in capsys.readouterr().err)
-  with pytest.raises(ValueError, match='--max_length=23 leaves no room for a prompt'):
-    infer.run_infer(config, workdir, str(lines), str(out), max_length=23)
+  assert [n for n, _ in report.truncated] == [1]  # only the long line: BOS + 16 ids + 7 = 24
+  assert ('truncated 1 of 2 inputs to 17 tokens (what model.max_position_embeddings=24 leaves '
+          'for a prompt continued by max_length=8' in capsys.readouterr().err)
+  infer.run_infer(config, workdir, str(lines), str(out), max_length=23)  # BOS + 1 id + 22
+  assert len(out.read_text().splitlines()) == 2
+  with pytest.raises(ValueError, match='--max_length=24 leaves no room for a prompt'):
+    infer.run_infer(config, workdir, str(lines), str(out), max_length=24)
+
+
+@pytest.fixture(scope='module')
+def gpt_prefix_lm(tmp_path_factory):
+  """GPT-2 (learned positions) trained 1 step as a prefix LM on the speaker task, its rows
+  filling the 56-entry position table: inputs_length 48 + targets_length 8."""
+  from tiny_run import tiny_config
+  from t5x_lite import train_loop
+  config = tiny_config('gpt', layers=1, max_position_embeddings=56, data=dict(
+      objective='text_to_text', inputs_length=48, targets_length=8,
+      train_source='jsonl:data/tasks/speaker/train.jsonl',
+      validation_source='jsonl:data/tasks/speaker/validation.jsonl'),
+      train=dict(batch_size=8, steps=1, eval_every=0, log_every=1, eval_steps=1))
+  workdir = str(tmp_path_factory.mktemp('gpt_prefix_lm'))
+  cwd = os.getcwd()
+  os.chdir(ROOT)
+  try:
+    train_loop.train(config, workdir)
+  finally:
+    os.chdir(cwd)
+  return config, workdir
+
+
+def test_eval_decodes_a_prefix_lm_whose_rows_fill_the_position_table(gpt_prefix_lm,
+                                                                     monkeypatch):
+  """Prompts of BOS + 48 tokens (long inputs, cut) continued by 8 tokens feed exactly 56
+  positions; a config one position longer is refused before anything runs."""
+  from t5x_lite import eval as eval_cmd
+  config, workdir = gpt_prefix_lm
+  monkeypatch.chdir(ROOT)
+  result = eval_cmd.run_eval(config, workdir, eval_steps=1)
+  assert result['decoded_examples'] == 8 and result['truncated_inputs'] > 0
+  assert os.path.exists(os.path.join(workdir, 'eval_validation_1.json'))
+  longer = config.copy_and_resolve_references()
+  longer.data.targets_length = 9
+  with pytest.raises(ValueError, match=r'inputs_length \+ targets_length=48 \+ 9 gives the '
+                                       r'decoder rows of 57 tokens, more than '
+                                       r'config.model.max_position_embeddings=56'):
+    eval_cmd.run_eval(longer, workdir, eval_steps=1)
+
+
+def test_infer_cuts_prefix_lm_prompts_to_fill_the_position_table(gpt_prefix_lm, tmp_path,
+                                                                 monkeypatch, capsys):
+  """--max_length=20 on a 56-entry table: prompts of BOS + 35 ids + EOS = 37 tokens, + 19 fed
+  back = 56 positions exactly; every line predicted. --max_length=54 leaves BOS + 1 id + EOS;
+  55 leaves no room: a one-line error, before any input is read or the model loaded."""
+  from t5x_lite import infer
+  config, workdir = gpt_prefix_lm
+  monkeypatch.chdir(ROOT)
+  with open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) as f:
+    texts = [json.loads(next(f))['inputs'] for _ in range(6)]
+  source, out = tmp_path / 'in.txt', tmp_path / 'out.jsonl'
+  source.write_text('\n'.join(texts) + '\n')
+  report = infer.run_infer(config, workdir, str(source), str(out), max_length=20, batch_size=4)
+  assert report.predicted == 6 and len(out.read_text().splitlines()) == 6
+  assert report.truncated  # some prompts at the edge
+  assert (f'truncated {len(report.truncated)} of 6 inputs to 36 tokens (what '
+          'model.max_position_embeddings=56 leaves for a prompt continued by max_length=20, '
+          'less than data.inputs_length)') in capsys.readouterr().err
+  report = infer.run_infer(config, workdir, str(source), str(out), max_length=54, batch_size=4)
+  assert report.predicted == 6
+  with pytest.raises(ValueError, match=r'^--max_length=55 leaves no room for a prompt: the '
+                                       r'model has model.max_position_embeddings=56\.$'):
+    infer.run_infer(config, workdir, str(tmp_path / 'unread'), str(out), max_length=55)
 
 
 def test_infer_reads_a_first_line_after_a_byte_order_mark():
