@@ -304,9 +304,10 @@ def model_mismatch(saved_model: dict, model_cfg, source: str) -> str:
   return ''
 
 
-def check_init_config(directory: str, model_cfg) -> None:
-  """ValueError if `directory` (a workdir or a converted checkpoint) has a config.json whose
-  model differs from `model_cfg` (same shapes can still mean another network: relu vs gelu)."""
+def check_model_config(directory: str, model_cfg, what: str) -> None:
+  """ValueError if `directory` (a workdir or a converted checkpoint; `what` names the flag
+  that gave it) has a config.json whose model differs from `model_cfg` (same shapes can
+  still mean another network: relu vs gelu)."""
   path = os.path.join(directory, 'config.json')
   if not os.path.isfile(path):
     return
@@ -315,8 +316,8 @@ def check_init_config(directory: str, model_cfg) -> None:
     saved = json.load(f).get('model', {})
   mismatch = model_mismatch(saved, model_cfg, path)
   if mismatch:
-    raise ValueError(f'config.init_from={directory}: {mismatch}; pass the model config the '
-                     'checkpoint was trained with.')
+    raise ValueError(f'{what}={directory}: {mismatch}; pass the model config (and --config '
+                     'overrides) it was trained with.')
 
 
 def load_params(directory: str, abstract_params):
@@ -378,7 +379,7 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
                    '(config.init_from; no checkpoint in the workdir); fresh optimizer state '
                    'and data position')
   if config.init_from:
-    check_init_config(config.init_from, config.model)
+    check_model_config(config.init_from, config.model, 'config.init_from')
     params, path = load_params(config.init_from, trainer.abstract_state.params)
     state = trainer.state_from_params(params)
     return state, (f'initialized params from {path} (config.init_from; no checkpoint in the '

@@ -65,6 +65,7 @@ def load(config, workdir: str):
   step)."""
   from t5x_lite import checkpoints
   step, path = checkpoints.latest_checkpoint(workdir)  # before compiling: a fast, clear error
+  checkpoints.check_model_config(workdir, config.model, '--workdir')
   import jax
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   validation.validate_config(config, jax.device_count())

@@ -524,3 +524,16 @@ def test_infer_skips_invalid_text_and_reads_gzip(workdir, tmp_path, monkeypatch,
     assert rows[1]['id'] == 4 and report.invalid == [2, 3]
     assert ('read 4 lines; wrote 2 predictions; skipped 0 empty lines; skipped 2 lines of '
             'invalid UTF-8 or lone-surrogate text (lines 2, 3)') in capsys.readouterr().err
+
+
+def test_eval_with_a_model_config_other_than_the_workdirs_is_refused(workdir):
+  """Same shapes, another network (the relative-position distance): the params would load
+  and eval would report figures of a model that was never trained."""
+  before = snapshot(workdir)
+  proc = run('eval', f'--workdir={workdir}', '--config.model.relative_attention_max_distance=64',
+             check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: --workdir=') and (
+      'config.model.relative_attention_max_distance=64 differs from') in last, last
+  assert snapshot(workdir) == before
