@@ -134,6 +134,7 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
   tokens = jnp.asarray(tokens, jnp.int32)
   rows, length = tokens.shape
   if how_it_generates(model) == 'encoder_decoder':
+    check_positions_fit(model.cfg, length, max_length, encoder_decoder=True)
     encoded = model.apply({'params': params}, {'encoder_input_tokens': tokens},
                           method=model.encode)
     if beams:
@@ -157,14 +158,24 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
   return step, cache, axes, jnp.repeat(logits[:, -1], beams, axis=0)
 
 
-def check_positions_fit(cfg, prompt_length: int, max_length: int) -> None:
-  """A decoder-only model with learned absolute positions continues a prompt only as far as
-  its position table reaches (a position past it reads NaN): the prompt and every new token
-  but the last (never fed back, `_feed`) must fit."""
-  limit, needed = cfg.max_position_embeddings, prompt_length + max_length - 1
-  if cfg.position_embedding == 'absolute' and needed > limit:
+def check_positions_fit(cfg, prompt_length: int, max_length: int,
+                        encoder_decoder: bool = False) -> None:
+  """A model with learned absolute positions decodes only as far as its position table
+  reaches (a position past it reads NaN). Decoder-only: the prompt and every new token but
+  the last (never fed back, `_feed`) must fit. Encoder-decoder: the encoder's inputs, and
+  the decoder's BOS plus every new token but the last (max_length positions)."""
+  if cfg.position_embedding != 'absolute':
+    return
+  limit = cfg.max_position_embeddings
+  if encoder_decoder:
+    for what, needed in ((f'encoder inputs of {prompt_length} tokens', prompt_length),
+                         (f'decoding max_length={max_length}', max_length)):
+      if needed > limit:
+        raise ValueError(f'{what} need {needed} positions; the model has '
+                         f'model.max_position_embeddings={limit}.')
+  elif prompt_length + max_length - 1 > limit:
     raise ValueError(f'a prompt of {prompt_length} tokens continued by max_length={max_length} '
-                     f'needs {needed} positions; the model has '
+                     f'needs {prompt_length + max_length - 1} positions; the model has '
                      f'model.max_position_embeddings={limit}.')
 
 

@@ -180,6 +180,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
       inputs_length = room
       limit = (f'what model.max_position_embeddings={positions} leaves for a prompt continued '
                f'by max_length={max_length}, less than data.inputs_length')
+  elif config.model.position_embedding == 'absolute':  # the decoder's BOS + max_length - 1
+    decoding.check_positions_fit(config.model, inputs_length, max_length, encoder_decoder=True)
   report = Report()
   if input_path == '-':  # bytes, decoded per line (tests may swap in a text-only stdin)
     examples = read_examples(getattr(sys.stdin, 'buffer', sys.stdin), report)

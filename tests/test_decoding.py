@@ -222,6 +222,30 @@ def test_beam_search_with_scanned_layers_equals_unscanned(encdec):
   np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-5, atol=1e-5)
 
 
+def test_encoder_decoder_learned_positions_decode_to_the_table_edge_and_no_further():
+  """With learned absolute positions the decoder feeds BOS and max_length - 1 new tokens:
+  max_length = max_position_embeddings decodes (greedy equals the full forward pass);
+  one more, or encoder inputs longer than the table, is refused (past it jnp.take reads
+  NaN, so decoding would silently emit garbage)."""
+  model = _tiny(t5_v1_1.get_config('tiny'), position_embedding='absolute',
+                max_position_embeddings=MAX_LEN)
+  enc = np.random.RandomState(1).randint(2, VOCAB, (BATCH, MAX_LEN)).astype(np.int32)
+  params = _params(model, {'encoder_input_tokens': enc, 'decoder_input_tokens': enc})
+  got = np.asarray(decoding.encoder_decoder_generate(model, params, enc, MAX_LEN))
+  apply = jax.jit(model.apply)
+  want = _greedy_by_full_forward(
+      lambda dec: np.asarray(apply({'params': params}, {'encoder_input_tokens': enc,
+                                                        'decoder_input_tokens': dec[:, :-1]})),
+      np.zeros((BATCH, 1), np.int32), MAX_LEN)
+  np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match=f'decoding max_length={MAX_LEN + 1} need {MAX_LEN + 1} '
+                                       f'positions; .*max_position_embeddings={MAX_LEN}'):
+    decoding.decode(model, params, {'encoder_input_tokens': enc}, MAX_LEN + 1, beam_size=2)
+  wide = np.concatenate([enc, enc[:, :1]], 1)
+  with pytest.raises(ValueError, match=f'encoder inputs of {MAX_LEN + 1} tokens need'):
+    decoding.encoder_decoder_generate(model, params, wide, 2)
+
+
 @pytest.fixture(scope='module')
 def prefix_lm():
   model = _tiny(t5_decoder_only.get_config('tiny'))
