@@ -128,15 +128,17 @@ def decode_split(config, model, params, split: str, steps: int,
   """Predictions (greedy, or beam search with `beam_size` beams) on `steps` unpacked batches
   of `split` (0 = all): {'inputs', 'targets', 'predictions', 'scores', 'span_tokens'}, one
   entry per real example (padding rows dropped); scores as `decoding.decode` defines them,
-  span_tokens (correct, total) as `metrics.span_tokens`. With `sample_seed`, the `steps`
-  batches are instead drawn uniformly at random (that seed, without replacement) from all
-  real examples of the split, in file order."""
+  span_tokens (correct, total) as `metrics.span_tokens`. The split is read as one stream, so
+  examples come in file order: `steps` batches are the split's first steps x batch examples.
+  With `sample_seed`, they are instead drawn uniformly at random (that seed, without
+  replacement) from all real examples of the split, kept in file order."""
   import numpy as np
   from t5x_lite import decoding, metrics
   from t5x_lite.data import pipeline
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.data.pack = False
+    cfg.data.num_virtual_shards = 1  # file order (V streams would interleave parts of it)
   it = pipeline.get_dataset(cfg, split, batch_size=batch_size)
   vocab, length = it.vocab, cfg.data.targets_length
   if sample_seed is not None:

@@ -91,6 +91,11 @@ def test_eval_prints_and_writes_metrics_without_touching_checkpoints(workdir):
   assert len(rows) == 8 and all(set(r) == {'inputs', 'targets', 'predictions', 'score'}
                                 for r in rows)
   assert all(r['inputs'].startswith('speaker:') and r['score'] <= 0 for r in rows)
+  # In file order: the split's first 8 examples (inputs cut to 64 tokens).
+  with open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) as f:
+    first = [json.loads(next(f)) for _ in range(8)]
+  assert [r['targets'] for r in rows] == [e['targets'] for e in first]
+  assert all(e['inputs'].startswith(r['inputs'][:-3]) for r, e in zip(rows, first))
   recomputed = metrics.text_metrics([r['targets'] for r in rows], [r['predictions'] for r in rows])
   for key, value in recomputed.items():
     assert result[key] == pytest.approx(value), key
