@@ -77,8 +77,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   o.name = 'adafactor'              # adafactor | adamw
   o.schedule = 'rsqrt'              # rsqrt | cosine | constant
   o.learning_rate = 0.01            # peak / constant value
-  o.warmup_steps = 10000
-  o.decay_steps = 0                 # cosine: total decay steps (0 = train.steps)
+  o.warmup_steps = 10000            # rsqrt: peak for this many steps, then peak * sqrt(warmup /
+                                    # step) (T5); cosine: linear 0 -> peak; constant: unused
+  o.decay_steps = 0                 # cosine: 0 at this step, warmup included (0 = train.steps;
+                                    # > warmup_steps when set)
   o.clip_grad_norm = 0.0            # 0 = off
   o.weight_decay = 0.0
   o.b1 = 0.9

@@ -21,6 +21,11 @@ def get_config(size: str = 'base'):
       type_vocab_size=2, scale_attention_logits=True, tie_embeddings=True,
       init_scheme='normal_0.02'))
   cfg.data.objective = 'mlm'
+  # BERT's pretraining: 1M steps, 10k warmup (cosine here, linear in the paper). The tiny
+  # size keeps the base's 1000 steps with a warmup that leaves room for the decay.
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=1e-4,
-                            warmup_steps=1000, weight_decay=0.01))
+                            warmup_steps=10_000 if size != 'tiny' else 100,
+                            weight_decay=0.01))
+  if size != 'tiny':
+    cfg.train.steps = 1_000_000
   return cfg

@@ -20,7 +20,11 @@ def get_config(size: str = 'small'):
       position_embedding='absolute', max_position_embeddings=1024,
       scale_attention_logits=True, tie_embeddings=True, init_scheme='normal_0.02'))
   cfg.data.objective = 'causal_lm'
+  # nanoGPT's GPT-2 (124M) run: 600k steps, 2000 warmup. The tiny size keeps the base's
+  # 1000 steps with a warmup that leaves room for the cosine to decay.
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=6e-4,
-                            warmup_steps=2000, weight_decay=0.1, b2=0.95,
-                            clip_grad_norm=1.0))
+                            warmup_steps=2000 if size != 'tiny' else 100, weight_decay=0.1,
+                            b2=0.95, clip_grad_norm=1.0))
+  if size != 'tiny':
+    cfg.train.steps = 600_000
   return cfg

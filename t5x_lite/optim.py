@@ -44,8 +44,19 @@ def validate(opt_cfg) -> None:
                      f'{", ".join(SCHEDULES)}.')
   if not opt_cfg.learning_rate > 0:
     raise ValueError(f'config.optimizer.learning_rate={opt_cfg.learning_rate} must be > 0.')
+  if not opt_cfg.learning_rate < float('inf'):
+    raise ValueError(f'config.optimizer.learning_rate={opt_cfg.learning_rate} must be finite.')
   if opt_cfg.warmup_steps < 0:
     raise ValueError(f'config.optimizer.warmup_steps={opt_cfg.warmup_steps} must be >= 0.')
+  if opt_cfg.decay_steps < 0:
+    raise ValueError(f'config.optimizer.decay_steps={opt_cfg.decay_steps} must be >= 0 '
+                     '(0 = train.steps).')
+  if (opt_cfg.schedule == 'cosine' and opt_cfg.decay_steps and
+      opt_cfg.decay_steps <= opt_cfg.warmup_steps):
+    # optax's decay_steps counts the warmup: the cosine needs at least one step after it.
+    raise ValueError(f'config.optimizer.decay_steps={opt_cfg.decay_steps} must be > '
+                     f'optimizer.warmup_steps={opt_cfg.warmup_steps} (the cosine decays from '
+                     'the end of the warmup to 0 at decay_steps, warmup included).')
 
 
 def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
@@ -124,10 +135,15 @@ def adafactor(learning_rate, weight_decay_rate=None) -> optax.GradientTransforma
   copy), about 0.66 GB of the update's 3.08 GB at T5 v1.1 small 4+4; `scale_by_param_rms`
   below takes the same max(RMS, 1e-3) in one pass: 277 -> 225 ms per update, bit-identical.
   tests/test_training.py compares the whole chain with optax.adafactor over several steps.
+
+  Scanned stacks (a leading `layers` axis, `layer_rms`) clip and scale each layer by its
+  own RMS, as T5X's Adafactor does with its 'layers': FactorDim.BATCH rule, so a scanned
+  model takes the unscanned model's steps (optax's transforms would take one RMS over the
+  whole stack; tests/test_numerics_sweep.py).
   """
   tx = [optax.scale_by_factored_rms(factored=True, decay_rate=0.8, step_offset=0,
                                     min_dim_size_to_factor=128, epsilon=1e-30),
-        optax.clip_by_block_rms(1.0),
+        clip_by_block_rms(1.0),
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
         scale_by_param_rms(1e-3)]
   if weight_decay_rate is not None:
@@ -164,15 +180,47 @@ def add_decayed_weights(rate: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update)
 
 
+def layer_rms(path, x):
+  """RMS of a parameter-shaped array: of the whole array, or per layer (shape [layers, 1, ...])
+  for a scanned stack's leading `layers` axis (T5X's Adafactor: 'layers' is a batch axis)."""
+  if 'layers' in tree_paths.path_names(path) and x.ndim >= 1:
+    return jnp.sqrt(jnp.mean(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True))
+  return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+def clip_by_block_rms(threshold: float) -> optax.GradientTransformation:
+  """`optax.clip_by_block_rms` (same EmptyState), per layer on scanned stacks (`layer_rms`)."""
+  def update(updates, state, params=None):
+    del params
+    clip = lambda p, u: u / jnp.maximum(1.0, layer_rms(p, u) / threshold).astype(u.dtype)
+    return jax.tree_util.tree_map_with_path(clip, updates), state
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def scale_by_param_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
-  """updates * max(RMS(param), min_scale) per parameter: `optax.scale_by_param_block_rms`'s
-  value, computed in one pass (an optimizer step is not differentiated)."""
+  """updates * max(RMS(param), min_scale) per parameter (per layer on scanned stacks,
+  `layer_rms`): `optax.scale_by_param_block_rms`'s value, computed in one pass (an optimizer
+  step is not differentiated)."""
   def update(updates, state, params=None):
     if params is None:
       raise ValueError('scale_by_param_rms needs the params.')
-    scale = lambda p: jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(p))), min_scale)
-    return jax.tree.map(lambda u, p: u * scale(p).astype(u.dtype), updates, params), state
+    scale = lambda path, u, p: u * jnp.maximum(layer_rms(path, p), min_scale).astype(u.dtype)
+    return jax.tree_util.tree_map_with_path(scale, updates, params), state
   return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def schedule_count(opt_state) -> jax.Array:
+  """The step count the optimizer's learning-rate schedule reads (its ScaleByScheduleState).
+
+  It is the train step's unless a non-finite step was skipped: a skipped step keeps the whole
+  optimizer state, this count included, so the learning rate the next update applies is
+  schedule(schedule_count), not schedule(step)."""
+  found = [s.count for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+      if isinstance(s, optax.ScaleByScheduleState)]
+  if len(found) != 1:
+    raise ValueError(f'expected one learning-rate schedule state, found {len(found)}.')
+  return found[0]
 
 
 class _View:

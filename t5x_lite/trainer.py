@@ -145,7 +145,9 @@ class Trainer:
         'accuracy': stats['correct_sum'] / weight,
         'z_loss': stats['z_loss_sum'] / weight,
         'grad_norm': grad_norm,
-        'learning_rate': self.schedule(state.step),
+        # the rate this update applied: the schedule reads the optimizer's own count, which
+        # a skipped (non-finite) step leaves behind state.step
+        'learning_rate': self.schedule(optim.schedule_count(state.opt_state)),
         'target_tokens': stats['weight_sum'],
         'finite': finite,
     }

@@ -4,7 +4,7 @@ Model fields are checked by `models.ModelConfig.validate`, optimizer fields by
 `optim.validate`, the mesh by `partitioning.mesh_shape`; this module adds the train section
 and the checks that span sections (batch vs. mesh, vocabulary vs. sentinels).
 """
-from t5x_lite import families, models, optim, partitioning
+from t5x_lite import families, losses, models, optim, partitioning
 
 
 def validate_config(config, num_devices: int, data: bool = True) -> None:
@@ -33,14 +33,18 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
   if int(t.max_consecutive_skips) < 1:
     raise ValueError(f'config.train.max_consecutive_skips={t.max_consecutive_skips} must be '
                      '>= 1.')
-  if t.z_loss < 0:
-    raise ValueError(f'config.train.z_loss={t.z_loss} must be >= 0.')
+  if not 0 <= t.z_loss < float('inf'):  # NaN fails too
+    raise ValueError(f'config.train.z_loss={t.z_loss} must be >= 0 and finite.')
+  if t.loss_normalization not in losses.NORMALIZATIONS:
+    raise ValueError(f'config.train.loss_normalization={t.loss_normalization!r} must be one '
+                     f'of {", ".join(losses.NORMALIZATIONS)}.')
   if int(config.checkpoint.keep) < 1:
     raise ValueError(f'config.checkpoint.keep={config.checkpoint.keep} must be >= 1.')
   o = config.optimizer
-  if o.clip_grad_norm < 0 or o.weight_decay < 0:
-    raise ValueError('config.optimizer.clip_grad_norm and weight_decay must be >= 0 '
-                     f'(got {o.clip_grad_norm}, {o.weight_decay}).')
+  for name in ('clip_grad_norm', 'weight_decay'):
+    if not 0 <= o[name] < float('inf'):  # NaN fails too
+      raise ValueError(f'config.optimizer.{name}={o[name]} must be >= 0 and finite '
+                       '(0 = off).')
   for name in ('b1', 'b2'):
     if not 0.0 <= o[name] < 1.0:
       raise ValueError(f'config.optimizer.{name}={o[name]} must be in [0, 1).')
@@ -51,8 +55,10 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
       raise ValueError(f'config.partitioning.logical_axis_rules maps {logical!r} to unknown '
                        f'mesh axis {unknown[0]!r}; mesh axes are '
                        f'{", ".join(partitioning.MESH_AXES)}.')
-  if t.loss_normalization == 'constant' and not t.loss_normalization_constant > 0:
-    raise ValueError('config.train.loss_normalization_constant must be > 0.')
+  if (t.loss_normalization == 'constant' and
+      not 0 < t.loss_normalization_constant < float('inf')):
+    raise ValueError(f'config.train.loss_normalization_constant='
+                     f'{t.loss_normalization_constant} must be > 0 and finite.')
   partitioning.microbatch_rows_per_device(
       config, partitioning.mesh_shape(config.partitioning, num_devices))
   check_absolute_positions(config)
