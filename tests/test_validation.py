@@ -61,3 +61,30 @@ def test_runs_that_read_no_data_skip_the_data_section_and_tensorflow():
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                        check=True, cwd=tiny_run.ROOT)
   assert out.stdout.strip() == '[]', out.stdout
+
+
+def _shipped_configs():
+  """(name, config) for every config file and size in configs/."""
+  import importlib
+  import pathlib
+  out = []
+  for path in sorted(pathlib.Path(tiny_run.ROOT, 'configs').glob('*.py')):
+    if path.stem in ('__init__', 'base'):
+      continue
+    module = importlib.import_module(f'configs.{path.stem}')
+    sizes = getattr(module, 'SIZES', None)
+    for size in (list(sizes) if sizes else [None]):
+      out.append((f'{path.stem}:{size}' if size else path.stem,
+                  module.get_config(size) if size else module.get_config()))
+  return out
+
+
+def test_shipped_schedules_leave_their_warmup_within_the_run():
+  """A cosine schedule whose warmup is as long as the run never decays (gpt.py and bert.py
+  once kept the base's 1000 steps under a 2000 / 1000-step warmup)."""
+  configs = _shipped_configs()
+  assert len(configs) >= 15
+  for name, cfg in configs:
+    o = cfg.optimizer
+    if o.schedule == 'cosine':
+      assert o.warmup_steps < (o.decay_steps or cfg.train.steps), name
