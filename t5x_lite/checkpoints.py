@@ -365,6 +365,10 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
                               f'the Hugging Face model in {config.init_from[3:]}')
     if mismatch:
       raise ValueError(f'{mismatch}.')
+    from t5x_lite import conversion
+    tokenizer = conversion.tokenizer_mismatch(config.init_from[3:], config.data)
+    if tokenizer:  # a warning, not an error: retraining the embeddings may be the intent
+      warn(f'config.init_from={config.init_from}: {tokenizer}.')
     state = trainer.state_from_params(params)
     return state, (f'initialized params from Hugging Face directory {config.init_from[3:]} '
                    '(config.init_from; no checkpoint in the workdir); fresh optimizer state '

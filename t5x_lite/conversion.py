@@ -13,10 +13,86 @@ gets pad 0 / EOS 1 / BOS 0 (`hf.trained_special_tokens`).
 """
 import json
 import os
+from typing import Dict
+
+import numpy as np
+import safetensors.numpy
 
 
 CONFIG_NAME = 'config.json'
 SPECIAL_TOKENS = 'hf_special_tokens'
+WEIGHTS_NAME = 'model.safetensors'  # = hf.WEIGHTS_NAME
+
+
+# Weights files t5x_lite does not read (named when model.safetensors is absent).
+_OTHER_WEIGHT_FILES = ('pytorch_model.bin', 'pytorch_model.bin.index.json', 'flax_model.msgpack',
+                       'flax_model.msgpack.index.json', 'tf_model.h5', 'model.ckpt.index')
+
+
+def _load_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """safetensors.numpy.load_file, plus BF16 tensors (numpy has no bfloat16) as float32."""
+  try:
+    return safetensors.numpy.load_file(path)
+  except TypeError:  # "data type 'bfloat16' not understood": parse the (simple) format
+    pass
+  dtypes = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': np.uint16,
+            'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8,
+            'U8': np.uint8, 'BOOL': np.bool_}
+  with open(path, 'rb') as f:
+    n = int.from_bytes(f.read(8), 'little')
+    header = json.loads(f.read(n))
+    data = f.read()
+  out = {}
+  for name, info in header.items():
+    if name == '__metadata__':
+      continue
+    begin, end = info['data_offsets']
+    array = np.frombuffer(data[begin:end], dtype=dtypes[info['dtype']])
+    if info['dtype'] == 'BF16':
+      array = (array.astype(np.uint32) << 16).view(np.float32)
+    out[name] = array.reshape(info['shape'])
+  return out
+
+
+def _raise(msg: str):
+  raise ValueError(msg)
+
+
+def read_weights(hf_dir: str, arch: str, fail=_raise):
+  """(description of the weights file(s), {name: numpy array}) of a Hugging Face directory of
+  `arch`: model.safetensors, or the shards its index names. `fail(one sentence naming the
+  file)` raises (hf.load's adds the supported architectures)."""
+  weights = os.path.join(hf_dir, WEIGHTS_NAME)
+  index = os.path.join(hf_dir, WEIGHTS_NAME + '.index.json')
+  if os.path.isfile(weights):
+    files = [weights]
+  elif os.path.isfile(index):
+    try:
+      with open(index) as f:
+        weight_map = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      fail(f'{index} is not valid JSON ({e}).')
+    weight_map = weight_map.get('weight_map') if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(v, str) for v in weight_map.values()):
+      fail(f'{index} has no "weight_map" object (tensor name -> shard file).')
+    files = [os.path.join(hf_dir, n) for n in sorted(set(weight_map.values()))]
+    weights = f'the shards of {index}'
+  else:
+    others = [n for n in _OTHER_WEIGHT_FILES if os.path.exists(os.path.join(hf_dir, n))]
+    found = (f'; it has {others[0]}: load it with transformers and save_pretrained('
+             f'..., safe_serialization=True) to write {WEIGHTS_NAME}' if others else '')
+    fail(f'{weights} does not exist: t5x_lite reads {arch} weights from {WEIGHTS_NAME} '
+         f'(or sharded safetensors with {WEIGHTS_NAME}.index.json){found}.')
+  tensors = {}
+  for path in files:
+    if not os.path.isfile(path):
+      fail(f'{path}, listed in {index}, does not exist.')
+    try:
+      tensors.update(_load_safetensors(path))
+    except Exception as e:  # pylint: disable=broad-except
+      fail(f'{path} is not a readable safetensors file ({type(e).__name__}: {e}).')
+  return weights, tensors
 
 
 def check_output(path: str):
@@ -68,5 +144,72 @@ def t5x_to_hf(directory: str, out_dir: str) -> str:
   from t5x_lite import hf  # pylint: disable=import-outside-toplevel
   check_output(out_dir)
   model_cfg, params = load_t5x(directory)
+  saved = _saved_config(directory)
   # None (a training workdir): the ids of this codebase's vocabulary.
-  return hf.save(model_cfg, params, out_dir, _saved_config(directory).get(SPECIAL_TOKENS))
+  out = hf.save(model_cfg, params, out_dir, saved.get(SPECIAL_TOKENS))
+  if hf.hf_config_dict(model_cfg)['model_type'] == 't5' and SPECIAL_TOKENS not in saved:
+    write_t5_tokenizer(saved.get('data') or {}, out)
+  return out
+
+
+TOKENIZER_FILES = ('spiece.model', 'tokenizer_config.json')
+
+
+def write_t5_tokenizer(data: dict, out_dir: str) -> bool:
+  """A training workdir's vocabulary (its config's data.vocab and data.extra_ids) as HF
+  T5Tokenizer files in `out_dir`; False when the config names no vocabulary file that exists.
+
+  T5Tokenizer on the same SentencePiece model with `extra_ids` gives this codebase's ids:
+  the pieces, EOS 1 appended, `<extra_id_k>` = piece count + extra_ids - 1 - k.
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  from t5x_lite.data.vocab import resolve_path  # pylint: disable=import-outside-toplevel
+  path = resolve_path(data.get('vocab') or '')
+  if not path or not os.path.isfile(path):
+    return False
+  sp = spm.SentencePieceProcessor(model_file=path)
+  shutil.copyfile(path, os.path.join(out_dir, TOKENIZER_FILES[0]))
+  config = dict(tokenizer_class='T5Tokenizer', extra_ids=int(data.get('extra_ids', 0)),
+                pad_token=sp.id_to_piece(0), eos_token=sp.id_to_piece(1),
+                unk_token=sp.id_to_piece(2), legacy=True)
+  if data.get('inputs_length'):
+    config['model_max_length'] = int(data['inputs_length'])
+  with open(os.path.join(out_dir, TOKENIZER_FILES[1]), 'w') as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  return True
+
+
+# Tokenizer files of Hugging Face directories that are not a SentencePiece model.
+_OTHER_TOKENIZERS = ('tokenizer.json', 'vocab.json', 'merges.txt', 'vocab.txt')
+
+
+def tokenizer_mismatch(hf_dir: str, data) -> str:
+  """'' if fine-tuning the weights in `hf_dir` on `data` (a config's data section) feeds the
+  token ids those weights were trained with: the directory's spiece.model is data.vocab's
+  SentencePiece model (byte for byte, with the same extra_ids), or the directory has no
+  tokenizer files to compare. Else one sentence: the embeddings would be trained on ids that
+  mean other tokens (checkpoints.restore_or_init warns with it for config.init_from=hf:DIR)."""
+  import filecmp  # pylint: disable=import-outside-toplevel
+  from t5x_lite.data.vocab import resolve_path  # pylint: disable=import-outside-toplevel
+  vocab = resolve_path(data.get('vocab') or '')
+  spiece = os.path.join(hf_dir, TOKENIZER_FILES[0])
+  if os.path.isfile(spiece):
+    if not os.path.isfile(vocab) or not filecmp.cmp(spiece, vocab, shallow=False):
+      return (f'{spiece} is not config.data.vocab={data.get("vocab")!r}: the pipeline\'s '
+              'token ids mean other pieces than the Hugging Face embeddings were trained on')
+    path = os.path.join(hf_dir, TOKENIZER_FILES[1])
+    extra = None
+    if os.path.isfile(path):
+      with open(path) as f:
+        extra = json.load(f).get('extra_ids')
+    if extra is not None and extra != data.get('extra_ids'):
+      return (f'{path} has extra_ids={extra}, config.data.extra_ids={data.get("extra_ids")}: '
+              'the sentinel ids differ from those the Hugging Face model was trained with')
+    return ''
+  other = next((n for n in _OTHER_TOKENIZERS if os.path.isfile(os.path.join(hf_dir, n))), None)
+  if other:
+    return (f'{hf_dir} has a {other} tokenizer, not config.data.vocab\'s SentencePiece model: '
+            'the pipeline\'s token ids mean other tokens than the Hugging Face embeddings '
+            'were trained on')
+  return ''

@@ -3,6 +3,8 @@
 
     python -m t5x_lite.convert --direction=hf_to_t5x|t5x_to_hf --input=DIR --output=DIR
 """
+import os
+
 from absl import app
 from absl import flags
 
@@ -26,6 +28,8 @@ def main():
     out = conversion.hf_to_t5x(FLAGS.input, FLAGS.output, FLAGS.scan_layers)
   else:
     out = conversion.t5x_to_hf(FLAGS.input, FLAGS.output)
+    if os.path.isfile(os.path.join(out, conversion.TOKENIZER_FILES[0])):
+      out += f' (with a T5Tokenizer: {", ".join(conversion.TOKENIZER_FILES)})'
   print(f'wrote {out}')
 
 

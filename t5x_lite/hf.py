@@ -8,12 +8,13 @@ Supported architectures (the `architectures` entry of config.json):
 
 - `T5ForConditionalGeneration`: v1.0 (`feed_forward_proj='relu'`, tied embeddings, the tied
   decoder output rescaled by d_model**-0.5 = our `rescale_tied_logits`) and v1.1
-  (`'gated-gelu'`, untied `lm_head`); also the other `[gated-]act` variants t5x_lite has.
+  (`'gated-gelu'`, untied `lm_head`); also the other `[gated-]act` variants t5x_lite has,
+  with config.json's `dense_act_fn` / `is_gated_act` winning as in transformers' T5Config.
 - `BertForMaskedLM`: post-norm encoder with absolute positions, token types and the MLM head
   (`cls.predictions.transform.{dense,LayerNorm}`, `cls.predictions.bias`, decoder tied to the
-  word embeddings).
+  word embeddings, or its own weight with `tie_word_embeddings=false`).
 - `GPT2LMHeadModel`: pre-norm decoder, absolute positions, `Conv1D` kernels ([in, out]) with a
-  fused `c_attn` (query | key | value), tied output.
+  fused `c_attn` (query | key | value), tied output (or an own `lm_head`, untied).
 
 Conventions. torch `nn.Linear` weights are [out, in]; ours are DenseGeneral kernels [in, ...]
 with heads split out: query/key/value [d_model, heads, d_kv], out [heads, d_kv, d_model].
@@ -22,14 +23,16 @@ one `relpos_bias/rel_embedding` [heads, buckets] per stack. `load` returns unsca
 params (`layers_0`..; `scan_layers=True` stacks them); `save` accepts scanned or unscanned,
 boxed (`nn.Partitioned`) or plain params, optionally wrapped in {'params': ...}.
 
-No torch at run time: tensors go through `safetensors.numpy`, configs through `json`. Every
-problem with an input directory (unsupported architecture, missing file, missing or misshapen
-tensor) raises ValueError with one sentence naming it.
+No torch at run time: tensors go through `safetensors.numpy` (`conversion.read_weights`),
+configs through `json`. Every problem with an input directory (unsupported architecture or
+config field, missing file, missing, misshapen or unplaceable tensor) raises ValueError with
+one sentence naming it: a tensor no param takes (and transformers would not ignore) is refused
+rather than dropped, since it means config.json describes another network than the file's.
 """
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 import jax
 import ml_collections
@@ -178,6 +181,9 @@ def _bert_specs(c) -> List[_Spec]:
   specs += _dense(('mlm_transform',), f'{p}.transform.dense', (d,), (d,))
   specs += _norm(('mlm_norm',), f'{p}.transform.LayerNorm', d, True)
   specs.append(_same(('mlm_bias',), f'{p}.bias', (c.vocab_size,), (f'{p}.decoder.bias',)))
+  if not c.tie_embeddings:  # tie_word_embeddings=false: the decoder has its own weight
+    specs.append(_linear(('logits_head', 'dense', 'kernel'), f'{p}.decoder.weight', (d,),
+                         (c.vocab_size,)))
   return specs
 
 
@@ -207,6 +213,9 @@ def _gpt2_specs(c) -> List[_Spec]:
     specs += _dense(ours + ('mlp', 'wi'), f'{hf}.mlp.c_fc', (d,), (c.d_ff,), _conv1d)
     specs += _dense(ours + ('mlp', 'wo'), f'{hf}.mlp.c_proj', (c.d_ff,), (d,), _conv1d)
   specs += _norm(('decoder', 'final_norm'), 'transformer.ln_f', d, True)
+  if not c.tie_embeddings:  # tie_word_embeddings=false: lm_head has its own weight
+    specs.append(_linear(('logits_head', 'dense', 'kernel'), 'lm_head.weight', (d,),
+                         (c.vocab_size,)))
   return specs
 
 
@@ -221,74 +230,98 @@ def _base_model_config() -> ml_collections.ConfigDict:
 
 
 def _act_from_hf(name, field, arch):
-  if name not in _ACT_FROM_HF:
+  if not isinstance(name, str) or name not in _ACT_FROM_HF:
     _fail(f'config.json {field}={name!r} is not supported for {arch} (supported: '
           f'{", ".join(_ACT_FROM_HF)}).')
   return _ACT_FROM_HF[name]
 
 
+# GPT-2 variants; a BERT decoder (HF's then attends causally) or a seq2seq's decoder half.
+_REFUSED_FLAGS = {'GPT2LMHeadModel': ('scale_attn_by_inverse_layer_idx',
+                                      'reorder_and_upcast_attn', 'add_cross_attention'),
+                  'BertForMaskedLM': ('is_decoder', 'add_cross_attention')}
+_KINDS = {'int': 'a positive integer', 'float': 'a non-negative number', 'bool': 'true or false'}
+
+
+def _field(hf: dict, arch: str, key: str, default=None, kind: str = 'int'):
+  """config.json's `key` (`default` if absent, required if that is None), checked to be of
+  `kind` (_KINDS); ValueError naming the field otherwise."""
+  value = hf.get(key)
+  if value is None:
+    if default is None:
+      _fail(f'config.json lacks the field {key!r} that {arch} needs.')
+    return default
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if not {'int': number and isinstance(value, int) and value > 0, 'float': number and value >= 0,
+          'bool': isinstance(value, bool), 'any': True}[kind]:
+    _fail(f'config.json {key}={value!r} is not {_KINDS[kind]} ({arch}).')
+  return float(value) if kind == 'float' else value
+
+
+def _t5_activation(f, proj: str, arch: str):
+  """(activation, gated) as transformers' T5Config derives them from feed_forward_proj
+  ('[gated-]ACT'; 'gated-gelu' is gelu_new), then overridden by config.json's dense_act_fn /
+  is_gated_act when it has them (T5Config sets its extra fields last: T5 models run those)."""
+  parts = proj.split('-') if isinstance(proj, str) else []
+  if not 1 <= len(parts) <= 2 or (len(parts) == 2 and parts[0] != 'gated'):
+    _fail(f'config.json feed_forward_proj={proj!r} is not a T5 activation.')
+  act = f('dense_act_fn', 'gelu_new' if proj == 'gated-gelu' else parts[-1], 'any')
+  field = 'dense_act_fn' if f('dense_act_fn', '', 'any') else 'feed_forward_proj'
+  return _act_from_hf(act, field, arch), f('is_gated_act', len(parts) == 2, 'bool')
+
+
 def _config_from_hf(arch: str, hf: dict) -> ml_collections.ConfigDict:
   m = _base_model_config()
-  g = lambda key, default=None: hf[key] if hf.get(key) is not None else default
-  try:
-    if arch == 'T5ForConditionalGeneration':
-      proj = g('feed_forward_proj', 'relu')
-      parts = proj.split('-')
-      if len(parts) > 2 or (len(parts) == 2 and parts[0] != 'gated'):
-        _fail(f'config.json feed_forward_proj={proj!r} is not a T5 activation.')
-      gated = len(parts) == 2
-      act = 'gelu' if proj == 'gated-gelu' else _act_from_hf(parts[-1], 'feed_forward_proj',
-                                                              arch)
-      tie = bool(g('tie_word_embeddings', True))
-      m.update(dict(
-          family='encoder_decoder', vocab_size=hf['vocab_size'], d_model=hf['d_model'],
-          d_ff=hf['d_ff'], num_heads=hf['num_heads'], d_kv=hf['d_kv'],
-          num_encoder_layers=hf['num_layers'],
-          num_decoder_layers=g('num_decoder_layers', hf['num_layers']),
-          mlp_activations=(act, 'linear') if gated else (act,), norm='rms',
-          norm_eps=float(g('layer_norm_epsilon', 1e-6)), post_norm=False, use_bias=False,
-          position_embedding='relative',
-          relative_attention_num_buckets=g('relative_attention_num_buckets', 32),
-          relative_attention_max_distance=g('relative_attention_max_distance', 128),
-          scale_attention_logits=False, tie_embeddings=tie, rescale_tied_logits=tie,
-          init_scheme='t5', dropout_rate=float(g('dropout_rate', 0.0))))
-    elif arch == 'BertForMaskedLM':
-      pos = g('position_embedding_type', 'absolute')
-      if pos != 'absolute':
-        _fail(f'config.json position_embedding_type={pos!r} is not supported for {arch} '
-              f'(only "absolute").')
-      d, heads = hf['hidden_size'], hf['num_attention_heads']
-      m.update(dict(
-          family='encoder', vocab_size=hf['vocab_size'], d_model=d,
-          d_ff=hf['intermediate_size'], num_heads=heads, d_kv=d // heads,
-          num_encoder_layers=hf['num_hidden_layers'], num_decoder_layers=0,
-          mlp_activations=(_act_from_hf(g('hidden_act', 'gelu'), 'hidden_act', arch),),
-          norm='layer', norm_eps=float(g('layer_norm_eps', 1e-12)), post_norm=True,
-          use_bias=True, position_embedding='absolute',
-          max_position_embeddings=g('max_position_embeddings', 512),
-          type_vocab_size=g('type_vocab_size', 2), scale_attention_logits=True,
-          tie_embeddings=True, rescale_tied_logits=False, init_scheme='normal_0.02',
-          dropout_rate=float(g('hidden_dropout_prob', 0.0))))
-    elif arch == 'GPT2LMHeadModel':
-      for flag in ('scale_attn_by_inverse_layer_idx', 'reorder_and_upcast_attn'):
-        if g(flag, False):
-          _fail(f'config.json {flag}=true is not supported for {arch}.')
-      if not g('scale_attn_weights', True):
-        _fail(f'config.json scale_attn_weights=false is not supported for {arch}.')
-      d, heads = hf['n_embd'], hf['n_head']
-      m.update(dict(
-          family='decoder', vocab_size=hf['vocab_size'], d_model=d,
-          d_ff=g('n_inner', 4 * d), num_heads=heads, d_kv=d // heads,
-          num_encoder_layers=0, num_decoder_layers=hf['n_layer'],
-          mlp_activations=(_act_from_hf(g('activation_function', 'gelu_new'),
-                                        'activation_function', arch),),
-          norm='layer', norm_eps=float(g('layer_norm_epsilon', 1e-5)), post_norm=False,
-          use_bias=True, position_embedding='absolute',
-          max_position_embeddings=g('n_positions', 1024), type_vocab_size=0,
-          scale_attention_logits=True, tie_embeddings=True, rescale_tied_logits=False,
-          init_scheme='normal_0.02', dropout_rate=float(g('resid_pdrop', 0.0))))
-  except KeyError as e:
-    _fail(f'config.json lacks the field {e.args[0]!r} that {arch} needs.')
+  f = lambda key, default=None, kind='int': _field(hf, arch, key, default, kind)
+  tie = f('tie_word_embeddings', True, 'bool')
+  for flag in _REFUSED_FLAGS.get(arch, ()):
+    if f(flag, False, 'bool'):
+      _fail(f'config.json {flag}=true is not supported for {arch}.')
+  if arch == 'T5ForConditionalGeneration':
+    act, gated = _t5_activation(f, f('feed_forward_proj', 'relu', 'any'), arch)
+    m.update(dict(
+        family='encoder_decoder', vocab_size=f('vocab_size'), d_model=f('d_model'),
+        d_ff=f('d_ff'), num_heads=f('num_heads'), d_kv=f('d_kv'),
+        num_encoder_layers=f('num_layers'),
+        num_decoder_layers=f('num_decoder_layers', f('num_layers')),
+        mlp_activations=(act, 'linear') if gated else (act,), norm='rms',
+        norm_eps=f('layer_norm_epsilon', 1e-6, 'float'), post_norm=False, use_bias=False,
+        position_embedding='relative',
+        relative_attention_num_buckets=f('relative_attention_num_buckets', 32),
+        relative_attention_max_distance=f('relative_attention_max_distance', 128),
+        scale_attention_logits=False, tie_embeddings=tie, rescale_tied_logits=tie,
+        init_scheme='t5', dropout_rate=f('dropout_rate', 0.0, 'float')))
+    return m
+  if arch == 'BertForMaskedLM':
+    pos = f('position_embedding_type', 'absolute', 'any')
+    if pos != 'absolute':
+      _fail(f'config.json position_embedding_type={pos!r} is not supported for {arch} '
+            f'(only "absolute").')
+    d, heads, act = f('hidden_size'), f('num_attention_heads'), ('hidden_act', 'gelu')
+  else:
+    if not f('scale_attn_weights', True, 'bool'):
+      _fail(f'config.json scale_attn_weights=false is not supported for {arch}.')
+    d, heads, act = f('n_embd'), f('n_head'), ('activation_function', 'gelu_new')
+  if d % heads:
+    _fail(f'config.json has {d} hidden units, not a multiple of its {heads} heads ({arch}).')
+  m.update(dict(
+      vocab_size=f('vocab_size'), d_model=d, num_heads=heads, d_kv=d // heads,
+      mlp_activations=(_act_from_hf(f(act[0], act[1], 'any'), act[0], arch),), norm='layer',
+      use_bias=True, position_embedding='absolute', scale_attention_logits=True,
+      tie_embeddings=tie, rescale_tied_logits=False, init_scheme='normal_0.02'))
+  if arch == 'BertForMaskedLM':
+    m.update(dict(
+        family='encoder', d_ff=f('intermediate_size'), num_encoder_layers=f('num_hidden_layers'),
+        num_decoder_layers=0, norm_eps=f('layer_norm_eps', 1e-12, 'float'), post_norm=True,
+        max_position_embeddings=f('max_position_embeddings', 512),
+        type_vocab_size=f('type_vocab_size', 2),
+        dropout_rate=f('hidden_dropout_prob', 0.0, 'float')))
+  else:
+    m.update(dict(
+        family='decoder', d_ff=f('n_inner', 4 * d), num_encoder_layers=0,
+        num_decoder_layers=f('n_layer'), norm_eps=f('layer_norm_epsilon', 1e-5, 'float'),
+        post_norm=False, max_position_embeddings=f('n_positions', 1024), type_vocab_size=0,
+        dropout_rate=f('resid_pdrop', 0.0, 'float')))
   return m
 
 
@@ -301,8 +334,9 @@ def _architecture_of(cfg) -> str:
       and not c.type_vocab_size):
     return 'T5ForConditionalGeneration'
   # BERT and GPT-2 share all of this; they differ in family, norm placement and token types.
+  # Either may be untied (tie_word_embeddings=false: their own output weight).
   bert_or_gpt2 = (c.norm == 'layer' and c.use_bias and c.position_embedding == 'absolute'
-                  and c.scale_attention_logits and c.tie_embeddings
+                  and c.scale_attention_logits
                   and not c.rescale_tied_logits and len(c.mlp_activations) == 1
                   and c.num_heads * c.d_kv == c.d_model)
   if bert_or_gpt2 and c.family == 'encoder' and c.post_norm and c.type_vocab_size > 0:
@@ -355,13 +389,15 @@ def _config_to_hf(arch: str, c, ids=None) -> dict:
 def _architecture_fields(arch: str, c) -> dict:
   acts = tuple(c.mlp_activations)
   if arch == 'T5ForConditionalGeneration':
-    # HF's 'gated-gelu' means gelu_new (tanh); a gated exact GELU has no T5 spelling.
-    if len(acts) == 2 and acts[1] == 'linear' and acts[0] in ('gelu', 'relu', 'silu'):
-      proj = 'gated-gelu' if acts[0] == 'gelu' else f'gated-{_ACT_TO_HF[acts[0]]}'
-    elif len(acts) == 1 and acts[0] in _ACT_TO_HF:
-      proj = _ACT_TO_HF[acts[0]]
-    else:
+    # HF's 'gated-gelu' means gelu_new (tanh). dense_act_fn and is_gated_act, which T5Config
+    # applies over what it derives from feed_forward_proj, are written too: they spell a gated
+    # exact GELU ('gated-gelu' with dense_act_fn 'gelu').
+    gated = len(acts) == 2 and acts[1] == 'linear'
+    if not (gated or len(acts) == 1) or acts[0] not in _ACT_TO_HF:
       _fail(f'config.model.mlp_activations={acts!r} has no T5 feed_forward_proj.')
+    act = 'gelu_new' if acts[0] == 'gelu' else _ACT_TO_HF[acts[0]]
+    proj = ('gated-gelu' if acts[0] in ('gelu', 'gelu_exact') else f'gated-{act}') if gated \
+        else act
     return dict(
         architectures=[arch], model_type='t5', vocab_size=c.vocab_size, d_model=c.d_model,
         d_kv=c.d_kv, d_ff=c.d_ff, num_layers=c.num_encoder_layers,
@@ -369,6 +405,7 @@ def _architecture_fields(arch: str, c) -> dict:
         relative_attention_num_buckets=c.relative_attention_num_buckets,
         relative_attention_max_distance=c.relative_attention_max_distance,
         dropout_rate=c.dropout_rate, layer_norm_epsilon=c.norm_eps, feed_forward_proj=proj,
+        dense_act_fn=act, is_gated_act=gated,
         tie_word_embeddings=bool(c.tie_embeddings), is_encoder_decoder=True, use_cache=True,
         torch_dtype='float32')
   if acts[0] not in _ACT_TO_HF:
@@ -382,7 +419,7 @@ def _architecture_fields(arch: str, c) -> dict:
         attention_probs_dropout_prob=c.dropout_rate,
         max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
         layer_norm_eps=c.norm_eps, position_embedding_type='absolute',
-        tie_word_embeddings=True, torch_dtype='float32')
+        tie_word_embeddings=bool(c.tie_embeddings), torch_dtype='float32')
   return dict(
       architectures=[arch], model_type='gpt2', vocab_size=c.vocab_size,
       n_positions=c.max_position_embeddings, n_embd=c.d_model, n_layer=c.num_decoder_layers,
@@ -390,16 +427,10 @@ def _architecture_fields(arch: str, c) -> dict:
       resid_pdrop=c.dropout_rate, embd_pdrop=c.dropout_rate, attn_pdrop=c.dropout_rate,
       layer_norm_epsilon=c.norm_eps, scale_attn_weights=True,
       scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
-      tie_word_embeddings=True, torch_dtype='float32')
+      tie_word_embeddings=bool(c.tie_embeddings), torch_dtype='float32')
 
 
 # ------------------------------------------------------------------------- tree helpers
-def _get(tree, path):
-  for p in path:
-    tree = tree[p]
-  return tree
-
-
 def _set(tree, path, value):
   for p in path[:-1]:
     tree = tree.setdefault(p, {})
@@ -430,9 +461,15 @@ def read_config(hf_dir: str) -> Tuple[str, dict]:
   try:
     with open(path) as f:
       hf = json.load(f)
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     _fail(f'{path} is not valid JSON ({e}).')
+  if not isinstance(hf, dict):
+    _fail(f'{path} is not a JSON object.')
   archs = hf.get('architectures') or []
+  if isinstance(archs, str):  # a single name instead of a list
+    archs = [archs]
+  if not isinstance(archs, list):
+    _fail(f'{path} has architectures={archs!r}, not a list of class names.')
   arch = next((a for a in archs if a in SUPPORTED), None)
   if arch is None:
     _fail(f'{path} names architecture {archs[0] if archs else "(none)"!s}, which is not '
@@ -440,53 +477,35 @@ def read_config(hf_dir: str) -> Tuple[str, dict]:
   return arch, hf
 
 
-def _load_safetensors(path: str) -> Dict[str, np.ndarray]:
-  """safetensors.numpy.load_file, plus BF16 tensors (numpy has no bfloat16) as float32."""
-  try:
-    return safetensors.numpy.load_file(path)
-  except TypeError:  # "data type 'bfloat16' not understood": parse the (simple) format
-    pass
-  dtypes = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': np.uint16,
-            'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8,
-            'U8': np.uint8, 'BOOL': np.bool_}
-  with open(path, 'rb') as f:
-    n = int.from_bytes(f.read(8), 'little')
-    header = json.loads(f.read(n))
-    data = f.read()
-  out = {}
-  for name, info in header.items():
-    if name == '__metadata__':
-      continue
-    begin, end = info['data_offsets']
-    array = np.frombuffer(data[begin:end], dtype=dtypes[info['dtype']])
-    if info['dtype'] == 'BF16':
-      array = (array.astype(np.uint32) << 16).view(np.float32)
-    out[name] = array.reshape(info['shape'])
-  return out
+# Tensors a HF file may hold that no param takes and transformers ignores as well: buffers,
+# heads of other tasks, and tied copies of the token embedding (HF re-ties those on load).
+_IGNORED_TENSORS = {
+    'T5ForConditionalGeneration': (
+        r'(encoder|decoder)\.embed_tokens\.weight',
+        r'decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight'),
+    'BertForMaskedLM': (r'bert\.pooler\..*', r'cls\.seq_relationship\..*',
+                        r'bert\.embeddings\.(position_ids|token_type_ids)'),
+    'GPT2LMHeadModel': (r'transformer\.h\.\d+\.attn\.(bias|masked_bias)',),
+}
+_TIED_OUTPUT = {'T5ForConditionalGeneration': 'lm_head.weight',
+                'BertForMaskedLM': 'cls.predictions.decoder.weight',
+                'GPT2LMHeadModel': 'lm_head.weight'}
 
 
-def _read_tensors(hf_dir: str, arch: str):
-  """(description of the weights file(s), {name: numpy array}); sharded files via the index."""
-  weights = os.path.join(hf_dir, WEIGHTS_NAME)
-  index = os.path.join(hf_dir, WEIGHTS_NAME + '.index.json')
-  if os.path.isfile(weights):
-    files = [weights]
-  elif os.path.isfile(index):
-    with open(index) as f:
-      files = [os.path.join(hf_dir, n) for n in sorted(set(json.load(f)['weight_map'].values()))]
-    weights = f'the shards of {index}'
-  else:
-    _fail(f'{weights} does not exist: t5x_lite reads {arch} weights from {WEIGHTS_NAME} '
-          f'(or sharded safetensors with {WEIGHTS_NAME}.index.json).')
-  tensors = {}
-  for path in files:
-    if not os.path.isfile(path):
-      _fail(f'{path}, listed in {index}, does not exist.')
-    try:
-      tensors.update(_load_safetensors(path))
-    except Exception as e:  # pylint: disable=broad-except
-      _fail(f'{path} is not a readable safetensors file ({type(e).__name__}: {e}).')
-  return weights, tensors
+def _check_no_stray_tensors(tensors, specs, arch, cfg, weights):
+  """ValueError naming a tensor that no param takes (more layers than config.json says, an
+  untied head the config calls tied, another architecture's weights): loading without it
+  would build another network than the file's, silently."""
+  import re  # pylint: disable=import-outside-toplevel
+  known = {n for spec in specs for n in (spec.hf_name,) + spec.aliases}
+  if cfg.tie_embeddings:
+    known.add(_TIED_OUTPUT[arch])
+  ignored = re.compile('|'.join(f'(?:{p})' for p in _IGNORED_TENSORS[arch]))
+  stray = sorted(n for n in tensors if n not in known and not ignored.fullmatch(n))
+  if stray:
+    more = f' (and {len(stray) - 1} more)' if len(stray) > 1 else ''
+    _fail(f'{weights} holds the tensor {stray[0]}{more}, which no parameter of the {arch} '
+          f'that config.json describes takes; config.json does not describe these weights.')
 
 
 def load(hf_dir: str, scan_layers: bool = False):
@@ -496,15 +515,19 @@ def load(hf_dir: str, scan_layers: bool = False):
   """
   arch, hf_cfg = read_config(hf_dir)
   model_cfg = _config_from_hf(arch, hf_cfg)
-  weights, tensors = _read_tensors(hf_dir, arch)
+  from t5x_lite import conversion  # pylint: disable=import-outside-toplevel
+  weights, tensors = conversion.read_weights(hf_dir, arch, _fail)
   # The original GPT-2 checkpoints store the GPT2Model names, without `transformer.`.
   if arch == 'GPT2LMHeadModel' and not any(k.startswith('transformer.') for k in tensors):
-    tensors = {'transformer.' + k: v for k, v in tensors.items()}
+    tensors = {k if k.startswith('lm_head.') else 'transformer.' + k: v
+               for k, v in tensors.items()}
 
   from t5x_lite import models  # pylint: disable=import-outside-toplevel
   cfg = models.ModelConfig.from_config(model_cfg)
   params = {}
-  for spec in _SPECS[arch](cfg):
+  specs = _SPECS[arch](cfg)
+  _check_no_stray_tensors(tensors, specs, arch, cfg, weights)
+  for spec in specs:
     name = next((n for n in (spec.hf_name,) + spec.aliases if n in tensors), None)
     if name is None:
       _fail(f'{weights} lacks the tensor {spec.hf_name} (expected shape '

@@ -224,7 +224,14 @@ def test_init_from_hf_directory(uninterrupted, tmp_path):
   workdir = str(tmp_path / 'ft_hf')
   proc = run(workdir, '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}')
   assert 'initialized params from Hugging Face directory' in proc.stdout
+  assert 'warning' not in proc.stderr  # the export's spiece.model is config.data.vocab
   _assert_fine_tune_started_from(workdir, final_params(ref_dir, 12))
+  # Another tokenizer beside the weights: trained on, with a warning naming both.
+  with open(os.path.join(hf_dir, 'spiece.model'), 'ab') as f:
+    f.write(b'\0')
+  proc = run(str(tmp_path / 'ft_hf2'), '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}')
+  assert f'warning: config.init_from=hf:{hf_dir}: {hf_dir}/spiece.model is not config.data.vocab' \
+      in proc.stderr
 
 
 @pytest.mark.parametrize('overrides,message', [

@@ -1,0 +1,419 @@
+"""Hugging Face import / export beyond tests/test_hf_parity.py: config variants HF honours
+(untied GPT-2 / BERT heads, T5's dense_act_fn / is_gated_act, BERT's is_decoder), tensors
+a checkpoint holds that the mapping does not place, malformed directories (one ValueError
+naming the file or field, and a non-zero one-line exit from `python -m t5x_lite.convert`),
+and greedy decoding of imported weights against HF `generate`."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+os.environ.setdefault('USE_TF', '0')
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from test_hf_parity import (VOCAB, apply, bert_inputs, gpt_inputs, perturb_torch, rel_err,
+                            save_torch, t5_inputs, torch_logits)
+from t5x_lite import conversion, decoding, hf, models
+
+RTOL = 1e-5
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T5 = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+          num_heads=4, dropout_rate=0.0, decoder_start_token_id=0)
+BERT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0)
+GPT2 = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+def _tensors(d):
+  return safetensors.numpy.load_file(os.path.join(d, 'model.safetensors'))
+
+
+def _rewrite(d, tensors):
+  safetensors.numpy.save_file(tensors, os.path.join(d, 'model.safetensors'),
+                              metadata={'format': 'pt'})
+
+
+def _edit_config(d, **fields):
+  path = os.path.join(d, 'config.json')
+  with open(path) as f:
+    cfg = json.load(f)
+  cfg.update(fields)
+  with open(path, 'w') as f:
+    json.dump(cfg, f)
+
+
+def _import_export_round_trip(model, src, tmp_path, inputs, valid=None):
+  """Import parity with the torch model, export loads cleanly with equal logits, and the
+  exported tensors are the source's, bit for bit."""
+  model_cfg, params = hf.load(src)
+  ours, theirs = inputs
+  ref = torch_logits(model.eval(), theirs)
+  got = apply(model_cfg, params, ours)
+  if valid is not None:
+    got, ref = got[valid], ref[valid]
+  assert rel_err(got, ref) <= RTOL
+  out = hf.save(model_cfg, params, str(tmp_path / 'back'))
+  back, info = type(model).from_pretrained(out, output_loading_info=True)
+  assert not any(info.values()), info
+  again = torch_logits(back.eval(), theirs)
+  if valid is not None:
+    again = again[valid]
+  assert rel_err(again, ref) <= RTOL
+  a, b = _tensors(src), _tensors(out)
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  return model_cfg
+
+
+# ------------------------------------------------------------------ untied output heads
+def test_untied_gpt2_head_is_imported_and_exported(tmp_path):
+  """GPT2LMHeadModel with tie_word_embeddings=false has its own lm_head.weight: it was
+  silently dropped (logits from wte: relative error ~8)."""
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      **GPT2, tie_word_embeddings=False)), seed=1)
+  src = save_torch(model, tmp_path / 'src')
+  assert 'lm_head.weight' in _tensors(src)
+  cfg = _import_export_round_trip(model, src, tmp_path, gpt_inputs())
+  assert not cfg.tie_embeddings
+
+
+def test_untied_bert_decoder_is_imported_and_exported(tmp_path):
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.BertForMaskedLM(transformers.BertConfig(
+      **BERT, tie_word_embeddings=False)), seed=1)
+  src = save_torch(model, tmp_path / 'src')
+  assert 'cls.predictions.decoder.weight' in _tensors(src)
+  ours, theirs, valid = bert_inputs()
+  cfg = _import_export_round_trip(model, src, tmp_path, (ours, theirs), valid)
+  assert not cfg.tie_embeddings
+
+
+def test_gpt2_without_transformer_prefix_keeps_untied_head(tmp_path):
+  """The original GPT-2 files name tensors without `transformer.`; lm_head stays lm_head."""
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      **GPT2, tie_word_embeddings=False)), seed=2)
+  src = save_torch(model, tmp_path / 'src')
+  tensors = {k.replace('transformer.', '', 1): v for k, v in _tensors(src).items()}
+  _rewrite(src, tensors)
+  model_cfg, params = hf.load(src)
+  ours, theirs = gpt_inputs(seed=1)
+  assert rel_err(apply(model_cfg, params, ours), torch_logits(model.eval(), theirs)) <= RTOL
+
+
+# ---------------------------------------------------------- config fields HF honours
+@pytest.mark.parametrize('proj,act,gated', [
+    ('gated-gelu', 'relu', True),      # dense_act_fn overrides the proj's activation
+    ('gated-gelu', 'gelu', True),      # exact GELU, gated: no feed_forward_proj spelling
+    ('relu', 'gelu_new', False),
+])
+def test_t5_dense_act_fn_overrides_feed_forward_proj(tmp_path, proj, act, gated):
+  """transformers' T5Config applies config.json's dense_act_fn / is_gated_act after deriving
+  them from feed_forward_proj: the import must build what HF runs, and export it back."""
+  config = transformers.T5Config(**T5, feed_forward_proj=proj, tie_word_embeddings=False)
+  config.dense_act_fn, config.is_gated_act = act, gated
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.T5ForConditionalGeneration(config), seed=1)
+  src = save_torch(model, tmp_path / 'src')
+  with open(os.path.join(src, 'config.json')) as f:
+    assert json.load(f)['dense_act_fn'] == act
+  _import_export_round_trip(model, src, tmp_path, t5_inputs())
+
+
+def test_t5_is_gated_act_false_overrides_gated_proj(tmp_path):
+  config = transformers.T5Config(**T5, feed_forward_proj='gated-gelu')
+  config.is_gated_act = False
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.T5ForConditionalGeneration(config), seed=1)
+  src = save_torch(model, tmp_path / 'src')
+  assert 'encoder.block.0.layer.1.DenseReluDense.wi.weight' in _tensors(src)
+  model_cfg = _import_export_round_trip(model, src, tmp_path, t5_inputs())
+  assert tuple(model_cfg.mlp_activations) == ('gelu',)
+
+
+def test_t5_unknown_dense_act_fn_is_refused(tmp_path):
+  torch.manual_seed(0)
+  src = save_torch(transformers.T5ForConditionalGeneration(transformers.T5Config(**T5)),
+                   tmp_path / 'src')
+  _edit_config(src, dense_act_fn='quick_gelu')
+  with pytest.raises(ValueError, match="dense_act_fn='quick_gelu'"):
+    hf.load(src)
+
+
+@pytest.mark.parametrize('field', ['is_decoder', 'add_cross_attention'])
+def test_bert_decoder_variants_are_refused(tmp_path, field):
+  """BertForMaskedLM with is_decoder=true attends causally in HF (relative error ~0.9 when
+  imported as a bidirectional encoder); with add_cross_attention it belongs to a seq2seq."""
+  torch.manual_seed(0)
+  src = save_torch(transformers.BertForMaskedLM(transformers.BertConfig(**BERT)),
+                   tmp_path / 'src')
+  _edit_config(src, **{field: True})
+  with pytest.raises(ValueError, match=f'{field}=true'):
+    hf.load(src)
+
+
+def test_gpt2_cross_attention_is_refused(tmp_path):
+  torch.manual_seed(0)
+  src = save_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      **GPT2, add_cross_attention=True)), tmp_path / 'src')
+  with pytest.raises(ValueError, match='add_cross_attention=true'):
+    hf.load(src)
+
+
+# -------------------------------------------------- tensors the mapping does not place
+def test_tensor_that_no_param_takes_is_refused(tmp_path):
+  """A checkpoint with more layers than its config.json says (or any tensor no param takes)
+  is refused naming the tensor, not truncated silently."""
+  torch.manual_seed(0)
+  src = save_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)),
+                   tmp_path / 'src')
+  _edit_config(src, n_layer=1)
+  with pytest.raises(ValueError, match=r'transformer\.h\.1\.'):
+    hf.load(src)
+
+
+def test_known_extra_tensors_are_accepted(tmp_path):
+  """What HF itself ignores: GPT-2's attention-mask buffers, BERT's pooler and NSP head
+  (BertForPreTraining files labelled BertForMaskedLM), tied copies, T5's unused
+  cross-attention bias of old checkpoints."""
+  torch.manual_seed(0)
+  g = save_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)), tmp_path / 'g')
+  t = _tensors(g)
+  t['transformer.h.0.attn.bias'] = np.tril(np.ones((1, 1, 64, 64), np.float32))
+  t['transformer.h.0.attn.masked_bias'] = np.array(-1e4, np.float32)
+  t['lm_head.weight'] = t['transformer.wte.weight']
+  _rewrite(g, t)
+  hf.load(g)
+  b = tmp_path / 'b'
+  save_torch(transformers.BertForPreTraining(transformers.BertConfig(**BERT)), b)
+  _edit_config(str(b), architectures=['BertForMaskedLM'])  # as bert-base-uncased's
+  t = _tensors(str(b))
+  assert 'bert.pooler.dense.weight' in t and 'cls.seq_relationship.weight' in t
+  t['bert.embeddings.position_ids'] = np.arange(64)[None].astype(np.int64)
+  t['cls.predictions.decoder.weight'] = t['bert.embeddings.word_embeddings.weight']
+  _rewrite(str(b), t)
+  hf.load(str(b))
+  s = save_torch(transformers.T5ForConditionalGeneration(transformers.T5Config(**T5)),
+                 tmp_path / 't5')
+  t = _tensors(s)
+  t['decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight'] = np.zeros(
+      (32, 4), np.float32)
+  t['lm_head.weight'] = t['encoder.embed_tokens.weight'] = t['shared.weight']
+  _rewrite(s, t)
+  hf.load(s)
+
+
+# ------------------------------------------------------------------ malformed directories
+@pytest.fixture(scope='module')
+def sharded_dir(tmp_path_factory):
+  torch.manual_seed(0)
+  path = tmp_path_factory.mktemp('sharded')
+  transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)).save_pretrained(
+      path, safe_serialization=True, max_shard_size='20KB')
+  assert (path / 'model.safetensors.index.json').exists()
+  return str(path)
+
+
+def _copy(src, dst):
+  shutil.copytree(src, dst)
+  return str(dst)
+
+
+@pytest.mark.parametrize('text,why', [('{"metadata": {}}', 'weight_map'),
+                                      ('{not json', 'not valid JSON')])
+def test_malformed_shard_index(tmp_path, sharded_dir, text, why):
+  d = _copy(sharded_dir, tmp_path / 'd')
+  with open(os.path.join(d, 'model.safetensors.index.json'), 'w') as f:
+    f.write(text)
+  with pytest.raises(ValueError, match='model.safetensors.index.json') as e:
+    hf.load(d)
+  assert why in str(e.value)
+
+
+def test_index_missing_a_tensor_names_the_tensor(tmp_path, sharded_dir):
+  d = _copy(sharded_dir, tmp_path / 'd')
+  path = os.path.join(d, 'model.safetensors.index.json')
+  with open(path) as f:
+    index = json.load(f)
+  shard = sorted(set(index['weight_map'].values()))[-1]
+  tensors = safetensors.numpy.load_file(os.path.join(d, shard))
+  gone = sorted(tensors)[0]
+  del tensors[gone]
+  safetensors.numpy.save_file(tensors, os.path.join(d, shard), metadata={'format': 'pt'})
+  with pytest.raises(ValueError, match=gone.replace('.', r'\.')):
+    hf.load(d)
+
+
+def test_architectures_given_as_a_string(tmp_path, sharded_dir):
+  d = _copy(sharded_dir, tmp_path / 'd')
+  _edit_config(d, architectures='GPT2LMHeadModel')
+  hf.load(d)
+  _edit_config(d, architectures='GPT2Model')
+  with pytest.raises(ValueError, match='GPT2Model,'):
+    hf.load(d)
+
+
+def test_config_field_of_wrong_type(tmp_path, sharded_dir):
+  d = _copy(sharded_dir, tmp_path / 'd')
+  _edit_config(d, n_layer='2')
+  with pytest.raises(ValueError, match='n_layer'):
+    hf.load(d)
+  _edit_config(d, n_layer=2, layer_norm_epsilon='tiny')
+  with pytest.raises(ValueError, match='layer_norm_epsilon'):
+    hf.load(d)
+
+
+def test_pytorch_bin_only_directory_names_the_bin(tmp_path):
+  torch.manual_seed(0)
+  transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)).save_pretrained(
+      tmp_path, safe_serialization=False)
+  assert (tmp_path / 'pytorch_model.bin').exists()
+  with pytest.raises(ValueError, match='pytorch_model.bin') as e:
+    hf.load(str(tmp_path))
+  assert 'safe_serialization' in str(e.value)
+
+
+def test_convert_cli_exits_with_one_line_on_bad_index(tmp_path, sharded_dir):
+  d = _copy(sharded_dir, tmp_path / 'd')
+  with open(os.path.join(d, 'model.safetensors.index.json'), 'w') as f:
+    f.write('{"metadata": {}}')
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, '-m', 't5x_lite.convert', '--direction=hf_to_t5x',
+                      f'--input={d}', f'--output={tmp_path / "out"}'], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
+  assert 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert 'weight_map' in r.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / 'out').exists()
+
+
+# ------------------------------------------------------------------ export variants
+def test_t5_gated_exact_gelu_exports(tmp_path):
+  """('gelu_exact', 'linear') has no feed_forward_proj spelling; dense_act_fn carries it."""
+  from configs import t5_v1_1
+  from test_hf_parity import random_params
+  m = t5_v1_1.get_config('tiny').model
+  m.update(dict(vocab_size=VOCAB, d_model=32, d_ff=48, num_heads=4, d_kv=12,
+                num_encoder_layers=2, num_decoder_layers=2,
+                mlp_activations=('gelu_exact', 'linear')))
+  params = random_params(m, seed=3)
+  ours, theirs = t5_inputs(seed=4)
+  got = apply(m, params, ours)
+  out = hf.save(m, params, str(tmp_path / 'hf'))
+  model, info = transformers.T5ForConditionalGeneration.from_pretrained(
+      out, output_loading_info=True)
+  assert not any(info.values()), info
+  assert rel_err(got, torch_logits(model.eval(), theirs)) <= RTOL
+  back, _ = hf.load(out)
+  assert tuple(back.mlp_activations) == ('gelu_exact', 'linear')
+
+
+# ------------------------------------------------------------------ greedy decoding
+@pytest.mark.parametrize('kwargs', [dict(feed_forward_proj='gated-gelu',
+                                         tie_word_embeddings=False),
+                                    dict(feed_forward_proj='relu', num_decoder_layers=3)])
+def test_t5_greedy_decode_matches_hf_generate(tmp_path, kwargs):
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.T5ForConditionalGeneration(
+      transformers.T5Config(**{**T5, **kwargs})), seed=5).eval()
+  model_cfg, params = hf.load(save_torch(model, tmp_path / 'm'))
+  rng = np.random.default_rng(0)
+  enc = rng.integers(2, VOCAB, (3, 12)).astype(np.int32)
+  enc[1, 7:] = 0
+  ours = np.asarray(decoding.encoder_decoder_generate(models.build(model_cfg), params, enc, 8))
+  theirs = model.generate(torch.tensor(enc, dtype=torch.long),
+                          attention_mask=torch.tensor(enc != 0, dtype=torch.long),
+                          max_new_tokens=8, do_sample=False, num_beams=1,
+                          use_cache=False)[:, 1:].numpy()  # HF's cache: equal stacks only
+  for row, ref in zip(ours, theirs):  # HF pads a finished row after EOS with pad 0, as we do
+    np.testing.assert_array_equal(row[:len(ref)], ref)
+
+
+def test_gpt2_greedy_decode_matches_hf_generate(tmp_path):
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      **GPT2, tie_word_embeddings=False)), seed=6).eval()
+  model_cfg, params = hf.load(save_torch(model, tmp_path / 'm'))
+  prompts = np.random.default_rng(1).integers(2, VOCAB, (3, 5)).astype(np.int32)
+  ours = np.asarray(decoding.decoder_only_generate(models.build(model_cfg), params, prompts, 8))
+  theirs = model.generate(torch.tensor(prompts, dtype=torch.long),
+                          attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+                          max_new_tokens=8, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)[:, 5:].numpy()
+  np.testing.assert_array_equal(ours, theirs)
+
+
+# ------------------------------------------------------------------ conversion directories
+def test_converted_untied_gpt2_round_trips_through_orbax(tmp_path):
+  torch.manual_seed(0)
+  model = perturb_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      **GPT2, tie_word_embeddings=False)), seed=7)
+  src = save_torch(model, tmp_path / 'src')
+  ours = conversion.hf_to_t5x(src, str(tmp_path / 'ours'), scan_layers=True)
+  out = conversion.t5x_to_hf(ours, str(tmp_path / 'back'))
+  a, b = _tensors(src), _tensors(out)
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_t5_workdir_export_writes_a_tokenizer_hf_can_use(tmp_path):
+  """A T5 trained here exports its SentencePiece vocabulary as T5Tokenizer files: HF's
+  tokenizer (slow and fast) then gives the ids this codebase's pipeline gives (pieces, EOS 1,
+  <extra_id_k> = vocab size - 1 - k) and decodes them back."""
+  import flax.linen as nn
+  import orbax.checkpoint as ocp
+  from configs import t5_v1_1
+  from t5x_lite.data.vocab import Vocabulary
+  cfg = t5_v1_1.get_config('tiny')
+  cfg.model.update(dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16,
+                        num_encoder_layers=1, num_decoder_layers=1))
+  workdir = str(tmp_path / 'workdir')
+  params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
+                        nn.unbox(models.abstract_params(cfg.model)))
+  ocp.PyTreeCheckpointer().save(workdir, {'params': params})
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(cfg.to_json_best_effort())
+  out = conversion.t5x_to_hf(workdir, str(tmp_path / 'hf'))
+  vocab = Vocabulary(cfg.data.vocab, cfg.data.extra_ids)
+  texts = ['The Thane of Cawdor <extra_id_0> began', 'reverse: king queen lord',
+           'Hello, world!  <extra_id_5>x']
+  for use_fast in (False, True):
+    tok = transformers.AutoTokenizer.from_pretrained(out, use_fast=use_fast)
+    assert tok.convert_tokens_to_ids('<extra_id_0>') == vocab.sentinel(0)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    for text in texts:
+      ids = vocab.encode(text) + [vocab.eos_id]
+      assert tok(text).input_ids == ids, (use_fast, text)
+      if not use_fast:  # the fast one decodes '<extra_id_0>' without the space before it
+        assert tok.decode(ids[:-1]) == vocab.decode(ids[:-1]), text
+
+
+def test_tokenizer_mismatch_of_an_hf_directory(tmp_path):
+  """For config.init_from=hf:DIR: the HF directory's tokenizer against config.data.vocab."""
+  from configs import t5_v1_1
+  data = t5_v1_1.get_config('tiny').data
+  d = tmp_path / 'hf'
+  d.mkdir()
+  assert conversion.tokenizer_mismatch(str(d), data) == ''          # nothing to compare
+  assert conversion.write_t5_tokenizer(data, str(d))
+  assert conversion.tokenizer_mismatch(str(d), data) == ''          # the same SentencePiece
+  other = dict(data, extra_ids=10)
+  assert 'extra_ids=100' in conversion.tokenizer_mismatch(str(d), other)
+  (d / 'spiece.model').write_bytes(b'other')
+  assert 'spiece.model' in conversion.tokenizer_mismatch(str(d), data)
+  g = tmp_path / 'gpt2'
+  g.mkdir()
+  (g / 'vocab.json').write_text('{}')
+  assert 'vocab.json' in conversion.tokenizer_mismatch(str(g), data)
