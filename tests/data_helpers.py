@@ -23,13 +23,14 @@ def data_config(**data):
 
 def spec_counts(length, density=0.15, mean=3.0):
   """(N, S) per docs/t5.md §1: L' = max(L, 2), N = round(L' d) in float32 (ties to
-  even) clamped to [1, L'-1], S = max(1, round(N / m)); L = 1 keeps no noise."""
+  even) clamped to [1, L'-1], S = round(N / m) clamped to [1, min(N, L' - N)]; L = 1 keeps
+  no noise."""
   if length == 1:
     return 0, 0
   lp = max(length, 2)
   n = int(np.round(np.float32(lp) * np.float32(density)))
   n = min(max(n, 1), lp - 1)
-  s = max(1, int(np.round(np.float32(n) / np.float32(mean))))
+  s = min(max(1, int(np.round(np.float32(n) / np.float32(mean)))), n, lp - n)
   return n, s
 
 

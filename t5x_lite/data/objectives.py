@@ -55,12 +55,13 @@ def span_corruption_lengths(inputs_length: int, noise_density: float = 0.15,
 
 
 def noise_counts(length, noise_density: float, mean_noise_span_length: float):
-  """(N, S) the noise mask uses for a chunk of `length` (numpy, float32 rounding, clamps)."""
+  """(N, S) the noise mask uses for a chunk of `length` (numpy, float32 rounding, clamps:
+  N in [1, L' - 1], S in [1, min(N, L' - N)])."""
   length = np.maximum(np.asarray(length), 2)
   n = np.round(length.astype(np.float32) * np.float32(noise_density)).astype(np.int64)
   n = np.clip(n, 1, length - 1)
-  s = np.maximum(1, np.round(n.astype(np.float32) / np.float32(mean_noise_span_length)).astype(np.int64))
-  return n, s
+  s = np.round(n.astype(np.float32) / np.float32(mean_noise_span_length)).astype(np.int64)
+  return n, np.clip(s, 1, np.minimum(n, length - n))
 
 
 # ---------------------------------------------------------------- noise masks
@@ -77,7 +78,8 @@ def _random_segmentation(num_items, num_segments, seed):
 
 
 def random_spans_noise_mask(length, noise_density: float, mean_noise_span_length: float, seed):
-  """Boolean [length] noise mask with round(L d) noise tokens in round(N / m) spans.
+  """Boolean [length] noise mask with round(L d) noise tokens in round(N / m) spans
+  (clamped to [1, min(N, L - N)]: every span has a noise and a non-noise part).
 
   The mask starts with non-noise and ends with noise (before truncating to `length`, so
   length 1 gives no noise). `seed` is a [2] int tensor.
@@ -89,8 +91,11 @@ def random_spans_noise_mask(length, noise_density: float, mean_noise_span_length
   num_noise = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
   num_noise = tf.clip_by_value(num_noise, 1, length - 1)
   num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
-  num_spans = tf.maximum(num_spans, 1)
   num_nonnoise = length - num_noise
+  # Each span needs >= 1 noise and >= 1 non-noise token: T5's round(N / m) alone asks for
+  # more spans than that when m < 1 or d is near or above 0.5 (a shape error); it never
+  # binds at 0.15 / 3, so the default masks are T5's.
+  num_spans = tf.clip_by_value(num_spans, 1, tf.minimum(num_noise, num_nonnoise))
   seeds = tf.random.experimental.stateless_split(seed, 2)
   noise_lengths = _random_segmentation(num_noise, num_spans, seeds[0])
   nonnoise_lengths = _random_segmentation(num_nonnoise, num_spans, seeds[1])
