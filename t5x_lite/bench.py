@@ -29,7 +29,18 @@ def _define_flags():
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of lines.')
 
 
+def check_flags() -> None:
+  """ValueError naming a count or duration that cannot be measured (0 steps, 0 rounds)."""
+  for name, low in (('steps', 1), ('rounds', 1), ('beam_size', 1), ('decode_batch_size', 0),
+                    ('decode_length', 0), ('peak_flops', 0)):
+    if getattr(FLAGS, name) < low:
+      raise ValueError(f'--{name}={getattr(FLAGS, name)} must be at least {low}.')
+  if FLAGS.pipeline_seconds <= 0:
+    raise ValueError(f'--pipeline_seconds={FLAGS.pipeline_seconds} must be above 0.')
+
+
 def main():
+  check_flags()
   import jax
   from t5x_lite import benchmark, validation
   config = FLAGS.config

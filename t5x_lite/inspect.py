@@ -33,7 +33,8 @@ def list_checkpoints(workdir: str) -> None:
   rows = checkpoint_integrity.listing(workdir)
   for row in rows:
     detail = f': {row["detail"]}' if row['detail'] and row['status'] == 'corrupt' else ''
-    print(f'step {row["step"]:>8}  {row["status"]}{detail}  {row["path"]}')
+    step = '?' if row['step'] is None else row['step']  # a stray entry of corrupt_checkpoints/
+    print(f'step {step:>8}  {row["status"]}{detail}  {row["path"]}')
   if not any(r['status'].startswith('intact') for r in rows):
     raise ValueError(f'--workdir={workdir} has no usable checkpoint.')
 
@@ -47,6 +48,8 @@ def main():
     raise ValueError('--config (or --workdir) is required.')
   if FLAGS.n < 1:
     raise ValueError(f'--n={FLAGS.n} must be at least 1.')
+  if FLAGS.num_shards < 1:
+    raise ValueError(f'--num_shards={FLAGS.num_shards} must be at least 1.')
   # Whole blocks of every stream this shard runs (each stream feeds an equal block of a
   # batch); the first --n rows of that batch are printed.
   streams = len(pipeline.owned_streams(FLAGS.shard_index, FLAGS.num_shards,

@@ -45,6 +45,12 @@ def generate_corpus(directory: str, gigabytes: float, files: int) -> str:
 
 
 def main():
+  for name in ('seconds', 'batch_size', 'model_batch_size', 'inputs_length', 'targets_length',
+               'corpus_files'):
+    if not getattr(FLAGS, name) > 0:
+      raise ValueError(f'--{name}={getattr(FLAGS, name)} must be above 0.')
+  if FLAGS.model_steps < 0:
+    raise ValueError(f'--model_steps={FLAGS.model_steps} must be >= 0 (0: skip the model).')
   from t5x_lite import throughput
   args = (FLAGS.seconds, FLAGS.batch_size, FLAGS.model_batch_size, FLAGS.model_steps,
           FLAGS.inputs_length, FLAGS.targets_length)
