@@ -6,6 +6,8 @@
 set -euo pipefail
 workdir=${1:?usage: TPU_NAME=... ZONE=... $0 WORKDIR [train flags...]}
 shift
+# Each flag quoted for the worker's (bash) shell, so overrides with spaces, quotes or
+# parentheses (e.g. --config.partitioning.logical_axis_rules=...) arrive as typed.
+args=$(printf ' %q' "--workdir=$workdir" "$@")
 gcloud compute tpus tpu-vm ssh "${TPU_NAME:?set TPU_NAME}" --zone="${ZONE:?set ZONE}" \
-  --worker=all --command="cd ~/t5x_lite && .venv/bin/python -m t5x_lite.train \
-    --distributed=auto --workdir=$workdir $*"
+  --worker=all --command="cd ~/t5x_lite && .venv/bin/python -m t5x_lite.train --distributed=auto$args"

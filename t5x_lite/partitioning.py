@@ -14,6 +14,7 @@ Rules are ordered: for each parameter dimension, the first rule for its logical 
 mesh axis is not already used by another dimension of the same parameter wins.
 """
 import contextlib
+import functools
 import math
 from typing import Any, Dict, Optional, Sequence
 
@@ -30,33 +31,51 @@ BATCH_AXES = ('data', 'fsdp')
 
 
 def _axis_sizes(section, name: str) -> Dict[str, int]:
-  sizes = {axis: int(section.get(axis, 1)) for axis in MESH_AXES}
+  """{axis: size} of `config.partitioning.<name>`; ValueError naming the field when a size is
+  not an integer (a bool or a float is not taken as one) or an axis is unknown."""
   unknown = set(section.keys()) - set(MESH_AXES)
   if unknown:
     raise ValueError(f'config.partitioning.{name} has unknown axis {sorted(unknown)[0]!r}; '
                      f'mesh axes are {", ".join(MESH_AXES)}.')
+  sizes = {}
+  for axis in MESH_AXES:
+    value = section.get(axis, 1)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      allowed = 'a positive integer or -1' if name == 'mesh' else 'a positive integer'
+      raise ValueError(f'config.partitioning.{name}.{axis}={value!r} must be {allowed}.')
+    sizes[axis] = int(value)
   return sizes
 
 
 def mesh_shape(partitioning_cfg, num_devices: int) -> Dict[str, int]:
-  """Resolve -1 in `partitioning.mesh` and check the product equals `num_devices`."""
+  """Resolve -1 in `partitioning.mesh` and check the product equals `num_devices`.
+
+  Sizes in `mesh` are per slice (ici); `dcn_mesh` multiplies them across slices, so the
+  axis filled by -1 must come out a multiple of its dcn size.
+  """
+  if isinstance(num_devices, bool) or not isinstance(num_devices, (int, np.integer)) or \
+      num_devices < 1:
+    raise ValueError(f'the device count must be a positive integer, got {num_devices!r}.')
   sizes = _axis_sizes(partitioning_cfg.mesh, 'mesh')
   dcn = _axis_sizes(partitioning_cfg.get('dcn_mesh', {}), 'dcn_mesh')
+  for a in MESH_AXES:
+    if sizes[a] == 0 or sizes[a] < -1:
+      raise ValueError(f'config.partitioning.mesh.{a}={sizes[a]} must be a positive size or -1.')
+    if dcn[a] < 1:
+      raise ValueError(f'config.partitioning.dcn_mesh.{a}={dcn[a]} must be a positive size.')
   total = {a: sizes[a] * dcn[a] if sizes[a] != -1 else -1 for a in MESH_AXES}
   fill = [a for a in MESH_AXES if sizes[a] == -1]
   if len(fill) > 1:
     raise ValueError(f'config.partitioning.mesh may use -1 for one axis only, got {fill}.')
-  for a in MESH_AXES:
-    if sizes[a] == 0 or sizes[a] < -1 or dcn[a] < 1:
-      raise ValueError(f'config.partitioning.mesh.{a}={sizes[a]} (dcn {dcn[a]}) must be a '
-                       'positive size or -1.')
   known = math.prod(v for v in total.values() if v != -1)
   if fill:
-    if num_devices % known:
+    a = fill[0]
+    if num_devices % (known * dcn[a]):
+      across = f' x dcn_mesh.{a}={dcn[a]}' if dcn[a] > 1 else ''
       raise ValueError(
           f'config.partitioning.mesh {dict(sizes)} cannot fill {num_devices} devices: the '
-          f'fixed axes multiply to {known}, which does not divide {num_devices}.')
-    total[fill[0]] = num_devices // known
+          f'fixed axes multiply to {known}{across}, which does not divide {num_devices}.')
+    total[a] = num_devices // known
   if math.prod(total.values()) != num_devices:
     raise ValueError(
         f'config.partitioning.mesh {dict(sizes)} x dcn {dict(dcn)} needs '
@@ -92,11 +111,38 @@ def create_mesh(partitioning_cfg, devices: Optional[Sequence[Any]] = None) -> Me
 
 
 def axis_rules(partitioning_cfg):
-  """The ordered rules table as a tuple of (logical, mesh axis or tuple or None)."""
+  """The ordered rules table as a tuple of (logical, mesh axis or tuple or None).
+
+  ValueError naming `config.partitioning.logical_axis_rules[i]` when an entry is not a pair
+  (logical name, mesh axis | tuple of mesh axes | None), names an unknown mesh axis or
+  repeats one (e.g. a command-line override `--config.partitioning.logical_axis_rules=...`
+  with a typo).
+  """
+  table = partitioning_cfg.logical_axis_rules
+  field = 'config.partitioning.logical_axis_rules'
+  shape = ('a pair (logical axis name, mesh axis | tuple of mesh axes | None), e.g. '
+           "('embed', 'fsdp')")
+  if isinstance(table, (str, bytes)) or not isinstance(table, (tuple, list)):
+    raise ValueError(f'{field}={table!r} must be a tuple of rules, each {shape}.')
   rules = []
-  for logical, mesh_axes in partitioning_cfg.logical_axis_rules:
+  for i, rule in enumerate(table):
+    where = f'{field}[{i}]={rule!r}'
+    if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+      raise ValueError(f'{where} must be {shape}.')
+    logical, mesh_axes = rule
+    if not isinstance(logical, str):
+      raise ValueError(f'{where}: the logical axis name must be a string.')
     if isinstance(mesh_axes, list):
       mesh_axes = tuple(mesh_axes)
+    names = () if mesh_axes is None else (mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes
+    if not isinstance(names, tuple) or not all(isinstance(a, str) for a in names):
+      raise ValueError(f'{where} must be {shape}.')
+    unknown = [a for a in names if a not in MESH_AXES]
+    if unknown:
+      raise ValueError(f'{field} maps {logical!r} to unknown mesh axis {unknown[0]!r}; mesh '
+                       f'axes are {", ".join(MESH_AXES)}.')
+    if len(set(names)) != len(names):
+      raise ValueError(f'{where} names a mesh axis twice.')
     rules.append((logical, mesh_axes))
   return tuple(rules)
 
@@ -176,8 +222,44 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def batch_slices_by_process(mesh: Mesh) -> Dict[int, frozenset]:
+  """{process index: the slices of the batch its devices hold}: `batch_sharding` splits rows
+  into data x fsdp slices (data-major); the tensor axis replicates them."""
+  names = list(mesh.axis_names)
+  fsdp = mesh.shape['fsdp']
+  held: Dict[int, set] = {}
+  for coords, device in np.ndenumerate(mesh.devices):
+    at = dict(zip(names, coords))
+    held.setdefault(device.process_index, set()).add(at['data'] * fsdp + at['fsdp'])
+  return {p: frozenset(s) for p, s in held.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def processes_share_batch_rows(mesh: Mesh) -> bool:
+  """Whether some slice of the batch lives on devices of more than one process, e.g. a
+  mesh whose data x fsdp axes are smaller than the process count (tensor parallelism across
+  hosts): those processes must then feed the same rows."""
+  held = batch_slices_by_process(mesh)
+  return sum(len(s) for s in held.values()) > len(frozenset().union(*held.values()))
+
+
 def global_batch(host_batch: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
-  """Host-local numpy batch (this host's rows) -> global jax arrays sharded over the batch."""
+  """Host-local numpy batch (this host's rows) -> global jax arrays sharded over the batch.
+
+  Every process feeds its own block of rows (process p: rows [p B / P, (p + 1) B / P) of the
+  global batch B, the data pipeline's virtual shards). Where each slice of the batch lives on
+  one process's devices, those rows are its slices. Where processes share slices
+  (`processes_share_batch_rows`), the hosts first exchange their rows, so every device holds
+  the rows of the same global batch that one process would have fed.
+  """
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
-                      host_batch)
+  nproc = jax.process_count()
+  if nproc > 1 and processes_share_batch_rows(mesh):
+    from jax.experimental import multihost_utils
+    rows = multihost_utils.process_allgather(host_batch, tiled=True)  # in process order
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]),
+        jax.tree.map(np.asarray, rows))
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(
+          sharding, x, (x.shape[0] * nproc,) + tuple(x.shape[1:])), host_batch)

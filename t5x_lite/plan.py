@@ -32,8 +32,9 @@ def _flops(n: float) -> str:
 
 def report(config, num_devices: int, per_param: bool = False, name: str = '') -> str:
   """The plan as text (raises ValueError for an impossible mesh or config)."""
-  # Fail on an impossible mesh before tracing the model.
+  # Fail on an impossible mesh or a malformed rules table before tracing the model.
   partitioning.mesh_shape(config.partitioning, num_devices)
+  partitioning.axis_rules(config.partitioning)
   boxed = models.abstract_params(config.model)
   counts = accounting.count_params(config, boxed)
   flops = accounting.flops_per_token(config, boxed)
@@ -94,7 +95,7 @@ def report(config, num_devices: int, per_param: bool = False, name: str = '') ->
 
 def main():
   import jax
-  num_devices = FLAGS.num_devices or jax.device_count()
+  num_devices = jax.device_count() if FLAGS.num_devices is None else FLAGS.num_devices
   print(report(FLAGS.config, num_devices, FLAGS.per_param,
                config_flags.get_config_filename(FLAGS['config'])))
 

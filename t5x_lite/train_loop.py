@@ -3,6 +3,7 @@
 Owns `train(config, workdir, ...)`, what `python -m t5x_lite.train` runs, and the small
 host-side objects it reads from top to bottom:
     StopRequest  SIGTERM / SIGINT -> finish the current step, checkpoint it, exit cleanly
+    StopVote     multi-host: a signal on any process stops every process at the same step
     Progress     metrics fetched from the device in batches (the host never waits a step):
                  acts on non-finite steps (`train.on_nonfinite`), counts tokens seen and
                  skipped steps, first / last loss
@@ -23,6 +24,8 @@ import tempfile
 import time
 from typing import Optional
 
+import numpy as np
+
 from t5x_lite import accounting
 from t5x_lite import checkpoints
 from t5x_lite import evaluation
@@ -37,6 +40,17 @@ def check_workdir(workdir: str) -> None:
       pass
   except OSError as e:
     raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}).') from None
+
+
+def host_params(params):
+  """The whole params as host numpy arrays, for decoding on the host. Params that span
+  several processes' devices (e.g. FSDP across hosts) cannot be fetched by one process: they
+  are all-gathered, a collective that every process must call."""
+  import jax
+  if all(getattr(x, 'is_fully_addressable', True) for x in jax.tree.leaves(params)):
+    return jax.device_get(params)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(params, tiled=True)
 
 
 def report_skips(split: str, skips) -> None:
@@ -69,6 +83,32 @@ class StopRequest:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     return False
+
+
+class StopVote:
+  """Multi-host: every process must leave the loop at the same step. A signal reaches one
+  host (a preempted VM, `kill` of one task) or reaches them at different steps; a process
+  that checkpoints and exits while the others run the next step leaves every process hung
+  in a collective. So each step every process's flag (a signal seen) is OR-ed over all
+  devices, dispatched without waiting, and read at the next step: every process gets the
+  same answer at the same step, and the host still runs one step ahead of the devices."""
+
+  def __init__(self):
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    mesh = Mesh(np.array(jax.devices()), ('processes',))
+    self._sharding = NamedSharding(mesh, P('processes'))
+    self._any = jax.jit(lambda flags: flags.any(), out_shardings=NamedSharding(mesh, P()))
+    self._pending = None
+
+  def step(self, signalled: bool) -> bool:
+    """Vote `signalled` for this step; True when some process had voted True by the
+    previous step (the same answer on every process)."""
+    import jax
+    flags = np.full((jax.local_device_count(),), bool(signalled))
+    vote = self._any(jax.make_array_from_process_local_data(self._sharding, flags))
+    previous, self._pending = self._pending, vote
+    return previous is not None and bool(previous)
 
 
 class Progress:
@@ -166,6 +206,19 @@ def _every(period: int, step: int) -> bool:
   return bool(period) and step % period == 0
 
 
+def say_if_the_warmup_never_ends(config) -> None:
+  """A cosine schedule decays from the end of its warmup to 0 at decay_steps (0 =
+  train.steps): a warmup as long as that leaves a run that only ever warms up."""
+  o = config.optimizer
+  horizon = int(o.decay_steps or config.train.steps)
+  if o.schedule == 'cosine' and o.warmup_steps >= horizon:
+    what = (f'optimizer.decay_steps={o.decay_steps}' if o.decay_steps else
+            f'train.steps={config.train.steps} (optimizer.decay_steps=0)')
+    print(f'[t5x_lite] warning: the cosine schedule\'s warmup (optimizer.warmup_steps='
+          f'{o.warmup_steps}) is not shorter than {what}: the learning rate only rises and '
+          'never decays in this run.', flush=True)
+
+
 def _say_if_the_schedule_moved(config, ckpts, step: int) -> None:
   """A cosine schedule without decay_steps decays over train.steps: a resume with another
   train.steps changes the learning rate from here on (it jumps back up when raised)."""
@@ -195,12 +248,15 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
 
   # ---- set up: everything that can fail on a bad config fails before compiling
   validation.validate_config(config, jax.device_count())
+  say_if_the_warmup_never_ends(config)
   check_workdir(workdir)
   mesh = partitioning.create_mesh(config.partitioning)
   trainer = trainer_lib.Trainer(config, mesh)
   pid, nproc = jax.process_index(), jax.process_count()
+  # Each process feeds its block of rows of the global batch (`partitioning.global_batch`).
+  rows = partitioning.split_batch(config.train, nproc, f'the process count {nproc}')
   train_iter = pipeline.get_dataset(config, 'train', shard_index=pid, num_shards=nproc,
-                                    batch_size=config.train.batch_size // nproc)
+                                    batch_size=rows)
   report_skips('train', train_iter.skips)
   if config.train.eval_every:
     try:  # build it once now: a missing or broken validation source fails before compiling
@@ -246,6 +302,10 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   run_start = time.time()
   evals_reported = False
   step = start
+  # Whether to stop at this step: this process's signal, or on several processes the vote of
+  # them all, so that every process checkpoints the same step and leaves the loop together.
+  vote = StopVote() if nproc > 1 else None
+  stopping = False
   with StopRequest() as stop:
     try:
       while step < t.steps:
@@ -255,9 +315,11 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
         step += 1
         throughput.steps += 1
         progress.add(step, metrics)
+        stopping = (bool(stop.signal) if vote is None else
+                    vote.step(stop.signal is not None))
         is_last = step == t.steps
         record = {}  # one metrics.jsonl object per logged step (train and eval figures)
-        if _every(t.log_every, step) or is_last or stop.signal:
+        if _every(t.log_every, step) or is_last or stopping:
           m = progress.sync()[-1]
           record.update({k: float(v) for k, v in m.items() if k != 'finite'})
           record['tokens_seen'] = progress.tokens_seen
@@ -277,11 +339,11 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
           throughput.start = time.time()  # the eval's time is not step time
         if record:
           metrics_log.write(step, record)
-        if _every(t.checkpoint_every, step) or is_last or stop.signal:
+        if _every(t.checkpoint_every, step) or is_last or stopping:
           progress.sync()  # never checkpoint past a non-finite step
           ckpts.save(step, state, train_iter, config_dict, progress.saved())
           progress.last_saved = step
-        if stop.signal:
+        if stopping:
           break
       ckpts.wait()  # the last save: CheckpointError if it failed
     except checkpoints.CheckpointError:
@@ -291,26 +353,30 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
       ckpts.finish_after_error()  # steps before the error are kept
       raise
     ckpts.close()
-  if stop.signal:
-    print(f'[t5x_lite] {stop.signal}: saved checkpoint at step {step} in '
+  if stopping or (vote is None and stop.signal):
+    print(f'[t5x_lite] {stop.signal or "a stop signal on another process"}: saved checkpoint '
+          f'at step {step} in '
           f'{ckpts.directory}; rerun the same command to resume.', flush=True)
     return
 
   report_skips('train', train_iter.skips)  # again: counted as the streams read
   first, last = progress.first_loss, progress.last_loss
-  print(f'[t5x_lite] done: {step - start} steps in {time.time() - run_start:.0f}s; first loss '
-        f'{first if first is None else round(first, 4)}, last loss '
-        f'{last if last is None else round(last, 4)}; checkpoint step {step} in '
-        f'{ckpts.directory}.', flush=True)
+  losses = ('no step to train' if first is None else
+            f'first loss {round(first, 4)}, last loss {round(last, 4)}')
+  print(f'[t5x_lite] done: {step - start} steps in {time.time() - run_start:.0f}s; {losses}; '
+        f'checkpoint step {step} in {ckpts.directory}.', flush=True)
   if pid == 0:
     from t5x_lite import loss_curve
     print(loss_curve.report(workdir), flush=True)
-  if pid == 0 and num_predictions > 0 and \
-      families.get(config.model.family).generates == 'encoder_decoder':
+  decode = num_predictions > 0 and \
+      families.get(config.model.family).generates == 'encoder_decoder'
+  # Every process takes part: params split across hosts (FSDP) are gathered collectively.
+  params = host_params(state.params) if decode else None
+  if pid == 0 and decode:
     # One batch of validation examples drawn at random (seed 0, the same every run: the file
     # opens with a cast list): the score (exact match for text-to-text tasks, else span
     # accuracy) counts all of it, a few are printed.
-    decoded = evaluation.decode_split(config, trainer.model, jax.device_get(state.params),
+    decoded = evaluation.decode_split(config, trainer.model, params,
                                       'validation', steps=1, sample_seed=0)
     if config.data.objective == 'text_to_text':
       from t5x_lite import metrics

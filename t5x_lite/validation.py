@@ -48,13 +48,7 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
   for name in ('b1', 'b2'):
     if not 0.0 <= o[name] < 1.0:
       raise ValueError(f'config.optimizer.{name}={o[name]} must be in [0, 1).')
-  for logical, mesh_axes in config.partitioning.logical_axis_rules:
-    names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
-    unknown = [a for a in names if a not in partitioning.MESH_AXES]
-    if unknown:
-      raise ValueError(f'config.partitioning.logical_axis_rules maps {logical!r} to unknown '
-                       f'mesh axis {unknown[0]!r}; mesh axes are '
-                       f'{", ".join(partitioning.MESH_AXES)}.')
+  partitioning.axis_rules(config.partitioning)  # each rule's shape and mesh axes
   if (t.loss_normalization == 'constant' and
       not 0 < t.loss_normalization_constant < float('inf')):
     raise ValueError(f'config.train.loss_normalization_constant='

@@ -333,8 +333,22 @@ def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp
   proc = run(workdir, '--config.train.steps=3', *cosine)  # same steps: no notice
   assert 'cosine schedule' not in proc.stdout
   assert 'at step 3, at or past config.train.steps=3: nothing to train' in proc.stdout
+  assert 'done: 0 steps' in proc.stdout and 'no step to train' in proc.stdout
+  assert 'None' not in proc.stdout  # (the losses of no step were printed as None)
   proc = run(workdir, '--config.train.steps=4', *cosine, '--config.optimizer.decay_steps=3')
   assert 'cosine schedule' not in proc.stdout
+
+
+def test_a_warmup_as_long_as_the_cosine_horizon_is_a_warning(capsys):
+  from t5x_lite import train_loop
+  from tiny_run import tiny_config
+  cfg = tiny_config('gpt', train=dict(steps=100))  # warmup 100: never decays
+  train_loop.say_if_the_warmup_never_ends(cfg)
+  assert ("the cosine schedule's warmup (optimizer.warmup_steps=100) is not shorter than "
+          'train.steps=100 (optimizer.decay_steps=0)') in capsys.readouterr().out
+  cfg.optimizer.decay_steps = 101
+  train_loop.say_if_the_warmup_never_ends(cfg)
+  assert capsys.readouterr().out == ''
 
 
 def test_unwritable_workdir(tmp_path):
