@@ -116,7 +116,8 @@ def axis_rules(partitioning_cfg):
   ValueError naming `config.partitioning.logical_axis_rules[i]` when an entry is not a pair
   (logical name, mesh axis | tuple of mesh axes | None), names an unknown mesh axis or
   repeats one (e.g. a command-line override `--config.partitioning.logical_axis_rules=...`
-  with a typo).
+  with a typo), or when `batch` is not mapped to BATCH_AXES, the axes input batches are
+  split over.
   """
   table = partitioning_cfg.logical_axis_rules
   field = 'config.partitioning.logical_axis_rules'
@@ -144,6 +145,11 @@ def axis_rules(partitioning_cfg):
     if len(set(names)) != len(names):
       raise ValueError(f'{where} names a mesh axis twice.')
     rules.append((logical, mesh_axes))
+  batch = next((names for logical, names in rules if logical == 'batch'), None)
+  if batch != BATCH_AXES:  # activations would be resharded against their inputs every step
+    raise ValueError(f"{field} maps 'batch' to {batch!r}: input batches are split over "
+                     f"{BATCH_AXES} (partitioning.batch_sharding), so the first 'batch' rule "
+                     f"must be ('batch', {BATCH_AXES}).")
   return tuple(rules)
 
 

@@ -74,6 +74,9 @@ BAD_RULES = {
     'int_name': (((3, 'fsdp'),), r'logical_axis_rules\[0\].*name must be a string'),
     'axis_twice': ((('batch', ('data', 'data')),), r'logical_axis_rules\[0\].*twice'),
     'not_a_table': ('embed', r'logical_axis_rules=.*must be a tuple of rules'),
+    # inputs are split over data x fsdp: activations split otherwise reshard every step
+    'batch_elsewhere': ((('batch', 'data'), ('embed', None)), r"maps 'batch' to 'data'"),
+    'no_batch_rule': ((('embed', None),), r"maps 'batch' to None"),
 }
 
 
