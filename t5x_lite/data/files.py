@@ -25,7 +25,8 @@ would cost the memory or the seek time this module exists to avoid.
 Bad input is counted as it streams (`SkipCounter`: the reason, where it first happened):
 invalid UTF-8 lines, empty lines, invalid JSON, missing or empty fields, TSV rows with the
 wrong number of columns, .gz files cut short (checked at their end: tf.data's gzip reader
-stops quietly at a cut). With `on_bad_input='error'` the first one stops the pipeline with
+stops quietly at a cut), files of another compressed format (bzip2, xz, zstd, zip, lz4, or
+gzip not named .gz: known by their first bytes at start-up). With `on_bad_input='error'` the first one stops the pipeline with
 its file and line. Plain text is checked and split into documents inside the graph; JSONL
 and TSV lines are parsed in one Python call per batch of lines (`tf.py_function`, stateless,
 so checkpoints stay exact). Each bad line or file is counted once, by one stream, however
@@ -38,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zlib
 
 import numpy as np
@@ -374,7 +376,7 @@ def _usable(path: str, skips: SkipCounter, policy: str, count: bool = True) -> b
   Every stream checks every file; only the one that owns it (`count`) counts it."""
   try:
     with open(path, 'rb') as f:
-      head = f.read(2)
+      head = f.read(10)
   except OSError as e:
     bad_input(policy, skips, 'unreadable file', path, e.strerror or str(e), count)
     return False
@@ -382,11 +384,29 @@ def _usable(path: str, skips: SkipCounter, policy: str, count: bool = True) -> b
     if count:
       skips.add('empty file', path)
     return False
-  if path.endswith('.gz') and head != b'\x1f\x8b':
-    bad_input(policy, skips, 'not a gzip file', path, f'starts with {head!r}, not 0x1f 0x8b',
+  if path.endswith('.gz') and head[:2] != b'\x1f\x8b':
+    bad_input(policy, skips, 'not a gzip file', path, f'starts with {head[:2]!r}, not 0x1f 0x8b',
               count)
     return False
+  compressed = _compression(head) if not path.endswith('.gz') else None
+  if compressed:  # its bytes as text would be lines of 'invalid UTF-8', or worse, read
+    bad_input(policy, skips, 'compressed file not read (only gzip files named .gz are)', path,
+              f'{compressed} data', count)
+    return False
   return True
+
+
+# Magic bytes of compressed formats; none can start a UTF-8 text file (bzip2's 'BZh' is
+# followed by a digit and the block magic 0x314159265359).
+_MAGIC = ((b'\x1f\x8b', 'gzip'), (b'\xfd7zXZ\x00', 'xz'), (b'\x28\xb5\x2f\xfd', 'zstd'),
+          (b'PK\x03\x04', 'zip'), (b'\x04\x22\x4d\x18', 'lz4'))
+
+
+def _compression(head: bytes) -> str | None:
+  """The compressed format a file's first bytes announce, if any."""
+  if re.match(rb'BZh[1-9]\x31\x41\x59\x26\x53\x59', head):
+    return 'bzip2'
+  return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
 def documents(src, files: list[str], fields, *, stream: int, num_streams: int, train: bool,

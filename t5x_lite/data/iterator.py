@@ -127,7 +127,17 @@ class DataIterator:
         raise ResumeMismatch(f'data iterator state in {directory!r} has features {meta["element_spec"]} '
                         f'for stream {v}; this pipeline makes {self._stream_shapes(v)} (a different '
                         f'global batch size or feature lengths).')
-      ckpt.read(prefix).assert_consumed()
+      try:
+        ckpt.read(prefix).assert_consumed()
+      except tf.errors.OpError as e:
+        if 'dataset definition has not changed' not in e.message:
+          raise
+        reason = e.message.split('checkpoint: ')[-1].split(' Make sure')[0].strip()
+        raise ResumeMismatch(
+            f'data iterator state for stream {v} in {directory!r} does not fit this pipeline '
+            f'({reason}): the files its sources match, or which of them are usable (empty '
+            f'files are skipped), changed since it was saved, or another version of t5x_lite '
+            f'wrote it.') from None
       if meta.get('ended'):
         self._ended.add(v)
       else:

@@ -205,6 +205,8 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
         max_tokens=max_tokens)
     if d.objective != 'text_to_text':
       ds = ds.map(lambda x: x)  # 1-tuples -> the tensor
+    if train and len(specs) > 1:  # (a lone source's end: the iterator says so)
+      ds = ds.concatenate(_no_records(ds.element_spec, s, split, stream, num_streams, skips))
     sources.append(ds)
   if len(sources) == 1:
     ds = sources[0]
@@ -253,6 +255,26 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
   # Bad-input hooks and TFDS reads are py_functions: stateless in effect, so checkpoints are exact.
   options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
   return ds.with_options(options)
+
+
+def _no_records(spec, src, split: str, stream: int, num_streams: int,
+                skips: src_lib.SkipCounter) -> tf.data.Dataset:
+  """What an endless training source continues with if it ends (it held no usable record
+  for this stream): an error naming the source and stream. A mixture would otherwise go on
+  silently without that source (sample_from_datasets skips an ended one)."""
+  def call():
+    skips.error = DataError(
+        f'data {split}: stream {stream} of {num_streams} (data.num_virtual_shards) has no usable '
+        f'records of source {src} (with fewer files than streams each stream keeps every '
+        f'{num_streams}-th document of a file; a source needs at least one per stream); '
+        f'{skips.summary()}.')
+    raise skips.error
+
+  def fail(_):
+    done = tf.py_function(call, [], tf.bool)
+    with tf.control_dependencies([done]):
+      return tf.nest.map_structure(lambda x: tf.zeros([0], x.dtype), spec)
+  return tf.data.Dataset.from_tensors(0).map(fail).filter(lambda *x: False)
 
 
 def _check_split(split, shard_index, num_shards):
@@ -326,7 +348,9 @@ STREAM_FIELDS = ('objective', 'vocab', 'extra_ids', 'doc_boundary', 'text_field'
 def stream_settings(config, split: str) -> dict:
   source = 'train_source' if split == 'train' else 'validation_source'
   fields = (source,) + STREAM_FIELDS
-  return {f'data.{k}': config.data[k] for k in fields if k in config.data}
+  out = {f'data.{k}': config.data[k] for k in fields if k in config.data}
+  out[f'data.{source} files'] = src_lib.files_fingerprint(config.data[source], f'data.{source}')
+  return out
 
 
 def _pad_batch(rows, *, n, row_lengths):

@@ -11,10 +11,17 @@ Source spec: entries separated by ',', each `KIND:TARGET[;key=value...]`:
   jsonl:data/tasks/*.jsonl;rate=0.3        one JSON object per line, named fields
   tsv:data/tasks/x.tsv                     first line is a header naming the columns
   tfds:c4/en:3.0.1;split=validation        any TFDS dataset (name[:version]); `split`
-                                           defaults to the pipeline's split
-Options: rate (mixture weight), boundary, field (document text field), inputs / targets
-(text-to-text fields), split, data_dir (TFDS). Files are UTF-8, with LF or CRLF line ends;
-a byte-order mark before the first line is dropped.
+                                           defaults to the pipeline's split; TFDS split
+                                           syntax (`train[:10%]+validation`) works
+Options: rate (mixture weight; any kind), boundary (text), field (document text field),
+inputs / targets (text-to-text fields; jsonl, tsv, tfds), split, data_dir (tfds); an option
+the kind does not use, or one given twice, is an error. Globs: `**` spans directories.
+TFDS fields must be text. Files are UTF-8, with LF or CRLF line ends; a byte-order mark
+before the first line is dropped.
+
+Training: a source that holds no usable record for one stream (fewer documents than
+streams, or every one skipped) stops the run naming it, in a mixture too (tf.data's
+sampling would otherwise go on without it and change the rates silently).
 
 Virtual shards: a source is read as `num_streams` disjoint streams that together cover it
 (`token_dataset(..., stream=v, num_streams=V)`). File sources stream through tf.data
@@ -29,15 +36,21 @@ import dataclasses
 import glob as glob_lib
 import logging
 import os
+import re
+import zlib
 from typing import Sequence
 
 import numpy as np
 
 from t5x_lite.data import vocab as vocab_lib
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ('text', 'jsonl', 'tsv', 'tfds')
 BOUNDARIES = ('line', 'blank_line', 'file')
 OPTIONS = ('rate', 'boundary', 'field', 'inputs', 'targets', 'split', 'data_dir')
+_FIELDS = ('rate', 'field', 'inputs', 'targets')
+KIND_OPTIONS = {'text': ('rate', 'boundary'), 'jsonl': _FIELDS, 'tsv': _FIELDS,
+                'tfds': _FIELDS + ('split', 'data_dir')}
 
 
 class DataError(ValueError):
@@ -77,6 +90,12 @@ def parse_sources(spec: str, what: str = 'data.train_source') -> list[SourceSpec
       if not sep or k not in OPTIONS:
         raise DataError(f'{what}: option {o!r} in {entry!r} is not key=value with key one of '
                         f'{", ".join(OPTIONS)}.')
+      if k in options:
+        raise DataError(f'{what}: option {k!r} is given twice in {entry!r}.')
+      if k not in KIND_OPTIONS[kind]:  # would be silently ignored
+        takes = [x for x in KINDS if k in KIND_OPTIONS[x]]
+        raise DataError(f'{what}: option {k!r} in {entry!r} applies to {" and ".join(takes)} '
+                        f'sources only; a {kind} source takes {", ".join(KIND_OPTIONS[kind])}.')
       options[k] = v
     rate = options.pop('rate', '1')
     try:
@@ -179,12 +198,32 @@ def bad_input(policy: str, skips: SkipCounter, reason: str, where: str, detail: 
     skips.add(reason, where)
 
 
+def files_fingerprint(spec: str, what: str) -> str:
+  """What the file sources of `spec` match, saved with a stream position: per source the
+  file count and a CRC-32 of their names below the glob's fixed part (the same from any
+  cwd). The streams deal and interleave these files, so a resume onto others would fail
+  deep in tf.data or, with the same interleave cycle, read other files silently."""
+  out = []
+  for s in parse_sources(spec, what):
+    if s.kind == 'tfds':
+      continue
+    files = expand_glob(s.target, f'source {s}')
+    fixed = re.split(r'[*?[]', s.target)[0]
+    names = []
+    for f in files:
+      prefix = next((p for p in (fixed, os.path.join(_ROOT, fixed)) if f.startswith(p)), '')
+      names.append(f[len(prefix):])
+    out.append(f'{s}: {len(files)} files, names crc32 {zlib.crc32(chr(10).join(names).encode())}')
+  return '; '.join(out)
+
+
 def expand_glob(pattern: str, what: str) -> list[str]:
-  """Files matching `pattern` (tried as given, then relative to the repo root), sorted."""
-  files = sorted(f for f in glob_lib.glob(pattern) if os.path.isfile(f))
+  """Files matching `pattern` (tried as given, then relative to the repo root), sorted;
+  `**` matches any number of directories (`data/**/*.jsonl.gz`)."""
+  files = sorted(f for f in glob_lib.glob(pattern, recursive=True) if os.path.isfile(f))
   if not files and not os.path.isabs(pattern):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    files = sorted(f for f in glob_lib.glob(os.path.join(root, pattern)) if os.path.isfile(f))
+    files = sorted(f for f in glob_lib.glob(os.path.join(_ROOT, pattern), recursive=True)
+                   if os.path.isfile(f))
   if not files and os.path.isdir(pattern):
     raise DataError(f'{what}: {pattern!r} is a directory; name its files with a glob, e.g. '
                     f'{os.path.join(pattern, "*.txt")!r}.')
@@ -197,6 +236,7 @@ def expand_glob(pattern: str, what: str) -> list[str]:
 def _tfds_dataset(src: SourceSpec, split: str, fields, data_dir: str, shard_index: int,
                   num_shards: int, shuffle_files: bool, seed: int):
   """A TFDS split (this shard's even part) as a dataset of tuples of string tensors."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = src.target
   split = src.get('split', split)
@@ -211,11 +251,23 @@ def _tfds_dataset(src: SourceSpec, split: str, fields, data_dir: str, shard_inde
     splits = dict(builder.info.splits)
   except Exception as e:
     raise DataError(f'{where}: cannot read dataset info ({str(e).strip().splitlines()[0]}).') from None
-  if splits and split not in splits:
-    raise DataError(f'{where}: no split {split!r}; it has {sorted(splits)}.')
+  # TFDS split syntax: a sum of splits, each maybe sliced ('train[:10%]+validation[-500:]').
+  names = [re.sub(r'\[[^\]]*\]$', '', part.strip()) for part in str(split).split('+')]
+  unknown = [n for n in names if n not in splits and n != 'all']
+  if splits and unknown:
+    raise DataError(f'{where}: no split {unknown[0]!r}; it has {sorted(splits)}.')
   missing = [f for f in fields if f not in features]
   if missing:
     raise DataError(f'{where}: no feature {missing[0]!r}; it has {sorted(features)}.')
+  for f in fields:  # the readers tokenize one string per record and field
+    dtype, shape = getattr(features[f], 'dtype', None), getattr(features[f], 'shape', None)
+    if dtype != tf.string or shape != ():
+      kind = ('a sequence' if isinstance(features[f], tfds.features.Sequence) else
+              'a dict of features' if isinstance(features[f], tfds.features.FeaturesDict) else
+              getattr(dtype, 'name', type(features[f]).__name__) if shape == () else
+              f'{getattr(dtype, "name", dtype)} of shape {shape}')
+      raise DataError(f'{where}: feature {f!r} is {kind}, not text (a string per example); '
+                      f'name a text feature with field= (or inputs= / targets=).')
   try:
     sub = tfds.even_splits(split, n=num_shards)[shard_index] if num_shards > 1 else split
     ds = tfds.load(name, split=sub, data_dir=data_dir, shuffle_files=shuffle_files, download=False,

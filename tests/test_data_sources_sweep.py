@@ -1,0 +1,198 @@
+"""Sources, mixtures and resumability, swept as a user feeding real corpora would: a TFDS
+dataset prepared in a temporary data_dir (TFRecords, as real TFDS data are), sliced and
+combined splits, mixtures whose sources run dry in some streams, recursive globs."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+from data_helpers import data_config
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from t5x_lite.data import pipeline, sources  # noqa: E402
+from t5x_lite.data.sources import DataError  # noqa: E402
+
+WORDS = ['king', 'queen', 'lord', 'lady', 'night', 'day', 'good', 'sweet', 'love', 'death']
+
+
+class SweepTinyText(tfds.core.GeneratorBasedBuilder):
+  """120 train and 40 validation examples with text fields and two that are not text."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'text': tfds.features.Text(), 'inputs': tfds.features.Text(),
+        'targets': tfds.features.Text(), 'label': tf.int64,
+        'answers': tfds.features.Sequence(tfds.features.Text())}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(120, 'the'),
+            'validation': self._generate_examples(40, 'a')}
+
+  def _generate_examples(self, n, article):
+    for i in range(n):
+      words = f'{WORDS[i % 10]} {WORDS[i // 10 % 10]}'
+      yield i, {'text': f'{article} {words} and the {words} of the night', 'inputs': f'who is {words}',
+                'targets': words, 'label': i, 'answers': [words]}
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  SweepTinyText(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def _t2t(data_dir, spec, **kw):
+  return data_config(objective='text_to_text', inputs_length=16, targets_length=8, pack=False,
+                     train_source=spec, validation_source=spec, tfds_data_dir=data_dir, **kw)
+
+
+def _examples_read(cfg, split='validation'):
+  it = pipeline.get_dataset(cfg, split)
+  for _ in it:
+    pass
+  return it.skips.examples
+
+
+def test_tfds_sliced_and_combined_splits_are_read(tfds_dir):
+  """TFDS split syntax (a slice, a sum of splits) is a split the dataset has: each stream reads
+  its even part of it (was refused: "no split 'validation[:25%]'")."""
+  name = 'tfds:sweep_tiny_text'
+  assert _examples_read(_t2t(tfds_dir, name)) == 40
+  assert _examples_read(_t2t(tfds_dir, f'{name};split=validation[:25%]')) == 10
+  assert _examples_read(_t2t(tfds_dir, f'{name}:1.0.0;split=train[:10]+validation',
+                             num_virtual_shards=2)) == 50
+  with pytest.raises(DataError, match=r"no split 'test'; it has \['train', 'validation'\]"):
+    pipeline.get_dataset(_t2t(tfds_dir, f'{name};split=train+test[:5]'), 'validation')
+
+
+@pytest.mark.parametrize('field,kind', [('label', 'int64'), ('answers', 'a sequence')])
+def test_tfds_feature_that_is_not_text_is_a_one_line_error(tfds_dir, field, kind):
+  """A TFDS feature that is not a text scalar: one line naming the source and the feature
+  (was a TypeError from tf.strings ops or a tf.function signature)."""
+  cfg = data_config(objective='span_corruption', inputs_length=32, targets_length=16,
+                    train_source=f'tfds:sweep_tiny_text;field={field}', tfds_data_dir=tfds_dir)
+  with pytest.raises(DataError, match=rf"tfds:sweep_tiny_text .*feature '{field}' is {kind}, not text"):
+    pipeline.get_dataset(cfg, 'train')
+
+
+def test_tfds_train_stream_resumes_exactly_across_epochs(tfds_dir, tmp_path):
+  """A TFDS-backed (TFRecord) training stream: same seed same batches, and a save after k
+  batches continues exactly, past several epochs of each stream's 30 examples."""
+  cfg = _t2t(tfds_dir, 'tfds:sweep_tiny_text', shuffle_buffer_size=8)
+  ref = pipeline.get_dataset(cfg, 'train')
+  expected = [next(ref) for _ in range(24)]
+  it = pipeline.get_dataset(cfg, 'train')
+  for e in expected[:9]:
+    np.testing.assert_array_equal(next(it)['encoder_input_tokens'], e['encoder_input_tokens'])
+  it.save(str(tmp_path))
+  again = pipeline.get_dataset(cfg, 'train')
+  again.restore(str(tmp_path))
+  for e in expected[9:]:
+    b = next(again)
+    for k in e:
+      np.testing.assert_array_equal(b[k], e[k])
+
+
+def test_a_mixture_source_without_documents_in_a_stream_is_an_error(tmp_path):
+  """A mixture source that holds no document for some stream (2 documents, 4 streams: rates
+  1:1 gave 85:21) used to drop out of those streams' mixtures silently; it is a one-line
+  error naming the source and the stream, as a lone source's is."""
+  (tmp_path / 'big.txt').write_text(''.join(f'the king {WORDS[i % 10]}\n' for i in range(50)))
+  (tmp_path / 'small.txt').write_text('a queen\n')
+  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16, num_virtual_shards=2,
+                    doc_boundary='line', shuffle_buffer_size=4,
+                    train_source=f'text:{tmp_path}/big.txt,text:{tmp_path}/small.txt')
+  cfg.model.family = 'decoder'
+  it = pipeline.get_dataset(cfg, 'train')
+  with pytest.raises(DataError, match=rf'stream 1 of 2 \(data.num_virtual_shards\) has no usable '
+                                      rf'records of source text:{re.escape(str(tmp_path))}/small.txt'):
+    for _ in range(40):
+      next(it)
+
+
+def test_double_star_globs_are_recursive(tmp_path):
+  """`dir/**/*.txt` reads every level below dir (was Python's non-recursive glob: '**' as
+  '*', exactly one level, and the other files silently left out)."""
+  for rel in ('a.txt', 'sub/b.txt', 'sub/deeper/c.txt', 'sub/deeper/d.json'):
+    os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+    (tmp_path / rel).write_text('x\n')
+  got = sources.expand_glob(f'{tmp_path}/**/*.txt', 'test')
+  assert got == [f'{tmp_path}/{r}' for r in ('a.txt', 'sub/b.txt', 'sub/deeper/c.txt')]
+
+
+@pytest.mark.parametrize('entry,message', [
+    ('jsonl:x.jsonl;split=validation', r"option 'split' in 'jsonl:x.jsonl;split=validation' applies "
+                                       r"to tfds sources only; a jsonl source takes rate, field"),
+    ('text:x.txt;field=body', r"option 'field' .* applies to jsonl and tsv and tfds sources only"),
+    ('tsv:x.tsv;boundary=line', r"option 'boundary' .* applies to text sources only"),
+    ('tfds:c4/en;data_dir=/a;data_dir=/b', r"option 'data_dir' is given twice"),
+])
+def test_source_options_a_kind_does_not_use_are_refused(entry, message):
+  """An option the source's kind ignores (a split for a JSONL file, a field for plain text) or
+  one given twice was silently dropped; it is a one-line error naming the entry."""
+  with pytest.raises(DataError, match=rf'data.train_source: {message}'):
+    sources.parse_sources(entry)
+  sources.parse_sources('jsonl:x.jsonl;field=body;rate=2,text:y.txt;boundary=line,tfds:c4/en;split=train[:5%]')
+
+
+def test_resume_after_the_sources_files_changed_is_a_resume_mismatch(tmp_path):
+  """The files a source's glob matches (or which of them are usable) changed since the save:
+  a ResumeMismatch naming the source and the numbers, which train reports and leaves every
+  checkpoint where it was. Was tf.data's multi-line FailedPreconditionError (train then set
+  every checkpoint aside as unreadable), or, with the same interleave cycle length, a
+  silent resume onto other files."""
+  def write(i, text=None):
+    (tmp_path / f'p{i}.txt').write_text(
+        ''.join(f'{WORDS[i]} {WORDS[j % 10]}\n\n' for j in range(20)) if text is None else text)
+  for i in range(4):
+    write(i)
+  write(4, '')   # empty: skipped at start-up
+  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16, shuffle_buffer_size=4,
+                    num_virtual_shards=2, train_source=f'text:{tmp_path}/*.txt')
+  cfg.model.family = 'decoder'
+  it = pipeline.get_dataset(cfg, 'train')
+  next(it), next(it)
+  it.save(str(tmp_path / 'ckpt'))
+  write(4)       # now usable: stream 0 reads 3 files, not 2
+  with pytest.raises(sources.ResumeMismatch, match=r'stream 0 .* does not fit this pipeline'):
+    pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
+  write(5), write(6)
+  with pytest.raises(sources.ResumeMismatch, match=r"was saved with data.train_source files="
+                                                   r"'text:.*: 5 files.*this config has .*: 7 files"):
+    pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
+
+
+def test_compressed_files_other_than_gz_are_counted_as_such(tmp_path):
+  """bzip2 / xz / zstd / zip files, and gzip data in a file not named .gz, were read as text:
+  their lines counted as 'invalid UTF-8' (a misleading reason, one per line). Each is one
+  counted skip naming the file, or with on_bad_input=error a one-line error."""
+  import bz2
+  import gzip
+  import lzma
+  from t5x_lite.data import files
+  body = b''.join(b'the king and the queen %d\n\n' % i for i in range(50))
+  (tmp_path / 'a.txt.bz2').write_bytes(bz2.compress(body))
+  (tmp_path / 'b.txt.xz').write_bytes(lzma.compress(body))
+  (tmp_path / 'c.txt.zst').write_bytes(b'\x28\xb5\x2f\xfd' + body)   # zstd's frame magic
+  (tmp_path / 'd.txt').write_bytes(gzip.compress(body))
+  (tmp_path / 'e.txt').write_bytes(b'BZh is how this plain line starts\n')
+  src = sources.parse_sources(f'text:{tmp_path}/*')[0]
+
+  def read(policy):
+    skips = sources.SkipCounter()
+    ds = files.documents(src, sources.expand_glob(src.target, 'test'), ('text',), stream=0,
+                         num_streams=1, train=False, seed=0, boundary='line',
+                         on_bad_input=policy, skips=skips)
+    return [r[0].decode() for r in ds.as_numpy_iterator()], skips
+
+  docs, skips = read('skip')
+  assert docs == ['BZh is how this plain line starts']
+  reason = 'compressed file not read (only gzip files named .gz are)'
+  assert dict(skips.counts) == {reason: 4} and skips.first[reason] == f'{tmp_path}/a.txt.bz2'
+  with pytest.raises(DataError, match=rf'a.txt.bz2: {re.escape(reason)}: bzip2 data'):
+    read('error')
