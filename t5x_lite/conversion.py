@@ -21,7 +21,7 @@ import safetensors.numpy
 
 CONFIG_NAME = 'config.json'
 SPECIAL_TOKENS = 'hf_special_tokens'
-WEIGHTS_NAME = 'model.safetensors'  # = hf.WEIGHTS_NAME
+WEIGHTS_NAME = 'model.safetensors'  # what hf.save writes and read_weights reads
 
 
 # Weights files t5x_lite does not read (named when model.safetensors is absent).

@@ -40,10 +40,10 @@ import numpy as np
 import safetensors.numpy
 
 from t5x_lite import tree_paths
+from t5x_lite.conversion import WEIGHTS_NAME  # where reading lives (read_weights)
 
 SUPPORTED = ('T5ForConditionalGeneration', 'BertForMaskedLM', 'GPT2LMHeadModel')
 _SUPPORTED_MSG = f'supported architectures: {", ".join(SUPPORTED)}'
-WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 
 # HF activation name <-> ours (layers.ACTIVATIONS).
