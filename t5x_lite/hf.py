@@ -6,7 +6,8 @@
 
 Supported architectures (the `architectures` entry of config.json):
 
-- `T5ForConditionalGeneration`: v1.0 (`feed_forward_proj='relu'`, tied embeddings, the tied
+- `T5ForConditionalGeneration` (also `MT5ForConditionalGeneration`, mT5, and the older name
+  `T5WithLMHeadModel`; export writes `T5ForConditionalGeneration`): v1.0 (`feed_forward_proj='relu'`, tied embeddings, the tied
   decoder output rescaled by d_model**-0.5 = our `rescale_tied_logits`) and v1.1
   (`'gated-gelu'`, untied `lm_head`); also the other `[gated-]act` variants t5x_lite has,
   with config.json's `dense_act_fn` / `is_gated_act` winning as in transformers' T5Config.
@@ -43,7 +44,15 @@ from t5x_lite import tree_paths
 from t5x_lite.conversion import WEIGHTS_NAME  # where reading lives (read_weights)
 
 SUPPORTED = ('T5ForConditionalGeneration', 'BertForMaskedLM', 'GPT2LMHeadModel')
-_SUPPORTED_MSG = f'supported architectures: {", ".join(SUPPORTED)}'
+# Other names of the same networks: mT5 is T5 v1.1 (same tensors, a larger vocabulary);
+# T5WithLMHeadModel is what older T5 config.json files name. A config.json without an
+# `architectures` entry is placed by its `model_type`.
+_SAME_NETWORK = {'MT5ForConditionalGeneration': 'T5ForConditionalGeneration',
+                 'T5WithLMHeadModel': 'T5ForConditionalGeneration'}
+_BY_MODEL_TYPE = {'t5': 'T5ForConditionalGeneration', 'mt5': 'T5ForConditionalGeneration',
+                  'bert': 'BertForMaskedLM', 'gpt2': 'GPT2LMHeadModel'}
+_SUPPORTED_MSG = (f'supported architectures: {", ".join(SUPPORTED)} (and '
+                  f'{", ".join(_SAME_NETWORK)}, read as T5)')
 CONFIG_NAME = 'config.json'
 
 # HF activation name <-> ours (layers.ACTIVATIONS).
@@ -470,6 +479,9 @@ def read_config(hf_dir: str) -> Tuple[str, dict]:
     archs = [archs]
   if not isinstance(archs, list):
     _fail(f'{path} has architectures={archs!r}, not a list of class names.')
+  if not archs and isinstance(hf.get('model_type'), str):
+    archs = [_BY_MODEL_TYPE.get(hf['model_type'], f'model_type {hf["model_type"]!r}')]
+  archs = [_SAME_NETWORK.get(a, a) if isinstance(a, str) else a for a in archs]
   arch = next((a for a in archs if a in SUPPORTED), None)
   if arch is None:
     _fail(f'{path} names architecture {archs[0] if archs else "(none)"!s}, which is not '

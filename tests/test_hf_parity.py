@@ -163,6 +163,30 @@ def test_t5_import_parity(tmp_path, name, kwargs):
   assert rel_err(got, ref) <= RTOL, name
 
 
+def test_mt5_and_older_t5_names_import_as_t5(tmp_path):
+  """mT5 is T5 v1.1's network under another class name (model_type 'mt5'); older T5
+  config.json files say T5WithLMHeadModel, some say nothing but model_type: all read as T5."""
+  torch.manual_seed(0)
+  mt5 = perturb_torch(transformers.MT5ForConditionalGeneration(
+      transformers.MT5Config(**T5_V11)), seed=4)
+  path = save_torch(mt5, tmp_path / 'mt5')
+  with open(os.path.join(path, 'config.json')) as f:
+    assert json.load(f)['architectures'] == ['MT5ForConditionalGeneration']
+  model_cfg, params = hf.load(path)
+  ours, theirs = t5_inputs(seed=5)
+  assert rel_err(apply(model_cfg, params, ours), torch_logits(mt5, theirs)) <= RTOL
+  for name, edit in (('old', dict(architectures=['T5WithLMHeadModel'])),
+                     ('none', dict(architectures=None))):
+    with open(os.path.join(path, 'config.json')) as f:
+      config = json.load(f)
+    config.update(edit)
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+      json.dump(config, f)
+    again_cfg, again = hf.load(path)
+    assert again_cfg == model_cfg, name
+    np.testing.assert_array_equal(apply(again_cfg, again, ours), apply(model_cfg, params, ours))
+
+
 def test_t5_import_scanned(tmp_path):
   torch.manual_seed(0)
   model = perturb_torch(transformers.T5ForConditionalGeneration(
@@ -295,6 +319,10 @@ def test_unsupported_architecture(tmp_path):
     hf.load(str(tmp_path))
   for arch in ('T5ForConditionalGeneration', 'BertForMaskedLM', 'GPT2LMHeadModel'):
     assert arch in str(e.value)
+  with open(tmp_path / 'config.json', 'w') as f:   # no architectures: placed by model_type
+    json.dump({'model_type': 'umt5'}, f)
+  with pytest.raises(ValueError, match="model_type 'umt5'"):
+    hf.load(str(tmp_path))
 
 
 def test_missing_config(tmp_path):
