@@ -1,5 +1,6 @@
 """get_dataset: shapes, determinism, sharding, save/restore across processes, validation."""
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -234,3 +235,43 @@ def test_batch_size_defaults_to_global_over_shards_and_vocab_conflicts():
   cfg.model.family = 'encoder'
   with pytest.raises(DataError, match="data.objective='span_corruption' does not fit model.family='encoder'"):
     pipeline.get_dataset(cfg, 'train')
+
+
+def test_skip_counts_are_saved_with_the_position_and_resume_on_any_process_count(tmp_path):
+  """A stream's skipped-input counts travel with its saved position: a pass interrupted,
+  saved and resumed (by one process or by two) reports every bad line of the files once,
+  exactly what the test counts in them itself and what an uninterrupted pass reports."""
+  bad = collections.Counter()
+  for f in range(4):
+    lines = []
+    for n in range(700):  # several 256-line reads per file, beyond the read-ahead
+      if n % 7 == 2:
+        lines.append('{"inputs": "cut'); bad['invalid JSON'] += 1
+      elif n % 11 == 5:
+        lines.append(json.dumps({'inputs': f'file {f} line {n}'})); bad["missing field 'targets'"] += 1
+      else:
+        lines.append(json.dumps({'inputs': f'file {f} line {n} to be', 'targets': f'or not {n}'}))
+    (tmp_path / f'part-{f}.jsonl').write_text('\n'.join(lines) + '\n')
+  cfg = data_config(objective='text_to_text', inputs_length=16, targets_length=8, pack=False,
+                    validation_source=f'jsonl:{tmp_path}/part-*.jsonl', num_virtual_shards=4)
+  cfg.train.batch_size = 32
+
+  whole = pipeline.get_dataset(cfg, 'validation')
+  list(whole)
+  assert whole.skips.counts == bad                 # the files' own count, one pass
+
+  first = pipeline.get_dataset(cfg, 'validation')
+  _take(first, 2)
+  first.save(str(tmp_path / 'state'))
+  saved = sum((collections.Counter(json.load(open(p))['skipped']['counts'])
+               for p in sorted((tmp_path / 'state').glob('stream-*.json'))), collections.Counter())
+  assert 0 < sum(saved.values()) < sum(bad.values())    # some bad lines before the save
+  for procs in (1, 2):
+    resumed = [pipeline.get_dataset(cfg, 'validation', shard_index=p, num_shards=procs)
+               for p in range(procs)]
+    total = collections.Counter()
+    for it in resumed:
+      it.restore(str(tmp_path / 'state'))
+      list(it)
+      total += it.skips.counts
+    assert total == bad, procs

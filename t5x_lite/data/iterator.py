@@ -2,8 +2,9 @@
 
 Owns: pulling one batch block from each stream this process runs, concatenating them in
 stream order into the host batch, and saving / restoring every stream's tf.data position
-on its own (`stream-<v>-of-<V>.*` plus a JSON of what it was built with), so whichever
-process runs stream v after a restart, with whatever process count, continues it exactly.
+on its own (`stream-<v>-of-<V>.*` plus a JSON of what it was built with and of the input it
+has skipped so far), so whichever process runs stream v after a restart, with whatever
+process count, continues it exactly, its skip counts too.
 
 A finite pass (validation) pads a stream that has ended with all-zero rows until every
 stream of the process has ended, so the global batch stays the same for any process count.
@@ -25,11 +26,14 @@ class DataIterator:
   """Iterator of numpy host batches whose exact position can be saved and restored."""
 
   def __init__(self, datasets: dict, *, vocab, num_streams: int, seed: int, split: str,
-               skips: src_lib.SkipCounter, finite: bool, settings: dict | None = None):
+               skips: src_lib.SkipCounter, finite: bool, settings: dict | None = None,
+               stream_skips: dict | None = None):
     self.datasets = datasets          # {stream index: dataset of batch blocks}
     self.settings = settings or {}    # {config field: value} that make the stream what it is
     self.vocab = vocab
     self.num_streams, self.seed, self.split, self.skips = num_streams, seed, split, skips
+    # {stream: its SkipCounter, whose counts go to `skips` too}: saved with its position
+    self.stream_skips = stream_skips or {v: skips.stream_counter() for v in datasets}
     self.finite = finite
     self._its = {v: iter(ds) for v, ds in datasets.items()}
     self._ckpts = {v: tf.train.Checkpoint(iterator=it) for v, it in self._its.items()}
@@ -89,7 +93,7 @@ class DataIterator:
       with tf.io.gfile.GFile(prefix + '.json', 'w') as f:
         json.dump(dict(stream=v, num_streams=self.num_streams, seed=self.seed, split=self.split,
                        ended=v in self._ended, element_spec=self._stream_shapes(v),
-                       settings=self.settings), f)
+                       settings=self.settings, skipped=self.stream_skips[v].state()), f)
 
   def restore(self, directory: str) -> None:
     """Restores every stream this process runs from `directory`, whoever saved it."""
@@ -138,6 +142,8 @@ class DataIterator:
             f'({reason}): the files its sources match, or which of them are usable (empty '
             f'files are skipped), changed since it was saved, or another version of t5x_lite '
             f'wrote it.') from None
+      if 'skipped' in meta:  # the counts so far (those made building the stream included)
+        self.stream_skips[v].restore_state(meta['skipped'])
       if meta.get('ended'):
         self._ended.add(v)
       else:

@@ -311,7 +311,7 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   endless with data.eval_repeat) of process `shard_index` of `num_shards`: the rows of the
   global batch (batch_size x num_shards rows) that this process's virtual shards feed.
   Skipped and truncated input of all of them is counted in `skips` (`it.skips`; a new
-  counter unless given)."""
+  counter unless given), and of each stream in its own counter, saved with its position."""
   _check_split(split, shard_index, num_shards)
   d = config.data
   vocab = validate(config)
@@ -326,14 +326,16 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   drop = split == 'train' or bool(d.eval_repeat)
   row_lengths = {k + sfx: n for k, n in lengths.items() for sfx in ('', '_segment_ids', '_positions')}
   datasets = {}
+  stream_skips = {v: skips.stream_counter() for v in owned}  # saved with each stream
   for v in owned:
-    ds = build_stream(config, split, stream=v, num_streams=num_streams, seed=seed, skips=skips,
-                      vocab=vocab).batch(rows[v], drop_remainder=drop)
+    ds = build_stream(config, split, stream=v, num_streams=num_streams, seed=seed,
+                      skips=stream_skips[v], vocab=vocab).batch(rows[v], drop_remainder=drop)
     if not drop:
       ds = ds.map(functools.partial(_pad_batch, n=rows[v], row_lengths=row_lengths))
     datasets[v] = ds.map(packing.CONVERTERS[config.model.family]).prefetch(2)
   return DataIterator(datasets, vocab=vocab, num_streams=num_streams, seed=seed, split=split,
-                      skips=skips, finite=not drop, settings=stream_settings(config, split))
+                      skips=skips, stream_skips=stream_skips, finite=not drop,
+                      settings=stream_settings(config, split))
 
 
 # What a saved stream position depends on: a resume under other values is refused (the

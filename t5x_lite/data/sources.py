@@ -117,20 +117,49 @@ class SkipCounter:
   text-to-text examples, how many reached the objective and how many of them were longer
   than their feature length (`count_examples`), so truncation is counted, never silent.
 
-  One counter serves every stream of a process: the streams' counts are summed here. With
-  fewer files than streams each stream reads every line of a file, so a bad line is counted
-  only by the stream that owns it (files.py), never once per stream."""
+  A process has one counter (what it reports) and one per stream it runs (`stream_counter`),
+  whose counts go to both: a stream's counter is saved with the stream's position
+  (iterator.py), so a resumed run's counts go on from the saved ones, whichever process
+  resumes the stream. With fewer files than streams each stream reads every line of a file,
+  so a bad line is counted only by the stream that owns it (files.py), never once per stream."""
 
-  def __init__(self):
+  def __init__(self, parent: 'SkipCounter | None' = None):
+    self.parent = parent
     self.counts = collections.Counter()
     self.first = {}
-    self.error = None   # the DataError a streaming reader raised (tf wraps it; we re-raise)
+    self._error = None   # the DataError a streaming reader raised (tf wraps it; we re-raise)
     self.examples = 0                       # text-to-text examples read
     self.truncated = collections.Counter()  # feature -> examples cut to its length
-    self.limits = {}   # feature ('inputs', 'targets') -> (setting name, its length)
+    self._limits = {}  # feature ('inputs', 'targets') -> (setting name, its length)
+
+  def stream_counter(self) -> 'SkipCounter':
+    """A counter for one stream whose counts (and error, and limits) go to this one too."""
+    return SkipCounter(parent=self)
+
+  @property
+  def error(self):
+    return self._error
+
+  @error.setter
+  def error(self, value):
+    self._error = value
+    if self.parent is not None:
+      self.parent.error = value
+
+  @property
+  def limits(self) -> dict:
+    return self._limits
+
+  @limits.setter
+  def limits(self, value: dict):
+    self._limits = value
+    if self.parent is not None:
+      self.parent.limits = value
 
   def add(self, reason: str, where: str, n: int = 1):
-    if reason not in self.first:  # said once per reason, as the stream reaches it
+    if self.parent is not None:
+      self.parent.add(reason, where, n)
+    elif reason not in self.first:  # said once per reason, as the stream reaches it
       logging.warning('data: skipping %s at %s (counted; later ones are only counted)', reason, where)
     self.counts[reason] += n
     self.first.setdefault(reason, where)
@@ -138,12 +167,37 @@ class SkipCounter:
   def count_examples(self, n: int, truncated: Sequence[int], where: str):
     """`n` more examples read, of which truncated[i] had feature i of `self.limits`
     (inputs, targets) longer than its length, and were cut to fit."""
+    if self.parent is not None:
+      self.parent.count_examples(n, truncated, where)
     self.examples += n
     for (feature, (name, length)), k in zip(self.limits.items(), truncated):
-      if k and not self.truncated[feature]:
+      if k and not self.truncated[feature] and self.parent is None:
         logging.warning('data: %s longer than %s=%d tokens at %s are truncated (counted; '
                         'the count is reported)', feature, name, length, where)
       self.truncated[feature] += k
+
+  def state(self) -> dict:
+    """The counts as JSON, saved with a stream's position (`restore_state` reads it)."""
+    return dict(counts=dict(self.counts), first=self.first, examples=self.examples,
+                truncated=dict(self.truncated))
+
+  def restore_state(self, saved: dict):
+    """This stream's counts become the saved ones (a resume), the process's total with them."""
+    mine = self.state()
+    self.counts = collections.Counter(saved.get('counts', {}))
+    self.first = dict(saved.get('first', {}))
+    self.examples = int(saved.get('examples', 0))
+    self.truncated = collections.Counter(saved.get('truncated', {}))
+    total = self.parent
+    if total is not None:
+      total.counts.subtract(mine['counts'])
+      total.counts.update(self.counts)
+      total.counts = +total.counts  # drop zeros
+      for reason, where in self.first.items():
+        total.first.setdefault(reason, where)
+      total.examples += self.examples - mine['examples']
+      total.truncated.subtract(mine['truncated'])
+      total.truncated.update(self.truncated)
 
   def total(self) -> int:
     return sum(self.counts.values())
