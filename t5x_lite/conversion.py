@@ -147,34 +147,46 @@ def t5x_to_hf(directory: str, out_dir: str) -> str:
   saved = _saved_config(directory)
   # None (a training workdir): the ids of this codebase's vocabulary.
   out = hf.save(model_cfg, params, out_dir, saved.get(SPECIAL_TOKENS))
-  if hf.hf_config_dict(model_cfg)['model_type'] == 't5' and SPECIAL_TOKENS not in saved:
-    write_t5_tokenizer(saved.get('data') or {}, out)
+  if SPECIAL_TOKENS not in saved:  # a training workdir: its vocabulary goes with it
+    write_tokenizer(saved.get('data') or {}, out, model_cfg)
   return out
 
 
 TOKENIZER_FILES = ('spiece.model', 'tokenizer_config.json')
 
 
-def write_t5_tokenizer(data: dict, out_dir: str) -> bool:
+def write_tokenizer(data: dict, out_dir: str, model_cfg=None) -> bool:
   """A training workdir's vocabulary (its config's data.vocab and data.extra_ids) as HF
-  T5Tokenizer files in `out_dir`; False when the config names no vocabulary file that exists.
+  T5Tokenizer files in `out_dir`, for every family (the class is SentencePiece with this
+  codebase's id layout, not T5-specific); False when the config names no vocabulary file
+  that exists.
 
   T5Tokenizer on the same SentencePiece model with `extra_ids` gives this codebase's ids:
-  the pieces, EOS 1 appended, `<extra_id_k>` = piece count + extra_ids - 1 - k.
+  the pieces, EOS 1 appended, `<extra_id_k>` = piece count + extra_ids - 1 - k; its
+  `mask_token` is the MLM objective's mask (`[MASK]`, else `<extra_id_0>`). A decoder-only
+  prompt is BOS 0 + the pieces, without EOS: `[0] + tok(text, add_special_tokens=False)
+  .input_ids` (docs/cli.md).
   """
   import shutil  # pylint: disable=import-outside-toplevel
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-  from t5x_lite.data.vocab import resolve_path  # pylint: disable=import-outside-toplevel
+  from t5x_lite.data.vocab import Vocabulary, resolve_path  # pylint: disable=import-outside-toplevel
   path = resolve_path(data.get('vocab') or '')
   if not path or not os.path.isfile(path):
     return False
-  sp = spm.SentencePieceProcessor(model_file=path)
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  vocab = Vocabulary(path, int(data.get('extra_ids', 0)))
+  piece = spm.SentencePieceProcessor(model_file=path).id_to_piece
   shutil.copyfile(path, os.path.join(out_dir, TOKENIZER_FILES[0]))
-  config = dict(tokenizer_class='T5Tokenizer', extra_ids=int(data.get('extra_ids', 0)),
-                pad_token=sp.id_to_piece(0), eos_token=sp.id_to_piece(1),
-                unk_token=sp.id_to_piece(2), legacy=True)
-  if data.get('inputs_length'):
+  config = dict(tokenizer_class='T5Tokenizer', extra_ids=vocab.extra_ids,
+                pad_token=piece(vocab.pad_id), eos_token=piece(vocab.eos_id),
+                unk_token=piece(vocab.unk_id), legacy=True)
+  if vocab.mask_id is not None:
+    config['mask_token'] = (piece(vocab.mask_id) if vocab.mask_id < vocab.piece_size
+                            else '<extra_id_0>')
+  family = model_cfg.family if model_cfg is not None else 'encoder_decoder'
+  if family == 'encoder_decoder' and data.get('inputs_length'):
     config['model_max_length'] = int(data['inputs_length'])
+  elif family != 'encoder_decoder' and model_cfg.get('position_embedding') == 'absolute':
+    config['model_max_length'] = int(model_cfg.max_position_embeddings)
   with open(os.path.join(out_dir, TOKENIZER_FILES[1]), 'w') as f:
     json.dump(config, f, indent=2, sort_keys=True)
   return True

@@ -29,7 +29,8 @@ def main():
   else:
     out = conversion.t5x_to_hf(FLAGS.input, FLAGS.output)
     if os.path.isfile(os.path.join(out, conversion.TOKENIZER_FILES[0])):
-      out += f' (with a T5Tokenizer: {", ".join(conversion.TOKENIZER_FILES)})'
+      out += (f' (with its SentencePiece vocabulary as a T5Tokenizer: '
+              f'{", ".join(conversion.TOKENIZER_FILES)})')
   print(f'wrote {out}')
 
 

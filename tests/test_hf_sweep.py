@@ -400,6 +400,43 @@ def test_t5_workdir_export_writes_a_tokenizer_hf_can_use(tmp_path):
         assert tok.decode(ids[:-1]) == vocab.decode(ids[:-1]), text
 
 
+@pytest.mark.parametrize('family', ['bert', 'gpt'])
+def test_bert_and_gpt_workdir_exports_write_a_tokenizer_hf_can_use(tmp_path, family):
+  """BERT and GPT-2 models trained here export their SentencePiece vocabulary too: HF's
+  tokenizer gives the pipeline's ids (pieces + EOS, as MLM and causal LM documents end), its
+  mask token is the MLM objective's, and BOS 0 + the pieces is infer's decoder-only prompt."""
+  import flax.linen as nn
+  import orbax.checkpoint as ocp
+  from configs import bert, gpt
+  from t5x_lite import infer
+  from t5x_lite.data.vocab import Vocabulary
+  cfg = (bert if family == 'bert' else gpt).get_config('tiny')
+  cfg.model.update(dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16,
+                        max_position_embeddings=64))
+  workdir = str(tmp_path / 'workdir')
+  params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
+                        nn.unbox(models.abstract_params(cfg.model)))
+  ocp.PyTreeCheckpointer().save(workdir, {'params': params})
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(cfg.to_json_best_effort())
+  out = conversion.t5x_to_hf(workdir, str(tmp_path / 'hf'))
+  vocab = Vocabulary(cfg.data.vocab, cfg.data.extra_ids)
+  text = 'The Thane of Cawdor lives, a prosperous gentleman.'
+  for use_fast in (False, True):
+    tok = transformers.AutoTokenizer.from_pretrained(out, use_fast=use_fast)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    assert tok(text).input_ids == vocab.encode(text) + [vocab.eos_id], use_fast
+    assert tok.model_max_length == 64
+    if family == 'bert':
+      assert tok.mask_token_id == vocab.mask_id is not None
+      masked = tok(f'The {tok.mask_token} of Cawdor').input_ids
+      assert masked.count(vocab.mask_id) == 1
+    else:
+      prompt = [0] + tok(text, add_special_tokens=False).input_ids
+      ids, _ = infer.tokenize(vocab, text, cfg.data.inputs_length, eos=False)
+      assert prompt == [0] + ids, use_fast
+
+
 def test_tokenizer_mismatch_of_an_hf_directory(tmp_path):
   """For config.init_from=hf:DIR: the HF directory's tokenizer against config.data.vocab."""
   from configs import t5_v1_1
@@ -407,7 +444,7 @@ def test_tokenizer_mismatch_of_an_hf_directory(tmp_path):
   d = tmp_path / 'hf'
   d.mkdir()
   assert conversion.tokenizer_mismatch(str(d), data) == ''          # nothing to compare
-  assert conversion.write_t5_tokenizer(data, str(d))
+  assert conversion.write_tokenizer(data, str(d))
   assert conversion.tokenizer_mismatch(str(d), data) == ''          # the same SentencePiece
   other = dict(data, extra_ids=10)
   assert 'extra_ids=100' in conversion.tokenizer_mismatch(str(d), other)
