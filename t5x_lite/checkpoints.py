@@ -29,6 +29,7 @@ import sys
 from typing import Any, List, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -295,37 +296,97 @@ def model_mismatch(saved_model: dict, model_cfg, source: str) -> str:
   return ''
 
 
-def check_model_config(directory: str, model_cfg, what: str) -> None:
-  """ValueError if `directory` (a workdir or a converted checkpoint; `what` names the flag
-  that gave it) has a config.json whose model differs from `model_cfg` (same shapes can
-  still mean another network: relu vs gelu)."""
+def _saved_config(directory: str):
+  """(config dict, where it was read) saved with `directory` (a workdir or converted
+  checkpoint: its config.json; a step directory, its checkpoints/ or state/: the step's own
+  `config` item), or (None, '') when there is none."""
+  import json
   path = os.path.join(directory, 'config.json')
   if not os.path.isfile(path):
-    return
-  import json
+    try:
+      params_dir = resolve_params_dir(directory)
+    except ValueError:
+      return None, ''
+    step_dir = params_dir.parent if params_dir.name == 'state' else params_dir
+    path = os.fspath(step_dir / 'config' / 'metadata')  # JsonCheckpointHandler's file
+    if not os.path.isfile(path):
+      return None, ''
   with open(path) as f:
-    saved = json.load(f).get('model', {})
-  mismatch = model_mismatch(saved, model_cfg, path)
+    return json.load(f), path
+
+
+def check_model_config(directory: str, model_cfg, what: str) -> None:
+  """ValueError if `directory` (a workdir, a converted checkpoint or a step directory; `what`
+  names the flag that gave it) saved a config whose model differs from `model_cfg` (same
+  shapes can still mean another network: relu vs gelu)."""
+  saved, path = _saved_config(directory)
+  if saved is None:
+    return
+  mismatch = model_mismatch(saved.get('model', {}), model_cfg, path)
   if mismatch:
     raise ValueError(f'{what}={directory}: {mismatch}; pass the model config (and --config '
                      'overrides) it was trained with.')
 
 
+def _has_scanned_layers(tree) -> bool:
+  return any('layers' in path for path, _ in tree_paths.named_leaves(tree))
+
+
+def _layer_layout(params, scanned: bool):
+  """Params with each stack's layers stacked (`layers`, scan_layers=True) or split
+  (`layers_0`..): model.scan_layers is a runtime choice, so a checkpoint of either layout
+  initialises a model of the other."""
+  from t5x_lite import models  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name, stack in params.items():
+    if scanned and isinstance(stack, dict):
+      n = sum(1 for k in stack if k.startswith('layers_'))
+      out[name] = models.stack_layers(stack, n) if n else stack
+    else:
+      out[name] = models.unstack_layers(stack)
+  return out
+
+
 def load_params(directory: str, abstract_params):
   """Only the params of a checkpoint (fine-tuning), sharded like `abstract_params`: every
-  parameter must be there with the config's shape (no silent partial load)."""
+  parameter must be there with the config's shape (no silent partial load). Layers saved
+  stacked load into an unscanned model and the other way round."""
   path = resolve_params_dir(directory)
   meta = ocp.PyTreeCheckpointer().metadata(path)
   meta = getattr(meta, 'item_metadata', meta)
   tree = getattr(meta, 'tree', meta)
-  check_shapes(path, tree.get('params', tree) if isinstance(tree, dict) else tree,
-               abstract_params, 'Pass the model config (and --config overrides) it was '
-               'trained with.')
+  saved_params = tree.get('params', tree) if isinstance(tree, dict) else tree
+  advice = 'Pass the model config (and --config overrides) it was trained with.'
+  scanned = _has_scanned_layers(abstract_params)
+  if isinstance(saved_params, dict) and _has_scanned_layers(saved_params) != scanned:
+    return _load_params_relaid(path, saved_params, abstract_params, scanned, advice), path
+  check_shapes(path, saved_params, abstract_params, advice)
   target = {'params': abstract_params}
   restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
   return restored['params'], path
+
+
+def _load_params_relaid(path, saved_params, abstract_params, scanned: bool, advice: str):
+  """`load_params` of a checkpoint whose layers are laid out the other way: read on the
+  host in the saved layout, restack, then place with `abstract_params`' shardings."""
+  plain = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_params)
+  saved_layout = jax.eval_shape(lambda p: _layer_layout(p, not scanned), plain)
+  check_shapes(path, saved_params, saved_layout, advice)
+  target = {'params': saved_layout}
+  restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                             target),
+      partial_restore=True))
+  params = jax.tree.map(np.asarray, _layer_layout(restored['params'], scanned))
+
+  def place(x, a):
+    sharding = getattr(a, 'sharding', None)
+    if sharding is None:
+      return x
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(place, params, abstract_params)
 
 
 # --------------------------------------------------------------- restore precedence

@@ -233,6 +233,24 @@ def test_init_from_hf_directory(uninterrupted, tmp_path):
   _assert_fine_tune_started_from(workdir, final_params(ref_dir, 12))
 
 
+def test_init_from_either_layer_layout(uninterrupted, tmp_path):
+  """model.scan_layers is a runtime choice: an unscanned checkpoint initialises a scanned
+  model, and a scanned one (convert --scan_layers) an unscanned model, with the same params."""
+  from t5x_lite import conversion
+  ref_dir, _ = uninterrupted
+  source = final_params(ref_dir, 12)
+  proc = run(str(tmp_path / 'scanned'), '--config.train.steps=1', f'--config.init_from={ref_dir}',
+             '--config.model.scan_layers=True')
+  assert 'initialized params from' in proc.stdout
+  _assert_fine_tune_started_from(str(tmp_path / 'scanned'), source)
+  stacked = conversion.hf_to_t5x(conversion.t5x_to_hf(ref_dir, str(tmp_path / 'hf')),
+                                 str(tmp_path / 'stacked'), scan_layers=True)
+  assert 'layers' in ocp.PyTreeCheckpointer().metadata(stacked).item_metadata.tree['params'][
+      'encoder']
+  run(str(tmp_path / 'unscanned'), '--config.train.steps=1', f'--config.init_from={stacked}')
+  _assert_fine_tune_started_from(str(tmp_path / 'unscanned'), source)
+
+
 @pytest.mark.parametrize('overrides,message', [
     (['--config.partitioning.mesh.data=3'], 'config.partitioning.mesh'),
     (['--num_cpu_devices=8', '--config.train.batch_size=12'], 'config.train.batch_size=12'),
@@ -307,9 +325,12 @@ def test_every_checkpoint_unusable_is_an_error_not_a_fresh_start(uninterrupted, 
     ('--config.model.relative_attention_max_distance=64',  # same shapes, another network
      'config.model.relative_attention_max_distance=64 differs from'),
     ('--config.model.num_decoder_layers=1', 'config.model.num_decoder_layers=1 differs from'),
-    # A step directory has no config.json: the parameter shapes must match, all of them.
-    ('checkpoints/12 --config.model.num_decoder_layers=1', 'does not match this config'),
-    ('checkpoints/12 --config.model.d_ff=96', 'does not match this config: '),
+    # A step directory (or its state/) has no config.json: the step's own config item is read.
+    ('checkpoints/12 --config.model.relative_attention_max_distance=64',
+     'config.model.relative_attention_max_distance=64 differs from'),
+    ('checkpoints/12/state --config.model.num_decoder_layers=1',
+     'config.model.num_decoder_layers=1 differs from'),
+    ('checkpoints/12 --config.model.d_ff=96', 'config.model.d_ff=96 differs from'),
 ])
 def test_init_from_a_checkpoint_of_another_model_is_refused(uninterrupted, tmp_path, override,
                                                             message):
