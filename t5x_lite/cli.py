@@ -330,6 +330,7 @@ def run(body, needs_workdir: bool = True, name: str = ''):
   def main(argv):
     logging.basicConfig(level=logging.WARNING)
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and TF are chatty below that
+    logging.getLogger('t5x_lite').setLevel(logging.WARNING)  # our warnings (bad input) show
     threading.excepthook = _quiet_thread_failure
     logging.getLogger('absl').addFilter(_drop_orbax_background_errors)
 

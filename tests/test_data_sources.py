@@ -437,7 +437,8 @@ def test_bad_lines_of_one_file_read_by_every_stream_are_counted_once(tmp_path):
     for v in range(streams):
       docs += [r[0] for r in files.documents(
           src, sources.expand_glob(src.target, 'test'), ('text',), stream=v, num_streams=streams,
-          train=False, seed=0, boundary='line', on_bad_input='skip', skips=skips).as_numpy_iterator()]
+          train=False, seed=0, boundary='line', on_bad_input='skip',
+          skips=skips.stream_counter()).as_numpy_iterator()]  # one per stream, as get_dataset
     assert sorted(d for d in docs if not d.startswith(b'gz')) == sorted(
         [b'one', b'two', b'three', b'four']), streams
     assert len(set(d for d in docs if d.startswith(b'gz'))) == len([
@@ -449,7 +450,7 @@ def test_bad_lines_of_one_file_read_by_every_stream_are_counted_once(tmp_path):
 def test_gz_stream_with_a_cut_file_saves_and_restores_across_epochs(tmp_path):
   """The end-of-file check carries the bytes read in the stream's state: restored in a new
   process (as a resumed run is), a training stream of documents continues with the same
-  documents and counts the cut file again at the epoch ends it passes."""
+  documents, and counts the cut file once, not again at every epoch end it passes."""
   import gzip
   docs = blank_line_documents(os.path.join(ROOT, 'data/corpus/validation.txt'))[:60]
   whole = [gzip.compress(''.join(f'{d}\n\n' for d in docs[i::3]).encode()) for i in range(3)]
@@ -489,5 +490,22 @@ def test_gz_stream_with_a_cut_file_saves_and_restores_across_epochs(tmp_path):
   assert subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, timeout=120).returncode == 0
   got = json.load(open(out))
   assert got['docs'] == [next(it)[0].numpy().decode() for _ in range(200)]
-  assert got['cut'] >= 3      # 200 documents pass several ends of the ~50-document epoch
+  assert got['cut'] == 1      # 200 documents pass several ends of the ~50-document epoch
   assert skips.first['truncated or corrupt .gz file'] == f'{tmp_path}/part-0.txt.gz'
+
+
+def test_a_bad_line_is_counted_once_however_many_epochs_read_it(tmp_path):
+  """Training repeats its files every epoch: each bad line is counted once (per stream that
+  owns it), not once per epoch; the counts are the file's own."""
+  lines = [json.dumps({'inputs': f'question {i}', 'targets': f'answer {i}'}) for i in range(12)]
+  lines[3], lines[7] = '{"inputs": "cut', json.dumps({'inputs': 'no targets'})
+  lines[9] = ''
+  (tmp_path / 'x.jsonl').write_text('\n'.join(lines) + '\n')
+  cfg = data_config(objective='text_to_text', inputs_length=16, targets_length=8, pack=False,
+                    train_source=f'jsonl:{tmp_path}/x.jsonl', num_virtual_shards=1)
+  cfg.data.shuffle_buffer_size = 4
+  it = pipeline.get_dataset(cfg, 'train', batch_size=4)
+  for _ in range(12):                 # 48 rows: five epochs of the 9 good records
+    next(it)
+  assert it.skips.counts == {'invalid JSON': 1, "missing field 'targets'": 1, 'empty line': 1}
+  assert it.skips.first['invalid JSON'] == f'{tmp_path}/x.jsonl:4'

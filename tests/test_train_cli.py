@@ -390,6 +390,11 @@ def test_skipped_input_is_counted_and_reported(tmp_path):
              f'--config.data.train_source=text:{corpus}/*.txt')
   assert 'data train' in proc.stderr and 'invalid UTF-8' in proc.stderr
   assert 'empty file' in proc.stderr and 'b.txt' in proc.stderr
+  # The first of each reason is also said as it streams (a warning), and each bad line is
+  # counted once however many epochs of this small corpus the pipeline reads ahead.
+  assert 'data: skipping invalid UTF-8 at' in proc.stderr, proc.stderr[-3000:]
+  report = [l for l in proc.stderr.splitlines() if l.startswith('[t5x_lite] data train')][-1]
+  assert '1 x invalid UTF-8' in report and '1 x empty file' in report, report
 
 
 def test_trained_workdir_exports_to_transformers_with_equal_logits(uninterrupted, tmp_path):

@@ -45,7 +45,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from t5x_lite.data.sources import DataError, SkipCounter, bad_input
+from t5x_lite.data.sources import CUT_GZ, DataError, SkipCounter, bad_input
 
 LINES_PER_CALL = 256
 
@@ -156,7 +156,7 @@ def _line_batches(path, skips, policy, any_gz: bool, file_number=None, owner=Non
       problem = _gzip_complete(path, int(lines_bytes.numpy()))
       if problem:
         count = owner is None or int(number.numpy()) % owner[1] == owner[0]
-        bad_input(policy, skips, 'truncated or corrupt .gz file', path,
+        bad_input(policy, skips, CUT_GZ, path,
                   f'{problem}; {int(last_line.numpy())} lines read, the last may be cut', count)
       return True
     number = file_number if file_number is not None else tf.constant(0, tf.int64)
@@ -428,7 +428,7 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
   mine, dealt = split_files(files, stream, num_streams)
   owner = (stream, num_streams) if dealt else None  # every stream reads every line: one counts
   if dealt and stream == 0:
-    logging.info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
+    logging.getLogger(__name__).info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
                  'every %d-th document', src, len(files), num_streams, num_streams)
   boundary = src.get('boundary', boundary)
   any_gz = any(p.endswith('.gz') for _, p in mine)

@@ -295,7 +295,7 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
   skips = skips if skips is not None else src_lib.SkipCounter()
   num_streams = config.data.num_virtual_shards
   streams = [build_stream(config, split, stream=v, num_streams=num_streams, seed=seed,
-                          skips=skips, vocab=vocab)
+                          skips=skips.stream_counter(), vocab=vocab)
              for v in owned_streams(shard_index, num_shards, num_streams)]
   if len(streams) == 1:
     return streams[0], vocab

@@ -47,6 +47,8 @@ from t5x_lite.data import vocab as vocab_lib
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ('text', 'jsonl', 'tsv', 'tfds')
 BOUNDARIES = ('line', 'blank_line', 'file')
+log = logging.getLogger(__name__)  # t5x_lite.*: shown by the commands (cli.py)
+CUT_GZ = 'truncated or corrupt .gz file'   # a skip reason counted once per file (`add`)
 OPTIONS = ('rate', 'boundary', 'field', 'inputs', 'targets', 'split', 'data_dir')
 _FIELDS = ('rate', 'field', 'inputs', 'targets')
 KIND_OPTIONS = {'text': ('rate', 'boundary'), 'jsonl': _FIELDS, 'tsv': _FIELDS,
@@ -131,6 +133,7 @@ class SkipCounter:
     self.examples = 0                       # text-to-text examples read
     self.truncated = collections.Counter()  # feature -> examples cut to its length
     self._limits = {}  # feature ('inputs', 'targets') -> (setting name, its length)
+    self.counted_to = {}  # reason -> path -> last bad line counted (`add`: epochs)
 
   def stream_counter(self) -> 'SkipCounter':
     """A counter for one stream whose counts (and error, and limits) go to this one too."""
@@ -157,10 +160,28 @@ class SkipCounter:
       self.parent.limits = value
 
   def add(self, reason: str, where: str, n: int = 1):
+    """Counts `n` skips of `reason` at `where` ('path:line' for a line, else a file or
+    source), as one stream reads (give each stream its own `stream_counter`). A training stream reads its files again every epoch: a line at or before the
+    last line of its file already counted here for this reason (each check reads a file in
+    order), or a cut .gz file already counted, was counted in an earlier epoch and is not
+    counted again."""
+    path, _, line = where.rpartition(':')
+    counted = self.counted_to.setdefault(reason, {})  # each check reads a file in order
+    if line.isdigit() and path:
+      if int(line) <= counted.get(path, 0):
+        return
+      counted[path] = int(line)
+    elif reason == CUT_GZ:
+      if where in counted:
+        return
+      counted[where] = 0
+    self._count(reason, where, n)
+
+  def _count(self, reason: str, where: str, n: int):
     if self.parent is not None:
-      self.parent.add(reason, where, n)
+      self.parent._count(reason, where, n)  # pylint: disable=protected-access
     elif reason not in self.first:  # said once per reason, as the stream reaches it
-      logging.warning('data: skipping %s at %s (counted; later ones are only counted)', reason, where)
+      log.warning('data: skipping %s at %s (counted; later ones are only counted)', reason, where)
     self.counts[reason] += n
     self.first.setdefault(reason, where)
 
@@ -172,14 +193,14 @@ class SkipCounter:
     self.examples += n
     for (feature, (name, length)), k in zip(self.limits.items(), truncated):
       if k and not self.truncated[feature] and self.parent is None:
-        logging.warning('data: %s longer than %s=%d tokens at %s are truncated (counted; '
+        log.warning('data: %s longer than %s=%d tokens at %s are truncated (counted; '
                         'the count is reported)', feature, name, length, where)
       self.truncated[feature] += k
 
   def state(self) -> dict:
     """The counts as JSON, saved with a stream's position (`restore_state` reads it)."""
     return dict(counts=dict(self.counts), first=self.first, examples=self.examples,
-                truncated=dict(self.truncated))
+                truncated=dict(self.truncated), counted_to=self.counted_to)
 
   def restore_state(self, saved: dict):
     """This stream's counts become the saved ones (a resume), the process's total with them."""
@@ -188,6 +209,7 @@ class SkipCounter:
     self.first = dict(saved.get('first', {}))
     self.examples = int(saved.get('examples', 0))
     self.truncated = collections.Counter(saved.get('truncated', {}))
+    self.counted_to = dict(saved.get('counted_to', {}))
     total = self.parent
     if total is not None:
       total.counts.subtract(mine['counts'])
