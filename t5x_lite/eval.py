@@ -69,7 +69,8 @@ def run_eval(config, workdir: str, split: str = 'validation',
         os.path.join(workdir, f'predictions_{split}_{step}.jsonl'), decoded)
     if decoded['targets']:
       result.update(metrics_lib.text_metrics(decoded['targets'], decoded['predictions']))
-    evaluation.print_predictions(decoded, show, file=sys.stderr)
+    evaluation.print_predictions(decoded, show, file=sys.stderr,
+                                 text_to_text=config.data.objective == 'text_to_text')
   result['seconds'] = round(time.time() - start, 2)
   path = os.path.join(workdir, f'eval_{split}_{step}.json')
   with open(path, 'w') as f:

@@ -203,15 +203,22 @@ def span_accuracy(decoded: Dict[str, list]) -> str:
   return f'{100 * correct / max(total, 1):.1f}% ({correct}/{total} target span tokens)'
 
 
-def print_predictions(decoded: Dict[str, list], n: int, file=sys.stdout) -> None:
+def print_predictions(decoded: Dict[str, list], n: int, file=sys.stdout,
+                      text_to_text: bool = False) -> None:
   """The first `n` decoded examples: input, target and prediction, cut to a line each, with
-  each example's span accuracy."""
+  each example's score: exact match for text-to-text tasks (the metric they are scored by),
+  else span accuracy."""
+  from t5x_lite import metrics  # pylint: disable=import-outside-toplevel
   for i in range(min(n, len(decoded['targets']))):
-    c, t = decoded['span_tokens'][i]
+    target, prediction = decoded['targets'][i], decoded['predictions'][i]
+    if text_to_text:
+      score = 'exact match: ' + ('yes' if metrics.exact_match([target], [prediction]) else 'no')
+    else:
+      score = 'span accuracy: {}/{}'.format(*decoded['span_tokens'][i])
     print(f'  input:      {decoded["inputs"][i][:300]}\n'
-          f'  target:     {decoded["targets"][i][:200]}\n'
-          f'  prediction: {decoded["predictions"][i][:200]}\n'
-          f'  span accuracy: {c}/{t}', file=file)
+          f'  target:     {target[:200]}\n'
+          f'  prediction: {prediction[:200]}\n'
+          f'  {score}', file=file)
 
 
 def predict(config, model, params, token_lists: List[List[int]], *, batch_size: int,

@@ -385,4 +385,5 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
       score = f'span accuracy over them: {evaluation.span_accuracy(decoded)}'
     print(f'Predictions on validation examples (greedy; {len(decoded["targets"])} drawn at '
           f'random, seed 0); {score}')
-    evaluation.print_predictions(decoded, num_predictions)
+    evaluation.print_predictions(decoded, num_predictions,
+                                 text_to_text=config.data.objective == 'text_to_text')

@@ -196,3 +196,17 @@ def test_compressed_files_other_than_gz_are_counted_as_such(tmp_path):
   assert dict(skips.counts) == {reason: 4} and skips.first[reason] == f'{tmp_path}/a.txt.bz2'
   with pytest.raises(DataError, match=rf'a.txt.bz2: {re.escape(reason)}: bzip2 data'):
     read('error')
+
+
+@pytest.mark.parametrize('objective,option', [('prefix_lm', 'inputs=question'),
+                                              ('span_corruption', 'targets=answer'),
+                                              ('text_to_text', 'field=question')])
+def test_a_source_option_the_objective_does_not_read_is_an_error(tmp_path, objective, option):
+  """`inputs=` / `targets=` are text_to_text's, `field=` the other objectives': given to the
+  wrong one they would be silently ignored (and another field read)."""
+  (tmp_path / 'x.jsonl').write_text('{"question": "to be", "answer": "or not", "text": "t"}\n')
+  cfg = data_config(objective=objective, inputs_length=16, targets_length=8,
+                    train_source=f'jsonl:{tmp_path}/x.jsonl;{option}')
+  with pytest.raises(DataError, match=f'option {option.split("=")[0]}= of source .* is not read '
+                                      f'by data.objective=.{objective}.'):
+    pipeline.get_dataset(cfg, 'train')

@@ -542,3 +542,18 @@ def test_eval_with_a_model_config_other_than_the_workdirs_is_refused(workdir):
   assert last.startswith('error: --workdir=') and (
       'config.model.relative_attention_max_distance=64 differs from') in last, last
   assert snapshot(workdir) == before
+
+
+def test_printed_predictions_are_scored_by_the_task_metric(capsys):
+  """Text-to-text examples are shown with exact match (their metric), span corruption with
+  span accuracy."""
+  from t5x_lite import evaluation
+  decoded = dict(inputs=['reverse: a b', 'reverse: c d'], targets=['b a', 'd c'],
+                 predictions=['b a', 'c d'], span_tokens=[(2, 2), (0, 2)])
+  evaluation.print_predictions(decoded, 2, text_to_text=True)
+  out = capsys.readouterr().out
+  assert out.count('exact match: yes') == 1 and out.count('exact match: no') == 1
+  assert 'span accuracy' not in out
+  evaluation.print_predictions(decoded, 2)
+  out = capsys.readouterr().out
+  assert 'span accuracy: 2/2' in out and 'span accuracy: 0/2' in out

@@ -182,6 +182,13 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
   what = 'data.train_source' if train else 'data.validation_source'
   specs = src_lib.parse_sources(spec, what)
   fields = ((d.inputs_field, d.targets_field) if d.objective == 'text_to_text' else (d.text_field,))
+  unread = ('field',) if d.objective == 'text_to_text' else ('inputs', 'targets')
+  for s in specs:  # an option the objective does not read would be silently ignored
+    option = next((o for o in unread if s.get(o)), None)
+    if option:
+      raise DataError(f'{what}: option {option}= of source {s} is not read by data.objective='
+                      f'{d.objective!r} (text_to_text reads inputs= and targets=, the other '
+                      f'objectives field=).')
 
   # data.shuffle_buffer_size documents in all, split over the streams: memory and the time
   # to fill the buffers before the first batch do not grow with the stream count.
