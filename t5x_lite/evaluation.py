@@ -203,12 +203,13 @@ def span_accuracy(decoded: Dict[str, list]) -> str:
   return f'{100 * correct / max(total, 1):.1f}% ({correct}/{total} target span tokens)'
 
 
-def print_predictions(decoded: Dict[str, list], n: int, file=sys.stdout,
+def print_predictions(decoded: Dict[str, list], n: int, file=None,
                       text_to_text: bool = False) -> None:
   """The first `n` decoded examples: input, target and prediction, cut to a line each, with
   each example's score: exact match for text-to-text tasks (the metric they are scored by),
   else span accuracy."""
   from t5x_lite import metrics  # pylint: disable=import-outside-toplevel
+  file = file or sys.stdout  # looked up per call: sys.stdout may be replaced after import
   for i in range(min(n, len(decoded['targets']))):
     target, prediction = decoded['targets'][i], decoded['predictions'][i]
     if text_to_text:

@@ -54,9 +54,10 @@ class Report:
     more = f', ... ({len(numbers) - _SHOW} more)' if len(numbers) > _SHOW else ''
     return ', '.join(str(n) for n in numbers[:_SHOW]) + more
 
-  def summary(self, inputs_length: int, limit: str = '') -> str:
+  def summary(self, inputs_length: int, limit: str = '', included: str = 'EOS') -> str:
     """The one closing line; `limit` says why prompts were cut to `inputs_length` tokens
-    when it is not data.inputs_length."""
+    when it is not data.inputs_length; `included`: the special token that count and each
+    line's count include (EOS; BOS for causal-LM prompts, which end without EOS)."""
     s = lambda n: '' if n == 1 else 's'
     parts = [f'read {self.lines} line{s(self.lines)}',
              f'wrote {self.predicted} prediction{s(self.predicted)}',
@@ -76,8 +77,8 @@ class Report:
                    f'(line{s(len(self.no_tokens))} {self._which(self.no_tokens)})')
     parts.append(f'truncated {len(self.truncated)} of {self.tokenized} '
                  f'input{s(self.tokenized)} to ' +
-                 (f'{inputs_length} tokens ({limit})' if limit else
-                  f'data.inputs_length={inputs_length} tokens') +
+                 (f'{inputs_length} tokens, {included} included ({limit})' if limit else
+                  f'data.inputs_length={inputs_length} tokens, {included} included') +
                  (f' (line{s(len(self.truncated))} '
                   f'{self._which([f"{n}: {k} tokens" for n, k in self.truncated])})'
                   if self.truncated else ''))
@@ -201,8 +202,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
       report.no_tokens.append(number)
       continue
     report.tokenized += 1
-    if n > len(ids):
-      report.truncated.append((number, n))
+    if n > len(ids):  # its length counted as the limit is: with EOS, or causal with BOS
+      report.truncated.append((number, n + int(decoder_only and not eos)))
     token_lists.append(([0] if decoder_only else []) + ids)  # decoder-only: BOS
     kept.append(example)
   examples = kept
@@ -236,7 +237,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   finally:
     if out is not sys.stdout:
       out.close()
-  print(report.summary(inputs_length, limit), file=sys.stderr, flush=True)
+  print(report.summary(inputs_length, limit, 'EOS' if eos else 'BOS'), file=sys.stderr,
+        flush=True)
   return report
 
 

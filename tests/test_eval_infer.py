@@ -83,7 +83,7 @@ def test_eval_prints_and_writes_metrics_without_touching_checkpoints(workdir):
   with open(os.path.join(workdir, 'eval_validation_6.json')) as f:
     assert json.load(f) == result
   assert 'prediction:' in proc.stderr and 'target:' in proc.stderr
-  assert 'span accuracy: ' in proc.stderr
+  assert 'exact match: ' in proc.stderr   # a text-to-text task: scored by exact match
   # Every decoded example is on disk, and the reported text metrics follow from the file.
   from t5x_lite import metrics
   with open(os.path.join(workdir, 'predictions_validation_6.jsonl')) as f:
@@ -170,7 +170,7 @@ def test_infer_keeps_order_reports_skips_and_truncation(workdir, tmp_path):
   assert rows[1]['targets'] == 'Macbeth'  # the input's other JSON fields are kept
   assert 'skipped 1 empty line (line 2)' in proc.stderr
   assert 'wrote 2 predictions' in proc.stderr
-  assert 'truncated 1 of 2 inputs to data.inputs_length=64 tokens (line 1:' in proc.stderr
+  assert 'truncated 1 of 2 inputs to data.inputs_length=64 tokens, EOS included (line 1:' in proc.stderr
 
 
 def test_infer_skips_inputs_without_tokens_and_counts_truncation(workdir, tmp_path):
@@ -185,7 +185,7 @@ def test_infer_skips_inputs_without_tokens_and_counts_truncation(workdir, tmp_pa
   assert len(out.read_text().splitlines()) == 5
   assert 'read 8 lines; wrote 5 predictions; skipped 1 empty line (line 5)' in proc.stderr
   assert 'skipped 2 inputs that tokenize to nothing (lines 3, 7)' in proc.stderr
-  assert 'truncated 2 of 5 inputs to data.inputs_length=64 tokens (lines 2: ' in proc.stderr
+  assert 'truncated 2 of 5 inputs to data.inputs_length=64 tokens, EOS included (lines 2: ' in proc.stderr
 
 
 def _task_with_bad_input(tmp_path):
@@ -429,8 +429,9 @@ def test_absolute_positions_bound_decoding_and_infer_cuts_prompts_to_fit(
   rows = [json.loads(l) for l in out.read_text().splitlines()]
   assert len(rows) == 2 and all(np.isfinite(r['score']) for r in rows)
   assert [n for n, _ in report.truncated] == [1]  # only the long line: BOS + 16 ids + 7 = 24
-  assert ('truncated 1 of 2 inputs to 17 tokens (what model.max_position_embeddings=24 leaves '
-          'for a prompt continued by max_length=8' in capsys.readouterr().err)
+  assert ('truncated 1 of 2 inputs to 17 tokens, BOS included (what model.max_position_embeddings'
+          '=24 leaves for a prompt continued by max_length=8, less than data.inputs_length) '
+          '(line 1: 61 tokens)' in capsys.readouterr().err)   # BOS + 'the king ' * 30
   infer.run_infer(config, workdir, str(lines), str(out), max_length=23)  # BOS + 1 id + 22
   assert len(out.read_text().splitlines()) == 2
   with pytest.raises(ValueError, match='--max_length=24 leaves no room for a prompt'):
@@ -491,7 +492,7 @@ def test_infer_cuts_prefix_lm_prompts_to_fill_the_position_table(gpt_prefix_lm, 
   report = infer.run_infer(config, workdir, str(source), str(out), max_length=20, batch_size=4)
   assert report.predicted == 6 and len(out.read_text().splitlines()) == 6
   assert report.truncated  # some prompts at the edge
-  assert (f'truncated {len(report.truncated)} of 6 inputs to 36 tokens (what '
+  assert (f'truncated {len(report.truncated)} of 6 inputs to 36 tokens, EOS included (what '
           'model.max_position_embeddings=56 leaves for a prompt continued by max_length=20, '
           'less than data.inputs_length)') in capsys.readouterr().err
   report = infer.run_infer(config, workdir, str(source), str(out), max_length=54, batch_size=4)
