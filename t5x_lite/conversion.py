@@ -13,10 +13,13 @@ gets pad 0 / EOS 1 / BOS 0 (`hf.trained_special_tokens`).
 """
 import json
 import os
+import sys
 from typing import Dict
 
 import numpy as np
 import safetensors.numpy
+
+from t5x_lite import families
 
 
 CONFIG_NAME = 'config.json'
@@ -149,7 +152,14 @@ def t5x_to_hf(directory: str, out_dir: str) -> str:
   out = hf.save(model_cfg, params, out_dir, saved.get(SPECIAL_TOKENS))
   if SPECIAL_TOKENS not in saved:  # a training workdir: its vocabulary goes with it
     write_tokenizer(saved.get('data') or {}, out, model_cfg)
+  objective = (saved.get('data') or {}).get('objective', 'causal_lm')
+  if families.decoder_rows_hold_inputs(model_cfg.family, objective):
+    print(f'[t5x_lite] warning: {directory} was trained as a prefix LM (data.objective='
+          f'{objective!r}: its prompts attend both ways); GPT2LMHeadModel attends '
+          f'causally everywhere, so its outputs for a prompt differ from infer\'s.',
+          file=sys.stderr, flush=True)
   return out
+
 
 
 TOKENIZER_FILES = ('spiece.model', 'tokenizer_config.json')

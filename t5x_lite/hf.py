@@ -334,27 +334,54 @@ def _config_from_hf(arch: str, hf: dict) -> ml_collections.ConfigDict:
   return m
 
 
+# What each architecture needs of a model config, in order: (field, requirement, test).
+_NEEDS = {
+    'T5ForConditionalGeneration': (
+        ('norm', "'rms'", lambda c: c.norm == 'rms'),
+        ('post_norm', 'False', lambda c: not c.post_norm),
+        ('use_bias', 'False', lambda c: not c.use_bias),
+        ('position_embedding', "'relative'", lambda c: c.position_embedding == 'relative'),
+        ('scale_attention_logits', 'False', lambda c: not c.scale_attention_logits),
+        ('rescale_tied_logits', 'equal to tie_embeddings',
+         lambda c: c.tie_embeddings == c.rescale_tied_logits),
+        ('type_vocab_size', '0', lambda c: not c.type_vocab_size)),
+    'BertForMaskedLM': (
+        ('norm', "'layer'", lambda c: c.norm == 'layer'),
+        ('post_norm', 'True', lambda c: c.post_norm),
+        ('use_bias', 'True', lambda c: c.use_bias),
+        ('position_embedding', "'absolute'", lambda c: c.position_embedding == 'absolute'),
+        ('scale_attention_logits', 'True', lambda c: c.scale_attention_logits),
+        ('rescale_tied_logits', 'False', lambda c: not c.rescale_tied_logits),
+        ('mlp_activations', 'one activation (no gate)', lambda c: len(c.mlp_activations) == 1),
+        ('d_kv', 'd_model / num_heads', lambda c: c.num_heads * c.d_kv == c.d_model),
+        ('type_vocab_size', '> 0 (token types)', lambda c: c.type_vocab_size > 0)),
+    'GPT2LMHeadModel': (
+        ('norm', "'layer'", lambda c: c.norm == 'layer'),
+        ('post_norm', 'False', lambda c: not c.post_norm),
+        ('use_bias', 'True', lambda c: c.use_bias),
+        ('position_embedding', "'absolute'", lambda c: c.position_embedding == 'absolute'),
+        ('scale_attention_logits', 'True', lambda c: c.scale_attention_logits),
+        ('rescale_tied_logits', 'False', lambda c: not c.rescale_tied_logits),
+        ('mlp_activations', 'one activation (no gate)', lambda c: len(c.mlp_activations) == 1),
+        ('d_kv', 'd_model / num_heads', lambda c: c.num_heads * c.d_kv == c.d_model),
+        ('type_vocab_size', '0', lambda c: not c.type_vocab_size)),
+}
+_BY_FAMILY = {'encoder_decoder': 'T5ForConditionalGeneration', 'encoder': 'BertForMaskedLM',
+              'decoder': 'GPT2LMHeadModel'}
+
+
 def _architecture_of(cfg) -> str:
-  """Which HF architecture a t5x_lite model config corresponds to (ValueError if none)."""
-  c = cfg
-  if (c.family == 'encoder_decoder' and c.norm == 'rms' and not c.post_norm
-      and not c.use_bias and c.position_embedding == 'relative'
-      and not c.scale_attention_logits and c.tie_embeddings == c.rescale_tied_logits
-      and not c.type_vocab_size):
-    return 'T5ForConditionalGeneration'
-  # BERT and GPT-2 share all of this; they differ in family, norm placement and token types.
-  # Either may be untied (tie_word_embeddings=false: their own output weight).
-  bert_or_gpt2 = (c.norm == 'layer' and c.use_bias and c.position_embedding == 'absolute'
-                  and c.scale_attention_logits
-                  and not c.rescale_tied_logits and len(c.mlp_activations) == 1
-                  and c.num_heads * c.d_kv == c.d_model)
-  if bert_or_gpt2 and c.family == 'encoder' and c.post_norm and c.type_vocab_size > 0:
-    return 'BertForMaskedLM'
-  if bert_or_gpt2 and c.family == 'decoder' and not c.post_norm and not c.type_vocab_size:
-    return 'GPT2LMHeadModel'
-  _fail(f'model config (family={c.family!r}, norm={c.norm!r}, '
-        f'position_embedding={c.position_embedding!r}) matches no Hugging Face '
-        f'architecture; {_SUPPORTED_MSG}.')
+  """Which HF architecture a t5x_lite model config corresponds to: the one of its family
+  (BERT and GPT-2 may be tied or untied); ValueError naming the first field that it cannot
+  take."""
+  arch = _BY_FAMILY.get(cfg.family)
+  if arch is None:
+    _fail(f'model.family={cfg.family!r} has no Hugging Face architecture.')
+  for field, requirement, ok in _NEEDS[arch]:
+    if not ok(cfg):
+      _fail(f'config.model.{field}={getattr(cfg, field)!r} has no place in a {arch} (it needs '
+            f'{field}: {requirement}); {_SUPPORTED_MSG}.')
+  return arch
 
 
 def hf_config_dict(model_cfg) -> dict:

@@ -400,6 +400,31 @@ def test_t5_workdir_export_writes_a_tokenizer_hf_can_use(tmp_path):
         assert tok.decode(ids[:-1]) == vocab.decode(ids[:-1]), text
 
 
+@pytest.mark.parametrize('objective', ['causal_lm', 'prefix_lm', 'text_to_text'])
+def test_exporting_a_prefix_lm_decoder_warns_that_gpt2_attends_causally(tmp_path, capsys,
+                                                                        objective):
+  import flax.linen as nn
+  import orbax.checkpoint as ocp
+  from configs import gpt
+  cfg = gpt.get_config('tiny')
+  cfg.model.update(dict(vocab_size=160, d_model=32, d_ff=64, num_heads=2, d_kv=16,
+                        max_position_embeddings=64))
+  cfg.data.objective = objective
+  workdir = str(tmp_path / 'workdir')
+  params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
+                        nn.unbox(models.abstract_params(cfg.model)))
+  ocp.PyTreeCheckpointer().save(workdir, {'params': params})
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(cfg.to_json_best_effort())
+  conversion.t5x_to_hf(workdir, str(tmp_path / 'hf'))
+  err = capsys.readouterr().err
+  if objective == 'causal_lm':
+    assert 'warning' not in err
+  else:
+    assert (f"warning: {workdir} was trained as a prefix LM (data.objective='{objective}'"
+            in err and 'GPT2LMHeadModel attends causally everywhere' in err), err
+
+
 @pytest.mark.parametrize('family', ['bert', 'gpt'])
 def test_bert_and_gpt_workdir_exports_write_a_tokenizer_hf_can_use(tmp_path, family):
   """BERT and GPT-2 models trained here export their SentencePiece vocabulary too: HF's
