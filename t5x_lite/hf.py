@@ -335,6 +335,15 @@ def _config_from_hf(arch: str, hf: dict) -> ml_collections.ConfigDict:
 
 
 # What each architecture needs of a model config, in order: (field, requirement, test).
+# BERT and GPT-2 share all of this; they differ in norm placement and token types.
+_BERT_OR_GPT2 = (
+    ('norm', "'layer'", lambda c: c.norm == 'layer'),
+    ('use_bias', 'True', lambda c: c.use_bias),
+    ('position_embedding', "'absolute'", lambda c: c.position_embedding == 'absolute'),
+    ('scale_attention_logits', 'True', lambda c: c.scale_attention_logits),
+    ('rescale_tied_logits', 'False', lambda c: not c.rescale_tied_logits),
+    ('mlp_activations', 'one activation (no gate)', lambda c: len(c.mlp_activations) == 1),
+    ('d_kv', 'd_model / num_heads', lambda c: c.num_heads * c.d_kv == c.d_model))
 _NEEDS = {
     'T5ForConditionalGeneration': (
         ('norm', "'rms'", lambda c: c.norm == 'rms'),
@@ -346,24 +355,12 @@ _NEEDS = {
          lambda c: c.tie_embeddings == c.rescale_tied_logits),
         ('type_vocab_size', '0', lambda c: not c.type_vocab_size)),
     'BertForMaskedLM': (
-        ('norm', "'layer'", lambda c: c.norm == 'layer'),
         ('post_norm', 'True', lambda c: c.post_norm),
-        ('use_bias', 'True', lambda c: c.use_bias),
-        ('position_embedding', "'absolute'", lambda c: c.position_embedding == 'absolute'),
-        ('scale_attention_logits', 'True', lambda c: c.scale_attention_logits),
-        ('rescale_tied_logits', 'False', lambda c: not c.rescale_tied_logits),
-        ('mlp_activations', 'one activation (no gate)', lambda c: len(c.mlp_activations) == 1),
-        ('d_kv', 'd_model / num_heads', lambda c: c.num_heads * c.d_kv == c.d_model),
+        *_BERT_OR_GPT2,
         ('type_vocab_size', '> 0 (token types)', lambda c: c.type_vocab_size > 0)),
     'GPT2LMHeadModel': (
-        ('norm', "'layer'", lambda c: c.norm == 'layer'),
         ('post_norm', 'False', lambda c: not c.post_norm),
-        ('use_bias', 'True', lambda c: c.use_bias),
-        ('position_embedding', "'absolute'", lambda c: c.position_embedding == 'absolute'),
-        ('scale_attention_logits', 'True', lambda c: c.scale_attention_logits),
-        ('rescale_tied_logits', 'False', lambda c: not c.rescale_tied_logits),
-        ('mlp_activations', 'one activation (no gate)', lambda c: len(c.mlp_activations) == 1),
-        ('d_kv', 'd_model / num_heads', lambda c: c.num_heads * c.d_kv == c.d_model),
+        *_BERT_OR_GPT2,
         ('type_vocab_size', '0', lambda c: not c.type_vocab_size)),
 }
 _BY_FAMILY = {'encoder_decoder': 'T5ForConditionalGeneration', 'encoder': 'BertForMaskedLM',

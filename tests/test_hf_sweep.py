@@ -368,23 +368,29 @@ def test_converted_untied_gpt2_round_trips_through_orbax(tmp_path):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def _zero_workdir(cfg, path) -> str:
+  """A directory laid out as a training workdir (config.json + params checkpoint) holding
+  zero params of `cfg.model`: what t5x_to_hf reads."""
+  import flax.linen as nn
+  import orbax.checkpoint as ocp
+  params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
+                        nn.unbox(models.abstract_params(cfg.model)))
+  ocp.PyTreeCheckpointer().save(str(path), {'params': params})
+  with open(os.path.join(str(path), 'config.json'), 'w') as f:
+    f.write(cfg.to_json_best_effort())
+  return str(path)
+
+
 def test_t5_workdir_export_writes_a_tokenizer_hf_can_use(tmp_path):
   """A T5 trained here exports its SentencePiece vocabulary as T5Tokenizer files: HF's
   tokenizer (slow and fast) then gives the ids this codebase's pipeline gives (pieces, EOS 1,
   <extra_id_k> = vocab size - 1 - k) and decodes them back."""
-  import flax.linen as nn
-  import orbax.checkpoint as ocp
   from configs import t5_v1_1
   from t5x_lite.data.vocab import Vocabulary
   cfg = t5_v1_1.get_config('tiny')
   cfg.model.update(dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16,
                         num_encoder_layers=1, num_decoder_layers=1))
-  workdir = str(tmp_path / 'workdir')
-  params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
-                        nn.unbox(models.abstract_params(cfg.model)))
-  ocp.PyTreeCheckpointer().save(workdir, {'params': params})
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(cfg.to_json_best_effort())
+  workdir = _zero_workdir(cfg, tmp_path / 'workdir')
   out = conversion.t5x_to_hf(workdir, str(tmp_path / 'hf'))
   vocab = Vocabulary(cfg.data.vocab, cfg.data.extra_ids)
   texts = ['The Thane of Cawdor <extra_id_0> began', 'reverse: king queen lord',
@@ -403,19 +409,12 @@ def test_t5_workdir_export_writes_a_tokenizer_hf_can_use(tmp_path):
 @pytest.mark.parametrize('objective', ['causal_lm', 'prefix_lm', 'text_to_text'])
 def test_exporting_a_prefix_lm_decoder_warns_that_gpt2_attends_causally(tmp_path, capsys,
                                                                         objective):
-  import flax.linen as nn
-  import orbax.checkpoint as ocp
   from configs import gpt
   cfg = gpt.get_config('tiny')
   cfg.model.update(dict(vocab_size=160, d_model=32, d_ff=64, num_heads=2, d_kv=16,
                         max_position_embeddings=64))
   cfg.data.objective = objective
-  workdir = str(tmp_path / 'workdir')
-  params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
-                        nn.unbox(models.abstract_params(cfg.model)))
-  ocp.PyTreeCheckpointer().save(workdir, {'params': params})
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(cfg.to_json_best_effort())
+  workdir = _zero_workdir(cfg, tmp_path / 'workdir')
   conversion.t5x_to_hf(workdir, str(tmp_path / 'hf'))
   err = capsys.readouterr().err
   if objective == 'causal_lm':
@@ -430,20 +429,13 @@ def test_bert_and_gpt_workdir_exports_write_a_tokenizer_hf_can_use(tmp_path, fam
   """BERT and GPT-2 models trained here export their SentencePiece vocabulary too: HF's
   tokenizer gives the pipeline's ids (pieces + EOS, as MLM and causal LM documents end), its
   mask token is the MLM objective's, and BOS 0 + the pieces is infer's decoder-only prompt."""
-  import flax.linen as nn
-  import orbax.checkpoint as ocp
   from configs import bert, gpt
   from t5x_lite import infer
   from t5x_lite.data.vocab import Vocabulary
   cfg = (bert if family == 'bert' else gpt).get_config('tiny')
   cfg.model.update(dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16,
                         max_position_embeddings=64))
-  workdir = str(tmp_path / 'workdir')
-  params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
-                        nn.unbox(models.abstract_params(cfg.model)))
-  ocp.PyTreeCheckpointer().save(workdir, {'params': params})
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(cfg.to_json_best_effort())
+  workdir = _zero_workdir(cfg, tmp_path / 'workdir')
   out = conversion.t5x_to_hf(workdir, str(tmp_path / 'hf'))
   vocab = Vocabulary(cfg.data.vocab, cfg.data.extra_ids)
   text = 'The Thane of Cawdor lives, a prosperous gentleman.'
