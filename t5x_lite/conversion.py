@@ -192,10 +192,11 @@ def write_tokenizer(data: dict, out_dir: str, model_cfg=None) -> bool:
   if vocab.mask_id is not None:
     config['mask_token'] = (piece(vocab.mask_id) if vocab.mask_id < vocab.piece_size
                             else '<extra_id_0>')
-  family = model_cfg.family if model_cfg is not None else 'encoder_decoder'
-  if family == 'encoder_decoder' and data.get('inputs_length'):
-    config['model_max_length'] = int(data['inputs_length'])
-  elif family != 'encoder_decoder' and model_cfg.get('position_embedding') == 'absolute':
+  generates = families.get(model_cfg.family).generates if model_cfg is not None else None
+  if model_cfg is None or generates == 'encoder_decoder':  # T5: the encoder's input length
+    if data.get('inputs_length'):
+      config['model_max_length'] = int(data['inputs_length'])
+  elif model_cfg.get('position_embedding') == 'absolute':   # BERT, GPT-2: the position table
     config['model_max_length'] = int(model_cfg.max_position_embeddings)
   with open(os.path.join(out_dir, TOKENIZER_FILES[1]), 'w') as f:
     json.dump(config, f, indent=2, sort_keys=True)

@@ -4,31 +4,18 @@
     logits = models.build(model_cfg).apply({'params': params}, batch)
     hf.save(model_cfg, params, '/path/to/out_dir')      # transformers' from_pretrained loads it
 
-Supported architectures (the `architectures` entry of config.json):
+Architectures (docs/cli.md, "convert", says what each reads): `T5ForConditionalGeneration`
+v1.0 / v1.1 and their `[gated-]act` variants (also mT5, `T5WithLMHeadModel`); `BertForMaskedLM`
+and `GPT2LMHeadModel` (`Conv1D` kernels [in, out], fused `c_attn`), each tied or untied.
 
-- `T5ForConditionalGeneration` (also `MT5ForConditionalGeneration`, mT5, and the older name
-  `T5WithLMHeadModel`; export writes `T5ForConditionalGeneration`): v1.0 (`feed_forward_proj='relu'`, tied embeddings, the tied
-  decoder output rescaled by d_model**-0.5 = our `rescale_tied_logits`) and v1.1
-  (`'gated-gelu'`, untied `lm_head`); also the other `[gated-]act` variants t5x_lite has,
-  with config.json's `dense_act_fn` / `is_gated_act` winning as in transformers' T5Config.
-- `BertForMaskedLM`: post-norm encoder with absolute positions, token types and the MLM head
-  (`cls.predictions.transform.{dense,LayerNorm}`, `cls.predictions.bias`, decoder tied to the
-  word embeddings, or its own weight with `tie_word_embeddings=false`).
-- `GPT2LMHeadModel`: pre-norm decoder, absolute positions, `Conv1D` kernels ([in, out]) with a
-  fused `c_attn` (query | key | value), tied output (or an own `lm_head`, untied).
-
-Conventions. torch `nn.Linear` weights are [out, in]; ours are DenseGeneral kernels [in, ...]
-with heads split out: query/key/value [d_model, heads, d_kv], out [heads, d_kv, d_model].
-HF T5 keeps each stack's relative-attention table only in block 0 ([buckets, heads]); ours is
-one `relpos_bias/rel_embedding` [heads, buckets] per stack. `load` returns unscanned numpy
-params (`layers_0`..; `scan_layers=True` stacks them); `save` accepts scanned or unscanned,
-boxed (`nn.Partitioned`) or plain params, optionally wrapped in {'params': ...}.
-
-No torch at run time: tensors go through `safetensors.numpy` (`conversion.read_weights`),
-configs through `json`. Every problem with an input directory (unsupported architecture or
-config field, missing file, missing, misshapen or unplaceable tensor) raises ValueError with
-one sentence naming it: a tensor no param takes (and transformers would not ignore) is refused
-rather than dropped, since it means config.json describes another network than the file's.
+Conventions. torch `nn.Linear` weights are [out, in]; our DenseGeneral kernels [in, ...]
+split the heads out ([d_model, heads, d_kv]; out [heads, d_kv, d_model]). HF T5 keeps each
+stack's relative-attention table in block 0 ([buckets, heads]), ours in one
+`relpos_bias/rel_embedding` [heads, buckets]. `load` returns unscanned numpy params unless
+`scan_layers`; `save` takes scanned or not, boxed or plain, optionally under {'params': ...}.
+No torch at run time (`safetensors.numpy`, `json`). A problem with an input directory raises
+ValueError with one sentence naming it; a tensor no param takes (and transformers would not
+ignore) is refused, not dropped: config.json would describe another network than the file's.
 """
 import dataclasses
 import json
@@ -44,9 +31,8 @@ from t5x_lite import tree_paths
 from t5x_lite.conversion import WEIGHTS_NAME  # where reading lives (read_weights)
 
 SUPPORTED = ('T5ForConditionalGeneration', 'BertForMaskedLM', 'GPT2LMHeadModel')
-# Other names of the same networks: mT5 is T5 v1.1 (same tensors, a larger vocabulary);
-# T5WithLMHeadModel is what older T5 config.json files name. A config.json without an
-# `architectures` entry is placed by its `model_type`.
+# mT5 is T5 v1.1's network; older T5 config.json files say T5WithLMHeadModel. A config.json
+# without `architectures` is placed by its `model_type`.
 _SAME_NETWORK = {'MT5ForConditionalGeneration': 'T5ForConditionalGeneration',
                  'T5WithLMHeadModel': 'T5ForConditionalGeneration'}
 _BY_MODEL_TYPE = {'t5': 'T5ForConditionalGeneration', 'mt5': 'T5ForConditionalGeneration',
@@ -334,50 +320,35 @@ def _config_from_hf(arch: str, hf: dict) -> ml_collections.ConfigDict:
   return m
 
 
-# What each architecture needs of a model config, in order: (field, requirement, test).
-# BERT and GPT-2 share all of this; they differ in norm placement and token types.
-_BERT_OR_GPT2 = (
-    ('norm', "'layer'", lambda c: c.norm == 'layer'),
-    ('use_bias', 'True', lambda c: c.use_bias),
-    ('position_embedding', "'absolute'", lambda c: c.position_embedding == 'absolute'),
-    ('scale_attention_logits', 'True', lambda c: c.scale_attention_logits),
-    ('rescale_tied_logits', 'False', lambda c: not c.rescale_tied_logits),
-    ('mlp_activations', 'one activation (no gate)', lambda c: len(c.mlp_activations) == 1),
-    ('d_kv', 'd_model / num_heads', lambda c: c.num_heads * c.d_kv == c.d_model))
+# What each family's architecture needs of a model config, in order (then `_architecture_of`'s).
+_BERT_OR_GPT2 = dict(norm='layer', use_bias=True, position_embedding='absolute',
+                     scale_attention_logits=True, rescale_tied_logits=False)
 _NEEDS = {
-    'T5ForConditionalGeneration': (
-        ('norm', "'rms'", lambda c: c.norm == 'rms'),
-        ('post_norm', 'False', lambda c: not c.post_norm),
-        ('use_bias', 'False', lambda c: not c.use_bias),
-        ('position_embedding', "'relative'", lambda c: c.position_embedding == 'relative'),
-        ('scale_attention_logits', 'False', lambda c: not c.scale_attention_logits),
-        ('rescale_tied_logits', 'equal to tie_embeddings',
-         lambda c: c.tie_embeddings == c.rescale_tied_logits),
-        ('type_vocab_size', '0', lambda c: not c.type_vocab_size)),
-    'BertForMaskedLM': (
-        ('post_norm', 'True', lambda c: c.post_norm),
-        *_BERT_OR_GPT2,
-        ('type_vocab_size', '> 0 (token types)', lambda c: c.type_vocab_size > 0)),
-    'GPT2LMHeadModel': (
-        ('post_norm', 'False', lambda c: not c.post_norm),
-        *_BERT_OR_GPT2,
-        ('type_vocab_size', '0', lambda c: not c.type_vocab_size)),
-}
-_BY_FAMILY = {'encoder_decoder': 'T5ForConditionalGeneration', 'encoder': 'BertForMaskedLM',
-              'decoder': 'GPT2LMHeadModel'}
+    'T5ForConditionalGeneration': dict(norm='rms', post_norm=False, use_bias=False,
+                                       position_embedding='relative',
+                                       scale_attention_logits=False, type_vocab_size=0),
+    'BertForMaskedLM': dict(post_norm=True, **_BERT_OR_GPT2),
+    'GPT2LMHeadModel': dict(post_norm=False, type_vocab_size=0, **_BERT_OR_GPT2)}
+_BY_FAMILY = dict(encoder_decoder=SUPPORTED[0], encoder=SUPPORTED[1], decoder=SUPPORTED[2])
 
 
-def _architecture_of(cfg) -> str:
-  """Which HF architecture a t5x_lite model config corresponds to: the one of its family
-  (BERT and GPT-2 may be tied or untied); ValueError naming the first field that it cannot
-  take."""
-  arch = _BY_FAMILY.get(cfg.family)
-  if arch is None:
-    _fail(f'model.family={cfg.family!r} has no Hugging Face architecture.')
-  for field, requirement, ok in _NEEDS[arch]:
-    if not ok(cfg):
-      _fail(f'config.model.{field}={getattr(cfg, field)!r} has no place in a {arch} (it needs '
-            f'{field}: {requirement}); {_SUPPORTED_MSG}.')
+def _architecture_of(c) -> str:
+  """The HF architecture of a model config's family (BERT and GPT-2 tied or untied);
+  ValueError naming the first field that architecture cannot take."""
+  arch = _BY_FAMILY.get(c.family) or _fail(f'model.family={c.family!r} has no HF architecture.')
+  needs = [(f, f'{f} = {want!r}', (getattr(c, f) or 0) == want) for f, want in _NEEDS[arch].items()]
+  if arch == 'T5ForConditionalGeneration':
+    needs.append(('rescale_tied_logits', 'rescale_tied_logits = tie_embeddings',
+                  c.tie_embeddings == c.rescale_tied_logits))
+  else:
+    needs += [('mlp_activations', 'one MLP activation', len(c.mlp_activations) == 1),
+              ('d_kv', 'd_kv = d_model / num_heads', c.num_heads * c.d_kv == c.d_model),
+              ('type_vocab_size', 'type_vocab_size > 0',
+               c.type_vocab_size > 0 or arch != 'BertForMaskedLM')]
+  field, want = next(((f, w) for f, w, ok in needs if not ok), (None, None))
+  if field:
+    _fail(f'config.model.{field}={getattr(c, field)!r} has no place in a {arch} (it needs '
+          f'{want}); {_SUPPORTED_MSG}.')
   return arch
 
 

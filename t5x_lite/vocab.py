@@ -3,6 +3,7 @@
     python -m t5x_lite.vocab --input='data/corpus/train.txt' --vocab_size=1000 --output=PATH
 """
 import gzip
+import logging
 import zlib
 
 from absl import flags
@@ -66,6 +67,8 @@ def _report(name: str, vocab, lines) -> None:
 
 
 def main():
+  # Skips are said once, in the one summary (or error) line per input, not also as read.
+  logging.getLogger('t5x_lite.data').setLevel(logging.ERROR)
   if not FLAGS.input or not FLAGS.output:
     raise ValueError('--input and --output are required.')
   if FLAGS.extra_ids < 0:

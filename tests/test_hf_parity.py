@@ -362,11 +362,11 @@ def test_save_rejects_unexportable_config(tmp_path):
   from configs import t5_decoder_only
   model_cfg = _small(t5_decoder_only.get_config('tiny'))
   with pytest.raises(ValueError, match=r"config.model.norm='rms' has no place in a "
-                                       r"GPT2LMHeadModel \(it needs norm: 'layer'\)"):
+                                       r"GPT2LMHeadModel \(it needs norm = 'layer'\)"):
     hf.save(model_cfg, {}, str(tmp_path))
   bert = bert_config.get_config('tiny')
-  for field, value, needs in (('d_kv', 7, 'd_kv: d_model / num_heads'),
-                              ('type_vocab_size', 0, 'type_vocab_size: > 0')):
+  for field, value, needs in (('d_kv', 7, 'd_kv = d_model / num_heads'),
+                              ('type_vocab_size', 0, 'type_vocab_size > 0')):
     cfg = bert.copy_and_resolve_references()
     cfg.model[field] = value
     with pytest.raises(ValueError, match=rf'config.model.{field}={value} has no place in a '
