@@ -296,7 +296,7 @@ def model_mismatch(saved_model: dict, model_cfg, source: str) -> str:
   return ''
 
 
-def _saved_config(directory: str):
+def saved_config(directory: str):
   """(config dict, where it was read) saved with `directory` (a workdir or converted
   checkpoint: its config.json; a step directory, its checkpoints/ or state/: the step's own
   `config` item), or (None, '') when there is none."""
@@ -319,7 +319,7 @@ def check_model_config(directory: str, model_cfg, what: str) -> None:
   """ValueError if `directory` (a workdir, a converted checkpoint or a step directory; `what`
   names the flag that gave it) saved a config whose model differs from `model_cfg` (same
   shapes can still mean another network: relu vs gelu)."""
-  saved, path = _saved_config(directory)
+  saved, path = saved_config(directory)
   if saved is None:
     return
   mismatch = model_mismatch(saved.get('model', {}), model_cfg, path)

@@ -121,12 +121,13 @@ def hf_to_t5x(hf_dir: str, out_dir: str, scan_layers: bool = False) -> str:
 
 
 def _saved_config(directory: str) -> dict:
-  path = os.path.join(directory, CONFIG_NAME)
-  if not os.path.isfile(path):
-    raise ValueError(f'{path} does not exist: --input must be a directory written by '
-                     f'--direction=hf_to_t5x or a training workdir.')
-  with open(path) as f:
-    saved = json.load(f)
+  """The config saved with a converted directory, a workdir or a checkpoint step directory."""
+  from t5x_lite import checkpoints  # pylint: disable=import-outside-toplevel
+  saved, path = checkpoints.saved_config(directory)
+  if saved is None:
+    raise ValueError(f'{os.path.join(directory, CONFIG_NAME)} does not exist: --input must be '
+                     f'a directory written by --direction=hf_to_t5x, a training workdir or '
+                     f'one of its checkpoint steps.')
   if 'model' not in saved:
     raise ValueError(f'{path} has no "model" section.')
   return saved
@@ -159,7 +160,6 @@ def t5x_to_hf(directory: str, out_dir: str) -> str:
           f'causally everywhere, so its outputs for a prompt differ from infer\'s.',
           file=sys.stderr, flush=True)
   return out
-
 
 
 TOKENIZER_FILES = ('spiece.model', 'tokenizer_config.json')

@@ -26,14 +26,14 @@ class DataIterator:
   """Iterator of numpy host batches whose exact position can be saved and restored."""
 
   def __init__(self, datasets: dict, *, vocab, num_streams: int, seed: int, split: str,
-               skips: src_lib.SkipCounter, finite: bool, settings: dict | None = None,
-               stream_skips: dict | None = None):
+               skips: src_lib.SkipCounter, stream_skips: dict, finite: bool,
+               settings: dict | None = None):
     self.datasets = datasets          # {stream index: dataset of batch blocks}
     self.settings = settings or {}    # {config field: value} that make the stream what it is
     self.vocab = vocab
     self.num_streams, self.seed, self.split, self.skips = num_streams, seed, split, skips
     # {stream: its SkipCounter, whose counts go to `skips` too}: saved with its position
-    self.stream_skips = stream_skips or {v: skips.stream_counter() for v in datasets}
+    self.stream_skips = stream_skips
     self.finite = finite
     self._its = {v: iter(ds) for v, ds in datasets.items()}
     self._ckpts = {v: tf.train.Checkpoint(iterator=it) for v, it in self._its.items()}

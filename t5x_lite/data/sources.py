@@ -161,10 +161,10 @@ class SkipCounter:
 
   def add(self, reason: str, where: str, n: int = 1):
     """Counts `n` skips of `reason` at `where` ('path:line' for a line, else a file or
-    source), as one stream reads (give each stream its own `stream_counter`). A training stream reads its files again every epoch: a line at or before the
-    last line of its file already counted here for this reason (each check reads a file in
-    order), or a cut .gz file already counted, was counted in an earlier epoch and is not
-    counted again."""
+    source), as one stream reads (give each stream its own `stream_counter`). A training
+    stream reads its files again every epoch: a line at or before the last line of its file
+    already counted here for this reason (each check reads a file in order), or a cut .gz
+    file already counted, was counted in an earlier epoch and is not counted again."""
     path, _, line = where.rpartition(':')
     counted = self.counted_to.setdefault(reason, {})  # each check reads a file in order
     if line.isdigit() and path:
@@ -194,7 +194,7 @@ class SkipCounter:
     for (feature, (name, length)), k in zip(self.limits.items(), truncated):
       if k and not self.truncated[feature] and self.parent is None:
         log.warning('data: %s longer than %s=%d tokens at %s are truncated (counted; '
-                        'the count is reported)', feature, name, length, where)
+                    'the count is reported)', feature, name, length, where)
       self.truncated[feature] += k
 
   def state(self) -> dict:
