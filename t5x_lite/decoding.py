@@ -32,6 +32,7 @@ opaque pytree: beams are expanded and reordered along each leaf's batch axis, fo
 comparing the cache shapes at two batch sizes, so new cache entries need no change here.
 """
 import functools
+import math
 from typing import Dict, Optional, Tuple
 
 import jax
@@ -184,9 +185,9 @@ def check_options(vocab_size: int, beam_size: int = 1, temperature: float = 0.0,
   """One-line errors, naming the flags, for decoding options `decode` cannot honour (infer
   calls it before loading the model)."""
   check_beam_size(beam_size, vocab_size)
-  if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+  if not 0 <= temperature < math.inf or top_k < 0 or not 0 < top_p <= 1:  # (nan fails too)
     raise ValueError(f'--temperature={temperature} / --top_k={top_k} / --top_p={top_p}: need '
-                     'temperature >= 0, top_k >= 0 and 0 < top_p <= 1.')
+                     'finite temperature >= 0, top_k >= 0 and 0 < top_p <= 1.')
   if temperature == 0 and (top_k or top_p < 1):
     raise ValueError(f'--top_k={top_k} / --top_p={top_p} with --temperature=0: sampling needs '
                      '--temperature > 0 (at 0 decoding is greedy or beam search).')
@@ -198,6 +199,14 @@ def check_options(vocab_size: int, beam_size: int = 1, temperature: float = 0.0,
 
 
 # ------------------------------------------------------------------ greedy / sampling
+def _without_unused_ids(logits, num_ids: Optional[int]):
+  """`logits` [..., vocab] with ids >= num_ids (the rows a model's vocab_size pads the
+  vocabulary's ids to, e.g. 32128 for T5's 32100; no text has them) at -inf."""
+  if num_ids is None or num_ids >= logits.shape[-1]:
+    return logits
+  return jnp.where(jnp.arange(logits.shape[-1]) < num_ids, logits, -jnp.inf)
+
+
 def _choose(logits, rng, temperature: float, top_k: int, top_p: float):
   """Next token from [batch, vocab] float32 logits."""
   if temperature == 0.0:
@@ -230,13 +239,15 @@ def _token_log_prob(logits, token):
   return jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
 
 
-def _generate(step_fn, cache, first_logits, max_length, rng, temperature, top_k, top_p):
+def _generate(step_fn, cache, first_logits, max_length, rng, temperature, top_k, top_p,
+              num_ids=None):
   """Tokens [batch, max_length] and their summed model log-prob (through the first EOS).
-  Stops once every row has ended (later tokens stay 0)."""
+  Stops once every row has ended (later tokens stay 0). Ids >= num_ids are never chosen."""
 
   def body(state):
     i, cache, logits, done, log_prob, tokens = state
-    token = _choose(logits, jax.random.fold_in(rng, i), temperature, top_k, top_p)
+    token = _choose(_without_unused_ids(logits, num_ids), jax.random.fold_in(rng, i),
+                    temperature, top_k, top_p)
     token = jnp.where(done, 0, token)
     log_prob = log_prob + jnp.where(done, 0.0, _token_log_prob(logits, token))
     done = done | (token == EOS_ID)
@@ -258,11 +269,12 @@ def _lengths(tokens):
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_length', 'temperature', 'top_k',
-                                             'top_p', 'prefix_lm'))
-def _sample(model, params, tokens, max_length, rng, temperature, top_k, top_p, prefix_lm):
+                                             'top_p', 'prefix_lm', 'num_ids'))
+def _sample(model, params, tokens, max_length, rng, temperature, top_k, top_p, prefix_lm,
+            num_ids=None):
   """(tokens [rows, max_length], their summed log-prob); `tokens` as `_start` reads them."""
   step, cache, _, logits = _start(model, params, tokens, max_length, prefix_lm)
-  return _generate(step, cache, logits, max_length, rng, temperature, top_k, top_p)
+  return _generate(step, cache, logits, max_length, rng, temperature, top_k, top_p, num_ids)
 
 
 def encoder_decoder_generate(model, params, encoder_input_tokens, max_length: int,
@@ -297,10 +309,11 @@ def how_it_generates(model) -> str:
 
 
 def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_length: int,
-               alpha: float):
+               alpha: float, num_ids: Optional[int] = None):
   """Beam search from `logits` [batch * K, vocab] (next-token logits of each beam, all
   beams of an example identical) and the matching cache. Returns tokens
-  [batch, K, max_length] and scores [batch, K], best first."""
+  [batch, K, max_length] and scores [batch, K], best first. Ids >= num_ids are never
+  chosen (scores stay the model's log-probs)."""
   k = beam_size
   vocab = logits.shape[-1]
   positions = jnp.arange(max_length)
@@ -330,7 +343,8 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
     i, cache, logits, alive, alive_lp, fin, fin_scores, finished = state
     # A done example's finished set is frozen, so its result is the same in any batch.
     stopped = done(i, alive_lp, fin_scores, finished)[:, None]
-    lp = jax.nn.log_softmax(logits).reshape(batch, k, vocab) + alive_lp[:, :, None]
+    lp = _without_unused_ids(jax.nn.log_softmax(logits), num_ids)
+    lp = lp.reshape(batch, k, vocab) + alive_lp[:, :, None]
     cand_lp, flat_index = jax.lax.top_k(lp.reshape(batch, k * vocab), 2 * k)
     parent, token = flat_index // vocab, (flat_index % vocab).astype(jnp.int32)
     cand = jnp.take_along_axis(alive, parent[:, :, None], axis=1)
@@ -365,10 +379,11 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_length', 'beam_size', 'alpha',
-                                             'prefix_lm'))
-def _beam_search(model, params, tokens, max_length, beam_size, alpha, prefix_lm):
+                                             'prefix_lm', 'num_ids'))
+def _beam_search(model, params, tokens, max_length, beam_size, alpha, prefix_lm, num_ids=None):
   step, cache, axes, logits = _start(model, params, tokens, max_length, prefix_lm, beam_size)
-  return _beam_loop(step, cache, axes, logits, tokens.shape[0], beam_size, max_length, alpha)
+  return _beam_loop(step, cache, axes, logits, tokens.shape[0], beam_size, max_length, alpha,
+                    num_ids)
 
 
 def check_beam_size(beam_size: int, vocab_size: int) -> None:
@@ -378,8 +393,8 @@ def check_beam_size(beam_size: int, vocab_size: int) -> None:
 
 
 def beam_search(model, params, batch: Dict[str, np.ndarray], max_length: int, beam_size: int,
-                alpha: float = DEFAULT_ALPHA, prefix_lm: bool = False
-                ) -> Tuple[jax.Array, jax.Array]:
+                alpha: float = DEFAULT_ALPHA, prefix_lm: bool = False,
+                num_ids: Optional[int] = None) -> Tuple[jax.Array, jax.Array]:
   """(tokens [batch, K, max_length], scores [batch, K]), best beam first.
 
   Encoder-decoder reads `encoder_input_tokens`; decoder-only continues the equal-length
@@ -388,25 +403,28 @@ def beam_search(model, params, batch: Dict[str, np.ndarray], max_length: int, be
   """
   check_beam_size(beam_size, model.cfg.vocab_size)
   return _beam_search(model, params, _prompt(model, batch), max_length, beam_size,
-                      float(alpha), bool(prefix_lm))
+                      float(alpha), bool(prefix_lm), num_ids)
 
 
 def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
            beam_size: int = 1, alpha: float = DEFAULT_ALPHA, temperature: float = 0.0,
-           top_k: int = 0, top_p: float = 1.0, rng=None, prefix_lm: bool = False
-           ) -> Tuple[np.ndarray, np.ndarray]:
+           top_k: int = 0, top_p: float = 1.0, rng=None, prefix_lm: bool = False,
+           num_ids: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
   """What eval and infer call: (tokens [batch, max_length], scores [batch]).
 
   temperature > 0 samples (one sequence per row; beam_size must be 1), with top_k / top_p
   if given; beam_size=1 is greedy; otherwise beam search with `beam_size` beams, keeping the
-  best. Options that contradict each other are errors (`check_options`).
+  best. Options that contradict each other are errors (`check_options`). `num_ids`: the
+  vocabulary's size (`Vocabulary.vocab_size`); the ids the model's vocab_size adds beyond it
+  are never chosen (a sample could otherwise pick one: text without meaning).
   """
   check_options(model.cfg.vocab_size, beam_size, temperature, top_k, top_p)
   if temperature > 0 or beam_size == 1:  # greedy here: one beam may go on past EOS
     rng = jax.random.PRNGKey(0) if rng is None else rng
     tokens, log_prob = _sample(model, params, _prompt(model, batch), max_length, rng,
-                               temperature, top_k, top_p, bool(prefix_lm))
+                               temperature, top_k, top_p, bool(prefix_lm), num_ids)
     scores = log_prob / brevity_penalty(alpha, _lengths(tokens))
     return np.asarray(tokens), np.asarray(scores)
-  tokens, scores = beam_search(model, params, batch, max_length, beam_size, alpha, prefix_lm)
+  tokens, scores = beam_search(model, params, batch, max_length, beam_size, alpha, prefix_lm,
+                               num_ids)
   return np.asarray(tokens[:, 0]), np.asarray(scores[:, 0])

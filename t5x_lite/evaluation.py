@@ -26,6 +26,27 @@ def _step_of(line: str):
     return None
 
 
+def _trim_event_files(directory: str, resume_step: int) -> None:
+  """Drop the events after `resume_step` from the TensorBoard event files in `directory`
+  (and a record cut short by a kill), as metrics.jsonl drops its lines: the resumed run
+  writes those steps again, and TensorBoard would otherwise draw both (event files of TF2
+  writers are not purged on a step going back). Atomic per file, so a kill loses nothing."""
+  import tensorflow as tf
+  for path in sorted(tf.io.gfile.glob(os.path.join(directory, 'events.out.tfevents.*'))):
+    records, cut = [], False
+    try:
+      for record in tf.data.TFRecordDataset(path):
+        records.append(record.numpy())
+    except tf.errors.DataLossError:
+      cut = True
+    kept = [r for r in records if tf.compat.v1.Event.FromString(r).step <= resume_step]
+    if cut or len(kept) < len(records):
+      with tf.io.TFRecordWriter(path + '.tmp') as writer:
+        for record in kept:
+          writer.write(record)
+      os.replace(path + '.tmp', path)
+
+
 class MetricsLog:
   """metrics.jsonl + TensorBoard event files (process 0 only)."""
 
@@ -43,6 +64,7 @@ class MetricsLog:
       with open(self.path + '.tmp', 'w') as f:
         f.writelines(kept)
       os.replace(self.path + '.tmp', self.path)
+    _trim_event_files(os.path.join(workdir, 'tensorboard'), resume_step)
     self.writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict):
@@ -128,18 +150,22 @@ def decode_split(config, model, params, split: str, steps: int,
   """Predictions (greedy, or beam search with `beam_size` beams) on `steps` unpacked batches
   of `split` (0 = all): {'inputs', 'targets', 'predictions', 'scores', 'span_tokens'}, one
   entry per real example (padding rows dropped); scores as `decoding.decode` defines them,
-  span_tokens (correct, total) as `metrics.span_tokens`. The split is read as one stream, so
+  span_tokens (correct, total) as `metrics.span_tokens`. Text-to-text inputs and targets are
+  the texts as read (so metrics score against the whole target, not one truncated to
+  data.targets_length or with characters the vocabulary lacks); other objectives' are their
+  ids decoded. The split is read as one stream, so
   examples come in file order: `steps` batches are the split's first steps x batch examples.
   With `sample_seed`, they are instead drawn uniformly at random (that seed, without
   replacement) from all real examples of the split, kept in file order."""
   import numpy as np
   from t5x_lite import decoding, metrics
-  from t5x_lite.data import pipeline
+  from t5x_lite.data import packing, pipeline
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.data.pack = False
     cfg.data.num_virtual_shards = 1  # file order (V streams would interleave parts of it)
-  it = pipeline.get_dataset(cfg, split, batch_size=batch_size)
+  texts = cfg.data.objective == 'text_to_text'
+  it = pipeline.get_dataset(cfg, split, batch_size=batch_size, keep_text=texts)
   vocab, length = it.vocab, cfg.data.targets_length
   if sample_seed is not None:
     it = _sampled_batches(it, steps, sample_seed)
@@ -149,8 +175,11 @@ def decode_split(config, model, params, split: str, steps: int,
     if steps and i >= steps:
       break
     real = np.nonzero(batch['decoder_loss_weights'].sum(axis=1) > 0)[0]
+    as_read = [[t.decode('utf-8') for t in batch.pop(k)[real]] if texts else None
+               for k in packing.TEXT_FEATURES]
     if generates == 'encoder_decoder':
-      pred, score = decoding.decode(model, params, batch, length, beam_size=beam_size)
+      pred, score = decoding.decode(model, params, batch, length, beam_size=beam_size,
+                                    num_ids=vocab.vocab_size)
       rows = [(batch['encoder_input_tokens'][r], batch['decoder_target_tokens'][r], pred[r],
                score[r]) for r in real]
     else:  # decoder-only prefix LM: prompt = BOS + inputs + EOS (the causal-attention span)
@@ -160,14 +189,15 @@ def decode_split(config, model, params, split: str, steps: int,
         idx = real[prompt_len[real] == n]
         prompts = pad_rows(batch['decoder_input_tokens'][idx, :n], len(prompt_len))
         got, score = decoding.decode(model, params, {'decoder_input_tokens': prompts}, length,
-                                     beam_size=beam_size, prefix_lm=True)
+                                     beam_size=beam_size, prefix_lm=True,
+                                     num_ids=vocab.vocab_size)
         preds.update({int(r): (got[j], score[j]) for j, r in enumerate(idx)})
       rows = [(batch['decoder_input_tokens'][r, 1:prompt_len[r]],
                batch['decoder_target_tokens'][r][batch['decoder_loss_weights'][r] > 0],
                *preds[int(r)]) for r in real]
-    for inputs, targets, pred, score in rows:
-      out['inputs'].append(vocab.decode(inputs))
-      out['targets'].append(vocab.decode(targets))
+    for j, (inputs, targets, pred, score) in enumerate(rows):
+      out['inputs'].append(as_read[0][j] if texts else vocab.decode(inputs))
+      out['targets'].append(as_read[1][j] if texts else vocab.decode(targets))
       out['predictions'].append(vocab.decode(pred))
       out['scores'].append(float(score))
       out['span_tokens'].append(metrics.span_tokens(targets, pred, vocab.is_sentinel))
@@ -224,18 +254,21 @@ def print_predictions(decoded: Dict[str, list], n: int, file=None,
 
 def predict(config, model, params, token_lists: List[List[int]], *, batch_size: int,
             max_length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-            seed: int = 0, beam_size: int = 1, on_batch=None) -> List:
+            seed: int = 0, beam_size: int = 1, num_ids: Optional[int] = None,
+            on_batch=None) -> List:
   """Generated ids ([max_length] arrays) for each token list, in order. Encoder-decoder:
   fixed [batch_size, data.inputs_length] zero-padded batches. Decoder-only: the lists are
   prompts (BOS included), grouped by length. `beam_size` > 1 is beam search (not with
-  temperature > 0). `on_batch(indices, their rows, their scores)` after each batch (the
+  temperature > 0). `num_ids`: as `decoding.decode` takes it (the vocabulary's size).
+  `on_batch(indices, their rows, their scores)` after each batch (the
   writer streams finished lines in input order from it)."""
   import jax
   import numpy as np
   from t5x_lite import decoding
   rng = jax.random.PRNGKey(seed)
   out = [None] * len(token_lists)
-  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size)
+  kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size,
+            num_ids=num_ids)
   encoder_decoder = families.get(config.model.family).generates == 'encoder_decoder'
   if encoder_decoder:
     groups = [list(range(len(token_lists)))]

@@ -232,8 +232,9 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   try:
     if examples:
       evaluation.predict(config, trainer.model, params, token_lists, batch_size=batch_size,
-              max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p,
-              seed=seed, beam_size=beam_size, on_batch=write_ready)
+                         max_length=max_length, temperature=temperature, top_k=top_k,
+                         top_p=top_p, seed=seed, beam_size=beam_size,
+                         num_ids=vocab.vocab_size, on_batch=write_ready)
   finally:
     if out is not sys.stdout:
       out.close()

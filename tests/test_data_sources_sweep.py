@@ -115,6 +115,22 @@ def test_a_mixture_source_without_documents_in_a_stream_is_an_error(tmp_path):
       next(it)
 
 
+def test_a_lone_source_stream_without_documents_names_its_own_skips(tmp_path):
+  """One file of two lines, two streams, one line invalid UTF-8: the streams deal the one
+  usable document, so stream 1 has nothing. The error says why and what to change (it
+  said only 'no input skipped', which misled when the input's bad lines were the cause)."""
+  (tmp_path / 'a.txt').write_bytes(b'the king is here\n\xff\xfe bad\n')
+  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16,
+                    num_virtual_shards=2, doc_boundary='line', shuffle_buffer_size=4,
+                    train_source=f'text:{tmp_path}/a.txt')
+  cfg.model.family = 'decoder'
+  it = pipeline.get_dataset(cfg, 'train')
+  with pytest.raises(DataError, match=r'stream 1 of 2 \(data.num_virtual_shards\) has no usable '
+                                      r'records: .* or a lower data.num_virtual_shards \(input '
+                                      r'read so far: skipped 1 x invalid UTF-8 .*a.txt:2'):
+    next(it)
+
+
 def test_double_star_globs_are_recursive(tmp_path):
   """`dir/**/*.txt` reads every level below dir (was Python's non-recursive glob: '**' as
   '*', exactly one level, and the other files silently left out)."""

@@ -124,6 +124,34 @@ def test_greedy_decode_and_beam_1_scores_are_penalised_log_likelihoods(encdec):
     assert np.all(scores >= want - 1e-5)
 
 
+def test_ids_beyond_the_vocabulary_are_never_chosen_and_scores_stay_the_models(encdec):
+  """num_ids (the vocabulary's size, below the model's padded vocab_size): greedy is the
+  full forward's argmax over the ids below it, beam search and sampling never pick the
+  others, and scores are still the model's own penalised log-likelihoods."""
+  model, params, enc, full = encdec
+  num_ids, batch = VOCAB - 8, {'encoder_input_tokens': enc}
+  plain, _ = decoding.decode(model, params, batch, MAX_LEN)
+  assert (plain >= num_ids).any()  # without num_ids, greedy picks some of them here
+
+  def masked(dec):
+    return np.where(np.arange(VOCAB) < num_ids, full(dec), -np.inf)
+  greedy, scores = decoding.decode(model, params, batch, MAX_LEN, num_ids=num_ids)
+  np.testing.assert_array_equal(
+      greedy, _greedy_by_full_forward(masked, np.zeros((BATCH, 1), np.int32), MAX_LEN))
+  np.testing.assert_allclose(
+      scores, _encdec_log_likelihood(full, greedy) / _penalty(0.6, _lengths(greedy)),
+      rtol=1e-5, atol=1e-5)
+  beams, beam_scores = decoding.decode(model, params, batch, MAX_LEN, beam_size=3,
+                                       num_ids=num_ids)
+  np.testing.assert_allclose(
+      beam_scores, _encdec_log_likelihood(full, beams) / _penalty(0.6, _lengths(beams)),
+      rtol=1e-5, atol=1e-5)
+  sampled = [decoding.decode(model, params, batch, MAX_LEN, temperature=3.0, num_ids=num_ids,
+                             rng=jax.random.PRNGKey(seed))[0] for seed in range(4)]
+  for tokens in [beams] + sampled:
+    assert (tokens < num_ids).all()
+
+
 @pytest.mark.parametrize('alpha', [0.0, 0.6])
 def test_beam_scores_equal_teacher_forced_scores_and_beat_greedy(encdec, alpha):
   model, params, enc, full = encdec

@@ -91,11 +91,12 @@ def test_eval_prints_and_writes_metrics_without_touching_checkpoints(workdir):
   assert len(rows) == 8 and all(set(r) == {'inputs', 'targets', 'predictions', 'score'}
                                 for r in rows)
   assert all(r['inputs'].startswith('speaker:') and r['score'] <= 0 for r in rows)
-  # In file order: the split's first 8 examples (inputs cut to 64 tokens).
+  # In file order: the split's first 8 examples, as read (the model saw inputs cut to 64
+  # tokens; the file keeps them whole).
   with open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) as f:
     first = [json.loads(next(f)) for _ in range(8)]
-  assert [r['targets'] for r in rows] == [e['targets'] for e in first]
-  assert all(e['inputs'].startswith(r['inputs'][:-3]) for r, e in zip(rows, first))
+  assert [(r['inputs'], r['targets']) for r in rows] == [(e['inputs'], e['targets'])
+                                                         for e in first]
   recomputed = metrics.text_metrics([r['targets'] for r in rows], [r['predictions'] for r in rows])
   for key, value in recomputed.items():
     assert result[key] == pytest.approx(value), key
@@ -133,10 +134,15 @@ def in_process(module, workdir, monkeypatch, **kwargs):
 
 
 def test_beam_search_eval_and_infer_write_scores(workdir, tmp_path, monkeypatch, capsys):
+  greedy = in_process('eval', workdir, monkeypatch, eval_steps=1, split='train')
   result = in_process('eval', workdir, monkeypatch, eval_steps=1, beam_size=3, split='train')
   assert result['beam_size'] == 3 and result['decoded_examples'] == 8
-  with open(os.path.join(workdir, 'predictions_train_6.jsonl')) as f:
-    assert len([json.loads(l)['score'] for l in f]) == 8
+  # Beam search writes beside the greedy files (it wrote over them).
+  for name, want in (('train_6', greedy), ('train_6_beam3', result)):
+    with open(os.path.join(workdir, f'eval_{name}.json')) as f:
+      assert json.load(f) == want
+    with open(os.path.join(workdir, f'predictions_{name}.jsonl')) as f:
+      assert len([json.loads(l)['score'] for l in f]) == 8
   source, out = tmp_path / 'in.txt', tmp_path / 'out.jsonl'
   source.write_text('speaker: Macbeth. Is this a dagger\n')
   in_process('infer', workdir, monkeypatch, input_path=str(source), output_path=str(out),
@@ -192,7 +198,8 @@ def _task_with_bad_input(tmp_path):
   """A speaker-style validation file: 12 good examples, 3 with inputs and 2 with targets
   longer than the tiny config's 64 / 8 tokens, 2 empty and 2 token-less inputs, a blank line."""
   long_input = 'speaker: Hamlet. ' + ' '.join(['To be, or not to be, that is the question.'] * 8)
-  long_target = 'Hamlet, Prince of Denmark, and his father the late King'
+  # Over 8 tokens, with characters the tiny vocabulary lacks (eval scores against it as is).
+  long_target = 'Hamlet, Prince of Denmark \u2014 and his father the late King \u263a'
   good = [{'inputs': f'speaker: {name}. {line}', 'targets': name} for name, line in [
       ('Hamlet', 'To be, or not to be'), ('Macbeth', 'Is this a dagger'), ('Lear', 'Blow, winds'),
       ('Puck', 'Lord, what fools'), ('Juliet', 'Wherefore art thou'), ('Romeo', 'But soft'),
@@ -223,6 +230,20 @@ def test_eval_counts_empty_and_truncated_examples(workdir, tmp_path):
           'included) and were truncated; 2 of 17 examples had targets longer than '
           'data.targets_length=8 tokens (EOS included) and were truncated') in proc.stderr
   assert "eval data (validation): skipped 2 x empty field 'inputs'" in proc.stderr
+  # Predictions are scored against the texts as read, as seqio's *_pretokenized features:
+  # the long targets whole and the characters the vocabulary lacks kept (not decoded back
+  # from truncated ids, or as ' \u2047 '), the long inputs whole too.
+  with open(os.path.join(workdir, f'predictions_validation_{result["step"]}.jsonl')) as f:
+    decoded = [json.loads(l) for l in f]
+  read = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  read = [r for r in read if r['inputs'].strip(' \u200b')]
+  assert [(r['inputs'], r['targets']) for r in decoded] == \
+      [(r['inputs'], r['targets']) for r in read]
+  from t5x_lite import metrics
+  recomputed = metrics.text_metrics([r['targets'] for r in read],
+                                    [r['predictions'] for r in decoded])
+  for key, value in recomputed.items():
+    assert result[key] == pytest.approx(value), key
 
 
 def test_training_reports_truncated_examples(workdir):
@@ -329,12 +350,14 @@ def test_infer_top_p_samples_the_nucleus_at_its_frequencies(workdir, tmp_path, m
   assert p_value > 1e-3, (counts, draws * expected)
 
 
-_RANGE = 'need temperature >= 0, top_k >= 0 and 0 < top_p <= 1'
+_RANGE = 'need finite temperature >= 0, top_k >= 0 and 0 < top_p <= 1'
 _GREEDY = 'sampling needs --temperature > 0'
 
 
 @pytest.mark.parametrize('flags,message', [
     (['--temperature=-1'], _RANGE), (['--top_k=-1'], _RANGE), (['--top_p=0'], _RANGE),
+    # nan ran as greedy decoding of nothing, inf sampled uniformly over every id.
+    (['--temperature=nan'], _RANGE), (['--temperature=inf'], _RANGE),
     # Without --temperature, top-k / top-p were silently ignored (greedy decoding).
     (['--top_k=5'], '--top_k=5 / --top_p=1.0 with --temperature=0: ' + _GREEDY),
     (['--top_p=0.9'], '--top_k=0 / --top_p=0.9 with --temperature=0: ' + _GREEDY),

@@ -52,6 +52,12 @@ class DataIterator:
   def _stream_shapes(self, v) -> dict[str, list]:
     return {k: list(s.shape) for k, s in self.datasets[v].element_spec.items()}
 
+  def _empty_block(self, v) -> dict[str, np.ndarray]:
+    """A block of all-zero rows (empty strings for texts) in stream v's shapes."""
+    return {k: np.full(s.shape, b'', object) if s.dtype == tf.string else
+            np.zeros(s.shape, s.dtype.as_numpy_dtype)
+            for k, s in self.datasets[v].element_spec.items()}
+
   def __iter__(self):
     return self
 
@@ -64,13 +70,16 @@ class DataIterator:
           continue
         except StopIteration:
           if not self.finite:  # an endless stream only ends when it holds no usable record
-            raise DataError(f'data {self.split}: stream {v} of {self.num_streams} (data.'
-                            f'num_virtual_shards) has no usable records; '
-                            f'{self.skips.summary()}.') from None
+            raise DataError(
+                f'data {self.split}: stream {v} of {self.num_streams} (data.num_virtual_shards) '
+                f'has no usable records: with fewer files than streams each stream reads '
+                f'every {self.num_streams}-th usable document of a file, so a corpus needs one '
+                f'per stream, or a lower data.num_virtual_shards (input read so far: '
+                f'{self.skips.summary()}).') from None
           self._ended.add(v)
         except tf.errors.OpError as e:
           raise src_lib.as_data_error(e, self.skips, f'data {self.split} stream {v}') from None
-      blocks.append({k: np.zeros(s, np.int32) for k, s in self._stream_shapes(v).items()})
+      blocks.append(self._empty_block(v))
     if len(self._ended) == len(self._its):
       raise StopIteration
     if len(blocks) == 1:

@@ -278,7 +278,13 @@ def prefix_lm(ds, *, length: int, seed=(0, 0)):
 
 
 def text_to_text(ds, *, inputs_length: int, targets_length: int):
-  """(inputs ids, targets ids) records -> examples truncated to fit, EOS appended."""
+  """(inputs ids, targets ids) records -> examples truncated to fit, EOS appended. Records
+  that also carry the two texts as read keep them, untouched, as `inputs_pretokenized` and
+  `targets_pretokenized` (`packing.TEXT_FEATURES`)."""
   eos = tf.constant([EOS], tf.int32)
-  return ds.map(lambda i, t: {'inputs': tf.concat([i[:inputs_length - 1], eos], 0),
-                              'targets': tf.concat([t[:targets_length - 1], eos], 0)})
+
+  def example(i, t, *texts):
+    ex = {'inputs': tf.concat([i[:inputs_length - 1], eos], 0),
+          'targets': tf.concat([t[:targets_length - 1], eos], 0)}
+    return {**ex, **dict(zip(('inputs_pretokenized', 'targets_pretokenized'), texts))}
+  return ds.map(example)

@@ -80,10 +80,22 @@ def trim_and_pack(ds: tf.data.Dataset, lengths: dict[str, int]) -> tf.data.Datas
   return ds.scan(empty(), step).filter(emitted).map(row_of)
 
 
+# Texts as read, carried beside the tokens of unpacked text-to-text rows when eval asks
+# (`pipeline.get_dataset(keep_text=True)`): predictions are scored against these, not
+# against the truncated targets decoded back from their ids.
+TEXT_FEATURES = ('inputs_pretokenized', 'targets_pretokenized')
+
+
+def with_texts(row: dict, features: dict) -> dict:
+  """`features` plus the `TEXT_FEATURES` that `row` carries."""
+  return {**features, **{k: row[k] for k in TEXT_FEATURES if k in row}}
+
+
 def pad_unpacked(ds: tf.data.Dataset, lengths: dict[str, int]) -> tf.data.Dataset:
-  """One example per row, truncated and zero padded, with segment id 1 and positions."""
+  """One example per row, truncated and zero padded, with segment id 1 and positions
+  (and the example's `TEXT_FEATURES`, if it has them)."""
   def pad(ex):
-    row = {}
+    row = with_texts(ex, {})
     for k, length in lengths.items():
       x = ex[k][:length]
       n = tf.size(x)
@@ -107,9 +119,9 @@ def concat_for_decoder(ex):
   loss_weights 1 on the targets."""
   ni, nt = tf.size(ex['inputs']), tf.size(ex['targets'])
   n = ni + nt
-  return {'targets': tf.concat([ex['inputs'], ex['targets']], 0),
-          'causal_attention': tf.cast(tf.range(n) < ni + 1, tf.int32),
-          'loss_weights': tf.cast(tf.range(n) >= ni, tf.int32)}
+  return with_texts(ex, {'targets': tf.concat([ex['inputs'], ex['targets']], 0),
+                         'causal_attention': tf.cast(tf.range(n) < ni + 1, tf.int32),
+                         'loss_weights': tf.cast(tf.range(n) >= ni, tf.int32)})
 
 
 def encoder_decoder_features(row):
@@ -117,7 +129,7 @@ def encoder_decoder_features(row):
       'encoder_input_tokens': row['inputs'],
       'encoder_segment_ids': row['inputs_segment_ids'],
       'encoder_positions': row['inputs_positions'],
-      **decoder_features(row),  # rows of this family have no causal_attention
+      **decoder_features(row),  # rows of this family have no causal_attention (and its texts)
   }
 
 
@@ -133,7 +145,7 @@ def decoder_features(row):
   if 'causal_attention' in row:
     out['decoder_causal_attention'] = row['causal_attention']
     out['decoder_loss_weights'] = row['loss_weights'] * out['decoder_loss_weights']
-  return out
+  return with_texts(row, out)
 
 
 def encoder_features(row):

@@ -173,10 +173,15 @@ _no_autograph = tf.autograph.experimental.do_not_convert
 
 @_no_autograph
 def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int,
-                 skips: src_lib.SkipCounter, vocab: vocab_lib.Vocabulary) -> tf.data.Dataset:
+                 skips: src_lib.SkipCounter, vocab: vocab_lib.Vocabulary,
+                 keep_text: bool = False) -> tf.data.Dataset:
   """Packed rows (unbatched) of virtual shard `stream`: its part of every source, the
-  mixture, the objective and packing all run inside the stream, seeded by (seed, stream)."""
+  mixture, the objective and packing all run inside the stream, seeded by (seed, stream).
+  `keep_text` (unpacked text_to_text only): rows also carry the texts as read
+  (`packing.TEXT_FEATURES`)."""
   d = config.data
+  if keep_text and (d.objective != 'text_to_text' or d.pack):
+    raise ValueError('keep_text needs unpacked text_to_text rows.')
   train = split == 'train'
   spec = d.train_source if train else d.validation_source
   what = 'data.train_source' if train else 'data.validation_source'
@@ -209,7 +214,7 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
         s, vocab, f, split=split, train=train, seed=seed * 1000 + i, stream=stream,
         num_streams=num_streams, boundary=d.doc_boundary, on_bad_input=d.on_bad_input,
         tfds_data_dir=d.tfds_data_dir, shuffle_buffer_size=buffer, skips=skips,
-        max_tokens=max_tokens)
+        max_tokens=max_tokens, keep_text=keep_text)
     if d.objective != 'text_to_text':
       ds = ds.map(lambda x: x)  # 1-tuples -> the tensor
     if train and len(specs) > 1:  # (a lone source's end: the iterator says so)
@@ -313,12 +318,13 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
 @_no_autograph
 def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1,
                 seed: int | None = None, batch_size: int | None = None,
-                skips: src_lib.SkipCounter | None = None) -> DataIterator:
+                skips: src_lib.SkipCounter | None = None, keep_text: bool = False) -> DataIterator:
   """Host batches for `split` ('train': endless, shuffled; 'validation': one pass, or
   endless with data.eval_repeat) of process `shard_index` of `num_shards`: the rows of the
   global batch (batch_size x num_shards rows) that this process's virtual shards feed.
   Skipped and truncated input of all of them is counted in `skips` (`it.skips`; a new
-  counter unless given), and of each stream in its own counter, saved with its position."""
+  counter unless given), and of each stream in its own counter, saved with its position.
+  `keep_text`: see `build_stream` (eval's decoding; batches then hold string arrays too)."""
   _check_split(split, shard_index, num_shards)
   d = config.data
   vocab = validate(config)
@@ -336,10 +342,12 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   stream_skips = {v: skips.stream_counter() for v in owned}  # saved with each stream
   for v in owned:
     ds = build_stream(config, split, stream=v, num_streams=num_streams, seed=seed,
-                      skips=stream_skips[v], vocab=vocab).batch(rows[v], drop_remainder=drop)
+                      skips=stream_skips[v], vocab=vocab,
+                      keep_text=keep_text).batch(rows[v], drop_remainder=drop)
     if not drop:
       ds = ds.map(functools.partial(_pad_batch, n=rows[v], row_lengths=row_lengths))
-    datasets[v] = ds.map(packing.CONVERTERS[config.model.family]).prefetch(2)
+    convert = packing.CONVERTERS[config.model.family]
+    datasets[v] = ds.map(lambda row: packing.with_texts(row, convert(row))).prefetch(2)
   return DataIterator(datasets, vocab=vocab, num_streams=num_streams, seed=seed, split=split,
                       skips=skips, stream_skips=stream_skips, finite=not drop,
                       settings=stream_settings(config, split))
@@ -363,6 +371,10 @@ def stream_settings(config, split: str) -> dict:
 
 
 def _pad_batch(rows, *, n, row_lengths):
-  """A short last batch of a finite pass, padded with all-zero rows to the full size."""
-  return {k: tf.ensure_shape(tf.pad(v, [[0, n - tf.shape(v)[0]], [0, 0]]), [n, row_lengths[k]])
-          for k, v in rows.items()}
+  """A short last batch of a finite pass, padded with all-zero rows (texts: empty) to the
+  full size."""
+  def pad(k, v):
+    if k in packing.TEXT_FEATURES:
+      return tf.ensure_shape(tf.pad(v, [[0, n - tf.shape(v)[0]]]), [n])
+    return tf.ensure_shape(tf.pad(v, [[0, n - tf.shape(v)[0]], [0, 0]]), [n, row_lengths[k]])
+  return {k: pad(k, v) for k, v in rows.items()}

@@ -365,9 +365,11 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
                   split: str, train: bool, seed: int, stream: int = 0, num_streams: int = 1,
                   boundary: str = 'blank_line', on_bad_input: str = 'skip',
                   tfds_data_dir: str = '', shuffle_buffer_size: int = 1000,
-                  skips: SkipCounter | None = None, max_tokens: Sequence[int] | None = None):
+                  skips: SkipCounter | None = None, max_tokens: Sequence[int] | None = None,
+                  keep_text: bool = False):
   """Stream `stream` of `num_streams` of one source: tuples of int32 token vectors (one per
-  field, no EOS). Train: endless and shuffled (files.py says how); otherwise one ordered
+  field, no EOS), followed with `keep_text` by each field's text as read (a scalar string:
+  what eval scores predictions against, as seqio's `*_pretokenized` features). Train: endless and shuffled (files.py says how); otherwise one ordered
   pass. Records with a field that tokenizes to nothing are skipped and counted (under
   either data.on_bad_input, like empty lines and empty fields).
 
@@ -421,7 +423,10 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
     else:
       done = count(lengths, keep)
     with tf.control_dependencies([done]):
-      return tuple(tf.ragged.boolean_mask(x, tf.identity(keep)) for x in ids)
+      keep = tf.identity(keep)
+      kept = tuple(tf.ragged.boolean_mask(x, keep) for x in ids)
+      return kept + tuple(tf.boolean_mask(t, keep) for t in texts) if keep_text else kept
 
   ds = ds.batch(64).map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-  return ds.map(lambda *t: tuple(tf.ensure_shape(x, [None]) for x in t))
+  n = len(fields)
+  return ds.map(lambda *t: tuple(tf.ensure_shape(x, [None]) for x in t[:n]) + t[n:])
