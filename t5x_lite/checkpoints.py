@@ -201,15 +201,21 @@ class Checkpoints:
     return self.manager.restore(step, args=ocp.args.Composite(
         progress=ocp.args.JsonRestore()))['progress']
 
-  def check_compatible(self, step: int, abstract_state: TrainState) -> None:
-    """Clear error if the saved state's shapes differ from the current config's."""
+  def saved_state_tree(self, step: int):
+    """The saved state's tree of array metadata (shapes), read from Orbax's metadata: an
+    exception here means the step cannot be read, not that the config differs."""
     meta = self.manager.item_metadata(step)['state']
-    check_shapes(self.directory / str(step), getattr(meta, 'tree', meta),
-                 abstract_state.as_dict(),
+    return getattr(meta, 'tree', meta)
+
+  def check_compatible(self, step: int, abstract_state: TrainState, saved_tree=None) -> None:
+    """Clear error if the saved state's shapes differ from the current config's."""
+    saved_tree = self.saved_state_tree(step) if saved_tree is None else saved_tree
+    check_shapes(self.directory / str(step), saved_tree, abstract_state.as_dict(),
                  f'Use a new --workdir (or delete {self.directory}) to start fresh.')
 
   def restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
-    self.check_compatible(step, abstract_state)
+    """The state (and with `data_iterator`, its position) of `step`; the caller has checked
+    `check_compatible`."""
     args = {'state': ocp.args.StandardRestore(abstract_state.as_dict())}
     if data_iterator is not None:
       args['data'] = DataIteratorRestore(data_iterator)
@@ -396,7 +402,14 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
   had_checkpoints = bool(integrity.step_dirs(os.fspath(ckpts.directory)))
   latest = ckpts.newest_intact_step()
   while latest is not None:
-    ckpts.check_compatible(latest, trainer.abstract_state)  # a config mistake: no fallback
+    try:
+      saved_tree = ckpts.saved_state_tree(latest)
+    except Exception as e:  # noqa: BLE001 - its metadata unreadable (cut-short files): corrupt
+      ckpts.move_aside(latest, f'metadata unreadable: {type(e).__name__}: {str(e)[:200]}')
+      latest = ckpts.newest_intact_step()
+      continue
+    # Shapes that differ from the config's are a config mistake: no fallback.
+    ckpts.check_compatible(latest, trainer.abstract_state, saved_tree)
     try:
       state = ckpts.restore(latest, trainer.abstract_state, train_iter)
       break

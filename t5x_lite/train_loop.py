@@ -67,8 +67,8 @@ class StopRequest:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
-    self.signal: Optional[str] = None
+  def __init__(self, after: Optional['StartupInterrupt'] = None):
+    self.signal: Optional[str] = None if after is None else after.signal  # seen at start-up
     self._previous = {}
 
   def _handle(self, signum, frame):
@@ -83,6 +83,27 @@ class StopRequest:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     return False
+
+
+class StartupInterrupt:
+  """Start-up (set-up, restore, compile): Ctrl-C raises KeyboardInterrupt as usual, and is
+  also remembered. Python drops an exception raised while it runs certain callbacks (JAX's
+  garbage-collection hook: 'Exception ignored in ...'), which left a run training after a
+  Ctrl-C; `StopRequest(after=...)` stops at the first step on a remembered one."""
+
+  def __init__(self):
+    self.signal: Optional[str] = None
+    self._previous = signal.signal(signal.SIGINT, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+    raise KeyboardInterrupt
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+      self._previous = None
 
 
 class StopVote:
@@ -241,6 +262,15 @@ def _say_if_the_schedule_moved(config, ckpts, step: int) -> None:
 
 def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 0):
   """Pretrain or fine-tune `config` in `workdir` (`python -m t5x_lite.train`, docs/cli.md)."""
+  startup = StartupInterrupt()
+  try:
+    return _train(config, workdir, peak_flops, num_predictions, startup)
+  finally:
+    startup.close()
+
+
+def _train(config, workdir: str, peak_flops: float, num_predictions: int,
+           startup: StartupInterrupt):
   import jax
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   from t5x_lite.data import pipeline
@@ -306,7 +336,8 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   # them all, so that every process checkpoints the same step and leaves the loop together.
   vote = StopVote() if nproc > 1 else None
   stopping = False
-  with StopRequest() as stop:
+  startup.close()
+  with StopRequest(after=startup) as stop:
     try:
       while step < t.steps:
         ckpts.check_for_errors()  # a failed background save stops the run here

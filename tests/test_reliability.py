@@ -145,6 +145,33 @@ def test_bad_latest_checkpoint_is_moved_aside_and_the_previous_one_restores(
   assert statuses == [(2, 'intact'), (1, 'intact'), (3, 'moved aside')]
 
 
+def test_a_step_without_manifest_and_unreadable_metadata_is_moved_aside(three_steps, capsys):
+  """A step without a manifest (async_save=False, or an older run) is verified on Orbax's
+  metadata alone; when its array metadata cannot be read (data files cut short: they hold
+  it too), resuming moves it aside and restores the step before, as for a verified one.
+  It stopped the run with tensorstore's 2,000-character error instead."""
+  import types
+  workdir, directory = three_steps
+  step_dir = os.path.join(directory, '3')
+  os.remove(os.path.join(step_dir, integrity.MANIFEST))
+  for root, _, names in os.walk(os.path.join(step_dir, 'state', 'd')):
+    for name in names:
+      os.truncate(os.path.join(root, name), 100)
+  ckpts = checkpoints.Checkpoints(directory, keep=5)
+  config = types.SimpleNamespace(init_from='')
+  try:
+    state, why = checkpoints.restore_or_init(
+        config, types.SimpleNamespace(abstract_state=_abstract()), ckpts, None)
+  finally:
+    ckpts.close()
+  assert why.startswith('restored step 2 ')
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(_state(2))):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  warning = capsys.readouterr().err.strip().splitlines()
+  assert len(warning) == 1 and 'metadata unreadable' in warning[0], warning
+  assert [r['step'] for r in integrity.listing(workdir) if r['status'] == 'moved aside'] == [3]
+
+
 def test_read_only_users_skip_a_bad_checkpoint_without_moving_it(three_steps, capsys):
   workdir, directory = three_steps
   _truncate(os.path.join(directory, '3'))
@@ -294,10 +321,47 @@ def _state_tree(workdir: str, step: int):
       os.path.join(workdir, 'checkpoints', str(step), 'state'))
 
 
-def _losses(workdir: str):
+def _losses(workdir: str, tokens: bool = True):
   import json
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [(r['step'], r['loss'], r['tokens_seen']) for r in map(json.loads, f)]
+    return [(r['step'], r['loss'], r['tokens_seen'] if tokens else None)
+            for r in map(json.loads, f)]
+
+
+def _tensorboard_losses(workdir):
+  """(step, loss) of every `loss` event TensorBoard reads from the workdir, in order."""
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, 'tensorboard'),
+                                           size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  from tensorboard.util import tensor_util
+  return [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+          for e in acc.Tensors('loss')]
+
+
+def test_a_resume_drops_later_steps_from_metrics_and_tensorboard(tmp_path):
+  """A run killed after logging step 5 with its checkpoint at step 3: the resumed run logs
+  4 and 5 again. metrics.jsonl and the TensorBoard event files then show each step once,
+  with the resumed run's values (TensorBoard drew both runs' 4 and 5: the curve jumped
+  back), and a record cut short by the kill is dropped, not an error."""
+  from t5x_lite.evaluation import MetricsLog
+  workdir = str(tmp_path)
+  first = MetricsLog(workdir, resume_step=0, enabled=True)
+  for step in range(1, 6):
+    first.write(step, {'loss': float(step)})
+  first.writer.close()
+  events = [os.path.join(workdir, 'tensorboard', n)
+            for n in os.listdir(os.path.join(workdir, 'tensorboard'))]
+  with open(events[0], 'ab') as f:
+    f.write(b'\x20\x00\x00\x00\x00')  # the start of a record the kill cut short
+  time.sleep(1.1)  # event file names carry the second they were created in
+  resumed = MetricsLog(workdir, resume_step=3, enabled=True)
+  for step in (4, 5):
+    resumed.write(step, {'loss': 10.0 * step})
+  resumed.writer.close()
+  want = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)]
+  assert [(s, l) for s, l, _ in _losses(workdir, tokens=False)] == want
+  assert _tensorboard_losses(workdir) == want
 
 
 @pytest.mark.filterwarnings('ignore:Sharding info not provided')  # reading back on 1 CPU
@@ -368,6 +432,10 @@ def test_sigkill_at_ten_random_moments_resumes_exactly(tmp_path):
   assert last.restored(last.output()) == expected, '\n'.join(log) + '\n' + last.output()
   assert not os.path.exists(os.path.join(workdir, integrity.CORRUPT_DIR)), '\n'.join(log)
   assert _losses(workdir) == _losses(ref_dir), '\n'.join(log)
+  # TensorBoard shows each step once, as metrics.jsonl does: the steps a killed run logged
+  # after its checkpoint are dropped from the event files when the next run resumes.
+  assert _tensorboard_losses(workdir) == [(s, float(np.float32(l))) for s, l, _ in
+                                          _losses(workdir)], '\n'.join(log)
   got, want = _state_tree(workdir, KILL_STEPS), _state_tree(ref_dir, KILL_STEPS)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):

@@ -120,6 +120,32 @@ def test_eight_device_checkpoint_restores_on_one_device(uninterrupted, tmp_path)
   assert_trees_close(got['opt_state'], want['opt_state'], rtol=1e-4, atol=1e-10)
 
 
+def test_a_ctrl_c_python_drops_during_start_up_still_stops_the_run(tmp_path, monkeypatch,
+                                                                   capsys):
+  """Ctrl-C during start-up raises KeyboardInterrupt; where Python drops it (raised inside
+  JAX's garbage-collection callback: 'Exception ignored in ...'), the run went on to train
+  every step. The signal is remembered: the run stops at its first step with a checkpoint,
+  as after a Ctrl-C in the loop."""
+  from t5x_lite import checkpoints, train_loop
+  restore_or_init = checkpoints.restore_or_init
+
+  def interrupted(*args):
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(10)  # the handler runs (and raises) here
+      raise AssertionError('no KeyboardInterrupt during start-up')
+    except KeyboardInterrupt:
+      pass  # dropped, as Python drops it inside a gc callback
+    return restore_or_init(*args)
+  monkeypatch.setattr(checkpoints, 'restore_or_init', interrupted)
+  monkeypatch.chdir(ROOT)
+  workdir = str(tmp_path / 'w')
+  train_loop.train(config_from_flags(TINY + ['--config.train.steps=20']), workdir)
+  assert 'SIGINT: saved checkpoint at step 1 ' in capsys.readouterr().out
+  assert checkpoint_steps(workdir) == [1]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 DROPOUT = ['--config.model.dropout_rate=0.1', '--config.train.steps=30',
            '--config.train.checkpoint_every=0']
 
