@@ -15,11 +15,14 @@ def get_config(size: str = 'base'):
   d_model, d_ff, heads, n_layers = SIZES[size]
   cfg.model.update(dict(
       family='encoder', vocab_size=30522, d_model=d_model, d_ff=d_ff, num_heads=heads,
-      d_kv=d_model // heads, num_encoder_layers=n_layers, num_decoder_layers=0,
+      num_encoder_layers=n_layers, num_decoder_layers=0,
       mlp_activations=('gelu_exact',), norm='layer', norm_eps=1e-12, post_norm=True,
       use_bias=True, position_embedding='absolute', max_position_embeddings=512,
       type_vocab_size=2, scale_attention_logits=True, tie_embeddings=True,
       init_scheme='normal_0.02'))
+  # BERT's head size follows d_model and num_heads, also when the command line overrides
+  # them (a fixed d_kv would leave heads x d_kv != d_model: no BertForMaskedLM has that).
+  cfg.model.d_kv = cfg.model.get_ref('d_model') // cfg.model.get_ref('num_heads')
   cfg.data.objective = 'mlm'
   # BERT's pretraining: 1M steps, 10k warmup (cosine here, linear in the paper). The tiny
   # size keeps the base's 1000 steps with a warmup that leaves room for the decay.

@@ -14,11 +14,15 @@ def get_config(size: str = 'small'):
   cfg = base.get_base_config()
   d_model, heads, n_layers = SIZES[size]
   cfg.model.update(dict(
-      family='decoder', vocab_size=50257, d_model=d_model, d_ff=4 * d_model, num_heads=heads,
-      d_kv=d_model // heads, num_encoder_layers=0, num_decoder_layers=n_layers,
+      family='decoder', vocab_size=50257, d_model=d_model, num_heads=heads,
+      num_encoder_layers=0, num_decoder_layers=n_layers,
       mlp_activations=('gelu',), norm='layer', norm_eps=1e-5, use_bias=True,
       position_embedding='absolute', max_position_embeddings=1024,
       scale_attention_logits=True, tie_embeddings=True, init_scheme='normal_0.02'))
+  # GPT-2's shapes follow d_model and num_heads, also when the command line overrides them
+  # (a fixed d_kv would leave heads x d_kv != d_model: no GPT2LMHeadModel has that).
+  cfg.model.d_kv = cfg.model.get_ref('d_model') // cfg.model.get_ref('num_heads')
+  cfg.model.d_ff = 4 * cfg.model.get_ref('d_model')
   cfg.data.objective = 'causal_lm'
   # nanoGPT's GPT-2 (124M) run: 600k steps, 2000 warmup. The tiny size keeps the base's
   # 1000 steps with a warmup that leaves room for the cosine to decay.

@@ -291,15 +291,21 @@ RUNTIME_MODEL_FIELDS = ('dropout_rate', 'dtype', 'scan_layers', 'remat', 'attent
 
 def model_mismatch(saved_model: dict, model_cfg, source: str) -> str:
   """'' if `saved_model` (a config.json's "model") describes the same network as `model_cfg`
-  (runtime fields aside), else one sentence naming the first field that differs."""
+  (runtime fields aside), else one sentence naming every field that differs (so one rerun
+  can fix them all)."""
+  diffs = []
   for key, saved in sorted(saved_model.items()):
     if key in RUNTIME_MODEL_FIELDS or key not in model_cfg:
       continue
     want = model_cfg[key]
     if (list(want) if isinstance(want, (list, tuple)) else want) != (
         list(saved) if isinstance(saved, (list, tuple)) else saved):
-      return f'config.model.{key}={want!r} differs from {source} ({saved!r})'
-  return ''
+      diffs.append((key, want, saved))
+  if not diffs:
+    return ''
+  (key, want, saved), more = diffs[0], diffs[1:]
+  return (f'config.model.{key}={want!r} differs from {source} ({saved!r})' +
+          ('; so do ' + ', '.join(f'{k}={w!r} ({s!r})' for k, w, s in more) if more else ''))
 
 
 def saved_config(directory: str):

@@ -253,11 +253,15 @@ def _say_if_the_schedule_moved(config, ckpts, step: int) -> None:
     before = int(saved['train']['steps'])
   except Exception:  # noqa: BLE001 - only a notice: an old or odd checkpoint says nothing
     return
-  if before != config.train.steps:
+  # As optim.schedule builds it: the decay ends no earlier than one step past the warmup,
+  # and both runs share the warmup, so the rates can only part after it.
+  warmup = int(o.warmup_steps)
+  old, new = max(before, warmup + 1), max(int(config.train.steps), warmup + 1)
+  if old != new:
     print(f'[t5x_lite] warning: the cosine schedule decays over train.steps (optimizer.'
           f'decay_steps=0): it was {before} steps, now {config.train.steps}, so the learning '
-          f'rate changes from step {step} on; set optimizer.decay_steps={before} to keep it.',
-          flush=True)
+          f'rate changes from step {max(step, warmup)} on; set optimizer.decay_steps={old} to '
+          f'keep it.', flush=True)
 
 
 def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 0):

@@ -183,6 +183,26 @@ def test_resume_after_the_sources_files_changed_is_a_resume_mismatch(tmp_path):
     pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
 
 
+def test_resume_with_another_batch_size_or_length_names_the_config_field(tmp_path):
+  """It printed both feature-shape dicts (880 characters) without naming the field."""
+  (tmp_path / 'a.txt').write_text(''.join(f'{WORDS[j % 10]} {WORDS[j % 7]}\n\n' for j in range(40)))
+  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16, shuffle_buffer_size=4,
+                    num_virtual_shards=2, train_source=f'text:{tmp_path}/a.txt')
+  cfg.model.family = 'decoder'
+  it = pipeline.get_dataset(cfg, 'train', batch_size=4)
+  next(it)
+  it.save(str(tmp_path / 'ckpt'))
+  with pytest.raises(sources.ResumeMismatch, match=r'was saved with train.batch_size=4 \(2 rows '
+                                                   r'per stream\); this config has '
+                                                   r'train.batch_size=8\.$'):
+    pipeline.get_dataset(cfg, 'train', batch_size=8).restore(str(tmp_path / 'ckpt'))
+  cfg.data.targets_length = 32
+  with pytest.raises(sources.ResumeMismatch, match=r'was saved with other feature lengths '
+                                                   r'\(data.inputs_length / data.targets_length\): '
+                                                   r'decoder_input_tokens \[16\] then, \[32\] now'):
+    pipeline.get_dataset(cfg, 'train', batch_size=4).restore(str(tmp_path / 'ckpt'))
+
+
 def test_compressed_files_other_than_gz_are_counted_as_such(tmp_path):
   """bzip2 / xz / zstd / zip files, and gzip data in a file not named .gz, were read as text:
   their lines counted as 'invalid UTF-8' (a misleading reason, one per line). Each is one

@@ -187,6 +187,10 @@ CLI_RUNS = {
            '--config.partitioning.mesh.fsdp=8', '--config.partitioning.mesh.data=1'],
     'bad_mesh': ['--config=configs/t5_v1_1.py:small', '--num_devices=6',
                  '--config.partitioning.mesh.data=4'],
+    # Command-line overrides of d_model / num_heads: GPT-2's and BERT's derived sizes follow.
+    'gpt_overridden': ['--config=configs/gpt.py:tiny', '--config.model.d_model=128',
+                       '--config.model.num_heads=8'],
+    'bert_overridden': ['--config=configs/bert.py:tiny', '--config.model.num_heads=8'],
 }
 
 
@@ -223,6 +227,16 @@ def test_cli_prints_total_params_and_fails_clearly(cli_runs):
   assert bad.returncode == 1
   errors = [l for l in bad.stderr.splitlines() if l.startswith('plan: error:')]
   assert len(errors) == 1 and 'needs 4 devices but 6 are available' in errors[0]
+
+
+def test_gpt_and_bert_head_sizes_follow_command_line_overrides(cli_runs):
+  """d_kv (and GPT-2's d_ff) derive from d_model and num_heads after the overrides: they
+  were fixed per size, so --config.model.num_heads=8 trained heads x d_kv != d_model, a
+  model no GPT2LMHeadModel / BertForMaskedLM can hold (found only at export)."""
+  gpt, bert = cli_runs('gpt_overridden'), cli_runs('bert_overridden')
+  assert gpt.returncode == 0 and bert.returncode == 0, gpt.stderr + bert.stderr
+  assert 'd_model=128 d_ff=512 heads=8 d_kv=16 ' in gpt.stdout
+  assert 'd_model=64 d_ff=256 heads=8 d_kv=8 ' in bert.stdout
 
 
 @pytest.mark.parametrize('size', ['small', 'base'])

@@ -369,13 +369,26 @@ def test_init_from_a_checkpoint_of_another_model_is_refused(uninterrupted, tmp_p
   assert last.startswith('error: ') and message in last, last
 
 
+def test_a_model_mismatch_names_every_differing_field():
+  """init_from (a checkpoint or hf:DIR) of another shape: every differing field in the one
+  error (it named the first only, so each rerun found the next)."""
+  from t5x_lite import checkpoints
+  from tiny_run import tiny_config
+  cfg = tiny_config('t5')
+  saved = dict(cfg.model.to_dict(), d_ff=128, d_model=48, dropout_rate=0.3)  # dropout: runtime
+  assert checkpoints.model_mismatch(saved, cfg.model, 'the model in X') == (
+      'config.model.d_ff=64 differs from the model in X (128); so do d_model=32 (48)')
+  assert checkpoints.model_mismatch(cfg.model.to_dict(), cfg.model, 'X') == ''
+
+
 def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp_path):
   workdir = str(tmp_path / 'cosine')
   cosine = ['--config.optimizer.schedule=cosine', '--config.optimizer.warmup_steps=1']
   run(workdir, '--config.train.steps=2', *cosine)
   proc = run(workdir, '--config.train.steps=3', *cosine)
   assert ('the cosine schedule decays over train.steps (optimizer.decay_steps=0): it was 2 '
-          'steps, now 3') in proc.stdout
+          'steps, now 3, so the learning rate changes from step 2 on; set '
+          'optimizer.decay_steps=2 to keep it') in proc.stdout
   proc = run(workdir, '--config.train.steps=3', *cosine)  # same steps: no notice
   assert 'cosine schedule' not in proc.stdout
   assert 'at step 3, at or past config.train.steps=3: nothing to train' in proc.stdout
@@ -383,6 +396,13 @@ def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp
   assert 'None' not in proc.stdout  # (the losses of no step were printed as None)
   proc = run(workdir, '--config.train.steps=4', *cosine, '--config.optimizer.decay_steps=3')
   assert 'cosine schedule' not in proc.stdout
+  # Both runs inside one warmup of 10 steps decay over its end (warmup + 1): nothing moves,
+  # nothing to say (it warned, advising a decay_steps shorter than the warmup).
+  workdir = str(tmp_path / 'in_warmup')
+  warm = ['--config.optimizer.schedule=cosine', '--config.optimizer.warmup_steps=10']
+  run(workdir, '--config.train.steps=2', *warm)
+  proc = run(workdir, '--config.train.steps=3', *warm)
+  assert 'restored step 2' in proc.stdout and 'decays over train.steps' not in proc.stdout
 
 
 def test_a_warmup_as_long_as_the_cosine_horizon_is_a_warning(capsys):

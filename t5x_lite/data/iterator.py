@@ -22,6 +22,19 @@ from t5x_lite.data import sources as src_lib
 from t5x_lite.data.sources import DataError, ResumeMismatch
 
 
+def _shape_change(saved: dict, now: dict, num_streams: int) -> str:
+  """What differs between a stream's saved and current batch shapes, as config fields."""
+  rows = lambda shapes: next(iter(shapes.values()))[0]  # noqa: E731
+  if rows(saved) != rows(now):
+    return (f'train.batch_size={rows(saved) * num_streams} ({rows(saved)} rows per stream); '
+            f'this config has train.batch_size={rows(now) * num_streams}')
+  diffs = [f'{k} {saved[k][1:]} then, {now[k][1:]} now' for k in sorted(set(saved) | set(now))
+           if saved.get(k) != now.get(k) and k in saved and k in now]
+  added = sorted(set(saved) ^ set(now))
+  return ('other feature lengths (data.inputs_length / data.targets_length): '
+          + '; '.join(diffs + ([f'features {added} in one only'] if added else [])))
+
+
 class DataIterator:
   """Iterator of numpy host batches whose exact position can be saved and restored."""
 
@@ -137,9 +150,8 @@ class DataIterator:
         raise ResumeMismatch(f'data iterator state in {directory!r} was saved with {k}='
                              f'{meta["settings"][k]!r}; this config has {k}={self.settings[k]!r}.')
       if self._stream_shapes(v) != meta['element_spec']:
-        raise ResumeMismatch(f'data iterator state in {directory!r} has features {meta["element_spec"]} '
-                        f'for stream {v}; this pipeline makes {self._stream_shapes(v)} (a different '
-                        f'global batch size or feature lengths).')
+        raise ResumeMismatch(f'data iterator state in {directory!r} was saved with '
+                             f'{_shape_change(meta["element_spec"], self._stream_shapes(v), self.num_streams)}.')
       try:
         ckpt.read(prefix).assert_consumed()
       except tf.errors.OpError as e:
