@@ -1,8 +1,14 @@
 """Train a SentencePiece vocabulary in the T5 layout and print its coverage (docs/cli.md):
 
     python -m t5x_lite.vocab --input='data/corpus/train.txt' --vocab_size=1000 --output=PATH
+    python -m t5x_lite.vocab --input='jsonl:/data/c4/*.jsonl.gz;field=text' --vocab_size=32000 ...
+
+Reads its input as a stream (no Python list of the corpus): SentencePiece samples at most
+--max_sentences lines from it, and coverage is reported on the first --coverage_lines.
 """
+import collections
 import gzip
+import json
 import logging
 import zlib
 
@@ -17,18 +23,46 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   """Defined only when run as a command, so importing this module has no side effects."""
-  flags.DEFINE_string('input', None, 'Glob of UTF-8 text files to train on.')
+  flags.DEFINE_string('input', None, 'Files to train on: a glob of UTF-8 text files (one '
+                      'sentence per line), or a source as data.train_source writes it: '
+                      'text:GLOB, jsonl:GLOB[;field=F] (default field text), '
+                      'tsv:GLOB[;field=F | ;inputs=A;targets=B] (default every column).')
   flags.DEFINE_integer('vocab_size', 1000, 'SentencePiece pieces (before sentinels).')
   flags.DEFINE_string('output', None, 'Output path (PATH.model and PATH.vocab).')
   flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
   flags.DEFINE_integer('extra_ids', 100, 'Sentinels added on top (for the report).')
   flags.DEFINE_float('character_coverage', 1.0, 'SentencePiece character_coverage.')
-  flags.DEFINE_string('eval_input', None, 'Glob of held-out files to report coverage on.')
+  flags.DEFINE_integer('max_sentences', 10_000_000, 'SentencePiece trains on at most this '
+                       'many lines, sampled uniformly from all of them (its '
+                       'input_sentence_size): memory stays bounded on any corpus.')
+  flags.DEFINE_integer('coverage_lines', 100_000, 'Coverage is reported on the first this '
+                       'many lines of --input and of --eval_input.')
+  flags.DEFINE_string('eval_input', None, 'Held-out files to report coverage on (as --input).')
 
 
-def _file_lines(path: str, skips: sources.SkipCounter):
-  """The non-blank lines of `path`, stripped; .gz decompressed and a first line's byte-order
-  mark dropped as the pipeline's file sources do; what is not used is counted in `skips`."""
+_COLUMNAR = ('.jsonl', '.jsonl.gz', '.tsv', '.tsv.gz')
+
+
+def _source(value: str, flag: str) -> sources.SourceSpec:
+  """--input / --eval_input as a source: KIND:GLOB[;options], or a bare glob of text files."""
+  if value.split(':', 1)[0] in sources.KINDS and ':' in value:
+    spec, = sources.parse_sources(value, flag)
+    if spec.kind == 'tfds':
+      raise ValueError(f'{flag}={value!r}: tfds sources are not read here; export the text '
+                       'to files first.')
+    return spec
+  spec = sources.SourceSpec('text', value)
+  paths = sources.expand_glob(value, flag)
+  if any(p.endswith(_COLUMNAR) for p in paths):  # their JSON / columns would be trained on
+    kind = 'jsonl' if any(p.endswith(('.jsonl', '.jsonl.gz')) for p in paths) else 'tsv'
+    raise ValueError(f'{flag}={value!r} matches {kind.upper()} files: say which field to train '
+                     f'on, e.g. {flag}=\'{kind}:{value};field=text\'.')
+  return spec
+
+
+def _raw_lines(path: str, skips: sources.SkipCounter):
+  """(line number, text) of `path`'s lines, stripped; .gz decompressed and a first line's
+  byte-order mark dropped as the pipeline's file sources do; what is not used is counted."""
   found = False
   try:
     with (gzip.open if path.endswith('.gz') else open)(path, 'rb') as f:
@@ -40,27 +74,81 @@ def _file_lines(path: str, skips: sources.SkipCounter):
           skips.add('invalid UTF-8', f'{path}:{n}')
           continue
         if line:
-          yield line
+          yield n, line
     if not found:
       skips.add('file without non-blank lines', path)
   except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # its lines up to here are kept
     skips.add('truncated or corrupt .gz file', f'{path} ({e})')
 
 
-def _read_lines(pattern: str, flag: str) -> list[str]:
-  """Every non-blank line of the files `pattern` matches; prints what was skipped."""
+def _texts(spec: sources.SourceSpec, path: str, skips: sources.SkipCounter):
+  """The texts of one file of `spec`: its lines (text), a field of each record (jsonl), the
+  named or every column of each row after the header (tsv)."""
+  lines = _raw_lines(path, skips)
+  if spec.kind == 'text':
+    yield from (line for _, line in lines)
+    return
+  names = [spec.get(k) for k in ('field', 'inputs', 'targets') if spec.get(k)]
+  if spec.kind == 'jsonl':
+    names = names or ['text']
+    for n, line in lines:
+      try:
+        record = json.loads(line)
+        values = [record[k] for k in names] if isinstance(record, dict) else None
+      except (ValueError, KeyError):
+        values = None
+      if values is None or not all(isinstance(v, str) for v in values):
+        skips.add('invalid JSON or no string field ' + '/'.join(names), f'{path}:{n}')
+        continue
+      yield from values
+    return
+  header = None
+  for n, line in lines:
+    columns = line.split('\t')
+    if header is None:
+      header = columns
+      missing = [k for k in names if k not in header]
+      if missing:
+        raise ValueError(f'{path}: no column {missing[0]!r} in its header {header}.')
+      wanted = [header.index(k) for k in names] if names else range(len(header))
+      continue
+    if len(columns) != len(header):
+      skips.add('row with another column count than its header', f'{path}:{n}')
+      continue
+    yield from (columns[i] for i in wanted)
+
+
+def _sentences(spec: sources.SourceSpec, flag: str, skips: sources.SkipCounter, limit=None):
+  """Every non-blank line of every text of `spec`'s files (a JSONL document's lines each),
+  streamed: nothing is held but the line at hand; at most `limit` of them."""
+  count = 0
+  for path in sources.expand_glob(spec.target, flag):
+    for text in _texts(spec, path, skips):
+      for line in text.splitlines():
+        line = line.strip()
+        if line:
+          if limit is not None and count >= limit:
+            return
+          count += 1
+          yield line
+
+
+def _check_readable(value: str, flag: str) -> sources.SourceSpec:
+  """The source of `value`, after making sure it yields a line (a one-line error naming the
+  flag otherwise), before the long part."""
+  spec = _source(value, flag)
   skips = sources.SkipCounter()
-  out = [line for path in sources.expand_glob(pattern, flag) for line in _file_lines(path, skips)]
-  if not out:
-    raise sources.DataError(f'{flag}={pattern!r}: no non-blank lines; {skips.summary()}.')
-  if skips.total():
-    print(f'{flag[2:]}: {skips.summary()}')
-  return out
+  if next(_sentences(spec, flag, skips), None) is None:  # (read to its end: skips counted)
+    raise sources.DataError(f'{flag}={value!r}: no non-blank lines; {skips.summary()}.')
+  return spec
 
 
-def _report(name: str, vocab, lines) -> None:
+def _report(name: str, vocab, spec, flag: str, limit: int) -> None:
+  lines = list(_sentences(spec, flag, sources.SkipCounter(), limit + 1))
+  first = f' (the first {limit})' if len(lines) > limit else ''
+  lines = lines[:limit]
   c = vocab_lib.coverage(vocab, lines)
-  print(f'{name}: {len(lines)} lines, {c["tokens"]} tokens, character coverage '
+  print(f'{name}{first}: {len(lines)} lines, {c["tokens"]} tokens, character coverage '
         f'{100 * c["char_coverage"]:.4f}%, unk rate {100 * c["unk_rate"]:.4f}%, '
         f'{c["tokens_per_word"]:.2f} tokens/word, {c["chars_per_token"]:.2f} chars/token'
         + (f', uncovered characters {c["uncovered_chars"]!r}' if c['uncovered_chars'] else ''))
@@ -71,25 +159,38 @@ def main():
   logging.getLogger('t5x_lite.data').setLevel(logging.ERROR)
   if not FLAGS.input or not FLAGS.output:
     raise ValueError('--input and --output are required.')
-  if FLAGS.extra_ids < 0:
-    raise ValueError(f'--extra_ids={FLAGS.extra_ids}: must be >= 0.')
-  try:  # both inputs read first: a bad --eval_input fails before the long part
-    lines = _read_lines(FLAGS.input, '--input')
-    eval_lines = _read_lines(FLAGS.eval_input, '--eval_input') if FLAGS.eval_input else None
-    long = sum(len(line.encode('utf-8')) > vocab_lib.MAX_SENTENCE_BYTES for line in lines)
-    if long:
-      print(f'input: split {long} line{"" if long == 1 else "s"} longer than '
+  for flag, least in (('extra_ids', 0), ('max_sentences', 101), ('coverage_lines', 1)):
+    if FLAGS[flag].value < least:  # (SentencePiece's sample takes more than 100 lines)
+      raise ValueError(f'--{flag}={FLAGS[flag].value}: must be >= {least}.')
+  try:  # both inputs checked first: a bad --eval_input fails before the long part
+    spec = _check_readable(FLAGS.input, '--input')
+    eval_spec = _check_readable(FLAGS.eval_input, '--eval_input') if FLAGS.eval_input else None
+    skips, seen = sources.SkipCounter(), collections.Counter()
+
+    def counted(lines):
+      for line in lines:
+        seen['lines'] += 1
+        seen['long'] += len(line.encode('utf-8')) > vocab_lib.MAX_SENTENCE_BYTES
+        yield line
+    path = vocab_lib.train(counted(_sentences(spec, '--input', skips)), FLAGS.output,
+                           FLAGS.vocab_size, FLAGS.model_type, FLAGS.character_coverage,
+                           max_sentences=FLAGS.max_sentences)
+    if skips.total():
+      print(f'input: {skips.summary()}')
+    if seen['long']:
+      print(f'input: split {seen["long"]} line{"" if seen["long"] == 1 else "s"} longer than '
             f'{vocab_lib.MAX_SENTENCE_BYTES} bytes (SentencePiece\'s max_sentence_length) '
             f'into pieces at whitespace')
-    path = vocab_lib.train(lines, FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
-                           FLAGS.character_coverage)
+    if seen['lines'] > FLAGS.max_sentences:
+      print(f'input: {seen["lines"]} lines; SentencePiece trained on {FLAGS.max_sentences} of '
+            f'them drawn at random (--max_sentences)')
     vocab = vocab_lib.Vocabulary(path, FLAGS.extra_ids)
     print(f'wrote {path}: {vocab.piece_size} pieces + {vocab.extra_ids} extra ids = vocab_size '
           f'{vocab.vocab_size} ({FLAGS.model_type}); mask id {vocab.mask_id}, '
           f'<extra_id_0> = {vocab.sentinel(0) if vocab.extra_ids else None}')
-    _report('train coverage', vocab, lines)
-    if eval_lines:
-      _report('eval coverage', vocab, eval_lines)
+    _report('train coverage', vocab, spec, '--input', FLAGS.coverage_lines)
+    if eval_spec:
+      _report('eval coverage', vocab, eval_spec, '--eval_input', FLAGS.coverage_lines)
   except RuntimeError as e:  # SentencePiece's trainer: its first line says what failed
     raise ValueError(str(e).strip().splitlines()[0]) from None
 

@@ -178,3 +178,44 @@ def test_vocab_cli_bad_flags_fail_before_training_naming_the_flag(tmp_path, args
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1 and len(lines) == 1 and message.format(d=tmp_path) in lines[0], r.stderr
   assert not (tmp_path / 'v.model').exists()  # failed before training
+
+
+def test_vocab_cli_trains_on_a_jsonl_field_and_refuses_a_bare_jsonl_glob(tmp_path):
+  """A JSONL corpus given as a bare glob trained on its JSON syntax (pieces like '"}' and
+  '{'); it is an error naming the fix, and `jsonl:GLOB;field=F` trains on the field's text
+  only (a record's lines each), with bad records counted."""
+  import json
+  lines = open(os.path.join(ROOT, 'data/corpus/validation.txt')).read(40000).splitlines()
+  records = [json.dumps({'text': '\n'.join(lines[i:i + 3]), 'id': i})
+             for i in range(0, len(lines) - 3, 3)]
+  (tmp_path / 'a.jsonl').write_text('\n'.join(records + ['{"text": 5}', 'not json']) + '\n')
+  r = vocab_cli(f'--input={tmp_path}/*.jsonl', '--vocab_size=200', f'--output={tmp_path}/v')
+  assert r.returncode == 1 and "matches JSONL files: say which field to train on, e.g. " \
+      f"--input='jsonl:{tmp_path}/*.jsonl;field=text'" in r.stderr.strip().splitlines()[-1]
+  r = vocab_cli(f'--input=jsonl:{tmp_path}/*.jsonl;field=text', '--vocab_size=200',
+                f'--output={tmp_path}/v')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'input: skipped 2 x invalid JSON or no string field text (first at' in r.stdout
+  n = len([l for l in lines[:len(records) * 3] if l.strip()])
+  assert f'train coverage: {n} lines' in r.stdout
+  pieces = [l.split('\t')[0] for l in open(tmp_path / 'v.vocab', encoding='utf-8')]
+  assert not [p for p in pieces if '{' in p or '}' in p or '":' in p]  # (the text has quotes)
+
+
+def test_vocab_cli_samples_at_most_max_sentences_and_caps_coverage(tmp_path):
+  """Nothing of the corpus is held in a Python list: SentencePiece draws --max_sentences
+  lines from the stream (with fewer, a vocabulary this large cannot be built: its own
+  error), and coverage reads the first --coverage_lines."""
+  src = open(os.path.join(ROOT, 'data/corpus/validation.txt'), 'rb').read()[:60000]
+  (tmp_path / 'a.txt').write_bytes(src)
+  n = len([l for l in src.decode('utf-8', 'ignore').splitlines() if l.strip()])
+  r = vocab_cli(f'--input={tmp_path}/a.txt', '--vocab_size=150', f'--output={tmp_path}/v',
+                '--max_sentences=300', '--coverage_lines=50')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f'input: {n} lines; SentencePiece trained on 300 of them drawn at random' in r.stdout
+  assert 'train coverage (the first 50): 50 lines' in r.stdout
+  r = vocab_cli(f'--input={tmp_path}/a.txt', '--vocab_size=800', f'--output={tmp_path}/w',
+                '--max_sentences=101')
+  assert r.returncode == 1 and 'Vocabulary size too high' in r.stderr
+  r = vocab_cli(f'--input={tmp_path}/a.txt', '--vocab_size=800', f'--output={tmp_path}/w')
+  assert r.returncode == 0, r.stderr[-2000:]  # all of it: enough for 800 pieces

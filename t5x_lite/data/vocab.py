@@ -240,12 +240,14 @@ def split_long(text: str, limit: int = MAX_SENTENCE_BYTES) -> list[str]:
 
 
 def train(sentences: Iterable[str], output: str, vocab_size: int, model_type: str = 'unigram',
-          character_coverage: float = 1.0, num_threads: int = 0) -> str:
+          character_coverage: float = 1.0, num_threads: int = 0,
+          max_sentences: int = 0) -> str:
   """Trains a SentencePiece model in the T5 layout on `sentences`; returns the .model path.
 
   `vocab_size` counts SentencePiece pieces (pad, eos, unk and `[MASK]` included); the
   Vocabulary adds the sentinels on top. Sentences over MAX_SENTENCE_BYTES are trained on
-  in pieces (`split_long`), not dropped.
+  in pieces (`split_long`), not dropped. `max_sentences` > 0: SentencePiece keeps a uniform
+  sample of that many (reservoir sampling as it reads; 0 keeps all).
   """
   if model_type not in ('unigram', 'bpe'):
     raise VocabError(f'--model_type must be unigram or bpe, got {model_type!r}.')
@@ -258,7 +260,8 @@ def train(sentences: Iterable[str], output: str, vocab_size: int, model_type: st
       sentence_iterator=(p for s in sentences for p in split_long(s)), model_prefix=prefix,
       vocab_size=int(vocab_size), model_type=model_type, character_coverage=character_coverage,
       pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, control_symbols=[MASK_PIECE],
-      input_sentence_size=0, max_sentence_length=MAX_SENTENCE_BYTES,
+      input_sentence_size=int(max_sentences), shuffle_input_sentence=True,
+      max_sentence_length=MAX_SENTENCE_BYTES,
       num_threads=num_threads or (os.cpu_count() or 1), minloglevel=2)
   return prefix + '.model'
 
