@@ -50,21 +50,21 @@ def main():
     raise ValueError(f'--n={FLAGS.n} must be at least 1.')
   if FLAGS.num_shards < 1:
     raise ValueError(f'--num_shards={FLAGS.num_shards} must be at least 1.')
-  # Whole blocks of every stream this shard runs (each stream feeds an equal block of a
-  # batch); the first --n rows of that batch are printed.
-  streams = len(pipeline.owned_streams(FLAGS.shard_index, FLAGS.num_shards,
-                                       config.data.num_virtual_shards))
+  # The batches this shard feeds in training (train.batch_size rows over its processes'
+  # count, in blocks of rows per stream): their first --n rows, in order.
   it = pipeline.get_dataset(config, FLAGS.split, shard_index=FLAGS.shard_index,
-                            num_shards=FLAGS.num_shards, seed=FLAGS.seed,
-                            batch_size=-(-FLAGS.n // streams) * streams)
-  try:
-    batch = next(it)
-  except StopIteration:
-    raise ValueError(f'the {FLAGS.split} split of shard {FLAGS.shard_index} is empty; '
-                     f'{it.skips.summary()}.') from None
+                            num_shards=FLAGS.num_shards, seed=FLAGS.seed)
   from t5x_lite.data import rows
-  for row in rows.rows_as_json(batch, it.vocab)[:FLAGS.n]:
-    print(json.dumps(row, ensure_ascii=False))
+  printed = 0
+  for batch in it:
+    for row in rows.rows_as_json(batch, it.vocab)[:FLAGS.n - printed]:
+      print(json.dumps(row, ensure_ascii=False))
+      printed += 1
+    if printed >= FLAGS.n:
+      break
+  if not printed:
+    raise ValueError(f'the {FLAGS.split} split of shard {FLAGS.shard_index} is empty; '
+                     f'{it.skips.summary()}.')
   print(it.skips.report() or it.skips.summary(), file=sys.stderr)  # what was read so far
 
 

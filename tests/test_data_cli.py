@@ -33,6 +33,19 @@ def test_inspect_prints_ids_and_text_per_feature():
   assert r3.stdout.splitlines() == r4.stdout.splitlines()[:3] and len(r4.stdout.splitlines()) == 4
 
 
+def test_inspect_prints_the_first_rows_of_the_batch_training_reads():
+  """Rows 0..n-1 of the first training batch (train.batch_size rows, stream blocks in
+  order), as the pipeline gives them to the train step. It printed a batch of one row per
+  stream: rows 0, 8, 16 of the real batch."""
+  from configs import default
+  from t5x_lite.data import pipeline, rows
+  r = _run('t5x_lite.inspect', '--config=configs/default.py', '--split=train', '--n=3')
+  assert r.returncode == 0, r.stderr[-2000:]
+  it = pipeline.get_dataset(default.get_config(), 'train')
+  want = rows.rows_as_json(next(it), it.vocab)[:3]
+  assert [json.loads(l) for l in r.stdout.splitlines()] == json.loads(json.dumps(want))
+
+
 def test_inspect_rows_show_masks_for_mlm():
   from data_helpers import data_config
   from t5x_lite.data import rows
