@@ -161,6 +161,10 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
                      'encoder_decoder or decoder.')
   from t5x_lite import decoding
   decoding.check_options(config.model.vocab_size, beam_size, temperature, top_k, top_p)
+  if input_path.endswith(('.tsv', '.tsv.gz')):  # its header and target column would be inputs
+    raise ValueError(f'--input={input_path}: a TSV file; infer reads text or JSONL lines. '
+                     f'Decode a TSV task with eval (--config.data.validation_source=tsv:...), '
+                     f'or pass its inputs column as a text file.')
   checkpoints.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
   max_length = max_length or config.data.targets_length
   batch_size = batch_size or config.train.batch_size

@@ -372,6 +372,13 @@ def test_bad_sampling_flag_is_a_one_line_error(workdir, flags, message):
       flags[-1].split('=')[0] in lines[0], proc.stderr
 
 
+def test_a_tsv_input_to_infer_is_an_error(tmp_path, monkeypatch):
+  """Its header and target column were decoded as inputs, silently."""
+  with pytest.raises(ValueError, match=r'--input=.*a.tsv.gz: a TSV file; infer reads text or '
+                                       r'JSONL lines. Decode a TSV task with eval'):
+    in_process('infer', str(tmp_path), monkeypatch, input_path=str(tmp_path / 'a.tsv.gz'))
+
+
 @pytest.mark.parametrize('module', ['eval', 'infer'])
 def test_no_checkpoint_is_a_one_line_error(module, tmp_path):
   proc = run(module, f'--workdir={tmp_path / "empty"}', check=False, stdin='', timeout=120)
