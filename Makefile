@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test install-cuda install-tpu clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 
 install: $(VENV)/.runtime
 install-test: $(VENV)/.test
+
+# Accelerator jaxlib plugins at requirements.txt's JAX version, for the cluster launchers
+# (launch/slurm_gpu.sbatch, launch/tpu_pod.sh); `install` alone runs JAX on the CPU.
+JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
+install-cuda: $(VENV)/.runtime
+	$(PY) -m pip install --quiet "jax[cuda12]==$(JAX_VERSION)"
+install-tpu: $(VENV)/.runtime
+	$(PY) -m pip install --quiet "jax[tpu]==$(JAX_VERSION)"
 
 demo: $(VENV)/.runtime
 	$(PY) -m t5x_lite.train --config=configs/default.py --workdir=runs/default

@@ -1,7 +1,7 @@
 """T5 v1.1 sizes (docs/t5.md §5): `get_config('small')` etc.
 
-Use as `--config=configs/t5_v1_1.py:base`. Sizes: tiny (for tests and the CPU demo),
-small, base, large, xl, xxl.
+Use as `--config=configs/t5_v1_1.py:base`. Sizes: tiny (for tests; the CPU demo's
+model is configs/default.py), small, base, large, xl, xxl.
 """
 from configs import base
 

@@ -3,7 +3,8 @@
 Use as `--config=configs/t5_v1_1_bf16.py:large`. Parameters, norms, softmax, logits and the
 loss stay float32 (models.py); matmuls and activations run in bfloat16. `attention_impl`
 'auto' picks cuDNN flash attention on a GPU (the T5 relative bias and the masks go in as one
-bias built once per stack) and XLA's fused attention on TPU / CPU. Scanned layers compile
+bias built once per stack), XLA's fused attention on TPU, and on CPU `rowwise` (one device)
+or `folded` (a mesh). Scanned layers compile
 once per stack instead of once per layer.
 """
 from configs import t5_v1_1

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # TPU pod slice: the same command on every worker; jax.distributed finds the topology.
-#   TPU_NAME=my-pod ZONE=us-central2-b launch/tpu_pod.sh gs://bucket/run --config=configs/t5_v1_1.py:base
+#   TPU_NAME=my-pod ZONE=us-central2-b launch/tpu_pod.sh /mnt/shared/runs/t5-base \
+#     --config=configs/t5_v1_1.py:base --config.train.batch_size=256
 # Assumes the repository is checked out at ~/t5x_lite on every worker (e.g. via `git clone`
-# in a startup script) and `make install` has run there.
+# in a startup script) and `make install-tpu` has run there (`make install` alone gives a
+# CPU-only jaxlib). WORKDIR must be one directory every worker sees (Filestore / NFS, or a
+# bucket mounted with gcsfuse): each host writes its part of every checkpoint there.
+# gs:// URLs are refused (the run's files are written with local file APIs).
+# train.batch_size must divide by the slice's chip count, and data.num_virtual_shards (4)
+# by its host count: set it to the host count (or a multiple) on slices of more hosts.
 set -euo pipefail
 workdir=${1:?usage: TPU_NAME=... ZONE=... $0 WORKDIR [train flags...]}
 shift

@@ -51,11 +51,13 @@ FORMULA = (
 MFU_FORMULA = ('MFU = train FLOPs per example (3 x forward matmul FLOPs) x examples/s / '
                '(devices x peak FLOP/s per device)')
 
-# Dense bf16 peak FLOP/s per chip, by jax `device_kind` substring (first match wins).
+# Dense bf16 peak FLOP/s per chip (datasheets), by jax `device_kind` substring: the first
+# match wins, so a name comes before every name it contains ('L40S' before 'L4').
 PEAK_FLOPS = (
     ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12),
     ('TPU v5', 459e12), ('TPU v4', 275e12), ('TPU v3', 123e12), ('H200', 989e12),
-    ('H100', 989e12), ('A100', 312e12), ('L4', 121e12), ('A10', 125e12),
+    ('H100 PCIe', 756e12), ('H100', 989e12), ('A100', 312e12), ('L40S', 362e12),
+    ('L40', 181e12), ('L4', 121e12), ('A10', 125e12),
 )
 
 

@@ -33,6 +33,10 @@ from t5x_lite import families
 
 
 def check_workdir(workdir: str) -> None:
+  if '://' in workdir:  # os.makedirs would make a local './gs:/bucket/...' on every host
+    raise ValueError(f'--workdir={workdir}: URL workdirs are not supported (checkpoints, '
+                     f'metrics and manifests are written with local file APIs); give a path '
+                     f'every host sees: NFS / Filestore, or the bucket mounted with gcsfuse.')
   try:
     os.makedirs(workdir, exist_ok=True)
     # A unique name: every host of a multi-host run probes the same (shared) workdir.

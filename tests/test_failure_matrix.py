@@ -156,6 +156,8 @@ ROWS = {
                  '--config.data.validation_source=text:/nonexistent/*.txt'], '/nonexistent'),
     'init_from_missing': (_train, ['--config.init_from={workdir}/no_such_run'], 'no_such_run'),
     'workdir_not_writable': (_train, ['--workdir={workdir}/file/sub'], 'not writable'),
+    # It made a local ./gs:/bucket/run on every host, then failed in TensorBoard's writer.
+    'workdir_url': (_train, ['--workdir=gs://bucket/run'], 'URL workdirs are not supported'),
     # ---- eval / infer
     'eval_no_checkpoint': (_eval, [], 'has no checkpoint'),
     'eval_steps_negative': (_eval_steps(-1), [], '--eval_steps=-1'),

@@ -262,3 +262,14 @@ def test_bert_base_mlm_param_count(hf_counts):
   counts = accounting.count_params(bert.get_config('base'))
   assert counts['total'] == 109_514_298  # BertForMaskedLM, bert-base (no pooler)
   assert counts['total'] == hf_counts()['bert_mlm']
+
+
+def test_peak_flops_by_device_kind_takes_the_most_specific_name():
+  """'L4' matched 'NVIDIA L40S' (121 instead of 362 TFLOP/s), 'H100' the PCIe card."""
+  peak = accounting.peak_flops_per_device
+  assert peak('NVIDIA L40S', 0) == 362e12 and peak('NVIDIA L4', 0) == 121e12
+  assert peak('NVIDIA H100 PCIe', 0) == 756e12 and peak('NVIDIA H100 80GB HBM3', 0) == 989e12
+  assert peak('TPU v5 lite', 0) == 197e12 and peak('cpu', 0) == 0.0 and peak('cpu', 5.0) == 5.0
+  names = [n for n, _ in accounting.PEAK_FLOPS]
+  for i, name in enumerate(names):  # first match wins: no name may shadow a later one
+    assert not [n for n in names[i + 1:] if name.lower() in n.lower()], name
