@@ -207,9 +207,8 @@ class Checkpoints:
     meta = self.manager.item_metadata(step)['state']
     return getattr(meta, 'tree', meta)
 
-  def check_compatible(self, step: int, abstract_state: TrainState, saved_tree=None) -> None:
-    """Clear error if the saved state's shapes differ from the current config's."""
-    saved_tree = self.saved_state_tree(step) if saved_tree is None else saved_tree
+  def check_compatible(self, step: int, abstract_state: TrainState, saved_tree) -> None:
+    """Clear error if the saved state's shapes (`saved_state_tree`) differ from the config's."""
     check_shapes(self.directory / str(step), saved_tree, abstract_state.as_dict(),
                  f'Use a new --workdir (or delete {self.directory}) to start fresh.')
 
