@@ -3,8 +3,8 @@
 # jax.distributed over localhost. Exactly what a pod does, minus the network.
 #   [CONFIG=configs/default.py] [PYTHON=.venv/bin/python] \
 #   launch/local_multiprocess.sh WORKDIR [NUM_PROCESSES=2] [DEVICES_PER_PROCESS=4] [--config.x=v ...]
-# Prints process 0's log (WORKDIR.process_0.log), then the exit status and the end of the log
-# of every process that failed.
+# Prints process 0's log (WORKDIR.process_0.log; a rerun moves the previous one to .log.prev),
+# then the exit status and the end of the log of every process that failed.
 set -euo pipefail
 workdir=${1:?usage: $0 WORKDIR [NUM_PROCESSES] [DEVICES_PER_PROCESS] [overrides...]}
 nproc=${2:-2}
@@ -16,6 +16,8 @@ mkdir -p "$(dirname "$workdir")"
 port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 pids=()
 for ((i = 0; i < nproc; i++)); do
+  # A rerun (a resume) keeps the previous run's log, e.g. the one that says why it stopped.
+  if [[ -f "$workdir.process_$i.log" ]]; then mv -f "$workdir.process_$i.log" "$workdir.process_$i.log.prev"; fi
   "$python" -m t5x_lite.train --config="${CONFIG:-configs/default.py}" --workdir="$workdir" \
     --distributed=manual --coordinator_address="127.0.0.1:$port" --num_processes="$nproc" \
     --process_id="$i" --num_cpu_devices="$ndev" "$@" > "$workdir.process_$i.log" 2>&1 &

@@ -103,6 +103,9 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
   family = families.get(config.model.family)
   if train_only and decode_only:
     raise ValueError('--train_only and --decode_only exclude each other.')
+  if matmuls and decode_only:
+    raise ValueError('--matmuls times the train step\'s matmuls; --decode_only skips the '
+                     'train step.')
   if decode_only:
     if not family.has_decoder:
       raise ValueError(f'--decode_only: model.family={config.model.family!r} does not decode.')

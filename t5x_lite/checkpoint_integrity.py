@@ -82,7 +82,12 @@ def verify(step_dir: str) -> Tuple[str, str]:
     _read_json(os.path.join(step_dir, 'state', '_METADATA'))
   except (ValueError, OSError) as e:
     return 'corrupt', f'state/_METADATA is unreadable ({e})'
-  manifest_path = os.path.join(step_dir, MANIFEST)
+  return check_manifest(step_dir)
+
+
+def check_manifest(directory: str) -> Tuple[str, str]:
+  """3. alone, for any directory `write_manifest` covered (a step, a converted params dir)."""
+  manifest_path = os.path.join(directory, MANIFEST)
   if not os.path.exists(manifest_path):
     return 'intact (no manifest)', ''
   try:
@@ -90,7 +95,7 @@ def verify(step_dir: str) -> Tuple[str, str]:
   except (ValueError, OSError, KeyError, TypeError) as e:
     return 'corrupt', f'{MANIFEST} is unreadable ({e})'
   for rel, (size, crc) in sorted(files.items()):
-    path = os.path.join(step_dir, rel)
+    path = os.path.join(directory, rel)
     if not os.path.isfile(path):
       return 'corrupt', f'{rel} is missing'
     actual = os.path.getsize(path)

@@ -269,17 +269,30 @@ def latest_checkpoint(workdir: str) -> Tuple[int, str]:
 
 
 def resolve_params_dir(directory: str) -> epath.Path:
-  """A workdir, its checkpoints/, a step dir, or a plain pytree dir -> the pytree dir."""
+  """A workdir, its checkpoints/, a step dir, or a plain pytree dir -> the pytree dir.
+
+  A workdir or checkpoints/ resolves to its newest step that verifies (a newer corrupt one
+  is warned about and skipped, as `latest_checkpoint` does); a step dir or converted params
+  dir named directly must verify itself."""
   path = epath.Path(os.path.abspath(directory))
   if (path / 'checkpoints').exists():
     path = path / 'checkpoints'
-  steps = complete_steps(path)
-  if steps:
-    path = path / str(steps[-1])
+  if complete_steps(path):
+    step = integrity.newest_intact(str(path), warn, move=False)  # read-only: skip, keep
+    if step is None:
+      raise ValueError(f'{directory}: no intact checkpoint in {path} (see the warnings above).')
+    path = path / str(step)
+  else:  # a step dir itself (all of it verified), or a params dir convert wrote (its files)
+    step_dir = any((path / item).exists() for item in integrity.REQUIRED_ITEMS)
+    status, why = (integrity.verify if step_dir else integrity.check_manifest)(str(path))
+    if status == 'corrupt':
+      raise ValueError(f'{directory}: checkpoint is unusable ({why}).')
   if (path / 'state').exists():
     path = path / 'state'
   if not (path / '_METADATA').exists() and not (path / '_CHECKPOINT_METADATA').exists():
-    raise ValueError(f'{directory} holds no t5x_lite checkpoint (looked in {path}).')
+    from t5x_lite import conversion  # pylint: disable=import-outside-toplevel
+    raise ValueError(f'{directory} holds no t5x_lite checkpoint (looked in {path})'
+                     f'{conversion.hf_directory_hint(directory)}.')
   return path
 
 

@@ -319,6 +319,8 @@ def run(body, needs_workdir: bool = True, name: str = ''):
   (`restart_with_huge_pages`), which keeps that environment."""
   use_xla_cpu_dots()
   restart_with_huge_pages()
+  for flag in FLAGS.get_key_flags_for_module(__name__):  # --config, --workdir, ... in --help
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
   def parse(argv):
     try:

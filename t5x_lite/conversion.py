@@ -19,6 +19,7 @@ from typing import Dict
 import numpy as np
 import safetensors.numpy
 
+from t5x_lite import checkpoint_integrity as integrity
 from t5x_lite import families
 
 
@@ -27,9 +28,11 @@ SPECIAL_TOKENS = 'hf_special_tokens'
 WEIGHTS_NAME = 'model.safetensors'  # what hf.save writes and read_weights reads
 
 
-# Weights files t5x_lite does not read (named when model.safetensors is absent).
-_OTHER_WEIGHT_FILES = ('pytorch_model.bin', 'pytorch_model.bin.index.json', 'flax_model.msgpack',
-                       'flax_model.msgpack.index.json', 'tf_model.h5', 'model.ckpt.index')
+FLAX_WEIGHTS_NAME = 'flax_model.msgpack'  # what transformers' Flax classes save
+
+# Weights files t5x_lite does not read (named when none it reads is there).
+_OTHER_WEIGHT_FILES = ('pytorch_model.bin', 'pytorch_model.bin.index.json', 'tf_model.h5',
+                       'model.ckpt.index')
 
 
 def _load_safetensors(path: str) -> Dict[str, np.ndarray]:
@@ -62,40 +65,95 @@ def _raise(msg: str):
 
 
 def read_weights(hf_dir: str, arch: str, fail=_raise):
-  """(description of the weights file(s), {name: numpy array}) of a Hugging Face directory of
-  `arch`: model.safetensors, or the shards its index names. `fail(one sentence naming the
-  file)` raises (hf.load's adds the supported architectures)."""
-  weights = os.path.join(hf_dir, WEIGHTS_NAME)
-  index = os.path.join(hf_dir, WEIGHTS_NAME + '.index.json')
-  if os.path.isfile(weights):
-    files = [weights]
-  elif os.path.isfile(index):
-    try:
-      with open(index) as f:
-        weight_map = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      fail(f'{index} is not valid JSON ({e}).')
-    weight_map = weight_map.get('weight_map') if isinstance(weight_map, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(v, str) for v in weight_map.values()):
-      fail(f'{index} has no "weight_map" object (tensor name -> shard file).')
-    files = [os.path.join(hf_dir, n) for n in sorted(set(weight_map.values()))]
-    weights = f'the shards of {index}'
+  """(description of the weights file(s), {PyTorch tensor name: numpy array}) of a Hugging
+  Face directory of `arch`: model.safetensors, else flax_model.msgpack, or the shards an
+  index next to either names. Flax-saved tensors (msgpack, or safetensors whose metadata says
+  format "flax") are renamed and laid out as PyTorch's, as transformers' own converter does.
+  `fail(one sentence naming the file)` raises."""
+  for name in (WEIGHTS_NAME, FLAX_WEIGHTS_NAME):
+    weights, index = os.path.join(hf_dir, name), os.path.join(hf_dir, name + '.index.json')
+    if os.path.isfile(weights):
+      files = [weights]
+      break
+    if os.path.isfile(index):
+      files = [os.path.join(hf_dir, n) for n in _shard_files(index, fail)]
+      weights = f'the shards of {index}'
+      break
   else:
     others = [n for n in _OTHER_WEIGHT_FILES if os.path.exists(os.path.join(hf_dir, n))]
-    found = (f'; it has {others[0]}: load it with transformers and save_pretrained('
-             f'..., safe_serialization=True) to write {WEIGHTS_NAME}' if others else '')
-    fail(f'{weights} does not exist: t5x_lite reads {arch} weights from {WEIGHTS_NAME} '
-         f'(or sharded safetensors with {WEIGHTS_NAME}.index.json){found}.')
+    found = (f'; it has {others[0]}: load it with transformers and save_pretrained(OUT) to '
+             f'write {WEIGHTS_NAME}' if others else '')
+    fail(f'{os.path.join(hf_dir, WEIGHTS_NAME)} does not exist: t5x_lite reads {arch} weights '
+         f'from {WEIGHTS_NAME} or {FLAX_WEIGHTS_NAME} (or their sharded forms with an '
+         f'.index.json){found}.')
   tensors = {}
   for path in files:
     if not os.path.isfile(path):
       fail(f'{path}, listed in {index}, does not exist.')
+    kind = 'msgpack' if path.endswith('.msgpack') else 'safetensors'
     try:
-      tensors.update(_load_safetensors(path))
+      saved_by = 'flax' if kind == 'msgpack' else _saved_format(path)
+      read = _load_msgpack(path) if kind == 'msgpack' else _load_safetensors(path)
     except Exception as e:  # pylint: disable=broad-except
-      fail(f'{path} is not a readable safetensors file ({type(e).__name__}: {e}).')
+      fail(f'{path} is not a readable {kind} file ({type(e).__name__}: {e}).')
+    if saved_by not in ('pt', 'flax', None):
+      fail(f'{path} was saved by a {saved_by!r} model class, whose tensor names and layouts '
+           f't5x_lite does not read: load it with transformers and save_pretrained(OUT) '
+           f'from a PyTorch class.')
+    tensors.update(_pytorch_names(read) if saved_by == 'flax' else read)
   return weights, tensors
+
+
+def _shard_files(index: str, fail):
+  try:
+    with open(index) as f:
+      weight_map = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    fail(f'{index} is not valid JSON ({e}).')
+  weight_map = weight_map.get('weight_map') if isinstance(weight_map, dict) else None
+  if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+    fail(f'{index} has no "weight_map" object (tensor name -> shard file).')
+  return sorted(set(weight_map.values()))
+
+
+def _saved_format(path: str):
+  """The "format" a safetensors file's metadata records ('pt', 'flax', 'tf', ...) or None."""
+  with open(path, 'rb') as f:
+    header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+  return (header.get('__metadata__') or {}).get('format')
+
+
+def _load_msgpack(path: str) -> Dict[str, np.ndarray]:
+  """A Flax params msgpack (nested dicts, or a shard's flat "a/b/c" keys) -> {"a.b.c": array},
+  bfloat16 as float32."""
+  from flax import serialization  # pylint: disable=import-outside-toplevel
+  with open(path, 'rb') as f:
+    tree = serialization.msgpack_restore(f.read())
+  out = {}
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = f'{prefix}.{key}'.replace('/', '.').lstrip('.')
+      if isinstance(value, dict):
+        walk(value, name)
+      else:
+        value = np.asarray(value)
+        out[name] = value if value.dtype.kind == 'f' else value.astype(np.float32)
+  walk(tree, '')
+  return out
+
+
+def _pytorch_names(tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Flax names and layouts -> PyTorch's (transformers' convert_flax_state_dict_to_pytorch):
+  `kernel` -> `weight` transposed, `scale` / `embedding` -> `weight`."""
+  out = {}
+  for name, value in tensors.items():
+    head, _, last = name.rpartition('.')
+    if last == 'kernel':
+      value, last = np.ascontiguousarray(value.T), 'weight'
+    elif last in ('scale', 'embedding'):
+      last = 'weight'
+    out[f'{head}.{last}' if head else last] = value
+  return out
 
 
 def check_output(path: str):
@@ -117,6 +175,7 @@ def hf_to_t5x(hf_dir: str, out_dir: str, scan_layers: bool = False) -> str:
   with open(os.path.join(out_dir, CONFIG_NAME), 'w') as f:
     json.dump({'model': json.loads(model_cfg.to_json()), SPECIAL_TOKENS: ids}, f, indent=2,
               sort_keys=True)
+  integrity.write_manifest(out_dir)  # sizes and CRC-32s, checked by every reader
   return out_dir
 
 
@@ -129,8 +188,21 @@ def _saved_config(directory: str) -> dict:
                      f'a directory written by --direction=hf_to_t5x, a training workdir or '
                      f'one of its checkpoint steps.')
   if 'model' not in saved:
-    raise ValueError(f'{path} has no "model" section.')
+    raise ValueError(f'{path} has no "model" section{hf_directory_hint(directory)}.')
   return saved
+
+
+def hf_directory_hint(directory: str) -> str:
+  """'' unless `directory` holds a Hugging Face config.json: then the advice that reads it."""
+  try:
+    with open(os.path.join(directory, CONFIG_NAME)) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return ''
+  if not isinstance(saved, dict) or not ('architectures' in saved or 'model_type' in saved):
+    return ''
+  return (f': {directory} is a Hugging Face model directory (convert it with `convert '
+          f'--direction=hf_to_t5x`, or fine-tune from it with config.init_from=hf:{directory})')
 
 
 def load_t5x(directory: str):
@@ -152,7 +224,12 @@ def t5x_to_hf(directory: str, out_dir: str) -> str:
   # None (a training workdir): the ids of this codebase's vocabulary.
   out = hf.save(model_cfg, params, out_dir, saved.get(SPECIAL_TOKENS))
   if SPECIAL_TOKENS not in saved:  # a training workdir: its vocabulary goes with it
-    write_tokenizer(saved.get('data') or {}, out, model_cfg)
+    vocab = (saved.get('data') or {}).get('vocab')
+    if not write_tokenizer(saved.get('data') or {}, out, model_cfg):
+      print(f'[t5x_lite] warning: no tokenizer written: the saved config\'s data.vocab='
+            f'{vocab!r} is not a file from {os.getcwd()} or the repository root (a relative '
+            f'path: run convert from the directory the training ran in).', file=sys.stderr,
+            flush=True)
   objective = (saved.get('data') or {}).get('objective', 'causal_lm')
   if families.decoder_rows_hold_inputs(model_cfg.family, objective):
     print(f'[t5x_lite] warning: {directory} was trained as a prefix LM (data.objective='

@@ -24,6 +24,9 @@ def main():
   for name in ('direction', 'input', 'output'):
     if not getattr(FLAGS, name):
       raise app.UsageError(f'--{name} is required.')
+  if FLAGS.scan_layers and FLAGS.direction == 't5x_to_hf':
+    raise app.UsageError('--scan_layers is for --direction=hf_to_t5x (t5x_to_hf reads either '
+                         'layout and writes Hugging Face\'s per-layer tensors).')
   if FLAGS.direction == 'hf_to_t5x':
     out = conversion.hf_to_t5x(FLAGS.input, FLAGS.output, FLAGS.scan_layers)
   else:

@@ -53,6 +53,19 @@ def get(name: str) -> Family:
   return FAMILIES[name]
 
 
+OBJECTIVES = ('span_corruption', 'mlm', 'iid_noise', 'causal_lm', 'prefix_lm', 'text_to_text')
+
+
+def check_objective(family: str, objective: str) -> None:
+  """ValueError naming the field unless `objective` is one `family` trains on."""
+  if objective not in OBJECTIVES:
+    raise ValueError(f'config.data.objective={objective!r} is not one of '
+                     f'{", ".join(OBJECTIVES)}.')
+  if objective not in get(family).objectives:
+    raise ValueError(f'config.data.objective={objective!r} does not fit config.model.family='
+                     f'{family!r} (it takes {", ".join(get(family).objectives)}).')
+
+
 def decoder_rows_hold_inputs(family: str, objective: str) -> bool:
   """Decoder-only with an objective that has inputs: rows are inputs + targets (prefix LM)."""
   return not get(family).has_encoder and objective != 'causal_lm'

@@ -48,9 +48,7 @@ _ACT_TO_HF = {'relu': 'relu', 'gelu': 'gelu_new', 'gelu_exact': 'gelu', 'silu': 
 
 
 def _fail(msg: str):
-  """Raise ValueError(one sentence), naming the supported architectures."""
-  if 'supported architectures' not in msg:
-    msg = f'{msg.rstrip(".")} ({_SUPPORTED_MSG}).'
+  """Raise ValueError(one sentence)."""
   raise ValueError(msg)
 
 
@@ -478,6 +476,9 @@ def read_config(hf_dir: str) -> Tuple[str, dict]:
     archs = [_BY_MODEL_TYPE.get(hf['model_type'], f'model_type {hf["model_type"]!r}')]
   archs = [_SAME_NETWORK.get(a, a) if isinstance(a, str) else a for a in archs]
   arch = next((a for a in archs if a in SUPPORTED), None)
+  if arch is None and not archs and 'model' in hf:  # a t5x_lite config.json
+    _fail(f'{hf_dir} is a t5x_lite directory, not a Hugging Face one: export it with `convert'
+          f' --direction=t5x_to_hf`, or fine-tune from it with config.init_from={hf_dir}.')
   if arch is None:
     _fail(f'{path} names architecture {archs[0] if archs else "(none)"!s}, which is not '
           f'supported; {_SUPPORTED_MSG}.')

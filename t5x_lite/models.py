@@ -126,6 +126,13 @@ class ModelConfig:
       fail('rescale_tied_logits', 'needs tie_embeddings=True')
     if self.type_vocab_size < 0:
       fail('type_vocab_size', 'must be >= 0')
+    if not 0 < self.norm_eps < float('inf'):  # <= 0 divides by zero on a zero row: NaN
+      fail('norm_eps', 'must be > 0 and finite')
+    if (self.position_embedding == 'absolute' and self.d_model % self.num_heads
+        and self.d_kv == self.d_model // self.num_heads):  # configs/bert.py and gpt.py derive it
+      fail('num_heads', f'must divide d_model={self.d_model} (BERT and GPT-2 split d_model '
+           f'across the heads; d_kv = d_model // num_heads = {self.d_kv} leaves '
+           f'{self.d_model - self.num_heads * self.d_kv} of it out)')
 
   @property
   def activation_dtype(self):

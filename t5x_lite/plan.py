@@ -9,9 +9,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from t5x_lite import accounting
-from t5x_lite import partitioning
 from t5x_lite import cli
 from t5x_lite import models
+from t5x_lite import validation
 
 FLAGS = flags.FLAGS
 
@@ -32,9 +32,9 @@ def _flops(n: float) -> str:
 
 def report(config, num_devices: int, per_param: bool = False, name: str = '') -> str:
   """The plan as text (raises ValueError for an impossible mesh or config)."""
-  # Fail on an impossible mesh or a malformed rules table before tracing the model.
-  partitioning.mesh_shape(config.partitioning, num_devices)
-  partitioning.axis_rules(config.partitioning)
+  # Fail on a config train would refuse (an impossible mesh, a malformed rules table, a bad
+  # field) before tracing the model.
+  validation.validate_portable(config, num_devices)
   boxed = models.abstract_params(config.model)
   counts = accounting.count_params(config, boxed)
   flops = accounting.flops_per_token(config, boxed)

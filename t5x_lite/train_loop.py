@@ -215,12 +215,18 @@ class Throughput:
 
 
 def _log_line(step: int, total: int, record: dict) -> str:
-  eta = (total - step) / max(record['steps_per_sec'], 1e-9)
+  """The progress line; the ETA in hours:minutes:seconds, hours past 24 as they are.
+
+  >>> _log_line(10, 1_000_010, dict(loss=2.5, accuracy=0.5, learning_rate=1e-2,
+  ...                               tokens_per_sec=1000, mfu=None, steps_per_sec=5.0))[-12:]
+  'ETA 55:33:20'
+  """
+  eta = round((total - step) / max(record['steps_per_sec'], 1e-9))
   mfu = 'n/a' if record['mfu'] is None else f"{100 * record['mfu']:.1f}%"
   return (f'step {step:>6}/{total}  loss {record["loss"]:.4f}  '
           f'acc {record["accuracy"]:.3f}  lr {record["learning_rate"]:.2e}  '
           f'{record["tokens_per_sec"]:,.0f} tok/s  MFU {mfu}  '
-          f'ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}')
+          f'ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}')
 
 
 def _config_dict(config) -> dict:
@@ -231,41 +237,63 @@ def _every(period: int, step: int) -> bool:
   return bool(period) and step % period == 0
 
 
-def say_if_the_warmup_never_ends(config) -> None:
-  """A cosine schedule decays from the end of its warmup to 0 at decay_steps (0 =
-  train.steps): a warmup as long as that leaves a run that only ever warms up."""
+def say_if_the_schedule_idles(config) -> None:
+  """A cosine schedule rises over its warmup, then decays to 0 at decay_steps (0 = train.steps):
+  a warmup as long as that only ever warms up, and steps past decay_steps train at rate 0."""
   o = config.optimizer
+  if o.schedule != 'cosine':
+    return
   horizon = int(o.decay_steps or config.train.steps)
-  if o.schedule == 'cosine' and o.warmup_steps >= horizon:
+  if o.warmup_steps >= horizon:
     what = (f'optimizer.decay_steps={o.decay_steps}' if o.decay_steps else
             f'train.steps={config.train.steps} (optimizer.decay_steps=0)')
     print(f'[t5x_lite] warning: the cosine schedule\'s warmup (optimizer.warmup_steps='
           f'{o.warmup_steps}) is not shorter than {what}: the learning rate only rises and '
           'never decays in this run.', flush=True)
+  elif horizon < config.train.steps:
+    print(f'[t5x_lite] warning: the cosine schedule reaches learning rate 0 at optimizer.'
+          f'decay_steps={horizon}, before train.steps={config.train.steps}: the steps after '
+          f'{horizon} leave the params unchanged (decay_steps=0 decays over train.steps).',
+          flush=True)
 
 
-def _say_if_the_schedule_moved(config, ckpts, step: int) -> None:
-  """A cosine schedule without decay_steps decays over train.steps: a resume with another
-  train.steps changes the learning rate from here on (it jumps back up when raised)."""
-  o = config.optimizer
-  if o.schedule != 'cosine' or o.decay_steps:
-    return
+def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
+  """The optimizer settings a resume changes against the checkpoint's config (the restored
+  optimizer state goes on under the new ones); and, for a cosine schedule without
+  decay_steps, which decays over train.steps, how another train.steps moves the rate."""
   import orbax.checkpoint as ocp
   try:
     saved = ckpts.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))['config']
-    before = int(saved['train']['steps'])
+    saved_opt, before = dict(saved['optimizer']), int(saved['train']['steps'])
   except Exception:  # noqa: BLE001 - only a notice: an old or odd checkpoint says nothing
+    return
+  o = config.optimizer
+  plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 (JSON lists)
+  changed = [f'{k} {saved_opt[k]!r} -> {o[k]!r}' for k in sorted(saved_opt)
+             if k in o and plain(saved_opt[k]) != plain(o[k])]
+  if changed:
+    print(f'[t5x_lite] resuming with optimizer settings other than the checkpoint\'s: '
+          f'{", ".join(changed)}; the restored optimizer state goes on under the new ones.',
+          flush=True)
+  if o.schedule != 'cosine' or o.decay_steps:
     return
   # As optim.schedule builds it: the decay ends no earlier than one step past the warmup,
   # and both runs share the warmup, so the rates can only part after it.
   warmup = int(o.warmup_steps)
   old, new = max(before, warmup + 1), max(int(config.train.steps), warmup + 1)
-  if old != new:
-    print(f'[t5x_lite] warning: the cosine schedule decays over train.steps (optimizer.'
-          f'decay_steps=0): it was {before} steps, now {config.train.steps}, so the learning '
-          f'rate changes from step {max(step, warmup)} on; set optimizer.decay_steps={old} to '
-          f'keep it.', flush=True)
+  if old == new:
+    return
+  if step < old:
+    effect = (f'so the learning rate changes from step {max(step, warmup)} on; set '
+              f'optimizer.decay_steps={old} to keep it')
+  else:  # the saved schedule is over: keeping it would train the new steps at rate 0
+    effect = (f'so the learning rate, 0 since step {old}, rises again for the new steps '
+              f'(optimizer.decay_steps={old} would keep it at 0: no step would change the '
+              'params)')
+  print(f'[t5x_lite] warning: the cosine schedule decays over train.steps (optimizer.'
+        f'decay_steps=0): it was {before} steps, now {config.train.steps}, {effect}.',
+        flush=True)
 
 
 def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 0):
@@ -286,7 +314,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
 
   # ---- set up: everything that can fail on a bad config fails before compiling
   validation.validate_config(config, jax.device_count())
-  say_if_the_warmup_never_ends(config)
+  say_if_the_schedule_idles(config)
   check_workdir(workdir)
   mesh = partitioning.create_mesh(config.partitioning)
   trainer = trainer_lib.Trainer(config, mesh)
@@ -319,7 +347,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
     print(f'[t5x_lite] the workdir is at step {start}, at or past config.train.steps='
           f'{config.train.steps}: nothing to train (raise train.steps to train on).', flush=True)
   if resumed:
-    _say_if_the_schedule_moved(config, ckpts, start)
+    _say_what_the_resume_changes(config, ckpts, start)
   config_dict = _config_dict(config)
   if pid == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -367,6 +395,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
           print(_log_line(step, t.steps, record), flush=True)
           throughput.reset()
         if _every(t.eval_every, step) or (t.eval_every and is_last):
+          eval_start = time.time()
           eval_skips = src_lib.SkipCounter()
           ev = evaluation.evaluate(config, trainer, state.params, skips=eval_skips)
           if not evals_reported:  # every eval reads the same examples: said once
@@ -375,7 +404,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
           print(f'step {step:>6}  eval_loss {ev["eval_loss"]:.4f}  '
                 f'eval_accuracy {ev["eval_accuracy"]:.3f}', flush=True)
           record.update(ev)
-          throughput.start = time.time()  # the eval's time is not step time
+          throughput.start += time.time() - eval_start  # the eval's time is not step time
         if record:
           metrics_log.write(step, record)
         if _every(t.checkpoint_every, step) or is_last or stopping:

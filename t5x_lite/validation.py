@@ -13,11 +13,24 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
   `data=False` skips the data section (and the TensorFlow import its check needs), for runs
   that read no data: `bench --train_only` / `--decode_only` time synthetic batches.
   """
-  models.ModelConfig.from_config(config.model)
+  validate_portable(config, num_devices)
   import jax
   if config.model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise ValueError(f"config.model.attention_impl='cudnn' needs a GPU; this run's devices are "
                      f"{jax.default_backend()} (use auto, xla, folded, rowwise or einsum).")
+  if not data:
+    return
+  # Data section against itself, the vocabulary (its size incl. sentinels must fit
+  # config.model.vocab_size) and the model family.
+  from t5x_lite.data import pipeline  # imports TensorFlow: only when validating a run
+  pipeline.validate(config)
+
+
+def validate_portable(config, num_devices: int) -> None:
+  """The checks that hold on any machine: no devices, data files or TensorFlow needed (what
+  `plan` checks of a pod's config on a laptop)."""
+  models.ModelConfig.from_config(config.model)
+  families.check_objective(config.model.family, config.data.objective)
   optim.validate(config.optimizer)
   t = config.train
   for name in ('steps', 'batch_size', 'grad_accum_steps', 'log_every'):
@@ -56,12 +69,6 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
   partitioning.microbatch_rows_per_device(
       config, partitioning.mesh_shape(config.partitioning, num_devices))
   check_absolute_positions(config)
-  if not data:
-    return
-  # Data section against itself, the vocabulary (its size incl. sentinels must fit
-  # config.model.vocab_size) and the model family.
-  from t5x_lite.data import pipeline  # imports TensorFlow: only when validating a run
-  pipeline.validate(config)
 
 
 def check_absolute_positions(config) -> None:

@@ -66,3 +66,13 @@ def test_bench_prints_pipeline_tokens_per_second(capsys):
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert line.startswith('pipeline: span corruption + packing, inputs 512 / targets 114, shipped corpus: ')
   assert out['pipeline_positions_per_s'] > 10000 and f"{out['pipeline_positions_per_s']:,.0f}" in line
+
+
+def test_inspect_with_a_non_positive_batch_size_names_the_field():
+  """It ended in a TensorFlow traceback (0) or 'Dimension -1 must be >= 0' (-4)."""
+  for value in (0, -4):
+    r = _run('t5x_lite.inspect', '--config=configs/default.py',
+             f'--config.train.batch_size={value}')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f'inspect: error: config.train.batch_size={value} must be a positive integer.')

@@ -233,7 +233,7 @@ def test_batch_size_defaults_to_global_over_shards_and_vocab_conflicts():
     pipeline.get_dataset(cfg, 'train')
   cfg.data.extra_ids = 100
   cfg.model.family = 'encoder'
-  with pytest.raises(DataError, match="data.objective='span_corruption' does not fit model.family='encoder'"):
+  with pytest.raises(DataError, match="data.objective='span_corruption' does not fit config.model.family='encoder'"):
     pipeline.get_dataset(cfg, 'train')
 
 

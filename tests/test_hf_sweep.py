@@ -281,7 +281,7 @@ def test_pytorch_bin_only_directory_names_the_bin(tmp_path):
   assert (tmp_path / 'pytorch_model.bin').exists()
   with pytest.raises(ValueError, match='pytorch_model.bin') as e:
     hf.load(str(tmp_path))
-  assert 'safe_serialization' in str(e.value)
+  assert 'save_pretrained' in str(e.value)
 
 
 def test_convert_cli_exits_with_one_line_on_bad_index(tmp_path, sharded_dir):
@@ -452,6 +452,66 @@ def test_bert_and_gpt_workdir_exports_write_a_tokenizer_hf_can_use(tmp_path, fam
       prompt = [0] + tok(text, add_special_tokens=False).input_ids
       ids, _ = infer.tokenize(vocab, text, cfg.data.inputs_length, eos=False)
       assert prompt == [0] + ids, use_fast
+
+
+def test_export_without_the_workdirs_vocabulary_warns(tmp_path, capsys):
+  """A workdir whose config names a relative data.vocab that does not resolve from here: the
+  weights are exported, and a warning says no tokenizer went with them, and why."""
+  from configs import gpt
+  cfg = gpt.get_config('tiny')
+  cfg.model.update(dict(vocab_size=160, d_model=32, d_ff=64, num_heads=2, d_kv=16,
+                        max_position_embeddings=64))
+  cfg.data.vocab = 'trained_elsewhere/sp.model'
+  out = conversion.t5x_to_hf(_zero_workdir(cfg, tmp_path / 'workdir'), str(tmp_path / 'hf'))
+  assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
+  err = capsys.readouterr().err
+  assert ("warning: no tokenizer written: the saved config's data.vocab="
+          "'trained_elsewhere/sp.model' is not a file") in err, err
+
+
+def test_swapped_directions_name_the_one_that_reads_the_directory(tmp_path, sharded_dir):
+  """An HF directory given where a t5x_lite one belongs (t5x_to_hf, init_from without hf:)
+  and the other way round: the error says which reads it."""
+  import flax.linen as nn
+  from t5x_lite import checkpoints
+  ours = conversion.hf_to_t5x(sharded_dir, str(tmp_path / 'ours'))
+  with pytest.raises(ValueError, match='is a t5x_lite directory.*--direction=t5x_to_hf'):
+    hf.load(ours)
+  with pytest.raises(ValueError, match='is a Hugging Face model directory.*hf_to_t5x'):
+    conversion.t5x_to_hf(sharded_dir, str(tmp_path / 'back'))
+  model_cfg, _ = conversion.load_t5x(ours)
+  with pytest.raises(ValueError, match=f'init_from=hf:{sharded_dir}'):
+    checkpoints.load_params(sharded_dir, nn.unbox(models.abstract_params(model_cfg)))
+
+
+@pytest.mark.parametrize('damage', ['flip', 'delete'])
+def test_a_damaged_converted_directory_is_refused_by_file(tmp_path, sharded_dir, damage):
+  """hf_to_t5x records its files' sizes and CRC-32s: a changed or missing file is named,
+  not read as weights (or as a config mismatch)."""
+  ours = conversion.hf_to_t5x(sharded_dir, str(tmp_path / 'ours'))
+  conversion.load_t5x(ours)  # intact
+  files = [os.path.join(r, n) for r, _, ns in os.walk(ours) for n in ns]
+  if damage == 'flip':
+    path = max((f for f in files if os.sep + 'd' + os.sep in f), key=os.path.getsize)
+    with open(path, 'r+b') as f:
+      byte = f.read(1)
+      f.seek(0)
+      f.write(bytes([byte[0] ^ 0xFF]))
+    why = 'fails its CRC-32 check'
+  else:
+    os.remove(next(f for f in files if f.endswith('manifest.ocdbt')))
+    why = 'manifest.ocdbt is missing'
+  with pytest.raises(ValueError, match=f'checkpoint is unusable .*{why}'):
+    conversion.load_t5x(ours)
+
+
+def test_weights_saved_by_tensorflow_are_refused_by_name(tmp_path):
+  torch.manual_seed(0)
+  d = save_torch(transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)), tmp_path)
+  safetensors.numpy.save_file(_tensors(d), os.path.join(d, 'model.safetensors'),
+                              metadata={'format': 'tf'})
+  with pytest.raises(ValueError, match="saved by a 'tf' model class"):
+    hf.load(d)
 
 
 def test_tokenizer_mismatch_of_an_hf_directory(tmp_path):

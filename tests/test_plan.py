@@ -191,6 +191,12 @@ CLI_RUNS = {
     'gpt_overridden': ['--config=configs/gpt.py:tiny', '--config.model.d_model=128',
                        '--config.model.num_heads=8'],
     'bert_overridden': ['--config=configs/bert.py:tiny', '--config.model.num_heads=8'],
+    # Configs train refuses: plan refuses them too (it printed a plan, exit 0).
+    'bert_heads_not_dividing': ['--config=configs/bert.py:tiny', '--config.model.num_heads=5'],
+    'gpt_rows_past_positions': ['--config=configs/gpt.py:tiny',
+                                '--config.data.targets_length=2048'],
+    'objective_not_for_family': ['--config=configs/t5_v1_1.py:tiny',
+                                 '--config.model.family=encoder'],
 }
 
 
@@ -237,6 +243,20 @@ def test_gpt_and_bert_head_sizes_follow_command_line_overrides(cli_runs):
   assert gpt.returncode == 0 and bert.returncode == 0, gpt.stderr + bert.stderr
   assert 'd_model=128 d_ff=512 heads=8 d_kv=16 ' in gpt.stdout
   assert 'd_model=64 d_ff=256 heads=8 d_kv=8 ' in bert.stdout
+
+
+@pytest.mark.parametrize('run,message', [
+    ('bert_heads_not_dividing', 'config.model.num_heads=5 is invalid: must divide d_model=64'),
+    ('gpt_rows_past_positions', 'config.data.targets_length=2048 gives the decoder rows of '
+                                '2048 tokens, more than config.model.max_position_embeddings'),
+    ('objective_not_for_family', "config.data.objective='span_corruption' does not fit "
+                                 "config.model.family='encoder'"),
+])
+def test_plan_refuses_what_train_refuses(cli_runs, run, message):
+  out = cli_runs(run)
+  assert out.returncode == 1 and out.stdout == '', out.stdout
+  errors = [l for l in out.stderr.splitlines() if l.startswith('plan: error:')]
+  assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
 
 
 @pytest.mark.parametrize('size', ['small', 'base'])

@@ -181,6 +181,22 @@ def test_read_only_users_skip_a_bad_checkpoint_without_moving_it(three_steps, ca
   assert os.path.isdir(os.path.join(directory, '3'))  # eval / infer never move anything
 
 
+def test_params_only_readers_skip_a_bad_checkpoint_too(three_steps, capsys):
+  """convert --direction=t5x_to_hf and config.init_from read params through load_params: a
+  corrupt newest step is skipped (not exported or fine-tuned from), a named one refused."""
+  workdir, directory = three_steps
+  _flip_a_byte(os.path.join(directory, '3'))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(0).params)
+  for given in (workdir, directory):
+    params, path = checkpoints.load_params(given, abstract)
+    assert str(path) == os.path.join(directory, '2', 'state')
+    np.testing.assert_array_equal(np.asarray(params['w']), np.asarray(_state(2).params['w']))
+    assert 'checkpoints/3 is unusable' in capsys.readouterr().err
+  with pytest.raises(ValueError, match='unusable.*CRC-32'):
+    checkpoints.load_params(os.path.join(directory, '3'), abstract)
+  assert os.path.isdir(os.path.join(directory, '3'))
+
+
 def test_no_intact_checkpoint_is_a_clear_error(three_steps):
   workdir, directory = three_steps
   for step in (1, 2, 3):

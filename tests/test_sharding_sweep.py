@@ -227,6 +227,22 @@ def test_local_multiprocess_shows_the_error_of_a_failing_process(tmp_path):
   assert 'error: config.x is bad on process 1' in out, out
 
 
+def test_local_multiprocess_rerun_keeps_the_previous_runs_logs(tmp_path):
+  """A resume overwrote the logs of the run it resumes, e.g. the one that said why it died."""
+  python = _fake_program(tmp_path / 'python', textwrap.dedent('''\
+      case "$1" in -c) exec python3 "$@" ;; esac
+      echo "run $RUN of $*"
+      '''))
+  for run in ('1', '2'):
+    proc = subprocess.run(['bash', 'launch/local_multiprocess.sh', str(tmp_path / 'wd'), '2', '1'],
+                          cwd=ROOT, env=dict(os.environ, PYTHON=str(python), RUN=run),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+  for i in (0, 1):
+    assert (tmp_path / f'wd.process_{i}.log').read_text().startswith('run 2 of ')
+    assert (tmp_path / f'wd.process_{i}.log.prev').read_text().startswith('run 1 of ')
+
+
 ARGV_PRINTER = 'import json, sys; print("ARGV " + json.dumps(sys.argv[1:]))'
 
 

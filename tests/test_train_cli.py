@@ -3,6 +3,7 @@
 tests/test_reliability.py's (10 kills); two processes, tests/test_data_multiprocess.py."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,10 +141,32 @@ def test_a_ctrl_c_python_drops_during_start_up_still_stops_the_run(tmp_path, mon
   monkeypatch.setattr(checkpoints, 'restore_or_init', interrupted)
   monkeypatch.chdir(ROOT)
   workdir = str(tmp_path / 'w')
+  before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a process started in the background
   train_loop.train(config_from_flags(TINY + ['--config.train.steps=20']), workdir)
   assert 'SIGINT: saved checkpoint at step 1 ' in capsys.readouterr().out
   assert checkpoint_steps(workdir) == [1]
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+  assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_an_eval_inside_a_log_window_is_left_out_of_its_rate(tmp_path, monkeypatch):
+  """tokens/s, steps/s, MFU and the ETA of a log window with an eval inside it: the window's
+  start moved to the eval's end while its steps kept counting from the window's start, so the
+  rate came out ~2x. An eval made 1 s slower must leave the rate as in a window without one."""
+  from t5x_lite import evaluation, train_loop
+  evaluate = evaluation.evaluate
+
+  def slow_evaluate(*args, **kwargs):
+    time.sleep(1.0)
+    return evaluate(*args, **kwargs)
+  monkeypatch.setattr(evaluation, 'evaluate', slow_evaluate)
+  monkeypatch.chdir(ROOT)
+  workdir = str(tmp_path / 'w')
+  # Logs at 8, 16, 24, 32; evals at 12 (inside the window 9-16) and 24 (after its log line).
+  train_loop.train(config_from_flags(TINY + [
+      '--config.train.steps=32', '--config.train.log_every=8', '--config.train.eval_every=12',
+      '--config.train.eval_steps=1', '--config.train.checkpoint_every=0']), workdir)
+  rate = losses(workdir, 'steps_per_sec')
+  assert 0.6 < rate[16] / rate[32] < 1.5, rate  # was ~2: 8 steps over the time of 4
 
 
 DROPOUT = ['--config.model.dropout_rate=0.1', '--config.train.steps=30',
@@ -291,6 +314,18 @@ def test_bad_input_fails_with_one_line_error(overrides, message, tmp_path):
   assert last.startswith('error: ') and message in last, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize('command,names', [('train', ['--config', '--workdir']),
+                                           ('eval', ['--config', '--workdir']),
+                                           ('plan', ['--config', '--num_devices'])])
+def test_help_lists_the_commands_main_flags(command, names):
+  """--config / --workdir are defined in cli.py: --help showed only the module's own flags."""
+  out = subprocess.run([sys.executable, '-m', f't5x_lite.{command}', '--help'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120).stdout
+  listed = {line.split(':')[0].strip() for line in out.splitlines()
+            if line.startswith('  --')}
+  assert set(names) <= listed, out
+
+
 def test_incompatible_checkpoint_names_shapes(uninterrupted, tmp_path):
   ref_dir, _ = uninterrupted
   workdir = str(tmp_path / 'incompatible')
@@ -384,18 +419,28 @@ def test_a_model_mismatch_names_every_differing_field():
 def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp_path):
   workdir = str(tmp_path / 'cosine')
   cosine = ['--config.optimizer.schedule=cosine', '--config.optimizer.warmup_steps=1']
-  run(workdir, '--config.train.steps=2', *cosine)
+  run(workdir, '--config.train.steps=2', *cosine, '--config.train.checkpoint_every=1')
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '2'))  # resume inside the decay
   proc = run(workdir, '--config.train.steps=3', *cosine)
   assert ('the cosine schedule decays over train.steps (optimizer.decay_steps=0): it was 2 '
-          'steps, now 3, so the learning rate changes from step 2 on; set '
+          'steps, now 3, so the learning rate changes from step 1 on; set '
           'optimizer.decay_steps=2 to keep it') in proc.stdout
+  # Resumed at the end of the saved decay (rate 0): keeping it would train nothing.
+  ended = str(tmp_path / 'ended')
+  run(ended, '--config.train.steps=2', *cosine)
+  proc = run(ended, '--config.train.steps=3', *cosine)
+  assert ('it was 2 steps, now 3, so the learning rate, 0 since step 2, rises again for the '
+          'new steps (optimizer.decay_steps=2 would keep it at 0') in proc.stdout
   proc = run(workdir, '--config.train.steps=3', *cosine)  # same steps: no notice
   assert 'cosine schedule' not in proc.stdout
   assert 'at step 3, at or past config.train.steps=3: nothing to train' in proc.stdout
   assert 'done: 0 steps' in proc.stdout and 'no step to train' in proc.stdout
   assert 'None' not in proc.stdout  # (the losses of no step were printed as None)
   proc = run(workdir, '--config.train.steps=4', *cosine, '--config.optimizer.decay_steps=3')
-  assert 'cosine schedule' not in proc.stdout
+  assert 'decays over train.steps (optimizer.decay_steps=0): it was' not in proc.stdout
+  assert 'optimizer settings other than the checkpoint\'s: decay_steps 0 -> 3;' in proc.stdout
+  assert 'reaches learning rate 0 at optimizer.decay_steps=3, before train.steps=4' in (
+      proc.stdout)
   # Both runs inside one warmup of 10 steps decay over its end (warmup + 1): nothing moves,
   # nothing to say (it warned, advising a decay_steps shorter than the warmup).
   workdir = str(tmp_path / 'in_warmup')
@@ -405,16 +450,35 @@ def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp
   assert 'restored step 2' in proc.stdout and 'decays over train.steps' not in proc.stdout
 
 
-def test_a_warmup_as_long_as_the_cosine_horizon_is_a_warning(capsys):
+def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
   from t5x_lite import train_loop
   from tiny_run import tiny_config
   cfg = tiny_config('gpt', train=dict(steps=100))  # warmup 100: never decays
-  train_loop.say_if_the_warmup_never_ends(cfg)
+  train_loop.say_if_the_schedule_idles(cfg)
   assert ("the cosine schedule's warmup (optimizer.warmup_steps=100) is not shorter than "
           'train.steps=100 (optimizer.decay_steps=0)') in capsys.readouterr().out
   cfg.optimizer.decay_steps = 101
-  train_loop.say_if_the_warmup_never_ends(cfg)
+  train_loop.say_if_the_schedule_idles(cfg)
   assert capsys.readouterr().out == ''
+  cfg.train.steps = 150  # steps 102-150 at learning rate 0: the params stop changing
+  train_loop.say_if_the_schedule_idles(cfg)
+  assert ('the cosine schedule reaches learning rate 0 at optimizer.decay_steps=101, before '
+          'train.steps=150: the steps after 101 leave the params unchanged') in (
+              capsys.readouterr().out)
+
+
+def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_path):
+  ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / 'changed')
+  shutil.copytree(ref_dir, workdir)
+  proc = run(workdir, '--config.train.steps=13', '--config.optimizer.learning_rate=0.003',
+             '--config.optimizer.warmup_steps=7')
+  assert 'restored step 12' in proc.stdout, proc.stdout
+  line = next(l for l in proc.stdout.splitlines() if 'optimizer settings other' in l)
+  assert 'learning_rate 0.03 -> 0.003, warmup_steps 100 -> 7;' in line, line
+  proc = run(workdir, '--config.train.steps=14', '--config.optimizer.learning_rate=0.003',
+             '--config.optimizer.warmup_steps=7')
+  assert 'optimizer settings other' not in proc.stdout  # as the checkpoint now says
 
 
 def test_unwritable_workdir(tmp_path):

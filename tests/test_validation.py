@@ -27,6 +27,8 @@ from t5x_lite import validation
     ('data', 'mlm_rate', 0.0, 'data.mlm_rate=0.0 must be in (0, 1)'),
     ('train', 'batch_size', 6, 'config.train.batch_size=6 is not a multiple of '
                                'data.num_virtual_shards=4'),
+    ('model', 'norm_eps', -1.0, 'config.model.norm_eps=-1.0 is invalid: must be > 0'),
+    ('model', 'norm_eps', 0.0, 'config.model.norm_eps=0.0 is invalid: must be > 0'),
 ])
 def test_bad_field_is_named(section, field, value, message):
   cfg = default.get_config()
@@ -51,9 +53,9 @@ def test_runs_that_read_no_data_skip_the_data_section_and_tensorflow():
   """`bench --train_only` on a machine without TensorFlow (a bare GPU image): the data
   section is neither checked nor is TensorFlow imported; the default still checks it."""
   cfg = default.get_config()
-  cfg.data.objective = 'mlm'  # does not fit an encoder-decoder: caught only with data=True
+  cfg.data.noise_density = 1.5  # a data-section field: caught only with data=True
   validation.validate_config(cfg, num_devices=1, data=False)
-  with pytest.raises(ValueError, match="data.objective='mlm' does not fit"):
+  with pytest.raises(ValueError, match='data.noise_density=1.5 must be in'):
     validation.validate_config(cfg, num_devices=1)
   code = ('import sys; from configs import default; from t5x_lite import validation; '
           'validation.validate_config(default.get_config(), 1, data=False); '

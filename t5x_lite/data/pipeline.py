@@ -46,8 +46,6 @@ from t5x_lite.data.sources import DataError  # noqa: E402
 
 _CUT = (f'document over {obj_lib.MAX_DOC_TOKENS} tokens (span corruption keeps one random '
         f'{obj_lib.MAX_DOC_TOKENS}-token chunk of it, as T5 does)')
-OBJECTIVES = ('span_corruption', 'mlm', 'iid_noise', 'causal_lm', 'prefix_lm', 'text_to_text')
-FAMILY_OBJECTIVES = {name: f.objectives for name, f in families.FAMILIES.items()}
 
 
 # ---------------------------------------------------------------- validation
@@ -55,13 +53,10 @@ def validate(config, vocab: vocab_lib.Vocabulary | None = None) -> vocab_lib.Voc
   """Checks config.data against itself, the vocabulary and config.model; returns the
   vocabulary. Raises DataError with one sentence naming the bad field."""
   d, family = config.data, config.model.family
-  if d.objective not in OBJECTIVES:
-    raise DataError(f'data.objective={d.objective!r} is not one of {", ".join(OBJECTIVES)}.')
-  if family not in FAMILY_OBJECTIVES:
-    raise DataError(f'model.family={family!r} is not one of {", ".join(FAMILY_OBJECTIVES)}.')
-  if d.objective not in FAMILY_OBJECTIVES[family]:
-    raise DataError(f'data.objective={d.objective!r} does not fit model.family={family!r} '
-                    f'(it takes {", ".join(FAMILY_OBJECTIVES[family])}).')
+  try:
+    families.check_objective(family, d.objective)
+  except ValueError as e:
+    raise DataError(str(e)) from None
   for name in ('inputs_length', 'targets_length'):
     if int(d[name]) < 2:
       raise DataError(f'data.{name}={d[name]} must be at least 2.')
@@ -133,6 +128,8 @@ def check_span_corruption(inputs_length, targets_length, noise_density, mean_noi
 def check_stream_rows(global_batch: int, num_streams: int) -> None:
   """Every stream must feed the same number of rows: a stream with none would leave its part
   of the corpus unread, and unequal blocks would read some parts faster than others."""
+  if global_batch < 1:
+    raise DataError(f'config.train.batch_size={global_batch} must be a positive integer.')
   if num_streams < 1:
     raise DataError(f'data.num_virtual_shards={num_streams} must be at least 1.')
   if global_batch % num_streams:
