@@ -97,15 +97,18 @@ def load(config, workdir: str):
 
 
 # ------------------------------------------------------------ teacher-forced eval
-def evaluate(config, trainer, params, split: str = 'validation', skips=None):
+def evaluate(config, trainer, params, split: str = 'validation', skips=None, data=None):
   """Teacher-forced loss / accuracy over `train.eval_steps` batches of `split` (0 = all).
-  `skips` (a `sources.SkipCounter`) receives the pass's skipped and truncated input."""
+  `skips` (a `sources.SkipCounter`) receives the pass's skipped and truncated input.
+  `data`: this process's iterator over `split` built earlier (`pipeline.get_dataset`),
+  rewound to its start here instead of building one; its own counter receives the skips."""
   import jax
   import numpy as np
   from jax.experimental import multihost_utils
   from t5x_lite.data import pipeline
-  it = pipeline.get_dataset(config, split, shard_index=jax.process_index(),
-                            num_shards=jax.process_count(), skips=skips)
+  it = data.rewind() if data is not None else pipeline.get_dataset(
+      config, split, shard_index=jax.process_index(), num_shards=jax.process_count(),
+      skips=skips)
   # All-padding batch (zero loss weight) for a host whose shard ran out before the others'.
   padding = {k: np.zeros(shape, np.int32) for k, shape in it.shapes.items()}
   totals, steps = None, 0

@@ -310,7 +310,6 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   import jax
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   from t5x_lite.data import pipeline
-  from t5x_lite.data import sources as src_lib
 
   # ---- set up: everything that can fail on a bad config fails before compiling
   validation.validate_config(config, jax.device_count())
@@ -324,12 +323,14 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   train_iter = pipeline.get_dataset(config, 'train', shard_index=pid, num_shards=nproc,
                                     batch_size=rows)
   report_skips('train', train_iter.skips)
+  validation_data = None  # built once, now: a broken validation source fails before compiling
   if config.train.eval_every:
-    try:  # build it once now: a missing or broken validation source fails before compiling
-      report_skips('validation', pipeline.get_dataset(config, 'validation', shard_index=pid,
-                                                      num_shards=nproc).skips)
+    try:
+      validation_data = pipeline.get_dataset(config, 'validation', shard_index=pid,
+                                             num_shards=nproc)
     except ValueError as e:
       raise ValueError(f'config.data.validation_source: {e}') from None
+    report_skips('validation', validation_data.skips)
   ckpts = checkpoints.Checkpoints(os.path.join(workdir, 'checkpoints'), config.checkpoint.keep,
                                   config.checkpoint.async_save)
 
@@ -396,10 +397,9 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
           throughput.reset()
         if _every(t.eval_every, step) or (t.eval_every and is_last):
           eval_start = time.time()
-          eval_skips = src_lib.SkipCounter()
-          ev = evaluation.evaluate(config, trainer, state.params, skips=eval_skips)
+          ev = evaluation.evaluate(config, trainer, state.params, data=validation_data)
           if not evals_reported:  # every eval reads the same examples: said once
-            report_skips('validation', eval_skips)
+            report_skips('validation', validation_data.skips)
             evals_reported = True
           print(f'step {step:>6}  eval_loss {ev["eval_loss"]:.4f}  '
                 f'eval_accuracy {ev["eval_accuracy"]:.3f}', flush=True)

@@ -196,6 +196,22 @@ def test_validation_is_one_finite_pass_with_a_padded_last_batch():
   assert len(_take(it, 20)) == 20
 
 
+@pytest.mark.parametrize('objective', ['span_corruption', 'text_to_text'])
+def test_a_rewound_validation_pass_repeats_a_fresh_one(objective):
+  """Training evaluates by rewinding the validation iterator it built at start-up: the pass
+  after a rewind, from mid-pass or from the end, equals a newly built pipeline's."""
+  source = ('jsonl:data/tasks/speaker/validation.jsonl' if objective == 'text_to_text' else
+            'text:data/corpus/validation.txt')
+  cfg = data_config(objective=objective, inputs_length=64, targets_length=16,
+                    validation_source=source, pack=objective != 'text_to_text')
+  fresh = list(pipeline.get_dataset(cfg, 'validation', batch_size=16))
+  it = pipeline.get_dataset(cfg, 'validation', batch_size=16)
+  _take(it, 3)
+  again = list(it.rewind())
+  assert len(again) == len(fresh) > 3 and _equal(again, fresh)
+  assert _equal(list(it.rewind()), fresh)  # from the end of a pass
+
+
 def test_every_stream_feeds_an_equal_block_or_the_config_is_refused():
   """A batch of fewer rows than streams would leave some streams' part of the corpus
   unread; an uneven split would read some parts faster: both are config errors."""
