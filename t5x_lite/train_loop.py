@@ -6,8 +6,9 @@ host-side objects it reads from top to bottom:
     StopVote     multi-host: a signal on any process stops every process at the same step
     Progress     metrics fetched from the device in batches (the host never waits a step):
                  acts on non-finite steps (`train.on_nonfinite`), counts tokens seen and
-                 skipped steps, first / last loss
-    Throughput   tokens/s, steps/s and MFU over the window since the last log line
+                 skipped steps, first / last loss, and averages each log window's steps
+    Throughput   tokens/s, steps/s and MFU over the window since the last log line (the
+                 first step of a session, which compiles, is left out of the first window)
 A non-finite loss or gradient norm: the trainer never applies that update. With
 `train.on_nonfinite='stop'` the run raises FloatingPointError naming the step; with 'skip'
 it goes on (the step counts in `skipped_steps`) until `train.max_consecutive_skips`
@@ -149,6 +150,7 @@ class Progress:
     self.skipped_steps = skipped_steps
     self.consecutive_skips = 0
     self.first_loss = self.last_loss = None
+    self.window = Window()  # the steps since the last log line
 
   def add(self, step: int, metrics) -> None:
     self.pending.append((step, metrics))
@@ -175,6 +177,7 @@ class Progress:
     import jax
     fetched = jax.device_get([m for _, m in self.pending])
     for (step, _), m in zip(self.pending, fetched):
+      self.window.add(m)
       if not bool(m['finite']):
         self._nonfinite(step, m)
         continue
@@ -186,9 +189,54 @@ class Progress:
     self.pending.clear()
     return fetched
 
+  def window_figures(self) -> dict:
+    """The log line's figures over the steps since the last one (`Window`)."""
+    self.sync()
+    figures, self.window = self.window.figures(), Window()
+    return figures
+
   def saved(self) -> dict:
     """The host-side counters a checkpoint keeps."""
     return {'tokens_seen': self.tokens_seen, 'skipped_steps': self.skipped_steps}
+
+
+class Window:
+  """The steps since the last log line, summed for its figures (memory does not grow with
+  log_every): `loss`, `grad_norm` and the like averaged over the finite steps, the per-token
+  figures (`PER_TOKEN`) over their target tokens, the tokens summed, the last step's learning
+  rate. A window of only skipped steps shows its last step's (non-finite) figures.
+
+  >>> w = Window()
+  >>> w.add(dict(loss=4.0, accuracy=0.5, target_tokens=30, learning_rate=0.1, finite=True))
+  >>> w.add(dict(loss=2.0, accuracy=0.1, target_tokens=10, learning_rate=0.2, finite=True))
+  >>> w.add(dict(loss=float('nan'), accuracy=0.0, target_tokens=10, learning_rate=0.3,
+  ...            finite=False))
+  >>> w.figures()
+  {'loss': 3.0, 'accuracy': 0.4, 'target_tokens': 40.0, 'learning_rate': 0.2}
+  """
+  PER_TOKEN = ('accuracy', 'loss_per_token', 'z_loss')
+
+  def __init__(self):
+    self.steps, self.sums, self.last = 0, {}, None
+
+  def add(self, m: dict) -> None:
+    m = {k: float(v) for k, v in m.items() if k != 'finite'} | {'finite': bool(m['finite'])}
+    if not m.pop('finite'):
+      self.last = m if not self.steps else self.last
+      return
+    self.steps, self.last = self.steps + 1, m
+    for k, v in m.items():
+      self.sums[k] = v if k == 'learning_rate' else self.sums.get(k, 0.0) + (
+          v * m['target_tokens'] if k in self.PER_TOKEN else v)
+
+  def figures(self) -> dict:
+    if not self.steps:
+      return dict(self.last)
+    tokens = self.sums['target_tokens']
+    return {k: v if k in ('learning_rate', 'target_tokens') else
+            v / tokens if k in self.PER_TOKEN and tokens else
+            self.last[k] if k in self.PER_TOKEN else v / self.steps
+            for k, v in self.sums.items()}
 
 
 class Throughput:
@@ -387,13 +435,19 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
                     vote.step(stop.signal is not None))
         is_last = step == t.steps
         record = {}  # one metrics.jsonl object per logged step (train and eval figures)
+        first = step == start + 1  # compiled in this step: left out of the rates after it
+        if first:
+          jax.block_until_ready(metrics)
+          print(f'[t5x_lite] step {step} (compiling the train step) took '
+                f'{time.time() - run_start:.1f}s.', flush=True)
         if _every(t.log_every, step) or is_last or stopping:
-          m = progress.sync()[-1]
-          record.update({k: float(v) for k, v in m.items() if k != 'finite'})
+          record.update(progress.window_figures())
           record['tokens_seen'] = progress.tokens_seen
           record['skipped_steps'] = progress.skipped_steps
           record.update(throughput.figures())
           print(_log_line(step, t.steps, record), flush=True)
+          throughput.reset()
+        elif first:
           throughput.reset()
         if _every(t.eval_every, step) or (t.eval_every and is_last):
           eval_start = time.time()

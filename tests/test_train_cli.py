@@ -148,6 +148,33 @@ def test_a_ctrl_c_python_drops_during_start_up_still_stops_the_run(tmp_path, mon
   assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
+def test_a_log_line_averages_the_steps_of_its_window(uninterrupted, tmp_path):
+  """log_every=5 on the uninterrupted run's config (logged every step there): each line's
+  loss and gradient norm are the means of its window's per-step values, accuracy and z-loss
+  weighted by each step's target tokens, the learning rate its step's; checkpoints every 3
+  steps (a fetch of the metrics mid-window) change nothing. The window is the steps since
+  the last line: 1-5, 6-10, 11-12 (the last step)."""
+  per_step, _ = uninterrupted
+  workdir = str(tmp_path / 'w')
+  proc = run(workdir, '--config.train.steps=12', '--config.train.checkpoint_every=3',
+             '--config.train.log_every=5')
+  assert 'step 1 (compiling the train step) took' in proc.stdout
+  tokens = losses(per_step, 'target_tokens')
+  windows = {5: range(1, 6), 10: range(6, 11), 12: range(11, 13)}
+  for key in ('loss', 'grad_norm', 'accuracy', 'z_loss', 'learning_rate', 'target_tokens'):
+    step_values, logged = losses(per_step, key), losses(workdir, key)
+    assert sorted(logged) == [5, 10, 12]
+    for step, window in windows.items():
+      values = np.array([step_values[s] for s in window])
+      weights = np.array([tokens[s] for s in window])
+      want = {'loss': values.mean(), 'grad_norm': values.mean(),
+              'learning_rate': values[-1], 'target_tokens': values.sum(),
+              'accuracy': weights @ values / weights.sum(),
+              'z_loss': weights @ values / weights.sum()}[key]
+      assert logged[step] == pytest.approx(want, rel=1e-6), (key, step)
+  assert losses(workdir, 'tokens_seen')[12] == sum(tokens.values())
+
+
 def test_an_eval_inside_a_log_window_is_left_out_of_its_rate(tmp_path, monkeypatch):
   """tokens/s, steps/s, MFU and the ETA of a log window with an eval inside it: the window's
   start moved to the eval's end while its steps kept counting from the window's start, so the
