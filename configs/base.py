@@ -78,10 +78,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   o.schedule = 'rsqrt'              # rsqrt | cosine | constant
   o.learning_rate = 0.01            # peak / constant value
   o.warmup_steps = 10000            # rsqrt: peak for this many steps, then peak * sqrt(warmup /
-                                    # step) (T5); cosine: linear 0 -> peak; constant: unused
+                                    # step) (T5); cosine: linear 0 -> peak (the first
+                                    # step's rate is 0, as optax's); constant: unused
   o.decay_steps = 0                 # cosine: 0 at this step, warmup included (0 = train.steps;
                                     # > warmup_steps when set)
-  o.clip_grad_norm = 0.0            # 0 = off
+  o.clip_grad_norm = 0.0            # 0 = off; the logged grad_norm is before clipping
+  # AdamW: p -= lr * weight_decay * p per step. Adafactor (t5x's weight_decay_rate): p -=
+  # weight_decay * p per step, not scaled by the rate: a far smaller value (docs/t5.md §6)
   o.weight_decay = 0.0
   o.b1 = 0.9
   o.b2 = 0.999

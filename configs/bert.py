@@ -19,7 +19,7 @@ def get_config(size: str = 'base'):
       mlp_activations=('gelu_exact',), norm='layer', norm_eps=1e-12, post_norm=True,
       use_bias=True, position_embedding='absolute', max_position_embeddings=512,
       type_vocab_size=2, scale_attention_logits=True, tie_embeddings=True,
-      init_scheme='normal_0.02'))
+      init_scheme='normal_0.02', dropout_sites='bert_gpt2'))
   # BERT's head size follows d_model and num_heads, also when the command line overrides
   # them (a fixed d_kv would leave heads x d_kv != d_model: no BertForMaskedLM has that).
   cfg.model.d_kv = cfg.model.get_ref('d_model') // cfg.model.get_ref('num_heads')
@@ -29,6 +29,7 @@ def get_config(size: str = 'base'):
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=1e-4,
                             warmup_steps=10_000 if size != 'tiny' else 100,
                             weight_decay=0.01))
+  cfg.train.z_loss = 0.0  # a T5 (t5x) regulariser: BERT trained without it
   if size != 'tiny':
     cfg.train.steps = 1_000_000
   return cfg

@@ -18,7 +18,8 @@ def get_config(size: str = 'small'):
       num_encoder_layers=0, num_decoder_layers=n_layers,
       mlp_activations=('gelu',), norm='layer', norm_eps=1e-5, use_bias=True,
       position_embedding='absolute', max_position_embeddings=1024,
-      scale_attention_logits=True, tie_embeddings=True, init_scheme='normal_0.02'))
+      scale_attention_logits=True, tie_embeddings=True, init_scheme='gpt2',
+      dropout_sites='bert_gpt2'))
   # GPT-2's shapes follow d_model and num_heads, also when the command line overrides them
   # (a fixed d_kv would leave heads x d_kv != d_model: no GPT2LMHeadModel has that).
   cfg.model.d_kv = cfg.model.get_ref('d_model') // cfg.model.get_ref('num_heads')
@@ -29,6 +30,7 @@ def get_config(size: str = 'small'):
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=6e-4,
                             warmup_steps=2000 if size != 'tiny' else 100, weight_decay=0.1,
                             b2=0.95, clip_grad_norm=1.0))
+  cfg.train.z_loss = 0.0  # a T5 (t5x) regulariser: GPT-2 trained without it
   if size != 'tiny':
     cfg.train.steps = 600_000
   return cfg

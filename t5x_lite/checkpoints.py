@@ -255,11 +255,17 @@ def complete_steps(directory) -> List[int]:
 
 
 def latest_checkpoint(workdir: str) -> Tuple[int, str]:
-  """(step, path of its state item) of the newest complete checkpoint in workdir."""
+  """(step, path of its state item) of the newest complete checkpoint in workdir; or, for
+  a directory `convert --direction=hf_to_t5x` wrote (imported weights, as they are), (0, it):
+  `load_params` verifies either."""
   directory = os.path.join(workdir, 'checkpoints')
   if not complete_steps(directory):
-    raise ValueError(f'--workdir={workdir} has no checkpoint (no {directory}/<step>/state); '
-                     'train one first with `python -m t5x_lite.train`.')
+    if os.path.exists(os.path.join(workdir, integrity.MANIFEST)) and os.path.exists(
+        os.path.join(workdir, 'config.json')) and not os.path.exists(directory):
+      return 0, workdir
+    raise ValueError(f'--workdir={workdir} has no checkpoint (no {directory}/<step>/state) '
+                     'and is no converted Hugging Face model: train one first with `python -m '
+                     't5x_lite.train`, or convert one with `python -m t5x_lite.convert`.')
   step = integrity.newest_intact(directory, warn, move=False)  # read-only: skip, keep
   if step is None:
     raise ValueError(f'--workdir={workdir}: no intact checkpoint in {directory} (see the '
@@ -297,8 +303,8 @@ def resolve_params_dir(directory: str) -> epath.Path:
 
 
 # Model fields that do not change what the weights mean: runtime choices and the initializer.
-RUNTIME_MODEL_FIELDS = ('dropout_rate', 'dtype', 'scan_layers', 'remat', 'attention_impl',
-                        'init_scheme')
+RUNTIME_MODEL_FIELDS = ('dropout_rate', 'dropout_sites', 'dtype', 'scan_layers', 'remat',
+                        'attention_impl', 'init_scheme')
 
 
 def model_mismatch(saved_model: dict, model_cfg, source: str) -> str:
@@ -414,6 +420,28 @@ def _load_params_relaid(path, saved_params, abstract_params, scanned: bool, advi
 
 
 # --------------------------------------------------------------- restore precedence
+def check_init_source(config) -> None:
+  """ValueError unless config.init_from (a t5x_lite checkpoint, or hf:DIR) exists and holds
+  a model of config.model's network; reads configs only (loading verifies the weights)."""
+  if config.init_from.startswith('hf:'):
+    from t5x_lite import hf
+    mismatch = model_mismatch(hf.read_config(config.init_from[3:])[2], config.model,
+                              f'the Hugging Face model in {config.init_from[3:]}')
+    if mismatch:
+      raise ValueError(f'{mismatch}.')
+  elif not os.path.exists(config.init_from):
+    raise ValueError(f'config.init_from={config.init_from} does not exist.')
+  else:
+    check_model_config(config.init_from, config.model, 'config.init_from')
+
+
+def check_init_from(config, workdir: str) -> None:
+  """`check_init_source` at start-up, before the data pipeline and the model are built
+  (seconds, a minute on a busy host), unless the workdir has a checkpoint (which wins)."""
+  if config.init_from and not integrity.step_dirs(os.path.join(workdir, 'checkpoints')):
+    check_init_source(config)
+
+
 def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
   """Latest workdir checkpoint > config.init_from > fresh. Returns (state, one-line why)."""
   from t5x_lite.data.sources import ResumeMismatch
@@ -452,11 +480,8 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
     return state, why
   if config.init_from.startswith('hf:'):
     from t5x_lite import hf
-    hf_cfg, params = hf.load(config.init_from[3:], scan_layers=config.model.scan_layers)
-    mismatch = model_mismatch(hf_cfg, config.model,
-                              f'the Hugging Face model in {config.init_from[3:]}')
-    if mismatch:
-      raise ValueError(f'{mismatch}.')
+    check_init_source(config)
+    _, params = hf.load(config.init_from[3:], scan_layers=config.model.scan_layers)
     from t5x_lite import conversion
     tokenizer = conversion.tokenizer_mismatch(config.init_from[3:], config.data)
     if tokenizer:  # a warning, not an error: retraining the embeddings may be the intent
@@ -466,7 +491,7 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
                    '(config.init_from; no checkpoint in the workdir); fresh optimizer state '
                    'and data position')
   if config.init_from:
-    check_model_config(config.init_from, config.model, 'config.init_from')
+    check_init_source(config)
     params, path = load_params(config.init_from, trainer.abstract_state.params)
     state = trainer.state_from_params(params)
     return state, (f'initialized params from {path} (config.init_from; no checkpoint in the '

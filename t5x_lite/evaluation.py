@@ -287,9 +287,12 @@ def predict(config, model, params, token_lists: List[List[int]], *, batch_size: 
       key = jax.random.fold_in(rng, count)
       count += 1
       if encoder_decoder:
-        enc = np.zeros((batch_size, config.data.inputs_length), np.int32)
+        enc = np.zeros((len(idx), config.data.inputs_length), np.int32)
         for row, i in enumerate(idx):
           enc[row, :len(token_lists[i])] = token_lists[i]
+        # Spare rows repeat a real one: an all-padding row never ends (no EOS), and the
+        # loop runs until every row has ended.
+        enc = pad_rows(enc, batch_size)
         got, scores = decoding.decode(model, params, {'encoder_input_tokens': enc}, max_length,
                                       rng=key, **kw)
       else:

@@ -301,20 +301,20 @@ def _config_from_hf(arch: str, hf: dict) -> ml_collections.ConfigDict:
       vocab_size=f('vocab_size'), d_model=d, num_heads=heads, d_kv=d // heads,
       mlp_activations=(_act_from_hf(f(act[0], act[1], 'any'), act[0], arch),), norm='layer',
       use_bias=True, position_embedding='absolute', scale_attention_logits=True,
-      tie_embeddings=tie, rescale_tied_logits=False, init_scheme='normal_0.02'))
+      tie_embeddings=tie, rescale_tied_logits=False, dropout_sites='bert_gpt2'))
   if arch == 'BertForMaskedLM':
     m.update(dict(
         family='encoder', d_ff=f('intermediate_size'), num_encoder_layers=f('num_hidden_layers'),
         num_decoder_layers=0, norm_eps=f('layer_norm_eps', 1e-12, 'float'), post_norm=True,
         max_position_embeddings=f('max_position_embeddings', 512),
-        type_vocab_size=f('type_vocab_size', 2),
+        type_vocab_size=f('type_vocab_size', 2), init_scheme='normal_0.02',
         dropout_rate=f('hidden_dropout_prob', 0.0, 'float')))
   else:
     m.update(dict(
         family='decoder', d_ff=f('n_inner', 4 * d), num_encoder_layers=0,
         num_decoder_layers=f('n_layer'), norm_eps=f('layer_norm_epsilon', 1e-5, 'float'),
         post_norm=False, max_position_embeddings=f('n_positions', 1024), type_vocab_size=0,
-        dropout_rate=f('resid_pdrop', 0.0, 'float')))
+        init_scheme='gpt2', dropout_rate=f('resid_pdrop', 0.0, 'float')))
   return m
 
 
@@ -454,8 +454,9 @@ def _plain_params(params, cfg):
 
 
 # ---------------------------------------------------------------------------- public API
-def read_config(hf_dir: str) -> Tuple[str, dict]:
-  """(architecture, config.json dict) of a HF directory; ValueError if unsupported."""
+def read_config(hf_dir: str) -> Tuple[str, dict, ml_collections.ConfigDict]:
+  """(architecture, config.json dict, our model config) of a HF directory, its weights not
+  read; ValueError if unsupported."""
   path = os.path.join(hf_dir, CONFIG_NAME)
   if not os.path.isfile(path):
     _fail(f'{path} does not exist: a Hugging Face model directory needs {CONFIG_NAME} and '
@@ -482,7 +483,7 @@ def read_config(hf_dir: str) -> Tuple[str, dict]:
   if arch is None:
     _fail(f'{path} names architecture {archs[0] if archs else "(none)"!s}, which is not '
           f'supported; {_SUPPORTED_MSG}.')
-  return arch, hf
+  return arch, hf, _config_from_hf(arch, hf)
 
 
 # Tensors a HF file may hold that no param takes and transformers ignores as well: buffers,
@@ -521,8 +522,7 @@ def load(hf_dir: str, scan_layers: bool = False):
 
   Params are a plain nested dict of float32 numpy arrays (unscanned unless `scan_layers`).
   """
-  arch, hf_cfg = read_config(hf_dir)
-  model_cfg = _config_from_hf(arch, hf_cfg)
+  arch, _, model_cfg = read_config(hf_dir)
   from t5x_lite import conversion  # pylint: disable=import-outside-toplevel
   weights, tensors = conversion.read_weights(hf_dir, arch, _fail)
   # The original GPT-2 checkpoints store the GPT2Model names, without `transformer.`.

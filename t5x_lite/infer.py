@@ -4,8 +4,10 @@
 
 Input detection, tokenization, batching, decoding options and the output: docs/cli.md.
 """
+import copy
 import gzip
 import json
+import math
 import sys
 import zlib
 from typing import Iterable, List, Optional, Tuple, Union
@@ -149,6 +151,17 @@ def _method(beam_size: int, temperature: float, top_k: int, top_p: float, seed: 
   return f'beam search ({beam_size} beams)' if beam_size > 1 else 'greedy'
 
 
+def _decoding_only(config):
+  """`config` with a training batch that fits every mesh and stream count: infer decodes
+  batches of --batch_size rows, not split over the mesh, so whether train.batch_size (and
+  grad_accum_steps) would fit it, which loading checks, does not apply."""
+  import jax
+  config = copy.deepcopy(config)
+  config.train.batch_size = math.lcm(jax.device_count(), config.data.num_virtual_shards)
+  config.train.grad_accum_steps = 1
+  return config
+
+
 def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-', *,
               max_length: int = 0, temperature: float = 0.0, top_k: int = 0,
               top_p: float = 1.0, seed: int = 0, batch_size: int = 0,
@@ -212,7 +225,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
     kept.append(example)
   examples = kept
 
-  trainer, params, step = evaluation.load(config, workdir) if examples else (None, None, None)
+  trainer, params, step = (evaluation.load(_decoding_only(config), workdir) if examples else
+                           (None, None, None))
   if examples:
     print(f'[t5x_lite] infer: params of step {step} from {workdir}/checkpoints/{step}; '
           f'{len(examples)} inputs, batches of {batch_size}, up to {max_length} tokens, '

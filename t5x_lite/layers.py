@@ -194,10 +194,11 @@ class RelativePositionBias(nn.Module):
   num_buckets: int = 32
   max_distance: int = 128
   bidirectional: bool = True
+  table_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')  # t5x
 
   @nn.compact
   def __call__(self, query_positions: Array, key_positions: Array) -> Array:
-    table = param_with_axes(self, 'rel_embedding', nn.initializers.normal(1.0),
+    table = param_with_axes(self, 'rel_embedding', self.table_init,
                             (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'))
     rel = key_positions[None, :] - query_positions[:, None]
     buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets,

@@ -63,8 +63,14 @@ class ModelConfig:
   scale_attention_logits: bool = False
   tie_embeddings: bool = False      # logits from the input embedding (T5 v1.0, BERT, GPT-2)
   rescale_tied_logits: bool = False # T5 v1.0: tied logits divided by sqrt(d_model)
-  init_scheme: str = 't5'           # t5 (variance scaling, docs/t5.md §5) | normal_0.02
+  # t5 (t5x's variance scaling, docs/t5.md §5) | normal_0.02 (BERT) | gpt2 (normal_0.02, the
+  # residual output projections' std divided by sqrt(2 x layers), as transformers' GPT-2)
+  init_scheme: str = 't5'
   dropout_rate: float = 0.0
+  # Where dropout_rate applies. t5 (t5x): embeddings, attention probabilities, each sublayer's
+  # output, the MLP hidden activations and the stack's output; bert_gpt2 (transformers'
+  # BERT / GPT-2): the same without the MLP hidden activations and the stack's output.
+  dropout_sites: str = 't5'
   dtype: str = 'float32'            # activation dtype; params, norms and logits stay float32
   scan_layers: bool = False
   remat: str = 'none'               # none | full | dots | dots_no_batch (jax.checkpoint policies)
@@ -112,7 +118,8 @@ class ModelConfig:
       fail('mlp_activations', f'each entry must be one of {", ".join(layers.ACTIVATIONS)}')
     choices = {'norm': ('rms', 'layer'), 'position_embedding': ('relative', 'absolute'),
                'dtype': tuple(DTYPES), 'remat': tuple(REMAT_POLICIES),
-               'init_scheme': ('t5', 'normal_0.02'),
+               'init_scheme': ('t5', 'normal_0.02', 'gpt2'),
+               'dropout_sites': ('t5', 'bert_gpt2'),
                'attention_impl': layers.ATTENTION_IMPLS}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
@@ -141,17 +148,22 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------ initializers
 def _inits(cfg: ModelConfig) -> dict:
-  """Kernel initializers: t5x's variance-scaling scheme, or N(0, 0.02) (BERT / GPT-2)."""
-  if cfg.init_scheme == 'normal_0.02':
+  """Initializers: t5x's variance-scaling scheme, or N(0, 0.02) (BERT; GPT-2 with its
+  residual output projections, attention `o` and MLP `wo`, at 0.02 / sqrt(2 x layers))."""
+  if cfg.init_scheme != 't5':
     normal = nn.initializers.normal(0.02)
-    return dict(embed=normal, q=normal, kv=normal, o=normal, mlp_in=normal, mlp_out=normal,
-                dense=normal)
+    layers_deep = cfg.num_encoder_layers + cfg.num_decoder_layers  # one stack: GPT-2's n_layer
+    residual = (nn.initializers.normal(0.02 / (2 * layers_deep) ** 0.5)
+                if cfg.init_scheme == 'gpt2' else normal)
+    return dict(embed=normal, q=normal, kv=normal, o=residual, mlp_in=normal,
+                mlp_out=residual, dense=normal, relpos=normal)
   vs = layers.variance_scaling
   return dict(
       embed=nn.initializers.normal(1.0),
       q=vs(1.0 / cfg.d_kv),               # var 1/(d_model*d_kv): the 1/sqrt(d_kv) folded in
       kv=vs(1.0), o=vs(1.0, fan_in_dims=2), mlp_in=vs(1.0, 'truncated_normal'),
-      mlp_out=vs(1.0, 'truncated_normal'), dense=vs(1.0))
+      mlp_out=vs(1.0, 'truncated_normal'), dense=vs(1.0, 'truncated_normal'),
+      relpos=nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'))
 
 
 # ------------------------------------------------------------------------------- block
@@ -192,7 +204,8 @@ class Block(nn.Module):
       x = residual(x, lambda h: attention(name='cross_attention')(
           h, encoded, cross_mask, cross_bias, self.deterministic, self.decode, decode_index,
           cross_cache=True), 'cross_attention_norm')
-    mlp = layers.Mlp(cfg.d_ff, cfg.mlp_activations, cfg.use_bias, cfg.dropout_rate, dtype,
+    mlp = layers.Mlp(cfg.d_ff, cfg.mlp_activations, cfg.use_bias,
+                     cfg.dropout_rate if cfg.dropout_sites == 't5' else 0.0, dtype,
                      inits['mlp_in'], inits['mlp_out'], name='mlp')
     x = residual(x, lambda h: mlp(h, self.deterministic), 'mlp_norm')
     return layers.constrain(x, ('batch', 'length', 'embed')), None
@@ -267,7 +280,7 @@ class Stack(nn.Module):
       self_bias = layers.RelativePositionBias(
           cfg.num_heads, cfg.relative_attention_num_buckets,
           cfg.relative_attention_max_distance, bidirectional=not self.causal,
-          name='relpos_bias')(step_positions, key_positions)
+          table_init=inits['relpos'], name='relpos_bias')(step_positions, key_positions)
     dropout_active = not deterministic and cfg.dropout_rate > 0
     impl = layers.resolve_attention_impl(cfg.attention_impl, dtype, dropout_active, decode)
     self_bias, self_mask = layers.stack_attention_inputs(self_mask, self_bias, impl, dtype)
@@ -298,7 +311,8 @@ class Stack(nn.Module):
 
     if not cfg.post_norm:
       x = layers.Norm(cfg.norm, cfg.norm_eps, dtype, name='final_norm')(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    if cfg.dropout_sites == 't5':
+      x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return x
 
 

@@ -305,6 +305,20 @@ def say_if_the_schedule_idles(config) -> None:
           flush=True)
 
 
+def say_if_adafactor_decay_erases(config) -> None:
+  """Adafactor's weight decay (t5x's weight_decay_rate) multiplies the weight matrices by
+  1 - weight_decay every step, whatever the learning rate: an AdamW-sized value erases them."""
+  o, steps = config.optimizer, int(config.train.steps)
+  if o.name != 'adafactor' or not o.weight_decay:
+    return
+  left = (1 - o.weight_decay) ** steps
+  if left < 0.5:
+    print(f'[t5x_lite] warning: optimizer.weight_decay={o.weight_decay} with adafactor '
+          f'multiplies every weight matrix by {1 - o.weight_decay:g} each step (t5x\'s '
+          f'weight_decay_rate: not scaled by the learning rate, unlike adamw\'s), by {left:.2g} '
+          f'over train.steps={steps} from the decay alone.', flush=True)
+
+
 def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
   """The optimizer settings a resume changes against the checkpoint's config (the restored
   optimizer state goes on under the new ones); and, for a cosine schedule without
@@ -362,7 +376,9 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   # ---- set up: everything that can fail on a bad config fails before compiling
   validation.validate_config(config, jax.device_count())
   say_if_the_schedule_idles(config)
+  say_if_adafactor_decay_erases(config)
   check_workdir(workdir)
+  checkpoints.check_init_from(config, workdir)  # a bad one fails before anything is built
   mesh = partitioning.create_mesh(config.partitioning)
   trainer = trainer_lib.Trainer(config, mesh)
   pid, nproc = jax.process_index(), jax.process_count()

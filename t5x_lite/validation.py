@@ -58,6 +58,10 @@ def validate_portable(config, num_devices: int) -> None:
     if not 0 <= o[name] < float('inf'):  # NaN fails too
       raise ValueError(f'config.optimizer.{name}={o[name]} must be >= 0 and finite '
                        '(0 = off).')
+  if o.name == 'adafactor' and o.weight_decay >= 1:
+    raise ValueError(f'config.optimizer.weight_decay={o.weight_decay} with adafactor must be '
+                     '< 1: each step multiplies the weight matrices by 1 - weight_decay (t5x\'s '
+                     'weight_decay_rate, not scaled by the learning rate).')
   for name in ('b1', 'b2'):
     if not 0.0 <= o[name] < 1.0:
       raise ValueError(f'config.optimizer.{name}={o[name]} must be in [0, 1).')

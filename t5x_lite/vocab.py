@@ -100,6 +100,11 @@ def _texts(spec: sources.SourceSpec, path: str, skips: sources.SkipCounter):
       if values is None or not all(isinstance(v, str) for v in values):
         skips.add('invalid JSON or no string field ' + '/'.join(names), f'{path}:{n}')
         continue
+      try:  # a lone surrogate (a JSON "\ud800" escape): sentencepiece cannot take it
+        [v.encode('utf-8') for v in values]
+      except UnicodeEncodeError:
+        skips.add('field ' + '/'.join(names) + ' is not valid Unicode', f'{path}:{n}')
+        continue
       yield from values
     return
   header = None

@@ -279,6 +279,65 @@ def test_infer_sampling_flags(workdir, tmp_path, monkeypatch, capsys):
   again, _ = predictions('again', temperature=1.0, seed=3)
   assert sampled == again
   assert sampled != greedy
+  # A temperature so small that logits / T overflowed float32 (+-inf: NaN probabilities and
+  # arbitrary ids, pad 0 among them) samples the greedy sequence, as it tends to.
+  tiny, _ = predictions('tiny', temperature=1e-45, seed=3)
+  assert tiny == greedy
+
+
+def test_infer_and_eval_read_a_converted_hugging_face_model_as_it_is(workdir, tmp_path,
+                                                                   monkeypatch):
+  """The workdir exported to Hugging Face and imported back (`convert` both ways) decodes
+  as a workdir: infer and eval take the converted directory (step 0), with the workdir's
+  predictions, no training needed."""
+  from t5x_lite import conversion
+  hf_dir = conversion.t5x_to_hf(workdir, str(tmp_path / 'hf'))
+  converted = conversion.hf_to_t5x(hf_dir, str(tmp_path / 'converted'))
+  with open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) as f:
+    lines = [json.loads(next(f))['inputs'] for _ in range(3)]
+  source = tmp_path / 'in.txt'
+  source.write_text('\n'.join(lines) + '\n')
+  predictions = {}
+  for name, directory in (('trained', workdir), ('converted', converted)):
+    out = tmp_path / f'{name}.jsonl'
+    in_process('infer', directory, monkeypatch, input_path=str(source), output_path=str(out))
+    predictions[name] = [json.loads(l) for l in out.read_text().splitlines()]
+  assert [p['prediction'] for p in predictions['converted']] == [
+      p['prediction'] for p in predictions['trained']]
+  result = in_process('eval', converted, monkeypatch, eval_steps=1)
+  assert result['step'] == 0 and result['eval_loss'] == pytest.approx(
+      numpy_eval(workdir, 6)[0], rel=1e-5)
+
+
+def test_infer_batches_neither_pad_with_empty_rows_nor_need_the_training_batch(
+    workdir, tmp_path, monkeypatch):
+  """--batch_size=3 over 4 lines (a full batch, then 1 line and 2 spare rows) with a
+  train.batch_size that 8 devices do not divide (loading refused it: a training field); the
+  spare rows repeat a real one (an all-zero row never emits EOS, so its batch decoded to
+  --max_length); the predictions are those of the default batch."""
+  from t5x_lite import decoding, infer
+  with open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) as f:
+    lines = [json.loads(next(f))['inputs'] for _ in range(4)]
+  source = tmp_path / 'in.txt'
+  source.write_text('\n'.join(lines) + '\n')
+  batches = []
+  decode = decoding.decode
+
+  def recording_decode(model, params, batch, *args, **kwargs):
+    batches.append(batch['encoder_input_tokens'])
+    return decode(model, params, batch, *args, **kwargs)
+  monkeypatch.setattr(decoding, 'decode', recording_decode)
+  monkeypatch.chdir(ROOT)
+  outputs = {}
+  for name, train_batch, batch_size in (('default', 8, 0), ('small', 12, 3)):
+    config = config_from_flags(CONFIG)
+    config.train.batch_size = train_batch
+    out = tmp_path / f'{name}.jsonl'
+    infer.run_infer(config, workdir, str(source), str(out), batch_size=batch_size)
+    outputs[name] = [json.loads(l)['prediction'] for l in out.read_text().splitlines()]
+  assert outputs['small'] == outputs['default'] and len(outputs['small']) == 4
+  assert [len(b) for b in batches] == [8, 3, 3]
+  assert all((b != 0).any(axis=1).all() for b in batches)  # no all-padding row
 
 
 def test_infer_top_p_samples_the_nucleus_at_its_frequencies(workdir, tmp_path, monkeypatch):

@@ -307,6 +307,13 @@ def test_init_from_hf_directory(uninterrupted, tmp_path):
   assert f'warning: config.init_from=hf:{hf_dir}: {hf_dir}/spiece.model is not config.data.vocab' \
       in proc.stderr
   _assert_fine_tune_started_from(workdir, final_params(ref_dir, 12))
+  # A model config other than the directory's is refused at start-up, nothing built.
+  other = str(tmp_path / 'other')
+  proc = run(other, '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}',
+             '--config.model.d_ff=96', check=False)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+      f'error: config.model.d_ff=96 differs from the Hugging Face model in {hf_dir} (64).')
+  assert not os.path.exists(os.path.join(other, 'checkpoints'))
 
 
 def test_init_from_either_layer_layout(uninterrupted, tmp_path):
@@ -419,9 +426,12 @@ def test_every_checkpoint_unusable_is_an_error_not_a_fresh_start(uninterrupted, 
     ('checkpoints/12/state --config.model.num_decoder_layers=1',
      'config.model.num_decoder_layers=1 differs from'),
     ('checkpoints/12 --config.model.d_ff=96', 'config.model.d_ff=96 differs from'),
+    ('no_such_run --config.train.steps=1', 'no_such_run does not exist'),
 ])
 def test_init_from_a_checkpoint_of_another_model_is_refused(uninterrupted, tmp_path, override,
                                                             message):
+  """Refused at start-up, before the pipeline or the model is built: the workdir is left
+  without a checkpoints/ directory."""
   ref_dir, _ = uninterrupted
   sub, _, override = override.rpartition(' ')
   proc = run(str(tmp_path / 'ft'), '--config.train.steps=1',
@@ -429,6 +439,7 @@ def test_init_from_a_checkpoint_of_another_model_is_refused(uninterrupted, tmp_p
   assert proc.returncode == 1, proc.stderr[-2000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and message in last, last
+  assert not os.path.exists(tmp_path / 'ft' / 'checkpoints')
 
 
 def test_a_model_mismatch_names_every_differing_field():
@@ -492,6 +503,28 @@ def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
   assert ('the cosine schedule reaches learning rate 0 at optimizer.decay_steps=101, before '
           'train.steps=150: the steps after 101 leave the params unchanged') in (
               capsys.readouterr().out)
+
+
+def test_adafactors_per_step_weight_decay_warns_or_is_refused(capsys):
+  """Adafactor's weight decay is t5x's weight_decay_rate, not scaled by the learning rate:
+  GPT-2's AdamW value 0.1 would leave 0.9^steps of every matrix."""
+  from t5x_lite import train_loop, validation
+  from tiny_run import tiny_config
+  cfg = tiny_config('gpt', train=dict(steps=100))
+  train_loop.say_if_adafactor_decay_erases(cfg)  # adamw: lr-scaled, nothing to say
+  assert capsys.readouterr().out == ''
+  cfg.optimizer.name = 'adafactor'
+  train_loop.say_if_adafactor_decay_erases(cfg)
+  out = capsys.readouterr().out
+  assert ('optimizer.weight_decay=0.1 with adafactor multiplies every weight matrix by 0.9 '
+          'each step') in out and f'by {0.9 ** 100:.2g} over train.steps=100' in out
+  cfg.optimizer.weight_decay = 1e-5  # a t5x-sized rate: 0.999 over the run
+  train_loop.say_if_adafactor_decay_erases(cfg)
+  assert capsys.readouterr().out == ''
+  cfg.optimizer.weight_decay = 1.0
+  with pytest.raises(ValueError, match=r'config.optimizer.weight_decay=1.0 with adafactor '
+                                       r'must be < 1'):
+    validation.validate_config(cfg, 1)
 
 
 def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_path):

@@ -136,6 +136,10 @@ class Vocabulary:
   def _tf_encode_graph(self, texts):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tokenizer = self._tf_tokenizer()
+    # tensorflow-text's tokenizer stops reading a text at a NUL byte (the rest is lost);
+    # sentencepiece makes NUL an unknown piece, as it does a private-use character: the
+    # same ids as `encode` (a byte-fallback vocabulary would spell the two differently).
+    texts = tf.strings.regex_replace(texts, '\\x00', '\ue000')
     if not self.extra_ids:
       return tokenizer.tokenize(texts)
     import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
