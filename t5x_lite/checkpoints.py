@@ -254,14 +254,17 @@ def complete_steps(directory) -> List[int]:
                 if p.name.isdigit() and (p / 'state').is_dir())
 
 
+PYTREE_METADATA = ('_METADATA', '_CHECKPOINT_METADATA')  # one is in every saved pytree directory
+
+
 def latest_checkpoint(workdir: str) -> Tuple[int, str]:
   """(step, path of its state item) of the newest complete checkpoint in workdir; or, for
   a directory `convert --direction=hf_to_t5x` wrote (imported weights, as they are), (0, it):
   `load_params` verifies either."""
   directory = os.path.join(workdir, 'checkpoints')
   if not complete_steps(directory):
-    if os.path.exists(os.path.join(workdir, integrity.MANIFEST)) and os.path.exists(
-        os.path.join(workdir, 'config.json')) and not os.path.exists(directory):
+    if os.path.exists(os.path.join(workdir, 'config.json')) and not os.path.exists(directory) \
+        and any(os.path.exists(os.path.join(workdir, m)) for m in PYTREE_METADATA):
       return 0, workdir
     raise ValueError(f'--workdir={workdir} has no checkpoint (no {directory}/<step>/state) '
                      'and is no converted Hugging Face model: train one first with `python -m '
@@ -295,7 +298,7 @@ def resolve_params_dir(directory: str) -> epath.Path:
       raise ValueError(f'{directory}: checkpoint is unusable ({why}).')
   if (path / 'state').exists():
     path = path / 'state'
-  if not (path / '_METADATA').exists() and not (path / '_CHECKPOINT_METADATA').exists():
+  if not any((path / m).exists() for m in PYTREE_METADATA):
     from t5x_lite import conversion  # pylint: disable=import-outside-toplevel
     raise ValueError(f'{directory} holds no t5x_lite checkpoint (looked in {path})'
                      f'{conversion.hf_directory_hint(directory)}.')

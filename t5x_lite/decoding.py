@@ -211,9 +211,11 @@ def _choose(logits, rng, temperature: float, top_k: int, top_p: float):
   """Next token from [batch, vocab] float32 logits."""
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  # Shifted by the row's max first: a tiny temperature then gives -inf (never NaN, never an
-  # overflow to +inf), so it tends to greedy, as it should.
-  logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
+  # Shifted by the row's max first: a tiny temperature then gives -inf, never an overflow to
+  # +inf, so it tends to greedy, as it should; the max stays 0 also where a subnormal
+  # temperature is flushed to zero (0 / 0 would be NaN).
+  shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+  logits = jnp.where(shifted == 0, 0.0, shifted / temperature)
   if top_k:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)

@@ -46,8 +46,8 @@ def run_eval(config, workdir: str, split: str = 'validation',
   if not steps and (split == 'train' or config.data.eval_repeat):
     raise ValueError(f'the {split} split is endless here: pass --eval_steps > 0.')
   decoding.check_beam_size(beam_size, config.model.vocab_size)
-  trainer, params, step = evaluation.load(config, workdir)
-  print(f'[t5x_lite] eval: params of step {step} from {workdir}/checkpoints/{step}; '
+  trainer, params, step, read = evaluation.load(config, workdir)
+  print(f'[t5x_lite] eval: params of step {step} from {read}; '
         f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
         file=sys.stderr, flush=True)
   result = {'step': step, 'split': split, 'eval_steps': steps}

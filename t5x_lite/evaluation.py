@@ -84,7 +84,7 @@ class MetricsLog:
 def load(config, workdir: str):
   """Validates the config, builds the Trainer on a mesh of the local devices and restores
   the params of the latest checkpoint in workdir (read-only). Returns (trainer, params,
-  step)."""
+  step, the directory read)."""
   from t5x_lite import checkpoints
   step, path = checkpoints.latest_checkpoint(workdir)  # before compiling: a fast, clear error
   checkpoints.check_model_config(workdir, config.model, '--workdir')
@@ -92,8 +92,8 @@ def load(config, workdir: str):
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   validation.validate_config(config, jax.device_count())
   trainer = trainer_lib.Trainer(config, partitioning.create_mesh(config.partitioning))
-  params, _ = checkpoints.load_params(path, trainer.abstract_state.params)  # shapes checked
-  return trainer, params, step
+  params, read = checkpoints.load_params(path, trainer.abstract_state.params)  # shapes checked
+  return trainer, params, step, read
 
 
 # ------------------------------------------------------------ teacher-forced eval

@@ -225,10 +225,10 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
     kept.append(example)
   examples = kept
 
-  trainer, params, step = (evaluation.load(_decoding_only(config), workdir) if examples else
-                           (None, None, None))
+  trainer, params, step, read = (evaluation.load(_decoding_only(config), workdir) if examples
+                                 else (None,) * 4)
   if examples:
-    print(f'[t5x_lite] infer: params of step {step} from {workdir}/checkpoints/{step}; '
+    print(f'[t5x_lite] infer: params of step {step} from {read}; '
           f'{len(examples)} inputs, batches of {batch_size}, up to {max_length} tokens, '
           f'{_method(beam_size, temperature, top_k, top_p, seed)}.',
           file=sys.stderr, flush=True)

@@ -141,7 +141,8 @@ class Progress:
   """Device metrics of the steps since the last sync, and what the host keeps of them."""
 
   def __init__(self, tokens_seen: int, last_saved: int, on_nonfinite: str = 'stop',
-               max_consecutive_skips: int = 1, skipped_steps: int = 0):
+               max_consecutive_skips: int = 1, skipped_steps: int = 0,
+               log_window: Optional[dict] = None):
     self.pending = []  # (step, device metrics)
     self.tokens_seen = tokens_seen
     self.last_saved = last_saved
@@ -150,7 +151,7 @@ class Progress:
     self.skipped_steps = skipped_steps
     self.consecutive_skips = 0
     self.first_loss = self.last_loss = None
-    self.window = Window()  # the steps since the last log line
+    self.window = Window(log_window)  # the steps since the last log line
 
   def add(self, step: int, metrics) -> None:
     self.pending.append((step, metrics))
@@ -196,8 +197,9 @@ class Progress:
     return figures
 
   def saved(self) -> dict:
-    """The host-side counters a checkpoint keeps."""
-    return {'tokens_seen': self.tokens_seen, 'skipped_steps': self.skipped_steps}
+    """The host-side counters a checkpoint keeps (after a `sync`)."""
+    return {'tokens_seen': self.tokens_seen, 'skipped_steps': self.skipped_steps,
+            'log_window': self.window.state()}
 
 
 class Window:
@@ -216,8 +218,15 @@ class Window:
   """
   PER_TOKEN = ('accuracy', 'loss_per_token', 'z_loss')
 
-  def __init__(self):
-    self.steps, self.sums, self.last = 0, {}, None
+  def __init__(self, state: Optional[dict] = None):
+    """`state`: a checkpoint's (`state()`): a run resumed mid-window logs what it would
+    have logged uninterrupted."""
+    state = state or {}
+    self.steps, self.sums, self.last = (int(state.get('steps', 0)), dict(state.get('sums', {})),
+                                        state.get('last'))
+
+  def state(self) -> dict:
+    return {'steps': self.steps, 'sums': self.sums, 'last': self.last}
 
   def add(self, m: dict) -> None:
     m = {k: float(v) for k, v in m.items() if k != 'finite'} | {'finite': bool(m['finite'])}
@@ -254,6 +263,9 @@ class Throughput:
     self.start, self.steps = time.time(), 0
 
   def figures(self) -> dict:
+    """Rates over the window; None (n/a) for a window of no timed step."""
+    if not self.steps:
+      return dict(tokens_per_sec=None, steps_per_sec=None, mfu=None)
     elapsed = max(time.time() - self.start, 1e-9)
     rows_per_sec = self.steps * self.batch_size / elapsed
     mfu = (self.train_flops_per_row * rows_per_sec / (self.num_devices * self.peak)
@@ -268,13 +280,20 @@ def _log_line(step: int, total: int, record: dict) -> str:
   >>> _log_line(10, 1_000_010, dict(loss=2.5, accuracy=0.5, learning_rate=1e-2,
   ...                               tokens_per_sec=1000, mfu=None, steps_per_sec=5.0))[-12:]
   'ETA 55:33:20'
+  >>> _log_line(1, 10, dict(loss=2.5, accuracy=0.5, learning_rate=1e-2,
+  ...                       tokens_per_sec=None, mfu=None, steps_per_sec=None))[-27:]
+  'n/a tok/s  MFU n/a  ETA n/a'
   """
-  eta = round((total - step) / max(record['steps_per_sec'], 1e-9))
+  if record['steps_per_sec'] is None:  # the compiling step alone: no rate to give
+    rate = eta = 'n/a'
+  else:
+    rate = f'{record["tokens_per_sec"]:,.0f}'
+    s = round((total - step) / max(record['steps_per_sec'], 1e-9))
+    eta = f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
   mfu = 'n/a' if record['mfu'] is None else f"{100 * record['mfu']:.1f}%"
   return (f'step {step:>6}/{total}  loss {record["loss"]:.4f}  '
           f'acc {record["accuracy"]:.3f}  lr {record["learning_rate"]:.2e}  '
-          f'{record["tokens_per_sec"]:,.0f} tok/s  MFU {mfu}  '
-          f'ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}')
+          f'{rate} tok/s  MFU {mfu}  ETA {eta}')
 
 
 def _config_dict(config) -> dict:
@@ -338,6 +357,16 @@ def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
     print(f'[t5x_lite] resuming with optimizer settings other than the checkpoint\'s: '
           f'{", ".join(changed)}; the restored optimizer state goes on under the new ones.',
           flush=True)
+  # What the loss is and where dropout applies (a config file's defaults can move too).
+  shaping = [('train', 'z_loss', None), ('train', 'label_smoothing', None),
+             ('train', 'loss_normalization', None), ('model', 'dropout_rate', None),
+             ('model', 'dropout_sites', 't5')]  # (section, field, value before it existed)
+  changed = [f'{s}.{k} {old!r} -> {config[s][k]!r}' for s, k, default in shaping
+             for old in [saved.get(s, {}).get(k, default)]
+             if old is not None and old != config[s][k]]
+  if changed:
+    print(f'[t5x_lite] resuming with training settings other than the checkpoint\'s: '
+          f'{", ".join(changed)}.', flush=True)
   if o.schedule != 'cosine' or o.decay_steps:
     return
   # As optim.schedule builds it: the decay ends no earlier than one step past the warmup,
@@ -406,7 +435,8 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   progress = Progress(int(saved.get('tokens_seen', 0)), last_saved=start,
                       on_nonfinite=config.train.on_nonfinite,
                       max_consecutive_skips=config.train.max_consecutive_skips,
-                      skipped_steps=int(saved.get('skipped_steps', 0)))
+                      skipped_steps=int(saved.get('skipped_steps', 0)),
+                      log_window=saved.get('log_window'))
   print(f'[t5x_lite] {why}.', flush=True)
   if start >= config.train.steps:
     print(f'[t5x_lite] the workdir is at step {start}, at or past config.train.steps='
@@ -456,14 +486,13 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
           jax.block_until_ready(metrics)
           print(f'[t5x_lite] step {step} (compiling the train step) took '
                 f'{time.time() - run_start:.1f}s.', flush=True)
+          throughput.reset()  # a window of this step alone has no rates: n/a
         if _every(t.log_every, step) or is_last or stopping:
           record.update(progress.window_figures())
           record['tokens_seen'] = progress.tokens_seen
           record['skipped_steps'] = progress.skipped_steps
           record.update(throughput.figures())
           print(_log_line(step, t.steps, record), flush=True)
-          throughput.reset()
-        elif first:
           throughput.reset()
         if _every(t.eval_every, step) or (t.eval_every and is_last):
           eval_start = time.time()
@@ -499,8 +528,9 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
 
   report_skips('train', train_iter.skips)  # again: counted as the streams read
   first, last = progress.first_loss, progress.last_loss
+  resumed_at = f' (step {start + 1}: this run resumed)' if start else ''
   losses = ('no step to train' if first is None else
-            f'first loss {round(first, 4)}, last loss {round(last, 4)}')
+            f'first loss {round(first, 4)}{resumed_at}, last loss {round(last, 4)}')
   print(f'[t5x_lite] done: {step - start} steps in {time.time() - run_start:.0f}s; {losses}; '
         f'checkpoint step {step} in {ckpts.directory}.', flush=True)
   if pid == 0:

@@ -110,6 +110,8 @@ def test_eight_device_checkpoint_restores_on_one_device(uninterrupted, tmp_path)
   assert 'restored step 4' in proc.stdout
   assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 1}" in proc.stdout
   got, want = losses(workdir), losses(ref_dir)
+  # The end-of-run summary's first loss is this run's: step 5's.
+  assert f'first loss {round(got[5], 4)} (step 5: this run resumed)' in proc.stdout
   assert sorted(got) == list(range(1, 9))
   np.testing.assert_allclose([got[s] for s in range(1, 9)], [want[s] for s in range(1, 9)],
                              rtol=2e-5)
@@ -153,11 +155,13 @@ def test_a_log_line_averages_the_steps_of_its_window(uninterrupted, tmp_path):
   loss and gradient norm are the means of its window's per-step values, accuracy and z-loss
   weighted by each step's target tokens, the learning rate its step's; checkpoints every 3
   steps (a fetch of the metrics mid-window) change nothing. The window is the steps since
-  the last line: 1-5, 6-10, 11-12 (the last step)."""
+  the last line: 1-5, 6-10, 11-12 (the last step). Resumed from step 6, mid-window, the
+  lines at 10 and 12 are the uninterrupted run's: the checkpoint keeps the window's sums."""
   per_step, _ = uninterrupted
   workdir = str(tmp_path / 'w')
-  proc = run(workdir, '--config.train.steps=12', '--config.train.checkpoint_every=3',
-             '--config.train.log_every=5')
+  args = ('--config.train.steps=12', '--config.train.checkpoint_every=3',
+          '--config.train.log_every=5')
+  proc = run(workdir, *args)
   assert 'step 1 (compiling the train step) took' in proc.stdout
   tokens = losses(per_step, 'target_tokens')
   windows = {5: range(1, 6), 10: range(6, 11), 12: range(11, 13)}
@@ -173,6 +177,13 @@ def test_a_log_line_averages_the_steps_of_its_window(uninterrupted, tmp_path):
               'z_loss': weights @ values / weights.sum()}[key]
       assert logged[step] == pytest.approx(want, rel=1e-6), (key, step)
   assert losses(workdir, 'tokens_seen')[12] == sum(tokens.values())
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(workdir, resumed)
+  for step in (9, 12):
+    shutil.rmtree(os.path.join(resumed, 'checkpoints', str(step)))
+  assert 'restored step 6' in run(resumed, *args).stdout
+  for key in ('loss', 'grad_norm', 'accuracy', 'z_loss', 'target_tokens', 'tokens_seen'):
+    assert losses(resumed, key) == losses(workdir, key), key
 
 
 def test_an_eval_inside_a_log_window_is_left_out_of_its_rate(tmp_path, monkeypatch):
@@ -531,14 +542,16 @@ def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_pat
   ref_dir, _ = uninterrupted
   workdir = str(tmp_path / 'changed')
   shutil.copytree(ref_dir, workdir)
-  proc = run(workdir, '--config.train.steps=13', '--config.optimizer.learning_rate=0.003',
-             '--config.optimizer.warmup_steps=7')
+  changes = ('--config.optimizer.learning_rate=0.003', '--config.optimizer.warmup_steps=7',
+             '--config.train.z_loss=0.0', '--config.model.dropout_sites=bert_gpt2')
+  proc = run(workdir, '--config.train.steps=13', *changes)
   assert 'restored step 12' in proc.stdout, proc.stdout
   line = next(l for l in proc.stdout.splitlines() if 'optimizer settings other' in l)
   assert 'learning_rate 0.03 -> 0.003, warmup_steps 100 -> 7;' in line, line
-  proc = run(workdir, '--config.train.steps=14', '--config.optimizer.learning_rate=0.003',
-             '--config.optimizer.warmup_steps=7')
-  assert 'optimizer settings other' not in proc.stdout  # as the checkpoint now says
+  assert ("resuming with training settings other than the checkpoint's: train.z_loss 0.0001 "
+          "-> 0.0, model.dropout_sites 't5' -> 'bert_gpt2'.") in proc.stdout
+  proc = run(workdir, '--config.train.steps=14', *changes)
+  assert 'settings other' not in proc.stdout  # as the checkpoint now says
 
 
 def test_unwritable_workdir(tmp_path):
