@@ -123,6 +123,8 @@ def evaluate(config, trainer, params, split: str = 'validation', skips=None, dat
     stats = jax.device_get(trainer.eval_step(params, trainer.shard_batch(batch)))
     totals = stats if totals is None else {k: totals[k] + stats[k] for k in totals}
     steps += 1
+  if data is not None:
+    data.release()
   if not totals:
     raise ValueError(f'the {split} split yielded no batch; check config.data.{split}_source '
                      f'({it.skips.summary()}).')

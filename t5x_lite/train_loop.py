@@ -424,6 +424,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
     except ValueError as e:
       raise ValueError(f'config.data.validation_source: {e}') from None
     report_skips('validation', validation_data.skips)
+    validation_data.release()  # its iterators are made again at each eval (`rewind`)
   ckpts = checkpoints.Checkpoints(os.path.join(workdir, 'checkpoints'), config.checkpoint.keep,
                                   config.checkpoint.async_save)
 

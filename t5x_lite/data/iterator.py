@@ -83,6 +83,11 @@ class DataIterator:
     self._ended = set()
     return self
 
+  def release(self) -> None:
+    """Drops the streams' iterators until the next `rewind`: their prefetch threads would
+    otherwise go on filling buffers, on the cores the train step wants, between evals."""
+    self._its, self._ckpts = {}, {}
+
   def __next__(self) -> dict[str, np.ndarray]:
     blocks = []
     for v, it in self._its.items():
