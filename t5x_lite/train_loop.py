@@ -173,7 +173,7 @@ class Progress:
           f'(train.max_consecutive_skips={self.max_consecutive_skips}); no update of them was '
           f'applied and no checkpoint was written after step {self.last_saved}. {advice}')
 
-  def sync(self) -> list:
+  def sync(self) -> None:
     """Fetch the pending metrics; act on non-finite steps (see `_nonfinite`)."""
     import jax
     fetched = jax.device_get([m for _, m in self.pending])
@@ -188,7 +188,6 @@ class Progress:
         self.first_loss = float(m['loss'])
       self.last_loss = float(m['loss'])
     self.pending.clear()
-    return fetched
 
   def window_figures(self) -> dict:
     """The log line's figures over the steps since the last one (`Window`)."""
