@@ -204,7 +204,9 @@ def test_an_eval_inside_a_log_window_is_left_out_of_its_rate(tmp_path, monkeypat
       '--config.train.steps=32', '--config.train.log_every=8', '--config.train.eval_every=12',
       '--config.train.eval_steps=1', '--config.train.checkpoint_every=0']), workdir)
   rate = losses(workdir, 'steps_per_sec')
-  assert 0.6 < rate[16] / rate[32] < 1.5, rate  # was ~2: 8 steps over the time of 4
+  # Against window 17-24 (no eval inside): the run's last window (25-32) ran 1.7-1.9x slower
+  # than both in two CI runs on this 2-core host, whatever the eval did.
+  assert 0.6 < rate[16] / rate[24] < 1.5, rate  # was ~2: 8 steps over the time of 4
 
 
 DROPOUT = ['--config.model.dropout_rate=0.1', '--config.train.steps=30',
