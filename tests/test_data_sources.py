@@ -509,3 +509,23 @@ def test_a_bad_line_is_counted_once_however_many_epochs_read_it(tmp_path):
     next(it)
   assert it.skips.counts == {'invalid JSON': 1, "missing field 'targets'": 1, 'empty line': 1}
   assert it.skips.first['invalid JSON'] == f'{tmp_path}/x.jsonl:4'
+
+
+def test_a_build_opens_each_file_once_whatever_the_stream_count(tmp_path, monkeypatch):
+  """Every stream needs the same list of usable files; the streams of one build share one
+  look at each file (V streams x N files opens was minutes at start-up on a network
+  filesystem). The empty file is still counted once, by its owner."""
+  import builtins
+  for i in range(9):
+    (tmp_path / f'{i}.txt').write_text(f'document {i}\n\nand {i} again\n' if i != 5 else '')
+  opened, real_open = [], builtins.open
+  def counting_open(path, *args, **kwargs):
+    if str(path).startswith(str(tmp_path)):
+      opened.append(os.path.basename(str(path)))
+    return real_open(path, *args, **kwargs)
+  monkeypatch.setattr(builtins, 'open', counting_open)
+  config = data_config(train_source=f'text:{tmp_path}/*.txt', num_virtual_shards=4)
+  it = pipeline.get_dataset(config, 'train')
+  assert sorted(opened) == sorted(f'{i}.txt' for i in range(9))
+  next(iter(it))
+  assert it.skips.counts == {'empty file': 1}

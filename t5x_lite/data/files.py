@@ -45,7 +45,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from t5x_lite.data.sources import CUT_GZ, DataError, SkipCounter, bad_input
+from t5x_lite.data.sources import CUT_GZ, DataError, FileSurvey, SkipCounter, bad_input
 
 LINES_PER_CALL = 256
 
@@ -379,15 +379,14 @@ def tsv_parser(fields, skips, policy):
   return parse
 
 
-def _usable(path: str, skips: SkipCounter, policy: str, count: bool = True) -> bool:
-  """Start-up check of one file, O(1) in its size: readable, not empty, .gz with gzip's magic
-  bytes. An empty file is a counted skip; an unreadable or non-gzip .gz one follows `policy`.
-  Every stream checks every file; only the one that owns it (`count`) counts it."""
-  try:
-    with open(path, 'rb') as f:
-      head = f.read(10)
-  except OSError as e:
-    bad_input(policy, skips, 'unreadable file', path, e.strerror or str(e), count)
+def _usable(path: str, head: bytes | OSError, skips: SkipCounter, policy: str,
+            count: bool = True) -> bool:
+  """Start-up check of one file from its first bytes (`FileSurvey.head`), O(1) in its size:
+  readable, not empty, .gz with gzip's magic bytes. An empty file is a counted skip; an
+  unreadable or non-gzip .gz one follows `policy`. Every stream checks every file (the
+  survey reads each once); only the stream that owns it (`count`) counts it."""
+  if isinstance(head, OSError):
+    bad_input(policy, skips, 'unreadable file', path, head.strerror or str(head), count)
     return False
   if not head:
     if count:
@@ -420,7 +419,8 @@ def _compression(head: bytes) -> str | None:
 
 def documents(src, files: list[str], fields, *, stream: int, num_streams: int, train: bool,
               seed: int, boundary: str, on_bad_input: str, skips: SkipCounter,
-              shuffle_buffer_size: int = 1000, cycle_length: int = 4) -> tf.data.Dataset:
+              shuffle_buffer_size: int = 1000, cycle_length: int = 4,
+              survey: FileSurvey | None = None) -> tf.data.Dataset:
   """Stream `stream` of `num_streams` of a file source: tuples of field texts.
 
   Train: endless, file order reshuffled per epoch, documents shuffled in a bounded buffer.
@@ -430,8 +430,9 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
     raise DataError(f'source {src}: plain text has one field per document; the text_to_text '
                     f'objective needs a jsonl, tsv or tfds source with {list(fields)}.')
   num_files = len(files)
+  survey = survey if survey is not None else FileSurvey()
   files = [f for i, f in enumerate(files)
-           if _usable(f, skips, on_bad_input, count=i % num_streams == stream)]
+           if _usable(f, survey.head(f), skips, on_bad_input, count=i % num_streams == stream)]
   if not files:
     raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
   mine, dealt = split_files(files, stream, num_streams)

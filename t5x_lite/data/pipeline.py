@@ -171,11 +171,13 @@ _no_autograph = tf.autograph.experimental.do_not_convert
 @_no_autograph
 def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int,
                  skips: src_lib.SkipCounter, vocab: vocab_lib.Vocabulary,
-                 keep_text: bool = False) -> tf.data.Dataset:
+                 keep_text: bool = False,
+                 survey: src_lib.FileSurvey | None = None) -> tf.data.Dataset:
   """Packed rows (unbatched) of virtual shard `stream`: its part of every source, the
   mixture, the objective and packing all run inside the stream, seeded by (seed, stream).
   `keep_text` (unpacked text_to_text only): rows also carry the texts as read
-  (`packing.TEXT_FEATURES`)."""
+  (`packing.TEXT_FEATURES`). `survey`: one per build, shared by its streams, so each file
+  is globbed and opened once at start-up, not once per stream."""
   d = config.data
   if keep_text and (d.objective != 'text_to_text' or d.pack):
     raise ValueError('keep_text needs unpacked text_to_text rows.')
@@ -211,7 +213,7 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
         s, vocab, f, split=split, train=train, seed=seed * 1000 + i, stream=stream,
         num_streams=num_streams, boundary=d.doc_boundary, on_bad_input=d.on_bad_input,
         tfds_data_dir=d.tfds_data_dir, shuffle_buffer_size=buffer, skips=skips,
-        max_tokens=max_tokens, keep_text=keep_text)
+        max_tokens=max_tokens, keep_text=keep_text, survey=survey)
     if d.objective != 'text_to_text':
       ds = ds.map(lambda x: x)  # 1-tuples -> the tensor
     if train and len(specs) > 1:  # (a lone source's end: the iterator says so)
@@ -303,8 +305,9 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
   seed = config.data.seed if seed is None else seed
   skips = skips if skips is not None else src_lib.SkipCounter()
   num_streams = config.data.num_virtual_shards
+  survey = src_lib.FileSurvey()
   streams = [build_stream(config, split, stream=v, num_streams=num_streams, seed=seed,
-                          skips=skips.stream_counter(), vocab=vocab)
+                          skips=skips.stream_counter(), vocab=vocab, survey=survey)
              for v in owned_streams(shard_index, num_shards, num_streams)]
   if len(streams) == 1:
     return streams[0], vocab
@@ -337,10 +340,11 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   row_lengths = {k + sfx: n for k, n in lengths.items() for sfx in ('', '_segment_ids', '_positions')}
   datasets = {}
   stream_skips = {v: skips.stream_counter() for v in owned}  # saved with each stream
+  survey = src_lib.FileSurvey()
   for v in owned:
     ds = build_stream(config, split, stream=v, num_streams=num_streams, seed=seed,
-                      skips=stream_skips[v], vocab=vocab,
-                      keep_text=keep_text).batch(rows[v], drop_remainder=drop)
+                      skips=stream_skips[v], vocab=vocab, keep_text=keep_text,
+                      survey=survey).batch(rows[v], drop_remainder=drop)
     if not drop:
       ds = ds.map(functools.partial(_pad_batch, n=rows[v], row_lengths=row_lengths))
     convert = packing.CONVERTERS[config.model.family]

@@ -293,6 +293,32 @@ def files_fingerprint(spec: str, what: str) -> str:
   return '; '.join(out)
 
 
+class FileSurvey:
+  """What one pipeline build learns about its input files, shared by all its streams: each
+  glob's matches and each file's first bytes. Every stream needs the same list of usable
+  files to deal them out; without sharing, V streams x N files meant V x N opens (and stats)
+  at start-up, minutes on a network filesystem."""
+
+  def __init__(self):
+    self._matches, self._heads = {}, {}
+
+  def files(self, pattern: str, what: str) -> list[str]:
+    if pattern not in self._matches:
+      self._matches[pattern] = expand_glob(pattern, what)
+    return self._matches[pattern]
+
+  def head(self, path: str) -> bytes | OSError:
+    """The first 10 bytes of `path` (enough for every magic number checked), or the
+    OSError opening it raised."""
+    if path not in self._heads:
+      try:
+        with open(path, 'rb') as f:
+          self._heads[path] = f.read(10)
+      except OSError as e:
+        self._heads[path] = e
+    return self._heads[path]
+
+
 def expand_glob(pattern: str, what: str) -> list[str]:
   """Files matching `pattern` (tried as given, then relative to the repo root), sorted;
   `**` matches any number of directories (`data/**/*.jsonl.gz`)."""
@@ -366,7 +392,7 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
                   boundary: str = 'blank_line', on_bad_input: str = 'skip',
                   tfds_data_dir: str = '', shuffle_buffer_size: int = 1000,
                   skips: SkipCounter | None = None, max_tokens: Sequence[int] | None = None,
-                  keep_text: bool = False):
+                  keep_text: bool = False, survey: FileSurvey | None = None):
   """Stream `stream` of `num_streams` of one source: tuples of int32 token vectors (one per
   field, no EOS), followed with `keep_text` by each field's text as read (a scalar string:
   what eval scores predictions against, as seqio's `*_pretokenized` features). Train: endless and shuffled (files.py says how); otherwise one ordered
@@ -375,7 +401,8 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
 
   `max_tokens` (text-to-text: inputs_length - 1, targets_length - 1, room for EOS): every
   record is counted in `skips.examples`, and each field longer than its limit in
-  `skips.truncated` (the objective cuts it); one Python call per batch of 64 records."""
+  `skips.truncated` (the objective cuts it); one Python call per batch of 64 records.
+  `survey`: shared by the streams of one build (a new one unless given)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top (the vocab CLI needs no TF)
   from t5x_lite.data import files as files_lib  # pylint: disable=g-import-not-at-top
   skips = skips if skips is not None else SkipCounter()
@@ -391,10 +418,12 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
     if train:
       ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
   else:
-    paths = expand_glob(src.target, f'source {src}')
+    survey = survey if survey is not None else FileSurvey()
+    paths = survey.files(src.target, f'source {src}')
     ds = files_lib.documents(src, paths, tuple(fields), train=train, skips=skips, stream=stream,
                              num_streams=num_streams, seed=seed, boundary=boundary,
-                             on_bad_input=on_bad_input, shuffle_buffer_size=shuffle_buffer_size)
+                             on_bad_input=on_bad_input, shuffle_buffer_size=shuffle_buffer_size,
+                             survey=survey)
 
   # Whole batches of records are tokenized, checked and counted at once (a record without
   # tokens is dropped inside the batch); one Python call per batch only when counting.
