@@ -10,14 +10,17 @@ strings (variable count per example).
                        a/an/the, collapse whitespace), max over references, mean over
                        examples; F1 on the multiset of normalised words, 0 when nothing
                        overlaps (also when both sides are empty)
-    bleu               sacrebleu.corpus_bleu with its defaults (13a tokenizer, exp
-                       smoothing, case-sensitive), references padded with None when the
-                       number per example varies
+    bleu               T5's `t5.evaluation.metrics.bleu`: sacrebleu.corpus_bleu with
+                       tokenize='intl' (punctuation split off in every script, where
+                       sacrebleu's default 13a misses e.g. '„' and '—'), exp smoothing,
+                       case-sensitive; references padded with None when the number per
+                       example varies
     rouge              rouge-score's RougeScorer (no stemming) for rouge1, rouge2, rougeL and
                        rougeLsum, F-measure of the best reference per example
-                       (`score_multi`), mean over examples. rougeLsum follows rouge-score's
-                       convention: sentences are the lines of the text, so put '\n' between
-                       sentences; texts are passed unchanged.
+                       (`score_multi`), mean over examples. As T5's `rouge`, ' . ' becomes
+                       ' .\n' in both texts first, so rougeLsum (whose sentences are lines)
+                       sees the sentences of space-tokenized text; T5 then reports the
+                       middle of a bootstrap resampling (unseeded), the mean here.
 
 One metric on token ids instead of strings (`span_tokens`, for span corruption): each
 target span (the tokens after sentinel k, up to the next sentinel or EOS) is compared
@@ -107,12 +110,17 @@ def f1(targets: Sequence[Target], predictions: Sequence[str]) -> float:
 
 # ------------------------------------------------------------------- sacrebleu, rouge-score
 def bleu(targets: Sequence[Target], predictions: Sequence[str]) -> float:
-  """sacrebleu corpus BLEU with its default settings."""
+  """sacrebleu corpus BLEU as T5 calls it (tokenize='intl', otherwise sacrebleu's defaults)."""
   _check(targets, predictions)
   refs = [_references(t) for t in targets]
   n = max((len(r) for r in refs), default=1)
   streams = [[r[i] if i < len(r) else None for r in refs] for i in range(n)]
-  return float(sacrebleu.corpus_bleu(list(predictions), streams).score)
+  return float(sacrebleu.corpus_bleu(list(predictions), streams, tokenize='intl').score)
+
+
+def _sentence_lines(text: str) -> str:
+  """T5's rouge preparation: a sentence per line for rougeLsum (' . ' -> ' .\n')."""
+  return text.replace(' . ', ' .\n')
 
 
 def rouge(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, float]:
@@ -121,7 +129,8 @@ def rouge(targets: Sequence[Target], predictions: Sequence[str]) -> Dict[str, fl
   scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES))
   scores = {k: [] for k in ROUGE_TYPES}
   for target, prediction in zip(targets, predictions):
-    best = scorer.score_multi(_references(target), prediction)
+    best = scorer.score_multi([_sentence_lines(r) for r in _references(target)],
+                              _sentence_lines(prediction))
     for k in ROUGE_TYPES:
       scores[k].append(best[k].fmeasure)
   return {k: _mean(v) for k, v in scores.items()}

@@ -647,3 +647,27 @@ def test_printed_predictions_are_scored_by_the_task_metric(capsys):
   evaluation.print_predictions(decoded, 2)
   out = capsys.readouterr().out
   assert 'span accuracy: 2/2' in out and 'span accuracy: 0/2' in out
+
+
+def test_an_endless_unpacked_validation_split_is_evaluated_and_decoded_once(tmp_path):
+  """data.eval_repeat with data.pack=False: training's evals and its closing predictions run
+  (the unpacked rows had no static length, and the predictions listed an endless split), and
+  eval reads --eval_steps batches of the repeated split for the loss but decodes each
+  example once, in file order (3 batches of 8 over 11 examples had decoded 24)."""
+  with open(os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')) as f:
+    records = [next(f) for _ in range(11)]
+  (tmp_path / 'val.jsonl').write_text(''.join(records))
+  data = [f'--config.data.validation_source=jsonl:{tmp_path}/val.jsonl',
+          '--config.data.pack=False', '--config.data.eval_repeat=True']
+  workdir = str(tmp_path / 'run')
+  proc = run('train', f'--workdir={workdir}', *data, '--config.train.steps=2',
+             '--config.train.eval_every=2', '--config.train.eval_steps=2',
+             '--config.train.log_every=1', '--show_predictions=1', timeout=400)
+  assert 'eval_loss' in proc.stdout and 'Predictions on validation examples' in proc.stdout
+  result = json.loads(run('eval', f'--workdir={workdir}', *data,
+                          '--eval_steps=3').stdout.strip().splitlines()[-1])
+  assert result['eval_steps'] == 3 and np.isfinite(result['eval_loss'])
+  assert result['decoded_examples'] == 11
+  with open(os.path.join(workdir, 'predictions_validation_2.jsonl')) as f:
+    inputs = [json.loads(line)['inputs'] for line in f]
+  assert inputs == [json.loads(r)['inputs'] for r in records]

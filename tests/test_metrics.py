@@ -14,14 +14,29 @@ PREDICTIONS = ['the cat sat on a mat', 'Hello world', "It's 3.5 km, isn't it?",
                'a man a plan a canal panama', 'Second one here.\nFirst sentence.', '']
 
 
-def test_bleu_equals_sacrebleu_defaults():
+def t5_bleu(targets, predictions):
+  """t5.evaluation.metrics.bleu, verbatim but for the return value."""
+  if isinstance(targets[0], list):
+    targets = [[x for x in target] for target in targets]
+  else:
+    targets = [targets]
+  return sacrebleu.corpus_bleu(predictions, targets, smooth_method='exp', smooth_value=0.0,
+                               force=False, lowercase=False, tokenize='intl',
+                               use_effective_order=False).score
+
+
+def test_bleu_equals_t5s_sacrebleu_call():
   got = metrics.bleu(TARGETS, PREDICTIONS)
-  want = sacrebleu.corpus_bleu(PREDICTIONS, [TARGETS]).score
-  assert got == pytest.approx(want, abs=1e-9)
+  assert got == pytest.approx(t5_bleu(TARGETS, PREDICTIONS), abs=1e-9)
   assert 0 < got < 100
-  # 13a tokenisation splits punctuation off words: 'Hello, world!' vs 'Hello , world !'
-  # is a perfect match only because of it (whitespace tokens would share nothing but 'world').
+  # The tokenizer splits punctuation off words: 'Hello, world!' vs 'Hello , world !' is a
+  # perfect match only because of it (whitespace tokens would share nothing but 'world').
   assert metrics.bleu(['Hello, world!'], ['Hello , world !']) == pytest.approx(100.0)
+  # ... in every script ('intl'): sacrebleu's default 13a leaves '„', '“' and '—' on words.
+  german = ['Der König sagte: „Guten Tag!“ und ging—schnell—…']
+  spaced = ['Der König sagte : „ Guten Tag ! “ und ging — schnell — …']
+  assert metrics.bleu(german, spaced) == pytest.approx(100.0)
+  assert sacrebleu.corpus_bleu(spaced, [german]).score < 50
 
 
 def test_bleu_variable_references_per_example():
@@ -31,7 +46,7 @@ def test_bleu_variable_references_per_example():
   streams = [['the cat is on the mat', 'a b c d e', 'Hello, world!'],
              ['there is a cat on the mat', None, 'hello world'],
              [None, None, 'Hi, world.']]
-  want = sacrebleu.corpus_bleu(predictions, streams).score
+  want = sacrebleu.corpus_bleu(predictions, streams, tokenize='intl').score
   assert metrics.bleu(targets, predictions) == pytest.approx(want, abs=1e-9)
   # More references can only help: dropping the extra ones lowers the score here.
   assert metrics.bleu([t[0] for t in targets], predictions) < want
@@ -48,6 +63,9 @@ def test_rouge_equals_rouge_score():
   # while sentence-insensitive rougeL is not.
   swapped = metrics.rouge([TARGETS[4]], [PREDICTIONS[4]])
   assert swapped['rougeLsum'] == pytest.approx(100.0) and swapped['rougeL'] < 100.0
+  # ... and, as T5 prepares texts, ' . ' ends a sentence in space-tokenized text.
+  spaced = metrics.rouge(['The cat sat . The dog ran .'], ['The dog ran . The cat sat .'])
+  assert spaced['rougeLsum'] == pytest.approx(100.0) and spaced['rougeL'] < 100.0
 
 
 def test_rouge_multiple_references_take_the_best():

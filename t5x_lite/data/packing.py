@@ -102,6 +102,8 @@ def pad_unpacked(ds: tf.data.Dataset, lengths: dict[str, int]) -> tf.data.Datase
       row[k] = tf.pad(x, [[0, length - n]])
       row[k + '_segment_ids'] = tf.pad(tf.ones([n], tf.int32), [[0, length - n]])
       row[k + '_positions'] = tf.pad(tf.range(n, dtype=tf.int32), [[0, length - n]])
+      for f in (k, k + '_segment_ids', k + '_positions'):  # static: batches of an endless
+        row[f] = tf.ensure_shape(row[f], [length])      # split are not padded afterwards
     return row
   return ds.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
