@@ -169,6 +169,23 @@ def test_mixture_rates():
   assert abs(speaker / n - 0.8) < 5 * np.sqrt(0.8 * 0.2 / n), speaker / n
 
 
+def test_mixture_rates_weight_examples_not_documents(tmp_path):
+  """As seqio's: a 1:1 mixture of a source of long documents and one of short documents
+  gives half its examples from each (drawn as documents, the long source gave ~99% of the
+  tokens and so nearly every example). Each example is one piece of one source's text."""
+  (tmp_path / 'long.txt').write_text('\n\n'.join(['alpha ' * 300] * 200))
+  (tmp_path / 'short.txt').write_text('\n\n'.join(['beta gamma delta'] * 4000))
+  cfg = data_config(objective='span_corruption', inputs_length=64, targets_length=16,
+                    pack=False, train_source=f'text:{tmp_path}/long.txt;rate=1,'
+                                             f'text:{tmp_path}/short.txt;rate=1')
+  n = 2000
+  it = pipeline.get_dataset(cfg, 'train', batch_size=n, seed=1)
+  texts = [it.vocab.decode(x) for x in next(it)['encoder_input_tokens']]
+  long = sum('alpha' in t for t in texts)
+  assert sum('beta' in t or 'gamma' in t for t in texts) == n - long   # no piece mixes them
+  assert abs(long / n - 0.5) < 5 * np.sqrt(0.25 / n), long / n
+
+
 @pytest.fixture
 def mock_c4():
   with tfds.testing.mock_data(num_examples=24):

@@ -222,7 +222,8 @@ def test_rows_of_the_dataset_get_distinct_masks(vocab):
   ds = tf.data.Dataset.from_generator(
       lambda: iter([np.array(t, np.int32) for t in vocab.encode_batch(docs)]),
       output_signature=tf.TensorSpec([None], tf.int32))
-  ds = objectives.span_corruption(ds, vocab_size=vocab.vocab_size, inputs_length=64)
+  pieces = objectives.pieces(ds, 'span_corruption', objectives.piece_length('span_corruption', 64, 0))
+  ds = objectives.span_corruption(pieces, vocab_size=vocab.vocab_size)
   patterns = []
   for ex in ds.take(200).as_numpy_iterator():
     # The noise pattern: where the sentinels sit in the inputs, and the span lengths in

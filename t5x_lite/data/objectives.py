@@ -1,17 +1,25 @@
 """Pretraining and fine-tuning objectives as tf.data transforms (docs/t5.md §1-3).
 
 Owns: turning a stream of token documents into examples `{'inputs', 'targets'}` (plus
-`'loss_weights'` for masked LM):
+`'loss_weights'` for masked LM), in two stages:
 
-  span_corruption  T5: concat 128 docs, split into raw chunks of T tokens (the length
-                   helper `span_corruption_lengths`), noise spans -> unique sentinels
+  pieces           per source, before a mixture: documents -> token pieces of an example's
+                   raw length (`piece_length`): EOS after each document (mlm, causal_lm),
+                   concatenate groups of 128 documents, split; span corruption first keeps
+                   one random chunk of an over-long document. text_to_text: records as read.
+  then, after the mixture, per piece:
+  span_corruption  T5: noise spans -> unique sentinels (`span_corruption_lengths`)
   mlm              BERT: 15% of non-special positions (or whole words) selected,
                    80% [MASK] / 10% random / 10% unchanged, loss on every selected position
   iid_noise        T5's BERT-style objective (iid_15_r10s90_f): iid 15% noise, each noise
                    token -> random id (p 0.1) or <extra_id_0>; targets = original + EOS
-  causal_lm        EOS after each doc, concatenate, split to the targets length
-  prefix_lm        split one chunk at k ~ U[1, L-1]: inputs = x[:k] + EOS, targets = x[k:] + EOS
+  causal_lm        the piece is the targets
+  prefix_lm        split at k ~ U[1, L-1]: inputs = x[:k] + EOS, targets = x[k:] + EOS
   text_to_text     (inputs, targets) records, truncated to fit, EOS appended
+
+Mixtures sample pieces, so a mixture's rates weight examples as seqio's do (its tasks'
+preprocessors split documents before the mixture samples): a source of long documents
+gets its rate's share of examples, not a share of documents.
 
 Randomness is stateless: every example draws from a seed folded from (data seed, shard,
 objective, example index), so the same seed gives the same examples, and a restored
@@ -140,7 +148,7 @@ def _example_seeds(ds, seed, salt: int):
       lambda i, x: (x, tf.random.experimental.stateless_fold_in(base, i)))
 
 
-def select_random_chunk(ds, seed, max_length: int = MAX_DOC_TOKENS, on_cut=None):
+def select_random_chunk(ds, seed, max_length: int = MAX_DOC_TOKENS, on_cut=None, salt: int = 101):
   """Documents longer than `max_length` keep one aligned chunk chosen at random (T5's
   select_random_chunk); `on_cut()`, if given, is called (in Python) for each one cut."""
   def cut(x, start):
@@ -154,7 +162,7 @@ def select_random_chunk(ds, seed, max_length: int = MAX_DOC_TOKENS, on_cut=None)
     num = (n + max_length - 1) // max_length
     start = max_length * tf.random.stateless_uniform([], s, 0, tf.maximum(num, 1), tf.int32)
     return tf.cond(n > max_length, lambda: cut(x, start), lambda: x)
-  return _example_seeds(ds, seed, 101).map(chunk)
+  return _example_seeds(ds, seed, salt).map(chunk)
 
 
 def concat_and_split(ds, length: int, *, append_eos: bool = False,
@@ -178,12 +186,33 @@ def concat_and_split(ds, length: int, *, append_eos: bool = False,
 
 
 # ---------------------------------------------------------------- objectives on datasets
-def span_corruption(ds, *, vocab_size: int, inputs_length: int, noise_density: float = 0.15,
-                    mean_noise_span_length: float = 3.0, seed=(0, 0), on_cut=None):
-  raw_length, _ = span_corruption_lengths(inputs_length, noise_density, mean_noise_span_length)
-  ds = ds.filter(lambda x: tf.size(x) > 0)
-  ds = select_random_chunk(ds, seed, on_cut=on_cut)
-  ds = concat_and_split(ds, raw_length)
+def piece_length(objective: str, inputs_length: int, targets_length: int,
+                 noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> int:
+  """Tokens per piece: what one example is made of before its EOS and noise."""
+  return {'span_corruption': lambda: span_corruption_lengths(
+              inputs_length, noise_density, mean_noise_span_length)[0],
+          'mlm': lambda: inputs_length,
+          'iid_noise': lambda: min(inputs_length, targets_length) - 1,
+          'causal_lm': lambda: targets_length,
+          'prefix_lm': lambda: min(inputs_length, targets_length),
+          'text_to_text': lambda: 0}[objective]()  # records are not split
+
+
+def pieces(ds, objective: str, length: int, *, seed=(0, 0), source: int = 0, on_cut=None):
+  """Stage one (per source, before a mixture): token documents -> pieces of `length`
+  tokens (`piece_length`); text_to_text records pass unchanged. `source` (its index in the
+  mixture) gives each source its own random chunks."""
+  if objective == 'text_to_text':
+    return ds
+  if objective == 'span_corruption':
+    ds = ds.filter(lambda x: tf.size(x) > 0)
+    ds = select_random_chunk(ds, seed, on_cut=on_cut, salt=101 + 1000 * source)
+  return concat_and_split(ds, length, append_eos=objective in ('mlm', 'causal_lm'))
+
+
+def span_corruption(ds, *, vocab_size: int, noise_density: float = 0.15,
+                    mean_noise_span_length: float = 3.0, seed=(0, 0)):
+  """Pieces -> span-corrupted examples."""
   return _example_seeds(ds, seed, 1).map(
       lambda x, s: span_corrupt_example(x, vocab_size, noise_density, mean_noise_span_length, s),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -218,13 +247,12 @@ def mlm_example(tokens, seed, *, special_mask, regular_ids, word_start_mask, mas
   return {'inputs': inputs, 'targets': tokens, 'loss_weights': tf.cast(selected, tf.int32)}
 
 
-def mlm(ds, *, vocab, length: int, rate: float = 0.15, mask_prob: float = 0.8,
-        random_prob: float = 0.1, whole_word: bool = False, seed=(0, 0)):
-  """BERT MLM stream: EOS after each document, concatenate, chunks of `length`, mask."""
+def mlm(ds, *, vocab, rate: float = 0.15, mask_prob: float = 0.8, random_prob: float = 0.1,
+        whole_word: bool = False, seed=(0, 0)):
+  """Pieces -> BERT MLM examples (masked, loss weights on the selected positions)."""
   special = tf.constant(vocab.special_mask)
   regular = tf.constant(vocab.regular_ids)
   word_start = tf.constant(vocab.word_start_mask)
-  ds = concat_and_split(ds, length, append_eos=True)
   return _example_seeds(ds, seed, 2).map(
       lambda x, s: mlm_example(x, s, special_mask=special, regular_ids=regular,
                                word_start_mask=word_start, mask_id=vocab.mask_id, rate=rate,
@@ -248,19 +276,18 @@ def iid_noise_example(tokens, seed, *, vocab_size: int, regular_ids, noise_densi
   return {'inputs': tf.concat([inputs, eos], 0), 'targets': tf.concat([tokens, eos], 0)}
 
 
-def iid_noise(ds, *, vocab, length: int, noise_density: float = 0.15, random_prob: float = 0.1,
-              seed=(0, 0)):
+def iid_noise(ds, *, vocab, noise_density: float = 0.15, random_prob: float = 0.1, seed=(0, 0)):
+  """Pieces -> T5 BERT-style (iid noise) examples."""
   regular = tf.constant(vocab.regular_ids)
-  ds = concat_and_split(ds, length)
   return _example_seeds(ds, seed, 3).map(
       lambda x, s: iid_noise_example(x, s, vocab_size=vocab.vocab_size, regular_ids=regular,
                                      noise_density=noise_density, random_prob=random_prob),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def causal_lm(ds, *, length: int):
-  """EOS after each document, concatenate, split to `length`: {'targets'}."""
-  return concat_and_split(ds, length, append_eos=True).map(lambda x: {'targets': x})
+def causal_lm(ds):
+  """Pieces (EOS after each document, concatenated, split) -> {'targets'}."""
+  return ds.map(lambda x: {'targets': x})
 
 
 def prefix_lm_example(tokens, seed):
@@ -272,8 +299,8 @@ def prefix_lm_example(tokens, seed):
   return {'inputs': tf.concat([tokens[:k], eos], 0), 'targets': tf.concat([tokens[k:], eos], 0)}
 
 
-def prefix_lm(ds, *, length: int, seed=(0, 0)):
-  ds = concat_and_split(ds, length)
+def prefix_lm(ds, *, seed=(0, 0)):
+  """Pieces -> prefix-LM examples."""
   return _example_seeds(ds, seed, 4).map(lambda x, s: prefix_lm_example(x, s))
 
 

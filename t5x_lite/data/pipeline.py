@@ -1,7 +1,7 @@
 """The input pipeline: config -> deterministic, sharded, resumable batches.
 
 Owns: validating `config.data` against the model (`validate`), wiring one virtual shard
-(stream): sources -> mixture -> objective -> pack (`build_stream`), and assembling host
+(stream): sources -> pieces -> mixture -> objective -> pack (`build_stream`), and assembling host
 batches from the streams a process owns (`get_dataset`; the iterator is in iterator.py).
 
     it = get_dataset(config, 'train', shard_index=jax.process_index(),
@@ -202,6 +202,8 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
   if d.objective == 'text_to_text':  # counted as read: how many examples the objective cuts
     skips.limits = {'inputs': ('data.inputs_length', il), 'targets': ('data.targets_length', tl)}
     max_tokens = (il - 1, tl - 1)    # room for the EOS text_to_text appends
+  pair = (int(seed), int(stream))
+  length = obj_lib.piece_length(d.objective, il, tl, d.noise_density, d.mean_noise_span_length)
   sources = []
   for i, s in enumerate(specs):
     f = fields
@@ -218,7 +220,9 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
       ds = ds.map(lambda x: x)  # 1-tuples -> the tensor
     if train and len(specs) > 1:  # (a lone source's end: the iterator says so)
       ds = ds.concatenate(_no_records(ds.element_spec, s, split, stream, num_streams, skips))
-    sources.append(ds)
+    # Before the mixture: its rates weight pieces (examples), as seqio's do, not documents.
+    sources.append(obj_lib.pieces(ds, d.objective, length, seed=pair, source=i,
+                                  on_cut=lambda: skips.add(_CUT, f'{split} stream {stream}')))
   if len(sources) == 1:
     ds = sources[0]
   else:
@@ -229,22 +233,19 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
         sources, weights=(rates / rates.sum()).tolist(), seed=seed * 1000 + 997 * stream + 1,
         stop_on_empty_dataset=False)
 
-  pair = (int(seed), int(stream))
   if d.objective == 'span_corruption':
-    ds = obj_lib.span_corruption(ds, vocab_size=vocab.vocab_size, inputs_length=il,
-                                 noise_density=d.noise_density,
-                                 mean_noise_span_length=d.mean_noise_span_length, seed=pair,
-                                 on_cut=lambda: skips.add(_CUT, f'{split} stream {stream}'))
+    ds = obj_lib.span_corruption(ds, vocab_size=vocab.vocab_size, noise_density=d.noise_density,
+                                 mean_noise_span_length=d.mean_noise_span_length, seed=pair)
   elif d.objective == 'mlm':
-    ds = obj_lib.mlm(ds, vocab=vocab, length=il, rate=d.mlm_rate, mask_prob=d.mlm_mask_prob,
+    ds = obj_lib.mlm(ds, vocab=vocab, rate=d.mlm_rate, mask_prob=d.mlm_mask_prob,
                      random_prob=d.mlm_random_prob, whole_word=d.mlm_whole_word, seed=pair)
   elif d.objective == 'iid_noise':
-    ds = obj_lib.iid_noise(ds, vocab=vocab, length=min(il, tl) - 1, noise_density=d.noise_density,
+    ds = obj_lib.iid_noise(ds, vocab=vocab, noise_density=d.noise_density,
                            random_prob=d.iid_random_prob, seed=pair)
   elif d.objective == 'causal_lm':
-    ds = obj_lib.causal_lm(ds, length=tl)
+    ds = obj_lib.causal_lm(ds)
   elif d.objective == 'prefix_lm':
-    ds = obj_lib.prefix_lm(ds, length=min(il, tl), seed=pair)
+    ds = obj_lib.prefix_lm(ds, seed=pair)
   else:
     ds = obj_lib.text_to_text(ds, inputs_length=il, targets_length=tl)
 
