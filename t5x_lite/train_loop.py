@@ -487,14 +487,16 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
           print(f'[t5x_lite] step {step} (compiling the train step) took '
                 f'{time.time() - run_start:.1f}s.', flush=True)
           throughput.reset()  # a window of this step alone has no rates: n/a
-        if _every(t.log_every, step) or is_last or stopping:
+        evaluating = _every(t.eval_every, step) or (t.eval_every and is_last)
+        # An eval step is also a log step: every metrics.jsonl object has the train figures.
+        if _every(t.log_every, step) or is_last or stopping or evaluating:
           record.update(progress.window_figures())
           record['tokens_seen'] = progress.tokens_seen
           record['skipped_steps'] = progress.skipped_steps
           record.update(throughput.figures())
           print(_log_line(step, t.steps, record), flush=True)
           throughput.reset()
-        if _every(t.eval_every, step) or (t.eval_every and is_last):
+        if evaluating:
           eval_start = time.time()
           ev = evaluation.evaluate(config, trainer, state.params, data=validation_data)
           if not evals_reported:  # every eval reads the same examples: said once

@@ -199,11 +199,17 @@ def test_an_eval_inside_a_log_window_is_left_out_of_its_rate(tmp_path, monkeypat
   monkeypatch.setattr(evaluation, 'evaluate', slow_evaluate)
   monkeypatch.chdir(ROOT)
   workdir = str(tmp_path / 'w')
-  # Logs at 8, 16, 24, 32; evals at 12 (inside the window 9-16) and 24 (after its log line).
+  # Logs at 8, 16, 24, 32 and at the evals, 12, 24 and 32 (each after its step's log line).
   train_loop.train(config_from_flags(TINY + [
       '--config.train.steps=32', '--config.train.log_every=8', '--config.train.eval_every=12',
       '--config.train.eval_steps=1', '--config.train.checkpoint_every=0']), workdir)
   rate = losses(workdir, 'steps_per_sec')
+  # An eval step is a log step too: every metrics.jsonl object has the train figures.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r['step'] for r in rows] == [8, 12, 16, 24, 32]
+  assert all({'loss', 'learning_rate', 'tokens_per_sec', 'mfu'} <= set(r) for r in rows), rows
+  assert [r['step'] for r in rows if 'eval_loss' in r] == [12, 24, 32]  # and the last
   # Against window 17-24 (no eval inside): the run's last window (25-32) ran 1.7-1.9x slower
   # than both in two CI runs on this 2-core host, whatever the eval did.
   assert 0.6 < rate[16] / rate[24] < 1.5, rate  # was ~2: 8 steps over the time of 4
