@@ -57,8 +57,9 @@ def run_eval(config, workdir: str, split: str = 'validation',
   result.update(skips.figures())
   print(f'[t5x_lite] eval data ({split}): {skips.report() or "no input skipped"}.',
         file=sys.stderr, flush=True)
-  # Beam search writes beside greedy decoding's results, not over them.
-  name = f'{split}_{step}' + (f'_beam{beam_size}' if beam_size > 1 else '')
+  # The plain names hold the latest eval of this step; each beam size (1: greedy) also keeps
+  # its own copy, so a beam search does not lose greedy decoding's results.
+  names = (f'{split}_{step}', f'{split}_{step}_beam{beam_size}')
   why_not = evaluation.can_decode(config)
   if why_not:
     print(f'[t5x_lite] eval: no decoding ({why_not}).', file=sys.stderr, flush=True)
@@ -67,16 +68,16 @@ def run_eval(config, workdir: str, split: str = 'validation',
                                       beam_size=beam_size)
     result['beam_size'] = beam_size
     result['decoded_examples'] = len(decoded['targets'])
-    evaluation.write_predictions(
-        os.path.join(workdir, f'predictions_{name}.jsonl'), decoded)
+    for name in names:
+      evaluation.write_predictions(os.path.join(workdir, f'predictions_{name}.jsonl'), decoded)
     if decoded['targets']:
       result.update(metrics_lib.text_metrics(decoded['targets'], decoded['predictions']))
     evaluation.print_predictions(decoded, show, file=sys.stderr,
                                  text_to_text=config.data.objective == 'text_to_text')
   result['seconds'] = round(time.time() - start, 2)
-  path = os.path.join(workdir, f'eval_{name}.json')
-  with open(path, 'w') as f:
-    json.dump(result, f, indent=2)
+  for name in names:
+    with open(os.path.join(workdir, f'eval_{name}.json'), 'w') as f:
+      json.dump(result, f, indent=2)
   return result
 
 

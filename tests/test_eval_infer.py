@@ -137,8 +137,9 @@ def test_beam_search_eval_and_infer_write_scores(workdir, tmp_path, monkeypatch,
   greedy = in_process('eval', workdir, monkeypatch, eval_steps=1, split='train')
   result = in_process('eval', workdir, monkeypatch, eval_steps=1, beam_size=3, split='train')
   assert result['beam_size'] == 3 and result['decoded_examples'] == 8
-  # Beam search writes beside the greedy files (it wrote over them).
-  for name, want in (('train_6', greedy), ('train_6_beam3', result)):
+  # The plain names hold the latest eval; each beam size keeps its own copy beside them
+  # (beam search once wrote over greedy's files).
+  for name, want in (('train_6', result), ('train_6_beam1', greedy), ('train_6_beam3', result)):
     with open(os.path.join(workdir, f'eval_{name}.json')) as f:
       assert json.load(f) == want
     with open(os.path.join(workdir, f'predictions_{name}.jsonl')) as f:
