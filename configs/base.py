@@ -67,7 +67,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.loss_normalization = 'num_real_target_tokens'  # sum | num_real_target_tokens | constant
   t.loss_normalization_constant = 1.0
   t.label_smoothing = 0.0
-  t.z_loss = 1e-4
   t.on_nonfinite = 'stop'           # non-finite loss / grad norm: stop | skip (the update is
                                     # never applied; skip counts it in metrics skipped_steps)
   t.max_consecutive_skips = 10      # skip: stop after this many consecutive non-finite steps
@@ -83,6 +82,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   o.decay_steps = 0                 # cosine: 0 at this step, warmup included (0 = train.steps;
                                     # > warmup_steps when set)
   o.clip_grad_norm = 0.0            # 0 = off; the logged grad_norm is before clipping
+  o.z_loss = 1e-4                   # t5x's auxiliary loss z_loss * log(Z)^2 per target token
   # AdamW: p -= lr * weight_decay * p per step. Adafactor (t5x's weight_decay_rate): p -=
   # weight_decay * p per step, not scaled by the rate: a far smaller value (docs/t5.md §6)
   o.weight_decay = 0.0
@@ -108,7 +108,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # ---- checkpoint ----
   c = cfg.checkpoint = ml_collections.ConfigDict()
+  # One value under two names: setting either (file or command line) sets both.
+  c.period = t.get_ref('checkpoint_every')
   c.keep = 3
+  # Not `async`: a Python keyword, which config_flags cannot parse in --config.checkpoint.async.
   c.async_save = True
 
   cfg.init_from = ''                # '' | checkpoint dir | 'hf:DIR'

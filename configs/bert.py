@@ -29,7 +29,7 @@ def get_config(size: str = 'base'):
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=1e-4,
                             warmup_steps=10_000 if size != 'tiny' else 100,
                             weight_decay=0.01))
-  cfg.train.z_loss = 0.0  # a T5 (t5x) regulariser: BERT trained without it
+  cfg.optimizer.z_loss = 0.0  # a T5 (t5x) regulariser: BERT trained without it
   if size != 'tiny':
     cfg.train.steps = 1_000_000
   return cfg

@@ -30,7 +30,7 @@ def get_config(size: str = 'small'):
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=6e-4,
                             warmup_steps=2000 if size != 'tiny' else 100, weight_decay=0.1,
                             b2=0.95, clip_grad_norm=1.0))
-  cfg.train.z_loss = 0.0  # a T5 (t5x) regulariser: GPT-2 trained without it
+  cfg.optimizer.z_loss = 0.0  # a T5 (t5x) regulariser: GPT-2 trained without it
   if size != 'tiny':
     cfg.train.steps = 600_000
   return cfg

@@ -58,7 +58,7 @@ def _our_grad_step(config, batch) -> Callable[[], Any]:
   def loss(p, b):
     logits = model.apply({'params': p}, b)
     return losses.weighted_loss(logits, b[family.targets], b[family.weights],
-                                z_loss=config.train.z_loss)[0]
+                                z_loss=config.optimizer.z_loss)[0]
 
   f = jax.jit(jax.value_and_grad(loss))
   batch = jax.device_put(batch)

@@ -71,7 +71,7 @@ def grad_step(config, batch):
   """A no-argument callable: FlaxT5's (loss, grads) on `batch` (synthetic_batch's features)."""
   import jax
   model, params = _model(config)
-  z_loss = config.train.z_loss
+  z_loss = config.optimizer.z_loss
 
   def loss(p, b):
     logits = model.module.apply(

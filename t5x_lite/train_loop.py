@@ -357,7 +357,7 @@ def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
           f'{", ".join(changed)}; the restored optimizer state goes on under the new ones.',
           flush=True)
   # What the loss is and where dropout applies (a config file's defaults can move too).
-  shaping = [('train', 'z_loss', None), ('train', 'label_smoothing', None),
+  shaping = [('train', 'label_smoothing', None),
              ('train', 'loss_normalization', None), ('model', 'dropout_rate', None),
              ('model', 'dropout_sites', 't5')]  # (section, field, value before it existed)
   changed = [f'{s}.{k} {old!r} -> {config[s][k]!r}' for s, k, default in shaping

@@ -98,8 +98,8 @@ class Trainer:
     logits = self.model.apply({'params': params}, batch, deterministic=deterministic,
                               rngs={'dropout': rng})
     return losses.weighted_loss(
-        logits, batch[self.targets_key], batch[self.weights_key], z_loss=tc.z_loss,
-        label_smoothing=tc.label_smoothing, normalization=tc.loss_normalization,
+        logits, batch[self.targets_key], batch[self.weights_key],
+        z_loss=self.config.optimizer.z_loss, label_smoothing=tc.label_smoothing, normalization=tc.loss_normalization,
         normalization_constant=tc.loss_normalization_constant,
         num_real_tokens=num_real_tokens)
 
@@ -155,9 +155,8 @@ class Trainer:
 
   def _eval_step(self, params, batch):
     logits = self.model.apply({'params': params}, batch, deterministic=True)
-    tc = self.config.train
     _, stats = losses.weighted_loss(logits, batch[self.targets_key], batch[self.weights_key],
-                                    z_loss=tc.z_loss, normalization='sum')
+                                    z_loss=self.config.optimizer.z_loss, normalization='sum')
     return stats
 
   # --------------------------------------------------------------------- host API

@@ -38,7 +38,9 @@ def validate_portable(config, num_devices: int) -> None:
       raise ValueError(f'config.train.{name}={t[name]} must be a positive integer.')
   for name in ('eval_every', 'checkpoint_every', 'eval_steps'):
     if int(t[name]) < 0:
-      raise ValueError(f'config.train.{name}={t[name]} must be >= 0 (0 = off / full pass).')
+      alias = ' (also named checkpoint.period)' if name == 'checkpoint_every' else ''
+      raise ValueError(f'config.train.{name}={t[name]}{alias} must be >= 0 (0 = off / full '
+                       'pass).')
   if not 0.0 <= t.label_smoothing < 1.0:
     raise ValueError(f'config.train.label_smoothing={t.label_smoothing} must be in [0, 1).')
   if t.on_nonfinite not in ('stop', 'skip'):
@@ -46,15 +48,13 @@ def validate_portable(config, num_devices: int) -> None:
   if int(t.max_consecutive_skips) < 1:
     raise ValueError(f'config.train.max_consecutive_skips={t.max_consecutive_skips} must be '
                      '>= 1.')
-  if not 0 <= t.z_loss < float('inf'):  # NaN fails too
-    raise ValueError(f'config.train.z_loss={t.z_loss} must be >= 0 and finite.')
   if t.loss_normalization not in losses.NORMALIZATIONS:
     raise ValueError(f'config.train.loss_normalization={t.loss_normalization!r} must be one '
                      f'of {", ".join(losses.NORMALIZATIONS)}.')
   if int(config.checkpoint.keep) < 1:
     raise ValueError(f'config.checkpoint.keep={config.checkpoint.keep} must be >= 1.')
   o = config.optimizer
-  for name in ('clip_grad_norm', 'weight_decay'):
+  for name in ('clip_grad_norm', 'weight_decay', 'z_loss'):
     if not 0 <= o[name] < float('inf'):  # NaN fails too
       raise ValueError(f'config.optimizer.{name}={o[name]} must be >= 0 and finite '
                        '(0 = off).')

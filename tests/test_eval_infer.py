@@ -53,7 +53,7 @@ def numpy_eval(workdir, step):
   batch = next(pipeline.get_dataset(cfg, 'validation'))
   logits = jax.jit(models.build(cfg.model).apply)({'params': params}, batch)
   return numpy_loss(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
-                    cfg.train.z_loss)
+                    cfg.optimizer.z_loss)
 
 
 TRAIN_LOG = {}

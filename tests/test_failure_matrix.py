@@ -123,7 +123,7 @@ ROWS = {
                                       'config.train.batch_size=12'),
     'train_label_smoothing': (_train, ['--config.train.label_smoothing=1.0'],
                               'config.train.label_smoothing'),
-    'train_z_loss_negative': (_train, ['--config.train.z_loss=-1'], 'config.train.z_loss'),
+    'optimizer_z_loss_negative': (_train, ['--config.optimizer.z_loss=-1'], 'config.optimizer.z_loss'),
     'train_on_nonfinite_unknown': (_train, ['--config.train.on_nonfinite=ignore'],
                                    'config.train.on_nonfinite'),
     'train_max_consecutive_skips_zero': (_train, ['--config.train.max_consecutive_skips=0'],

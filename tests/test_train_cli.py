@@ -76,7 +76,8 @@ def assert_trees_equal(a, b):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  proc = run(workdir, '--config.train.steps=12', '--config.train.checkpoint_every=4')
+  # checkpoint.period is train.checkpoint_every under its other name (one value).
+  proc = run(workdir, '--config.train.steps=12', '--config.checkpoint.period=4')
   return workdir, proc
 
 
@@ -92,7 +93,9 @@ def test_writes_metrics_tensorboard_config_and_checkpoints(uninterrupted):
   assert seen == list(np.cumsum([r['target_tokens'] for r in rows]))  # log_every=1
   assert any(f.startswith('events.out.tfevents') for f in
              os.listdir(os.path.join(workdir, 'tensorboard')))
-  assert json.load(open(os.path.join(workdir, 'config.json')))['train']['steps'] == 12
+  saved = json.load(open(os.path.join(workdir, 'config.json')))
+  assert saved['train']['steps'] == 12
+  assert saved['train']['checkpoint_every'] == saved['checkpoint']['period'] == 4
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
                 if d.isdigit()) == [4, 8, 12]
   assert 'first loss' in proc.stdout and 'last loss' in proc.stdout
@@ -290,7 +293,7 @@ def _step_one_loss_of(params):
   batch = next(pipeline.get_dataset(cfg, 'train'))
   logits = jax.jit(models.build(cfg.model).apply)({'params': params}, batch)
   return numpy_loss(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
-                    cfg.train.z_loss)[0]
+                    cfg.optimizer.z_loss)[0]
 
 
 def _assert_fine_tune_started_from(workdir, source_params):
@@ -551,13 +554,13 @@ def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_pat
   workdir = str(tmp_path / 'changed')
   shutil.copytree(ref_dir, workdir)
   changes = ('--config.optimizer.learning_rate=0.003', '--config.optimizer.warmup_steps=7',
-             '--config.train.z_loss=0.0', '--config.model.dropout_sites=bert_gpt2')
+             '--config.optimizer.z_loss=0.0', '--config.model.dropout_sites=bert_gpt2')
   proc = run(workdir, '--config.train.steps=13', *changes)
   assert 'restored step 12' in proc.stdout, proc.stdout
   line = next(l for l in proc.stdout.splitlines() if 'optimizer settings other' in l)
-  assert 'learning_rate 0.03 -> 0.003, warmup_steps 100 -> 7;' in line, line
-  assert ("resuming with training settings other than the checkpoint's: train.z_loss 0.0001 "
-          "-> 0.0, model.dropout_sites 't5' -> 'bert_gpt2'.") in proc.stdout
+  assert 'learning_rate 0.03 -> 0.003, warmup_steps 100 -> 7, z_loss 0.0001 -> 0.0;' in line, line
+  assert ("resuming with training settings other than the checkpoint's: "
+          "model.dropout_sites 't5' -> 'bert_gpt2'.") in proc.stdout
   proc = run(workdir, '--config.train.steps=14', *changes)
   assert 'settings other' not in proc.stdout  # as the checkpoint now says
 

@@ -314,7 +314,8 @@ def test_adamw_clipping_cosine_weight_decay_label_smoothing_match_numpy():
   decoupled weight decay (weight matrices only) in float64 numpy."""
   peak, warmup, decay_steps, wd, smoothing, z_loss, b1, b2 = 1e-2, 2, 5, 1.0, 0.1, 1e-4, 0.9, 0.99
   cfg = tiny('gpt', 'causal_lm', targets_length=32)
-  cfg.train.update(dict(steps=8, label_smoothing=smoothing, z_loss=z_loss))
+  cfg.train.update(dict(steps=8, label_smoothing=smoothing))
+  cfg.optimizer.z_loss = z_loss
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=peak,
                             warmup_steps=warmup, decay_steps=decay_steps, weight_decay=wd,
                             b1=b1, b2=b2))

@@ -12,7 +12,7 @@ from t5x_lite import validation
 
 @pytest.mark.parametrize('section,field,value,message', [
     ('train', 'label_smoothing', 1.0, 'config.train.label_smoothing'),
-    ('train', 'z_loss', -1.0, 'config.train.z_loss'),
+    ('optimizer', 'z_loss', -1.0, 'config.optimizer.z_loss'),
     ('train', 'steps', 0, 'config.train.steps'),
     ('train', 'grad_accum_steps', 3, 'config.train.grad_accum_steps=3'),
     ('checkpoint', 'keep', 0, 'config.checkpoint.keep'),
