@@ -1,5 +1,6 @@
-"""Evaluate the latest checkpoint of a run: teacher-forced loss and accuracy, and for
-text-to-text tasks decoding scored by the text metrics:
+"""Evaluate the latest checkpoint of a run: teacher-forced loss and accuracy, and decoding
+scored by the text metrics (text-to-text tasks) or by span accuracy (pretraining objectives
+with inputs: span corruption, iid noise, prefix LM):
 
     python -m t5x_lite.eval --config=CFG --workdir=DIR [--split=validation] [--eval_steps=N]
 
@@ -70,10 +71,16 @@ def run_eval(config, workdir: str, split: str = 'validation',
     result['decoded_examples'] = len(decoded['targets'])
     for name in names:
       evaluation.write_predictions(os.path.join(workdir, f'predictions_{name}.jsonl'), decoded)
-    if decoded['targets']:
+    text_to_text = config.data.objective == 'text_to_text'
+    if decoded['targets'] and text_to_text:
       result.update(metrics_lib.text_metrics(decoded['targets'], decoded['predictions']))
-    evaluation.print_predictions(decoded, show, file=sys.stderr,
-                                 text_to_text=config.data.objective == 'text_to_text')
+    elif decoded['targets']:  # pretraining objectives: ids decoded, sentinels and all
+      correct, total = evaluation.span_counts(decoded)
+      result.update(
+          sequence_accuracy=metrics_lib.sequence_accuracy(decoded['targets'],
+                                                          decoded['predictions']),
+          span_accuracy=100.0 * correct / max(total, 1), span_tokens=[correct, total])
+    evaluation.print_predictions(decoded, show, file=sys.stderr, text_to_text=text_to_text)
   result['seconds'] = round(time.time() - start, 2)
   for name in names:
     with open(os.path.join(workdir, f'eval_{name}.json'), 'w') as f:

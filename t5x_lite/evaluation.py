@@ -135,11 +135,12 @@ def evaluate(config, trainer, params, split: str = 'validation', skips=None, dat
 
 # --------------------------------------------------------------------- decoding
 def can_decode(config) -> Optional[str]:
-  """None if eval decodes this config's task, else the reason it does not."""
+  """None if eval decodes this config's task (every task with inputs, of a family that
+  generates), else the reason it does not."""
   if families.get(config.model.family).generates is None:
     return f'model.family={config.model.family!r} does not generate text'
-  if config.data.objective != 'text_to_text':
-    return f'data.objective={config.data.objective!r} is not text_to_text'
+  if config.data.objective == 'causal_lm':
+    return "data.objective='causal_lm' has no inputs to decode from"
   return None
 
 
@@ -233,10 +234,15 @@ def write_predictions(path: str, decoded: Dict[str, list]) -> None:
                          ensure_ascii=False) + '\n')
 
 
+def span_counts(decoded: Dict[str, list]) -> tuple:
+  """(correct, total) target span tokens over every decoded example (`metrics.span_tokens`:
+  a target without sentinels, as prefix LM's or iid noise's, is one span)."""
+  return (sum(c for c, _ in decoded['span_tokens']), sum(t for _, t in decoded['span_tokens']))
+
+
 def span_accuracy(decoded: Dict[str, list]) -> str:
-  """'P% (c/t target span tokens)' over every decoded example (`metrics.span_tokens`)."""
-  correct = sum(c for c, _ in decoded['span_tokens'])
-  total = sum(t for _, t in decoded['span_tokens'])
+  """'P% (c/t target span tokens)' over every decoded example (`span_counts`)."""
+  correct, total = span_counts(decoded)
   return f'{100 * correct / max(total, 1):.1f}% ({correct}/{total} target span tokens)'
 
 

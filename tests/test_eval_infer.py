@@ -672,3 +672,83 @@ def test_an_endless_unpacked_validation_split_is_evaluated_and_decoded_once(tmp_
   with open(os.path.join(workdir, 'predictions_validation_2.jsonl')) as f:
     inputs = [json.loads(line)['inputs'] for line in f]
   assert inputs == [json.loads(r)['inputs'] for r in records]
+
+
+def _uncached_greedy(model, params, batch, rows, length, num_ids, prefix_lm):
+  """Greedy continuations of `rows` of an unpacked batch, each token the argmax of a full
+  forward pass over everything so far (no KV cache, no decoding.py), cut after EOS: the
+  reference eval's predictions must equal. Ids past `num_ids` (the vocabulary's padding) are
+  never chosen. Each row is a fixed-length window, so later positions (zeros) cannot reach
+  earlier ones through the causal mask, and one compiled forward pass serves every step."""
+  import jax
+  apply = jax.jit(lambda b: model.apply({'params': params}, b))
+  if prefix_lm:  # decoder-only: prompt = the causal-attention span of each row
+    prompt = batch['decoder_causal_attention'][rows].sum(axis=1)
+    seq = np.zeros((len(rows), int(prompt.max()) + length), np.int32)
+    for i, r in enumerate(rows):
+      seq[i, :prompt[i]] = batch['decoder_input_tokens'][r, :prompt[i]]
+    inputs = {'decoder_causal_attention':
+              (np.arange(seq.shape[1]) < prompt[:, None]).astype(np.int32)}
+  else:  # encoder-decoder: the decoder starts from 0
+    prompt = np.ones(len(rows), np.int64)
+    seq = np.zeros((len(rows), 1 + length), np.int32)
+    inputs = {'encoder_input_tokens': batch['encoder_input_tokens'][rows]}
+  at = np.arange(len(rows))
+  for k in range(length):
+    logits = np.asarray(apply(dict(inputs, decoder_input_tokens=seq)))
+    seq[at, prompt + k] = logits[at, prompt + k - 1, :num_ids].argmax(-1)
+  out = []
+  for i in at:
+    ids = list(seq[i, prompt[i]:])
+    out.append(ids[:ids.index(1) + 1] if 1 in ids else ids)
+  return out
+
+
+@pytest.mark.parametrize('objective', ['span_corruption', 'prefix_lm'])
+def test_eval_decodes_pretraining_objectives_as_an_uncached_greedy_reference(
+    objective, request, monkeypatch):
+  """Span corruption (encoder-decoder) and prefix LM (decoder-only) evals decode too (they
+  wrote no predictions file): each prediction is the greedy continuation recomputed without
+  the KV cache, targets are the batch's target ids as text, and span_accuracy /
+  sequence_accuracy follow from those ids."""
+  from t5x_lite import eval as eval_cmd, metrics, models
+  from t5x_lite.data import pipeline
+  monkeypatch.chdir(ROOT)
+  corpus = dict(train_source='text:data/corpus/train.txt',
+                validation_source='text:data/corpus/validation.txt')
+  if objective == 'span_corruption':  # the speaker model, fed the corpus span-corrupted
+    workdir = request.getfixturevalue('workdir')
+    config = config_from_flags(CONFIG)
+    config.data.update(dict(corpus, objective=objective, targets_length=14))  # 64 -> 14
+  else:
+    config, workdir = request.getfixturevalue('gpt_prefix_lm')
+    config = config.copy_and_resolve_references()
+    config.data.update(dict(corpus, objective=objective))
+  result = eval_cmd.run_eval(config, workdir, eval_steps=1)
+  step = result['step']
+  with open(os.path.join(workdir, f'predictions_validation_{step}.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  # The reference reads the batch eval decodes: the split's first, unpacked, in file order.
+  cfg = config.copy_and_resolve_references()
+  cfg.data.update(dict(pack=False, num_virtual_shards=1))
+  it = pipeline.get_dataset(cfg, 'validation')
+  batch, vocab = next(it), it.vocab
+  real = np.nonzero(batch['decoder_loss_weights'].sum(axis=1) > 0)[0]
+  assert result['decoded_examples'] == len(rows) == len(real) > 0
+  import orbax.checkpoint as ocp
+  params = ocp.PyTreeCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(step), 'state'))['params']
+  want = _uncached_greedy(models.build(cfg.model), params, batch, real,
+                          cfg.data.targets_length, vocab.vocab_size,
+                          prefix_lm=objective == 'prefix_lm')
+  targets = [batch['decoder_target_tokens'][r][batch['decoder_loss_weights'][r] > 0]
+             for r in real]
+  assert [r['predictions'] for r in rows] == [vocab.decode(w) for w in want]
+  assert [r['targets'] for r in rows] == [vocab.decode(t) for t in targets]
+  counts = [metrics.span_tokens(t, w, vocab.is_sentinel) for t, w in zip(targets, want)]
+  correct, total = sum(c for c, _ in counts), sum(t for _, t in counts)
+  assert result['span_tokens'] == [correct, total] and total > 0
+  assert result['span_accuracy'] == pytest.approx(100 * correct / total)
+  assert result['sequence_accuracy'] == pytest.approx(100 * np.mean(
+      [r['predictions'] == r['targets'] for r in rows]))
+  assert 'bleu' not in result  # text metrics score text-to-text tasks only
