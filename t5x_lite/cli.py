@@ -98,7 +98,8 @@ def _load_config_file(argument: str, parser):
   """The config a `--config=FILE[:ARG]` argument names, or FlagError saying why not."""
   path = argument.split(':', 1)[0]
   if not os.path.isfile(path):
-    raise FlagError(f'config file {path} does not exist (--config={argument}).')
+    raise FlagError(f'config file {path} does not exist (--config={argument}; cwd '
+                    f'{os.getcwd()!r}, also tried relative to the repository root).')
   try:
     config = parser.parse(argument)
   except Exception as e:  # the user's code ran: any error is theirs, shown as one line
@@ -166,13 +167,31 @@ def _check_config_flags(argv: List[str], flag_values) -> None:
         check_override(config, name, arg[len(name) + 3:].split('=', 1)[0])
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _from_repo_root(argument: str) -> str:
+  """A config argument FILE[:ARG] whose relative FILE is not under the cwd but is under the
+  repository root, made absolute (as data paths fall back to the root); else as given."""
+  path, sep, rest = argument.partition(':')
+  rooted = os.path.join(_ROOT, path)
+  if os.path.isabs(path) or os.path.isfile(path) or not os.path.isfile(rooted):
+    return argument
+  return rooted + sep + rest
+
+
 def _with_default_configs(argv: List[str], flag_values) -> List[str]:
-  """argv with `--NAME=DEFAULT` first for each config flag that was not given."""
+  """argv with `--NAME=DEFAULT` first for each config flag that was not given, and each
+  config file found from the cwd, else from the repository root (`_from_repo_root`)."""
   given = [f'--{name}={default}' for (fv, name), default in _CONFIG_DEFAULTS.items()
            if fv == id(flag_values) and default and _flag_argument(argv, name) is None]
-  if not given:
-    return argv
   argv = argv[:1] + given + argv[1:]
+  for name in [name for (fv, name) in _CONFIG_DEFAULTS if fv == id(flag_values)]:
+    for i, arg in enumerate(argv):
+      if arg.startswith(f'--{name}='):
+        argv[i] = f'--{name}=' + _from_repo_root(arg.split('=', 1)[1])
+      elif arg == f'--{name}' and i + 1 < len(argv):
+        argv[i + 1] = _from_repo_root(argv[i + 1])
   sys.argv = list(argv)  # ml_collections reads the overrides from sys.argv
   return argv
 

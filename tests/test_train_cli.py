@@ -611,3 +611,20 @@ def test_trained_workdir_exports_to_transformers_with_equal_logits(uninterrupted
     theirs = hf_model(input_ids=torch.tensor(enc, dtype=torch.long),
                       decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
   assert np.abs(ours - theirs[..., :ours.shape[-1]]).max() <= 1e-4 * np.abs(theirs).max()
+
+
+def test_config_files_resolve_from_the_repository_root_outside_it(tmp_path):
+  """Run from another directory, the default --config (configs/default.py) and a relative
+  --config are found under the repository root, as data paths are (they were 'does not
+  exist' errors); a file in neither place is still one."""
+  def command(*args):
+    return subprocess.run([sys.executable, '-m', *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+  proc = command('t5x_lite.eval', f'--workdir={tmp_path}/none')  # default config
+  assert proc.returncode == 1 and 'no checkpoint' in proc.stderr, proc.stderr
+  proc = command('t5x_lite.plan', '--config=configs/t5_v1_1.py:tiny')
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith(f'plan {os.path.join(ROOT, "configs/t5_v1_1.py")}:tiny ')
+  proc = command('t5x_lite.plan', '--config', 'configs/nope.py')
+  assert proc.returncode == 1
+  assert 'error: config file configs/nope.py does not exist' in proc.stderr, proc.stderr
