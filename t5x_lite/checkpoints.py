@@ -207,10 +207,26 @@ class Checkpoints:
     meta = self.manager.item_metadata(step)['state']
     return getattr(meta, 'tree', meta)
 
-  def check_compatible(self, step: int, abstract_state: TrainState, saved_tree) -> None:
-    """Clear error if the saved state's shapes (`saved_state_tree`) differ from the config's."""
-    check_shapes(self.directory / str(step), saved_tree, abstract_state.as_dict(),
-                 f'Use a new --workdir (or delete {self.directory}) to start fresh.')
+  def check_compatible(self, step: int, abstract_state: TrainState, saved_tree,
+                       model_cfg) -> None:
+    """Clear error if the saved state's shapes (`saved_state_tree`) differ from the config's,
+    naming the cause where the step says it: another layer layout (model.scan_layers), or
+    model fields other than those the step's config was saved with."""
+    where, want = self.directory / str(step), abstract_state.as_dict()
+    scanned = _has_scanned_layers(saved_tree.get('params', {}))
+    if scanned != _has_scanned_layers(want['params']):
+      raise ValueError(
+          f'checkpoint {where} holds its layers {"stacked" if scanned else "one by one"} '
+          f'(model.scan_layers={scanned}), this config the other way: resume with '
+          f'--config.model.scan_layers={scanned} (a resumed optimizer state keeps its layout; '
+          'eval, infer and config.init_from read either).')
+    advice = (f'resume with the config it was saved with, or use a new --workdir (or delete '
+              f'{self.directory}) to start fresh.')
+    saved, path = saved_config(os.fspath(where))
+    cause = model_mismatch(saved.get('model', {}), model_cfg, path) if saved else ''
+    if cause and shape_mismatch(saved_tree, want):
+      raise ValueError(f'checkpoint {where} does not match this config: {cause}; {advice}')
+    check_shapes(where, saved_tree, want, advice[0].upper() + advice[1:])
 
   def restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
     """The state (and with `data_iterator`, its position) of `step`; the caller has checked
@@ -458,7 +474,7 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
       latest = ckpts.newest_intact_step()
       continue
     # Shapes that differ from the config's are a config mistake: no fallback.
-    ckpts.check_compatible(latest, trainer.abstract_state, saved_tree)
+    ckpts.check_compatible(latest, trainer.abstract_state, saved_tree, config.model)
     try:
       state = ckpts.restore(latest, trainer.abstract_state, train_iter)
       break

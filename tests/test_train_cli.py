@@ -3,6 +3,7 @@
 tests/test_reliability.py's (10 kills); two processes, tests/test_data_multiprocess.py."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -382,16 +383,25 @@ def test_help_lists_the_commands_main_flags(command, names):
   assert set(names) <= listed, out
 
 
-def test_incompatible_checkpoint_names_shapes(uninterrupted, tmp_path):
+@pytest.mark.parametrize('override,message', [
+    # the shapes, and the field the step's saved config gives for them
+    ('--config.model.d_ff=96', r'checkpoints/12 does not match this config: config.model.d_ff=96 '
+                               r'differs from .*checkpoints/12/config/metadata \(64\); resume '
+                               r'with the config it was saved with, or use a new --workdir .* '
+                               r'to start fresh\.$'),
+    # another layer layout: named, with the flag that resumes it (was 274 leaves, 'None')
+    ('--config.model.scan_layers=True', r'holds its layers one by one \(model.scan_layers='
+                                        r'False\), this config the other way: resume with '
+                                        r'--config.model.scan_layers=False '),
+])
+def test_incompatible_checkpoint_names_the_cause(uninterrupted, tmp_path, override, message):
   ref_dir, _ = uninterrupted
   workdir = str(tmp_path / 'incompatible')
-  import shutil
   shutil.copytree(ref_dir, workdir)
-  proc = run(workdir, '--config.train.steps=20', '--config.model.d_ff=96', check=False)
+  proc = run(workdir, '--config.train.steps=20', override, check=False)
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
-  assert 'does not match this config' in last and '64' in last and '96' in last
-  assert 'start fresh' in last
+  assert re.search(message, last), last
 
 
 @pytest.mark.parametrize('override,message', [
