@@ -148,8 +148,10 @@ def _check_readable(value: str, flag: str) -> sources.SourceSpec:
   return spec
 
 
-def _report(name: str, vocab, spec, flag: str, limit: int) -> None:
-  lines = list(_sentences(spec, flag, sources.SkipCounter(), limit + 1))
+def _report(name: str, vocab, spec, flag: str, limit: int) -> sources.SkipCounter:
+  """Prints the coverage line; returns what was skipped in the lines read for it."""
+  skips = sources.SkipCounter()
+  lines = list(_sentences(spec, flag, skips, limit + 1))
   first = f' (the first {limit})' if len(lines) > limit else ''
   lines = lines[:limit]
   c = vocab_lib.coverage(vocab, lines)
@@ -157,6 +159,7 @@ def _report(name: str, vocab, spec, flag: str, limit: int) -> None:
         f'{100 * c["char_coverage"]:.4f}%, unk rate {100 * c["unk_rate"]:.4f}%, '
         f'{c["tokens_per_word"]:.2f} tokens/word, {c["chars_per_token"]:.2f} chars/token'
         + (f', uncovered characters {c["uncovered_chars"]!r}' if c['uncovered_chars'] else ''))
+  return skips
 
 
 def main():
@@ -194,8 +197,11 @@ def main():
           f'{vocab.vocab_size} ({FLAGS.model_type}); mask id {vocab.mask_id}, '
           f'<extra_id_0> = {vocab.sentinel(0) if vocab.extra_ids else None}')
     _report('train coverage', vocab, spec, '--input', FLAGS.coverage_lines)
-    if eval_spec:
-      _report('eval coverage', vocab, eval_spec, '--eval_input', FLAGS.coverage_lines)
+    if eval_spec:  # (the training input's skips were said above, from its whole pass)
+      eval_skips = _report('eval coverage', vocab, eval_spec, '--eval_input',
+                           FLAGS.coverage_lines)
+      if eval_skips.total():
+        print(f'eval input: {eval_skips.summary()}')
   except RuntimeError as e:  # SentencePiece's trainer: its first line says what failed
     raise ValueError(str(e).strip().splitlines()[0]) from None
 

@@ -71,7 +71,11 @@ def test_vocab_cli_trains_bpe_and_reports_coverage(tmp_path):
                      cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   assert f'wrote {out}: 300 pieces + 100 extra ids = vocab_size 400 (bpe); mask id 3' in r.stdout
-  assert 'input: skipped 1 x invalid UTF-8 (first at' in r.stdout
+  said = r.stdout.splitlines()
+  assert any(l.startswith('input: skipped 1 x invalid UTF-8 (first at') for l in said)
+  # --eval_input's bad lines are said too (they were dropped from its coverage unsaid)
+  assert any(l.startswith(f'eval input: skipped 1 x invalid UTF-8 (first at {tmp_path}/a.txt:')
+             for l in said), said
   assert 'train coverage:' in r.stdout and 'character coverage 100.0000%' in r.stdout
   v = vocab_lib.Vocabulary(str(out))
   assert (v.pad_id, v.eos_id, v.unk_id, v.mask_id, v.vocab_size) == (0, 1, 2, 3, 400)
