@@ -131,6 +131,22 @@ def test_a_lone_source_stream_without_documents_names_its_own_skips(tmp_path):
     next(it)
 
 
+@pytest.mark.parametrize('num_streams', [1, 4])
+def test_an_input_without_a_usable_record_is_named_as_such(tmp_path, num_streams):
+  """A JSONL field no record has: the error leads with the skips, not with advice to lower
+  data.num_virtual_shards (given even with one file and one stream)."""
+  (tmp_path / 'a.jsonl').write_text(''.join(f'{{"body": "the king {i}"}}\n' for i in range(20)))
+  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16,
+                    num_virtual_shards=num_streams, shuffle_buffer_size=4,
+                    train_source=f'jsonl:{tmp_path}/a.jsonl;field=nope')
+  cfg.model.family = 'decoder'
+  it = pipeline.get_dataset(cfg, 'train')
+  with pytest.raises(DataError, match=r"^data train: no usable record in the input \(data."
+                                      r"train_source; skipped 20 x missing field 'nope' "
+                                      r"\(first at .*a.jsonl:\d+\)\)\.$"):
+    next(it)
+
+
 def test_double_star_globs_are_recursive(tmp_path):
   """`dir/**/*.txt` reads every level below dir (was Python's non-recursive glob: '**' as
   '*', exactly one level, and the other files silently left out)."""

@@ -88,6 +88,17 @@ class DataIterator:
     otherwise go on filling buffers, on the cores the train step wants, between evals."""
     self._its, self._ckpts = {}, {}
 
+  def _any_stream_has_records(self, empty: int) -> bool:
+    """Whether a stream other than `empty` yields an example (read only to word an error:
+    this iterator is not used after it)."""
+    for v, it in self._its.items():
+      try:
+        if v != empty and next(it, None) is not None:
+          return True
+      except tf.errors.OpError:
+        pass
+    return False
+
   def __next__(self) -> dict[str, np.ndarray]:
     blocks = []
     for v, it in self._its.items():
@@ -96,6 +107,9 @@ class DataIterator:
           blocks.append({k: x.numpy() for k, x in next(it).items()})
           continue
         except StopIteration:
+          if not self.finite and not self._any_stream_has_records(v):
+            raise DataError(f'data {self.split}: no usable record in the input '
+                            f'(data.{self.split}_source; {self.skips.summary()}).') from None
           if not self.finite:  # an endless stream only ends when it holds no usable record
             raise DataError(
                 f'data {self.split}: stream {v} of {self.num_streams} (data.num_virtual_shards) '
