@@ -510,7 +510,9 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
           metrics_log.write(step, record)
         if _every(t.checkpoint_every, step) or is_last or stopping:
           progress.sync()  # never checkpoint past a non-finite step
+          save_start = time.time()
           ckpts.save(step, state, train_iter, config_dict, progress.saved())
+          throughput.start += time.time() - save_start  # nor is the save's (as the eval's)
           progress.last_saved = step
         if stopping:
           break

@@ -190,33 +190,39 @@ def test_a_log_line_averages_the_steps_of_its_window(uninterrupted, tmp_path):
     assert losses(resumed, key) == losses(workdir, key), key
 
 
-def test_an_eval_inside_a_log_window_is_left_out_of_its_rate(tmp_path, monkeypatch):
+def test_an_eval_or_a_save_inside_a_log_window_is_left_out_of_its_rate(tmp_path, monkeypatch):
   """tokens/s, steps/s, MFU and the ETA of a log window with an eval inside it: the window's
   start moved to the eval's end while its steps kept counting from the window's start, so the
-  rate came out ~2x. An eval made 1 s slower must leave the rate as in a window without one."""
-  from t5x_lite import evaluation, train_loop
-  evaluate = evaluation.evaluate
+  rate came out ~2x. An eval or a checkpoint save made 1 s slower must leave the rate as in a
+  window without one (a save's time was counted as step time)."""
+  from t5x_lite import checkpoints, evaluation, train_loop
+  evaluate, save = evaluation.evaluate, checkpoints.Checkpoints.save
 
-  def slow_evaluate(*args, **kwargs):
-    time.sleep(1.0)
-    return evaluate(*args, **kwargs)
-  monkeypatch.setattr(evaluation, 'evaluate', slow_evaluate)
+  def slow(f):
+    def call(*args, **kwargs):
+      time.sleep(1.0)
+      return f(*args, **kwargs)
+    return call
+  monkeypatch.setattr(evaluation, 'evaluate', slow(evaluate))
+  monkeypatch.setattr(checkpoints.Checkpoints, 'save', slow(save))
   monkeypatch.chdir(ROOT)
   workdir = str(tmp_path / 'w')
-  # Logs at 8, 16, 24, 32 and at the evals, 12, 24 and 32 (each after its step's log line).
+  # Logs at 8, 16, 24, 32, 40 and at the evals, 12, 24, 36 and 40 (each after its step's log
+  # line); saves at 28 and 40. Window 17-24 holds neither; 9-16 an eval; 25-32 a save.
   train_loop.train(config_from_flags(TINY + [
-      '--config.train.steps=32', '--config.train.log_every=8', '--config.train.eval_every=12',
-      '--config.train.eval_steps=1', '--config.train.checkpoint_every=0']), workdir)
+      '--config.train.steps=40', '--config.train.log_every=8', '--config.train.eval_every=12',
+      '--config.train.eval_steps=1', '--config.train.checkpoint_every=28']), workdir)
   rate = losses(workdir, 'steps_per_sec')
   # An eval step is a log step too: every metrics.jsonl object has the train figures.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
-  assert [r['step'] for r in rows] == [8, 12, 16, 24, 32]
+  assert [r['step'] for r in rows] == [8, 12, 16, 24, 32, 36, 40]
   assert all({'loss', 'learning_rate', 'tokens_per_sec', 'mfu'} <= set(r) for r in rows), rows
-  assert [r['step'] for r in rows if 'eval_loss' in r] == [12, 24, 32]  # and the last
-  # Against window 17-24 (no eval inside): the run's last window (25-32) ran 1.7-1.9x slower
-  # than both in two CI runs on this 2-core host, whatever the eval did.
+  assert [r['step'] for r in rows if 'eval_loss' in r] == [12, 24, 36, 40]  # and the last
+  # Against window 17-24: the run's last window ran 1.7-1.9x slower than both in two CI runs
+  # on this 2-core host, whatever the eval did.
   assert 0.6 < rate[16] / rate[24] < 1.5, rate  # was ~2: 8 steps over the time of 4
+  assert 0.6 < rate[32] / rate[24] < 1.5, rate  # was ~0.3: the save's second counted
 
 
 DROPOUT = ['--config.model.dropout_rate=0.1', '--config.train.steps=30',
