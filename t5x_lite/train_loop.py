@@ -357,8 +357,9 @@ def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
           f'{", ".join(changed)}; the restored optimizer state goes on under the new ones.',
           flush=True)
   # What the loss is and where dropout applies (a config file's defaults can move too).
-  shaping = [('train', 'label_smoothing', None),
-             ('train', 'loss_normalization', None), ('model', 'dropout_rate', None),
+  # (train.seed: a resumed run's dropout masks are drawn from it)
+  shaping = [('train', 'label_smoothing', None), ('train', 'loss_normalization', None),
+             ('train', 'seed', None), ('model', 'dropout_rate', None),
              ('model', 'dropout_sites', 't5')]  # (section, field, value before it existed)
   changed = [f'{s}.{k} {old!r} -> {config[s][k]!r}' for s, k, default in shaping
              for old in [saved.get(s, {}).get(k, default)]

@@ -570,13 +570,14 @@ def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_pat
   workdir = str(tmp_path / 'changed')
   shutil.copytree(ref_dir, workdir)
   changes = ('--config.optimizer.learning_rate=0.003', '--config.optimizer.warmup_steps=7',
-             '--config.optimizer.z_loss=0.0', '--config.model.dropout_sites=bert_gpt2')
+             '--config.optimizer.z_loss=0.0', '--config.model.dropout_sites=bert_gpt2',
+             '--config.train.seed=3')
   proc = run(workdir, '--config.train.steps=13', *changes)
   assert 'restored step 12' in proc.stdout, proc.stdout
   line = next(l for l in proc.stdout.splitlines() if 'optimizer settings other' in l)
   assert 'learning_rate 0.03 -> 0.003, warmup_steps 100 -> 7, z_loss 0.0001 -> 0.0;' in line, line
   assert ("resuming with training settings other than the checkpoint's: "
-          "model.dropout_sites 't5' -> 'bert_gpt2'.") in proc.stdout
+          "train.seed 0 -> 3, model.dropout_sites 't5' -> 'bert_gpt2'.") in proc.stdout
   proc = run(workdir, '--config.train.steps=14', *changes)
   assert 'settings other' not in proc.stdout  # as the checkpoint now says
 
