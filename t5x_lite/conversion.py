@@ -60,59 +60,56 @@ def _load_safetensors(path: str) -> Dict[str, np.ndarray]:
   return out
 
 
-def _raise(msg: str):
-  raise ValueError(msg)
-
-
-def read_weights(hf_dir: str, arch: str, fail=_raise):
+def read_weights(hf_dir: str, arch: str):
   """(description of the weights file(s), {PyTorch tensor name: numpy array}) of a Hugging
   Face directory of `arch`: model.safetensors, else flax_model.msgpack, or the shards an
   index next to either names. Flax-saved tensors (msgpack, or safetensors whose metadata says
   format "flax") are renamed and laid out as PyTorch's, as transformers' own converter does.
-  `fail(one sentence naming the file)` raises."""
+  A missing or unreadable file is a ValueError (one sentence naming it)."""
   for name in (WEIGHTS_NAME, FLAX_WEIGHTS_NAME):
     weights, index = os.path.join(hf_dir, name), os.path.join(hf_dir, name + '.index.json')
     if os.path.isfile(weights):
       files = [weights]
       break
     if os.path.isfile(index):
-      files = [os.path.join(hf_dir, n) for n in _shard_files(index, fail)]
+      files = [os.path.join(hf_dir, n) for n in _shard_files(index)]
       weights = f'the shards of {index}'
       break
   else:
     others = [n for n in _OTHER_WEIGHT_FILES if os.path.exists(os.path.join(hf_dir, n))]
     found = (f'; it has {others[0]}: load it with transformers and save_pretrained(OUT) to '
              f'write {WEIGHTS_NAME}' if others else '')
-    fail(f'{os.path.join(hf_dir, WEIGHTS_NAME)} does not exist: t5x_lite reads {arch} weights '
-         f'from {WEIGHTS_NAME} or {FLAX_WEIGHTS_NAME} (or their sharded forms with an '
-         f'.index.json){found}.')
+    raise ValueError(f'{os.path.join(hf_dir, WEIGHTS_NAME)} does not exist: t5x_lite reads '
+                     f'{arch} weights from {WEIGHTS_NAME} or {FLAX_WEIGHTS_NAME} (or their '
+                     f'sharded forms with an .index.json){found}.')
   tensors = {}
   for path in files:
     if not os.path.isfile(path):
-      fail(f'{path}, listed in {index}, does not exist.')
+      raise ValueError(f'{path}, listed in {index}, does not exist.')
     kind = 'msgpack' if path.endswith('.msgpack') else 'safetensors'
     try:
       saved_by = 'flax' if kind == 'msgpack' else _saved_format(path)
       read = _load_msgpack(path) if kind == 'msgpack' else _load_safetensors(path)
     except Exception as e:  # pylint: disable=broad-except
-      fail(f'{path} is not a readable {kind} file ({type(e).__name__}: {e}).')
+      raise ValueError(f'{path} is not a readable {kind} file ({type(e).__name__}: '
+                       f'{e}).') from None
     if saved_by not in ('pt', 'flax', None):
-      fail(f'{path} was saved by a {saved_by!r} model class, whose tensor names and layouts '
-           f't5x_lite does not read: load it with transformers and save_pretrained(OUT) '
-           f'from a PyTorch class.')
+      raise ValueError(f'{path} was saved by a {saved_by!r} model class, whose tensor names '
+                       f'and layouts t5x_lite does not read: load it with transformers and '
+                       f'save_pretrained(OUT) from a PyTorch class.')
     tensors.update(_pytorch_names(read) if saved_by == 'flax' else read)
   return weights, tensors
 
 
-def _shard_files(index: str, fail):
+def _shard_files(index: str):
   try:
     with open(index) as f:
       weight_map = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    fail(f'{index} is not valid JSON ({e}).')
+    raise ValueError(f'{index} is not valid JSON ({e}).') from None
   weight_map = weight_map.get('weight_map') if isinstance(weight_map, dict) else None
   if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-    fail(f'{index} has no "weight_map" object (tensor name -> shard file).')
+    raise ValueError(f'{index} has no "weight_map" object (tensor name -> shard file).')
   return sorted(set(weight_map.values()))
 
 

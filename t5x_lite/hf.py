@@ -524,7 +524,7 @@ def load(hf_dir: str, scan_layers: bool = False):
   """
   arch, _, model_cfg = read_config(hf_dir)
   from t5x_lite import conversion  # pylint: disable=import-outside-toplevel
-  weights, tensors = conversion.read_weights(hf_dir, arch, _fail)
+  weights, tensors = conversion.read_weights(hf_dir, arch)
   # The original GPT-2 checkpoints store the GPT2Model names, without `transformer.`.
   if arch == 'GPT2LMHeadModel' and not any(k.startswith('transformer.') for k in tensors):
     tensors = {k if k.startswith('lm_head.') else 'transformer.' + k: v
