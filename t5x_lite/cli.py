@@ -98,8 +98,10 @@ def _load_config_file(argument: str, parser):
   """The config a `--config=FILE[:ARG]` argument names, or FlagError saying why not."""
   path = argument.split(':', 1)[0]
   if not os.path.isfile(path):
-    raise FlagError(f'config file {path} does not exist (--config={argument}; cwd '
-                    f'{os.getcwd()!r}, also tried relative to the repository root).')
+    tried = '' if os.path.isabs(path) else (f'; cwd {os.getcwd()!r}, also tried relative to '
+                                             'the repository root')
+    raise FlagError(f'config file {path} does not exist (--config={argument}{tried}).' if path
+                    else f'--config={argument} names no config file.')
   try:
     config = parser.parse(argument)
   except Exception as e:  # the user's code ran: any error is theirs, shown as one line
@@ -174,8 +176,8 @@ def _from_repo_root(argument: str) -> str:
   """A config argument FILE[:ARG] whose relative FILE is not under the cwd but is under the
   repository root, made absolute (as data paths fall back to the root); else as given."""
   path, sep, rest = argument.partition(':')
-  rooted = os.path.join(_ROOT, path)
-  if os.path.isabs(path) or os.path.isfile(path) or not os.path.isfile(rooted):
+  rooted = os.path.normpath(os.path.join(_ROOT, path))
+  if not path or os.path.isabs(path) or os.path.isfile(path) or not os.path.isfile(rooted):
     return argument
   return rooted + sep + rest
 

@@ -99,7 +99,8 @@ class Trainer:
                               rngs={'dropout': rng})
     return losses.weighted_loss(
         logits, batch[self.targets_key], batch[self.weights_key],
-        z_loss=self.config.optimizer.z_loss, label_smoothing=tc.label_smoothing, normalization=tc.loss_normalization,
+        z_loss=self.config.optimizer.z_loss, label_smoothing=tc.label_smoothing,
+        normalization=tc.loss_normalization,
         normalization_constant=tc.loss_normalization_constant,
         num_real_tokens=num_real_tokens)
 

@@ -145,6 +145,14 @@ def test_an_input_without_a_usable_record_is_named_as_such(tmp_path, num_streams
                                       r"train_source; skipped 20 x missing field 'nope' "
                                       r"\(first at .*a.jsonl:\d+\)\)\.$"):
     next(it)
+  if num_streams == 4:  # a host whose own streams are empty cannot tell for the others': two
+    # documents for four streams, process 1 of 2 (streams 2 and 3) keeps the shard advice
+    (tmp_path / 'b.txt').write_text('the king is here\nthe queen is there\n')
+    cfg.data.update(dict(train_source=f'text:{tmp_path}/b.txt', doc_boundary='line'))
+    it = pipeline.get_dataset(cfg, 'train', shard_index=1, num_shards=2)
+    with pytest.raises(DataError, match=r'stream 2 of 4 \(data.num_virtual_shards\) has no '
+                                        r'usable records: .* or a lower data.num_virtual_shards'):
+      next(it)
 
 
 def test_double_star_globs_are_recursive(tmp_path):

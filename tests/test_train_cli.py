@@ -211,7 +211,9 @@ def test_an_eval_or_a_save_inside_a_log_window_is_left_out_of_its_rate(tmp_path,
   # line); saves at 28 and 40. Window 17-24 holds neither; 9-16 an eval; 25-32 a save.
   train_loop.train(config_from_flags(TINY + [
       '--config.train.steps=40', '--config.train.log_every=8', '--config.train.eval_every=12',
-      '--config.train.eval_steps=1', '--config.train.checkpoint_every=28']), workdir)
+      '--config.train.eval_steps=1', '--config.train.checkpoint_every=28',
+      # a synchronous save: no background write left running into the next steps
+      '--config.checkpoint.async_save=False']), workdir)
   rate = losses(workdir, 'steps_per_sec')
   # An eval step is a log step too: every metrics.jsonl object has the train figures.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:

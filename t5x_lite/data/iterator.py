@@ -107,7 +107,9 @@ class DataIterator:
           blocks.append({k: x.numpy() for k, x in next(it).items()})
           continue
         except StopIteration:
-          if not self.finite and not self._any_stream_has_records(v):
+          # (only a process that runs every stream can tell: another host's may have some)
+          if (not self.finite and len(self._its) == self.num_streams and
+              not self._any_stream_has_records(v)):
             raise DataError(f'data {self.split}: no usable record in the input '
                             f'(data.{self.split}_source; {self.skips.summary()}).') from None
           if not self.finite:  # an endless stream only ends when it holds no usable record
