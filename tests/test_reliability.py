@@ -158,7 +158,7 @@ def test_a_step_without_manifest_and_unreadable_metadata_is_moved_aside(three_st
     for name in names:
       os.truncate(os.path.join(root, name), 100)
   ckpts = checkpoints.Checkpoints(directory, keep=5)
-  config = types.SimpleNamespace(init_from='')
+  config = types.SimpleNamespace(init_from='', model={})
   try:
     state, why = checkpoints.restore_or_init(
         config, types.SimpleNamespace(abstract_state=_abstract()), ckpts, None)
