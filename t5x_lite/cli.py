@@ -169,17 +169,13 @@ def _check_config_flags(argv: List[str], flag_values) -> None:
         check_override(config, name, arg[len(name) + 3:].split('=', 1)[0])
 
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _from_repo_root(argument: str) -> str:
   """A config argument FILE[:ARG] whose relative FILE is not under the cwd but is under the
-  repository root, made absolute (as data paths fall back to the root); else as given."""
+  repository root, made absolute (`vocab.resolve_path`, as data paths do); else as given."""
+  from t5x_lite.data import vocab  # pylint: disable=import-outside-toplevel
   path, sep, rest = argument.partition(':')
-  rooted = os.path.normpath(os.path.join(_ROOT, path))
-  if not path or os.path.isabs(path) or os.path.isfile(path) or not os.path.isfile(rooted):
-    return argument
-  return rooted + sep + rest
+  resolved = vocab.resolve_path(path)
+  return argument if resolved == path else os.path.normpath(resolved) + sep + rest
 
 
 def _with_default_configs(argv: List[str], flag_values) -> List[str]:

@@ -115,15 +115,21 @@ def test_a_mixture_source_without_documents_in_a_stream_is_an_error(tmp_path):
       next(it)
 
 
+def _lm_config(train_source, num_streams, **data):
+  """A tiny decoder-only causal-LM config reading `train_source` in `num_streams` streams."""
+  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16,
+                    num_virtual_shards=num_streams, shuffle_buffer_size=4,
+                    train_source=train_source, **data)
+  cfg.model.family = 'decoder'
+  return cfg
+
+
 def test_a_lone_source_stream_without_documents_names_its_own_skips(tmp_path):
   """One file of two lines, two streams, one line invalid UTF-8: the streams deal the one
   usable document, so stream 1 has nothing. The error says why and what to change (it
   said only 'no input skipped', which misled when the input's bad lines were the cause)."""
   (tmp_path / 'a.txt').write_bytes(b'the king is here\n\xff\xfe bad\n')
-  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16,
-                    num_virtual_shards=2, doc_boundary='line', shuffle_buffer_size=4,
-                    train_source=f'text:{tmp_path}/a.txt')
-  cfg.model.family = 'decoder'
+  cfg = _lm_config(f'text:{tmp_path}/a.txt', 2, doc_boundary='line')
   it = pipeline.get_dataset(cfg, 'train')
   with pytest.raises(DataError, match=r'stream 1 of 2 \(data.num_virtual_shards\) has no usable '
                                       r'records: .* or a lower data.num_virtual_shards \(input '
@@ -136,10 +142,7 @@ def test_an_input_without_a_usable_record_is_named_as_such(tmp_path, num_streams
   """A JSONL field no record has: the error leads with the skips, not with advice to lower
   data.num_virtual_shards (given even with one file and one stream)."""
   (tmp_path / 'a.jsonl').write_text(''.join(f'{{"body": "the king {i}"}}\n' for i in range(20)))
-  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16,
-                    num_virtual_shards=num_streams, shuffle_buffer_size=4,
-                    train_source=f'jsonl:{tmp_path}/a.jsonl;field=nope')
-  cfg.model.family = 'decoder'
+  cfg = _lm_config(f'jsonl:{tmp_path}/a.jsonl;field=nope', num_streams)
   it = pipeline.get_dataset(cfg, 'train')
   with pytest.raises(DataError, match=r"^data train: no usable record in the input \(data."
                                       r"train_source; skipped 20 x missing field 'nope' "
