@@ -109,7 +109,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # ---- checkpoint ----
   c = cfg.checkpoint = ml_collections.ConfigDict()
   # One value under two names: setting either (file or command line) sets both. (A config
-  # file that replaces the train or checkpoint section whole cuts the link: update fields.)
+  # file that replaces the train or checkpoint section whole cuts the link; validation then
+  # refuses the two if they differ.)
   c.period = t.get_ref('checkpoint_every')
   c.keep = 3
   # Not `async`: a Python keyword, which config_flags cannot parse in --config.checkpoint.async.

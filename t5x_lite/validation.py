@@ -51,6 +51,13 @@ def validate_portable(config, num_devices: int) -> None:
   if t.loss_normalization not in losses.NORMALIZATIONS:
     raise ValueError(f'config.train.loss_normalization={t.loss_normalization!r} must be one '
                      f'of {", ".join(losses.NORMALIZATIONS)}.')
+  if int(config.checkpoint.period) != int(t.checkpoint_every):
+    # One value under two names; they part only when a config file replaced the train or
+    # checkpoint section whole, and then the loop would silently use train.checkpoint_every.
+    raise ValueError(f'config.checkpoint.period={config.checkpoint.period} and '
+                     f'config.train.checkpoint_every={t.checkpoint_every} name one value but '
+                     'differ (a config file replaced one of their sections, cutting the '
+                     'link): set both, or update the section field by field.')
   if int(config.checkpoint.keep) < 1:
     raise ValueError(f'config.checkpoint.keep={config.checkpoint.keep} must be >= 1.')
   o = config.optimizer

@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 import tiny_run
@@ -43,6 +44,19 @@ def test_rules_must_name_mesh_axes():
   cfg.partitioning.logical_axis_rules = (('embed', 'model'),)
   with pytest.raises(ValueError, match="unknown mesh axis 'model'"):
     validation.validate_config(cfg, num_devices=1)
+
+
+def test_a_checkpoint_period_parted_from_train_checkpoint_every_is_named():
+  """A config file that replaces the train section whole cuts checkpoint.period's link to
+  train.checkpoint_every: setting one then must not be silently ignored."""
+  cfg = default.get_config()
+  cfg.train = ml_collections.ConfigDict(cfg.train.to_dict())
+  cfg.checkpoint.period = 7
+  with pytest.raises(ValueError, match=re.escape(
+      'config.checkpoint.period=7 and config.train.checkpoint_every=1000 name one value')):
+    validation.validate_config(cfg, num_devices=1)
+  cfg.train.checkpoint_every = 7  # both set: consistent again
+  validation.validate_config(cfg, num_devices=1)
 
 
 def test_default_config_is_valid():
