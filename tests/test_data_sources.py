@@ -546,3 +546,31 @@ def test_a_build_opens_each_file_once_whatever_the_stream_count(tmp_path, monkey
   assert sorted(opened) == sorted(f'{i}.txt' for i in range(9))
   next(iter(it))
   assert it.skips.counts == {'empty file': 1}
+
+
+@pytest.mark.parametrize('num_files,num_streams', [(1, 1), (3, 1), (1, 2), (4, 2)])
+def test_training_shows_every_document_once_per_epoch_in_a_new_order(tmp_path, num_files,
+                                                                       num_streams):
+  """A stream smaller than its shuffle buffer (a small fine-tuning set) must not mix epochs:
+  each epoch of each stream is a permutation of that stream's documents, and the next epoch
+  is another one."""
+  n = 60
+  for f in range(num_files):
+    (tmp_path / f'part-{f}.jsonl').write_text(''.join(
+        json.dumps({'text': f'document {i}'}) + '\n' for i in range(f, n, num_files)))
+  src = sources.parse_sources(f'jsonl:{tmp_path}/*.jsonl')[0]
+  paths = sources.expand_glob(src.target, 'test')
+  seen = []
+  for stream in range(num_streams):
+    whole = {r[0] for r in _records(f'jsonl:{tmp_path}/*.jsonl', shard_index=stream,
+                                    num_shards=num_streams)[0]}
+    ds = files.documents(src, paths, ('text',), stream=stream, num_streams=num_streams,
+                         train=True, seed=5, boundary='line', on_bad_input='skip',
+                         skips=sources.SkipCounter(), shuffle_buffer_size=1000)
+    it = ds.as_numpy_iterator()
+    epochs = [[next(it)[0].decode() for _ in whole] for _ in range(3)]
+    for epoch in epochs:
+      assert sorted(epoch) == sorted(whole)
+    assert epochs[0] != epochs[1] != epochs[2]
+    seen += sorted(whole)
+  assert sorted(seen) == sorted(f'document {i}' for i in range(n))

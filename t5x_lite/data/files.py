@@ -15,7 +15,8 @@ Shuffling (training only) without loading everything, in three bounded steps:
   2. `cycle_length` files are read at once, interleaved line group by line group;
   3. a document shuffle buffer of `shuffle_buffer_size` documents per stream (the pipeline
      splits data.shuffle_buffer_size over the streams, so memory and the time to fill the
-     buffers before the first batch do not grow with the stream count).
+     buffers before the first batch do not grow with the stream count), drained at each
+     epoch's end: every document once per epoch, even in a stream smaller than its buffer.
 Trade-off: documents close together in a file stay closer together in the stream than a
 full permutation would place them (a buffer of B documents moves each by about B places),
 and an epoch of a single file starts in its first B documents. Many files and a buffer
@@ -465,9 +466,13 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
   names = tf.data.Dataset.from_tensor_slices((numbers, paths))
   if not train:
     return names.flat_map(read)
-  # A new file order every epoch, from the seed; repeat() ends (it does not spin) if a
-  # stream turns out to hold no usable document, and the iterator says so.
+  # A new file order and document order every epoch, from the seed. The buffer shuffles
+  # within an epoch (before repeat(), as seqio does): a stream smaller than its buffer would
+  # otherwise mix epochs, showing some documents twice before others once. repeat() ends
+  # (it does not spin) if a stream turns out to hold no usable document, and the iterator
+  # says so.
   names = names.shuffle(len(mine), seed=seed * 7919 + stream, reshuffle_each_iteration=True)
   ds = names.interleave(read, cycle_length=min(cycle_length, len(mine)), block_length=16,
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).repeat()
-  return ds.shuffle(shuffle_buffer_size, seed=seed * 7919 + stream)
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.shuffle(shuffle_buffer_size, seed=seed * 7919 + stream,
+                    reshuffle_each_iteration=True).repeat()
