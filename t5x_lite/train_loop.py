@@ -189,10 +189,13 @@ class Progress:
       self.last_loss = float(m['loss'])
     self.pending.clear()
 
-  def window_figures(self) -> dict:
-    """The log line's figures over the steps since the last one (`Window`)."""
+  def window_figures(self, close: bool = True) -> dict:
+    """The log line's figures over the steps since the last periodic one (`Window`); `close`
+    starts the next window."""
     self.sync()
-    figures, self.window = self.window.figures(), Window()
+    figures = self.window.figures()
+    if close:
+      self.window = Window()
     return figures
 
   def saved(self) -> dict:
@@ -491,7 +494,10 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
         evaluating = _every(t.eval_every, step) or (t.eval_every and is_last)
         # An eval step is also a log step: every metrics.jsonl object has the train figures.
         if _every(t.log_every, step) or is_last or stopping or evaluating:
-          record.update(progress.window_figures())
+          # The last step's or a stop's own line leaves its window open (the checkpoint keeps
+          # it), so a longer or resumed run's next periodic line covers what it would have.
+          periodic = _every(t.log_every, step) or _every(t.eval_every, step)
+          record.update(progress.window_figures(close=periodic))
           record['tokens_seen'] = progress.tokens_seen
           record['skipped_steps'] = progress.skipped_steps
           record.update(throughput.figures())

@@ -227,6 +227,24 @@ def test_an_eval_or_a_save_inside_a_log_window_is_left_out_of_its_rate(tmp_path,
   assert 0.6 < rate[32] / rate[24] < 1.5, rate  # was ~0.3: the save's second counted
 
 
+def test_the_last_steps_line_leaves_its_window_open_for_a_longer_run(tmp_path):
+  """A run's last step (12, not a log step) prints a line over its open window (11-12) but
+  does not close it: extended to 15 steps, the line at 15 covers 11-15, as the
+  uninterrupted 15-step run's does (a constant schedule, so both runs
+  train the same steps)."""
+  args = ('--config.train.log_every=5', '--config.optimizer.schedule=constant',
+          '--config.train.checkpoint_every=0')
+  ref, extended = str(tmp_path / 'ref'), str(tmp_path / 'extended')
+  run(ref, '--config.train.steps=15', *args)
+  run(extended, '--config.train.steps=12', *args)
+  assert sorted(losses(extended)) == [5, 10, 12]
+  assert 'restored step 12' in run(extended, '--config.train.steps=15', *args).stdout
+  for key in ('loss', 'grad_norm', 'accuracy', 'z_loss', 'target_tokens', 'tokens_seen'):
+    got, want = losses(extended, key), losses(ref, key)
+    assert sorted(got) == [5, 10, 12, 15] and sorted(want) == [5, 10, 15]
+    assert {s: got[s] for s in want} == want, key
+
+
 DROPOUT = ['--config.model.dropout_rate=0.1', '--config.train.steps=30',
            '--config.train.checkpoint_every=0']
 
