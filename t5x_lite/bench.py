@@ -33,10 +33,10 @@ def check_flags() -> None:
   """ValueError naming a count or duration that cannot be measured (0 steps, 0 rounds)."""
   for name, low in (('steps', 1), ('rounds', 1), ('beam_size', 1), ('decode_batch_size', 0),
                     ('decode_length', 0), ('peak_flops', 0)):
-    if getattr(FLAGS, name) < low:
-      raise ValueError(f'--{name}={getattr(FLAGS, name)} must be at least {low}.')
-  if FLAGS.pipeline_seconds <= 0:
-    raise ValueError(f'--pipeline_seconds={FLAGS.pipeline_seconds} must be above 0.')
+    if not low <= getattr(FLAGS, name) < float('inf'):  # NaN fails too
+      raise ValueError(f'--{name}={getattr(FLAGS, name)} must be at least {low} and finite.')
+  if not 0 < FLAGS.pipeline_seconds < float('inf'):
+    raise ValueError(f'--pipeline_seconds={FLAGS.pipeline_seconds} must be above 0 and finite.')
 
 
 def main():

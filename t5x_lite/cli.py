@@ -160,6 +160,10 @@ def _check_config_flags(argv: List[str], flag_values) -> None:
     flag = flag_values[name]
     if not isinstance(flag.parser, config_flags_impl.ConfigFileFlagParser) or flag.name != name:
       continue
+    given = [a for i, a in enumerate(argv) if a.startswith(f'--{name}=') or a == f'--{name}']
+    if len(given) > 1:  # absl would fail on the first override, calling it defined twice
+      raise FlagError(f'--{name} is given {len(given)} times ({", ".join(given)}); give one '
+                      f'config file and override its fields with --{name}.a.b=value.')
     argument = _flag_argument(argv, name)
     if argument is None:
       continue  # required-ness is checked by absl (mark_flags_as_required) or the command
@@ -358,6 +362,9 @@ def run(body, needs_workdir: bool = True, name: str = ''):
         raise FlagError(f'unexpected arguments: {" ".join(argv[1:])}')
       if needs_workdir and FLAGS.workdir is None:
         raise FlagError('--workdir is required.')
+      for flag in ('num_cpu_devices', 'show_predictions'):
+        if flag in FLAGS and FLAGS[flag].value < 0:
+          raise FlagError(f'--{flag}={FLAGS[flag].value} must be >= 0.')
       if 'num_cpu_devices' in FLAGS and FLAGS.num_cpu_devices:
         import jax
         jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)

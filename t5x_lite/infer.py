@@ -181,8 +181,9 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   checkpoints.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
   max_length = max_length or config.data.targets_length
   batch_size = batch_size or config.train.batch_size
-  if max_length < 1 or batch_size < 1:
-    raise ValueError(f'--max_length={max_length} and --batch_size={batch_size} must be >= 1.')
+  for flag, value in (('max_length', max_length), ('batch_size', batch_size)):
+    if value < 1:
+      raise ValueError(f'--{flag}={value} must be >= 1 (0 = the config\'s).')
   inputs_length, limit = config.data.inputs_length, ''
   decoder_only = families.get(family).generates == 'decoder_only'
   eos = not (decoder_only and config.data.objective == 'causal_lm')

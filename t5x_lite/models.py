@@ -82,7 +82,12 @@ class ModelConfig:
   def from_config(cls, model_cfg) -> 'ModelConfig':
     if isinstance(model_cfg, ModelConfig):
       return model_cfg
-    items = dict(model_cfg.items()) if hasattr(model_cfg, 'items') else dict(model_cfg)
+    try:  # items() resolves derived fields: configs/bert.py's d_kv = d_model // num_heads
+      items = dict(model_cfg.items()) if hasattr(model_cfg, 'items') else dict(model_cfg)
+    except ZeroDivisionError:
+      raise ValueError('config.model: a field derived from others divides by zero (d_kv = '
+                       f'd_model // num_heads with num_heads={model_cfg.get("num_heads")!r}?); '
+                       'each size must be a positive integer.') from None
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(items) - names)
     if unknown:
@@ -133,6 +138,11 @@ class ModelConfig:
       fail('rescale_tied_logits', 'needs tie_embeddings=True')
     if self.type_vocab_size < 0:
       fail('type_vocab_size', 'must be >= 0')
+    if self.type_vocab_size and self.family != 'encoder':
+      fail('type_vocab_size', f'must be 0 for family {self.family!r}: only the encoder-only '
+           'family (BERT) has token types')
+    if self.position_embedding == 'relative':
+      self._check_relative_buckets(fail)
     if not 0 < self.norm_eps < float('inf'):  # <= 0 divides by zero on a zero row: NaN
       fail('norm_eps', 'must be > 0 and finite')
     if (self.position_embedding == 'absolute' and self.d_model % self.num_heads
@@ -140,6 +150,23 @@ class ModelConfig:
       fail('num_heads', f'must divide d_model={self.d_model} (BERT and GPT-2 split d_model '
            f'across the heads; d_kv = d_model // num_heads = {self.d_kv} leaves '
            f'{self.d_model - self.num_heads * self.d_kv} of it out)')
+
+  def _check_relative_buckets(self, fail):
+    """T5's bucketing (layers.relative_position_bucket) splits a stack's buckets into exact
+    distances and logarithmic ones up to max_distance: a bidirectional stack (encoder) first
+    halves them by direction. Each stack needs an exact bucket and max_distance past them."""
+    spec = families.FAMILIES[self.family]
+    exact = ([('bidirectional', self.relative_attention_num_buckets // 4)]
+             if spec.has_encoder else []) + (
+        [('causal', self.relative_attention_num_buckets // 2)] if spec.has_decoder else [])
+    if min(n for _, n in exact) < 1:
+      fail('relative_attention_num_buckets', 'must be >= 4 with a bidirectional stack, >= 2 '
+           'with causal ones (each stack needs an exact bucket; T5 uses 32)')
+    kind, most = max(exact, key=lambda e: e[1])
+    if self.relative_attention_max_distance <= most:
+      fail('relative_attention_max_distance', f'must be > {most}, the distances the {kind} '
+           f'stack\'s {self.relative_attention_num_buckets} buckets hold exactly (T5: 128 with '
+           '32 buckets)')
 
   @property
   def activation_dtype(self):

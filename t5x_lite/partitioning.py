@@ -28,6 +28,11 @@ from t5x_lite import tree_paths
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
+# Every logical axis name a parameter or an activation constraint carries (layers.py,
+# models.py; tests/test_sharding.py checks the models use no other): a rule naming another
+# is a typo that would leave the axis it meant unsharded.
+LOGICAL_AXES = ('batch', 'length', 'embed', 'mlp', 'heads', 'kv', 'vocab', 'layers',
+                'relpos_buckets')
 
 
 def _axis_sizes(section, name: str) -> Dict[str, int]:
@@ -133,6 +138,9 @@ def axis_rules(partitioning_cfg):
     logical, mesh_axes = rule
     if not isinstance(logical, str):
       raise ValueError(f'{where}: the logical axis name must be a string.')
+    if logical not in LOGICAL_AXES:
+      raise ValueError(f'{where}: no parameter or activation has the logical axis '
+                       f'{logical!r}; logical axes are {", ".join(LOGICAL_AXES)}.')
     if isinstance(mesh_axes, list):
       mesh_axes = tuple(mesh_axes)
     names = () if mesh_axes is None else (mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes

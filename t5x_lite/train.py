@@ -38,6 +38,9 @@ def initialize_distributed(mode: str):
 
 def main():
   from t5x_lite import train_loop
+  if not 0 <= FLAGS.peak_flops < float('inf'):  # NaN fails too
+    raise ValueError(f'--peak_flops={FLAGS.peak_flops} must be >= 0 and finite (0 = from the '
+                     'table of known devices).')
   initialize_distributed(FLAGS.distributed)
   train_loop.train(FLAGS.config, FLAGS.workdir, FLAGS.peak_flops, FLAGS.show_predictions)
 

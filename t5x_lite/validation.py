@@ -41,6 +41,10 @@ def validate_portable(config, num_devices: int) -> None:
       alias = ' (also named checkpoint.period)' if name == 'checkpoint_every' else ''
       raise ValueError(f'config.train.{name}={t[name]}{alias} must be >= 0 (0 = off / full '
                        'pass).')
+  if int(t.eval_every) and not int(t.eval_steps) and config.data.eval_repeat:
+    raise ValueError('config.train.eval_steps=0 (the whole split) with config.data.'
+                     'eval_repeat=True (an endless validation split) would never end an eval: '
+                     'set train.eval_steps > 0.')
   if not 0.0 <= t.label_smoothing < 1.0:
     raise ValueError(f'config.train.label_smoothing={t.label_smoothing} must be in [0, 1).')
   if t.on_nonfinite not in ('stop', 'skip'):

@@ -10,6 +10,7 @@ import collections
 import gzip
 import json
 import logging
+import re
 import zlib
 
 from absl import flags
@@ -203,7 +204,13 @@ def main():
       if eval_skips.total():
         print(f'eval input: {eval_skips.summary()}')
   except RuntimeError as e:  # SentencePiece's trainer: its first line says what failed
-    raise ValueError(str(e).strip().splitlines()[0]) from None
+    line = str(e).strip().splitlines()[0]
+    # 'INTERNAL: src/x.cc(744) [check] What failed.': the sentence is the user's part
+    what = re.sub(r'^[A-Z_]+: \S+\.cc\(\d+\) (\[.*?\] )?', '', line)
+    if what.startswith('Vocabulary size too high'):
+      raise ValueError(f'--vocab_size={FLAGS.vocab_size} is more pieces than this input '
+                       f'holds (SentencePiece: {what})') from None
+    raise ValueError(f'SentencePiece: {what}') from None
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ from data_helpers import EOS, ROOT, blank_line_documents, data_config, spec_coun
 import tensorflow as tf  # noqa: E402  (after the helpers set the TF log level)
 
 from t5x_lite.data import objectives, pipeline, sources, vocab as vocab_lib  # noqa: E402
+from t5x_lite.data.sources import DataError  # noqa: E402
 
 VOCAB = os.path.join(ROOT, 'data/vocab/shakespeare_1k.model')
 
@@ -32,10 +33,14 @@ def test_the_helpers_lengths_always_fit(density, mean):
   chunk (and every shorter one) corrupts, with the noise mask's own counts and clamps, to
   at most both lengths. T5's helper without the clamps picked, e.g. at inputs 7 (0.15 / 3),
   a raw length of 7 with no noise span, whose corruption needs 8 inputs."""
-  for inputs_length in range(2, 400):
+  for inputs_length in range(3, 400):
     raw, targets = objectives.span_corruption_lengths(inputs_length, density, mean)
     pipeline.check_span_corruption(inputs_length, targets, density, mean, extra_ids=1000)
   assert objectives.span_corruption_lengths(7) == (6, 3)
+  # inputs of 2 hold one raw token and EOS: a one-token chunk is never corrupted
+  assert objectives.span_corruption_lengths(2, density, mean)[0] == 1
+  with pytest.raises(DataError, match='data.inputs_length=2 leaves raw chunks of 1 token'):
+    pipeline.check_span_corruption(2, 1, density, mean, extra_ids=1000)
 
 
 def _one_stream(cfg):

@@ -172,6 +172,9 @@ def test_vocab_cli_trains_on_lines_over_sentencepieces_limit(tmp_path):
 @pytest.mark.parametrize('args,message', [
     (['--eval_input={d}/none-*.txt'], "--eval_input: '{d}/none-*.txt' matches no files"),
     (['--vocab_size=0'], '--vocab_size=0: must be at least 5'),
+    (['--vocab_size=20000'], '--vocab_size=20000 is more pieces than this input holds '
+                             '(SentencePiece: Vocabulary size too high (20000). Please set it to '
+                             'a value <='),
     (['--input={d}/blank.txt'], "--input='{d}/blank.txt': no non-blank lines; skipped 1 x file "
                                 'without non-blank lines'),
     (['--eval_input={d}/blank.txt'], "--eval_input='{d}/blank.txt': no non-blank lines"),

@@ -103,6 +103,8 @@ ROWS = {
                                      'get_config() returned a int'),
     'config_argument_unknown': (_plan(), ['--config=configs/t5_v1_1.py:huge'], "'huge'"),
     'config_argument_not_taken': (_plan(), ['--config=configs/default.py:big'], 'get_config()'),
+    'config_given_twice': (_train, ['--config=configs/default.py', '--config.train.steps=1'],
+                           '--config is given 2 times'),
     'override_unknown_key': (_train, ['--config.train.no_such_key=1'], 'no_such_key'),
     'override_misspelled_key': (_train, ['--config.train.stepz=5'],
                                 'did you mean --config.train.steps'),
@@ -146,6 +148,19 @@ ROWS = {
     'attention_cudnn_without_gpu': (_train, ['--config.model.attention_impl=cudnn',
                                              '--config.model.dtype=bfloat16'], 'needs a GPU'),
     'mesh_axis_unknown_in_rules': (_train, [], 'unknown mesh axis'),  # rules set below
+    'logical_axis_unknown_in_rules': (
+        _train, ["--config.partitioning.logical_axis_rules=(('batch', ('data', 'fsdp')), "
+                 "('embd', 'fsdp'))"], "no parameter or activation has the logical axis 'embd'"),
+    'train_eval_never_ends': (_train, ['--config.train.eval_every=1', '--config.train.eval_steps=0',
+                                       '--config.data.eval_repeat=True'],
+                              'would never end an eval'),
+    'model_relative_buckets_too_few': (_train, ['--config.model.relative_attention_num_buckets=2'],
+                                       'config.model.relative_attention_num_buckets=2'),
+    'model_relative_max_distance_too_short': (
+        _train, ['--config.model.relative_attention_max_distance=8'],
+        'config.model.relative_attention_max_distance=8'),
+    'data_mean_noise_span_nan': (_train, ['--config.data.mean_noise_span_length=nan'],
+                                 'data.mean_noise_span_length=nan'),
     'mesh_does_not_fit_devices': (_train, ['--config.partitioning.mesh.data=3'], 'mesh'),
     'data_objective_wrong_family': (_train, ['--config.data.objective=mlm'], 'data.objective'),
     'data_vocab_missing': (_train, ['--config.data.vocab=no_such.model'], 'no_such.model'),
@@ -228,7 +243,9 @@ def _assert_no_checkpoint(workdir: str):
 @pytest.mark.parametrize('row', sorted(ROWS))
 def test_failure_matrix_row(row, files, monkeypatch, capsys):
   body, argv, expected = ROWS[row]
-  argv = TINY + [a.format(**files) for a in argv]
+  argv = [a.format(**files) for a in argv]
+  own_config = row != 'config_given_twice' and any(a.startswith('--config=') for a in argv)
+  argv = [a for a in TINY if not (own_config and a.startswith('--config='))] + argv
   if row == 'mesh_axis_unknown_in_rules':
     argv.append("--config.partitioning.logical_axis_rules=(('embed', 'fsdp_typo'),)")
   workdir = files['workdir']
@@ -267,6 +284,12 @@ SUBPROCESS_ROWS = {
                                      'did you mean --config.data.objective'),
     'vocab_cli_input_missing': ('vocab', ['--input=/nonexistent/*.txt', '--output={tmp}/v'],
                                 'vocab: error: --input'),
+    'train_cli_peak_flops_nan': ('train', ['--workdir={tmp}/w', '--peak_flops=nan'],
+                                 'error: --peak_flops=nan must be >= 0 and finite'),
+    'train_cli_negative_devices': ('train', ['--workdir={tmp}/w', '--num_cpu_devices=-2'],
+                                   'error: --num_cpu_devices=-2 must be >= 0'),
+    'eval_cli_negative_predictions': ('eval', ['--workdir={tmp}/w', '--show_predictions=-1'],
+                                      'error: --show_predictions=-1 must be >= 0'),
     'convert_cli_missing_flag': ('convert', ['--direction=hf_to_t5x', '--input={tmp}'],
                                  'error: --output is required'),
 }

@@ -162,6 +162,36 @@ def test_logical_axes_of_parameters():
   }
 
 
+@pytest.mark.parametrize('name', ['t5', 'bert', 'gpt'])
+def test_every_logical_axis_the_models_use_is_known_to_the_rules_check(name, monkeypatch):
+  """partitioning.LOGICAL_AXES (what a rule may name) holds every logical name of every
+  family's parameters (scanned and not) and activation constraints."""
+  from t5x_lite import layers
+  used = set()
+  real = layers.constrain
+  monkeypatch.setattr(layers, 'constrain', lambda x, axes: (used.update(axes), real(x, axes))[1])
+  for scan in (False, True):
+    cfg = tiny_config(name, scan_layers=scan)
+    batch = make_batch('t5' if name == 't5' else 'gpt', np.random.default_rng(0))
+    if name == 'bert':
+      batch = {'encoder_input_tokens': batch['decoder_target_tokens']}
+    _, variables = abstract_variables(cfg.model, batch)
+    for spec in jax.tree.leaves(partitioning.logical_specs(variables),
+                                is_leaf=lambda x: isinstance(x, P)):
+      used.update(a for a in spec if a is not None)
+  used.discard(None)
+  assert used and used <= set(partitioning.LOGICAL_AXES), used - set(partitioning.LOGICAL_AXES)
+  for logical, _ in base.get_base_config().partitioning.logical_axis_rules:
+    assert logical in partitioning.LOGICAL_AXES
+
+
+def test_a_rule_for_a_logical_axis_nothing_has_is_refused():
+  cfg = tiny_config('t5')
+  cfg.partitioning.logical_axis_rules = (('batch', ('data', 'fsdp')), ('embd', 'fsdp'))
+  with pytest.raises(ValueError, match="no parameter or activation has the logical axis 'embd'"):
+    partitioning.axis_rules(cfg.partitioning)
+
+
 def test_partition_specs_default_rules():
   rules = partitioning.axis_rules(base.get_base_config().partitioning)
   assert pick(partitioning.mesh_specs(t5_abstract(), rules)) == DEFAULT_SPECS

@@ -30,6 +30,18 @@ from t5x_lite import validation
                                'data.num_virtual_shards=4'),
     ('model', 'norm_eps', -1.0, 'config.model.norm_eps=-1.0 is invalid: must be > 0'),
     ('model', 'norm_eps', 0.0, 'config.model.norm_eps=0.0 is invalid: must be > 0'),
+    # T5's bucketing divides by log(max_distance / exact buckets): 0 or negative there
+    ('model', 'relative_attention_num_buckets', 3,
+     'config.model.relative_attention_num_buckets=3 is invalid: must be >= 4'),
+    ('model', 'relative_attention_max_distance', 16,
+     "config.model.relative_attention_max_distance=16 is invalid: must be > 16, the "
+     "distances the causal stack's 32 buckets hold exactly"),
+    ('model', 'type_vocab_size', 2, "config.model.type_vocab_size=2 is invalid: must be 0 for "
+                                    "family 'encoder_decoder'"),
+    ('data', 'mean_noise_span_length', float('nan'),
+     'data.mean_noise_span_length=nan must be positive and finite'),
+    ('data', 'noise_density', 0.0, 'data.noise_density=0.0 must be in (0, 1)'),
+    ('data', 'inputs_length', 2, 'data.inputs_length=2 leaves raw chunks of 1 token'),
 ])
 def test_bad_field_is_named(section, field, value, message):
   cfg = default.get_config()
@@ -37,6 +49,37 @@ def test_bad_field_is_named(section, field, value, message):
   with pytest.raises(ValueError, match=re.escape(message)) as e:
     validation.validate_config(cfg, num_devices=1)
   assert '\n' not in str(e.value)
+
+
+def test_relative_buckets_are_checked_per_stack():
+  """A bidirectional stack halves its buckets by direction first: an encoder-only model
+  holds distances < 8 exactly with 32 buckets, a causal stack < 16."""
+  cfg = tiny_run.tiny_config('bert', position_embedding='relative',
+                             relative_attention_num_buckets=32, relative_attention_max_distance=9)
+  validation.validate_portable(cfg, num_devices=1)
+  cfg.model.relative_attention_max_distance = 8
+  with pytest.raises(ValueError, match="must be > 8, the distances the bidirectional stack's"):
+    validation.validate_portable(cfg, num_devices=1)
+  gpt = tiny_run.tiny_config('gpt', position_embedding='relative',
+                             relative_attention_num_buckets=2, relative_attention_max_distance=2)
+  validation.validate_portable(gpt, num_devices=1)  # causal: bucket 0 exact, bucket 1 beyond
+
+
+def test_an_endless_validation_split_needs_eval_steps_in_training():
+  cfg = default.get_config()
+  cfg.data.eval_repeat, cfg.train.eval_steps = True, 0
+  with pytest.raises(ValueError, match='would never end an eval: set train.eval_steps > 0'):
+    validation.validate_config(cfg, num_devices=1)
+  cfg.train.eval_every = 0  # no eval in training: nothing endless
+  validation.validate_config(cfg, num_devices=1)
+
+
+def test_a_derived_field_dividing_by_zero_is_one_line():
+  from configs import gpt
+  cfg = gpt.get_config('tiny')
+  cfg.model.num_heads = 0  # configs/gpt.py: d_kv = d_model // num_heads
+  with pytest.raises(ValueError, match=re.escape('d_model // num_heads with num_heads=0')):
+    validation.validate_portable(cfg, num_devices=1)
 
 
 def test_rules_must_name_mesh_axes():

@@ -64,8 +64,9 @@ def validate(config, vocab: vocab_lib.Vocabulary | None = None) -> vocab_lib.Voc
     raise DataError(f'data.doc_boundary={d.doc_boundary!r} is not one of {", ".join(src_lib.BOUNDARIES)}.')
   if d.on_bad_input not in ('skip', 'error'):
     raise DataError(f"data.on_bad_input={d.on_bad_input!r} must be 'skip' or 'error'.")
-  if not 0.0 <= float(d.noise_density) < 1.0:
-    raise DataError(f'data.noise_density={d.noise_density} must be in [0, 1).')
+  if d.objective in ('span_corruption', 'iid_noise') and not 0.0 < float(d.noise_density) < 1.0:
+    # 0 corrupts nothing: targets of only EOS, nothing to learn
+    raise DataError(f'data.noise_density={d.noise_density} must be in (0, 1).')
   if not 0.0 < float(d.mlm_rate) < 1.0:  # 0 selects nothing: a loss of 0 at every step
     raise DataError(f'data.mlm_rate={d.mlm_rate} must be in (0, 1).')
   if not 0.0 <= float(d.iid_random_prob) <= 1.0:
@@ -97,9 +98,13 @@ def check_span_corruption(inputs_length, targets_length, noise_density, mean_noi
                           extra_ids):
   """Config-time checks of §1: the targets length covers the helper's, every raw chunk
   length fits both lengths, and no chunk needs more sentinels than the vocabulary has."""
-  if mean_noise_span_length <= 0:
-    raise DataError(f'data.mean_noise_span_length={mean_noise_span_length} must be positive.')
+  if not 0 < mean_noise_span_length < float('inf'):  # NaN fails too
+    raise DataError(f'data.mean_noise_span_length={mean_noise_span_length} must be positive '
+                    'and finite.')
   raw, needed = obj_lib.span_corruption_lengths(inputs_length, noise_density, mean_noise_span_length)
+  if raw < 2:  # a one-token chunk is never corrupted: inputs [token, EOS], targets [EOS]
+    raise DataError(f'data.inputs_length={inputs_length} leaves raw chunks of {raw} token, '
+                    'which span corruption cannot corrupt; raise data.inputs_length.')
   if targets_length < needed:
     raise DataError(f'data.targets_length={targets_length} is smaller than the {needed} that span '
                     f'corruption of data.inputs_length={inputs_length} needs (noise '
