@@ -86,8 +86,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # AdamW: p -= lr * weight_decay * p per step. Adafactor (t5x's weight_decay_rate): p -=
   # weight_decay * p per step, not scaled by the rate: a far smaller value (docs/t5.md §6)
   o.weight_decay = 0.0
-  o.b1 = 0.9
-  o.b2 = 0.999
+  o.b1 = 0.9                        # AdamW's moment decays; Adafactor keeps T5's (no
+  o.b2 = 0.999                      # momentum, second-moment decay 1 - step^-0.8)
 
   # ---- partitioning ----
   p = cfg.partitioning = ml_collections.ConfigDict()
