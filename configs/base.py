@@ -39,7 +39,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   d.targets_field = 'targets'
   d.tfds_data_dir = ''              # TFDS data_dir ('' = TFDS default)
   d.on_bad_input = 'skip'           # skip (counted, reported) | error (stop at the file:line)
-  d.shuffle_buffer_size = 1000      # documents in all, split over the streams (see data/files.py)
+  d.shuffle_buffer_size = 1000      # documents in all, split over the streams and a mixture's
+                                    # sources (see data/files.py)
   # Virtual shards: the global batch is always built from this many independent streams,
   # a fixed block of rows each; any process count dividing it sees the same batches and
   # can resume any checkpoint (t5x_lite/data/pipeline.py).

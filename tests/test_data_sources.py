@@ -574,3 +574,22 @@ def test_training_shows_every_document_once_per_epoch_in_a_new_order(tmp_path, n
     assert epochs[0] != epochs[1] != epochs[2]
     seen += sorted(whole)
   assert sorted(seen) == sorted(f'document {i}' for i in range(n))
+
+
+def test_the_shuffle_buffer_is_split_over_streams_and_sources(monkeypatch):
+  """data.shuffle_buffer_size bounds the documents buffered in all: a 2-source mixture read
+  as 2 streams buffers a quarter of it per (stream, source)."""
+  sizes = []
+  real = sources.token_dataset
+
+  def recording(*args, **kwargs):
+    sizes.append(kwargs['shuffle_buffer_size'])
+    return real(*args, **kwargs)
+  monkeypatch.setattr(sources, 'token_dataset', recording)
+  cfg = data_config(objective='text_to_text', inputs_length=32, targets_length=16, pack=False,
+                    train_source='jsonl:data/tasks/speaker/train.jsonl;rate=4,'
+                                 'tsv:data/tasks/next_line/train.tsv;rate=1',
+                    num_virtual_shards=2)
+  cfg.data.shuffle_buffer_size = 100
+  next(pipeline.get_dataset(cfg, 'train', batch_size=4))
+  assert sizes == [25] * 4

@@ -14,9 +14,10 @@ Shuffling (training only) without loading everything, in three bounded steps:
   1. the stream's file order is reshuffled every epoch from (seed, stream, epoch);
   2. `cycle_length` files are read at once, interleaved line group by line group;
   3. a document shuffle buffer of `shuffle_buffer_size` documents per stream (the pipeline
-     splits data.shuffle_buffer_size over the streams, so memory and the time to fill the
-     buffers before the first batch do not grow with the stream count), drained at each
-     epoch's end: every document once per epoch, even in a stream smaller than its buffer.
+     splits data.shuffle_buffer_size over the streams and a mixture's sources, so memory
+     and the time to fill the buffers before the first batch do not grow with their
+     count), drained at each epoch's end: every document once per epoch, even in a stream
+     smaller than its buffer.
 Trade-off: documents close together in a file stay closer together in the stream than a
 full permutation would place them (a buffer of B documents moves each by about B places),
 and an epoch of a single file starts in its first B documents. Many files and a buffer

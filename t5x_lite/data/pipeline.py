@@ -199,9 +199,10 @@ def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int
                       f'{d.objective!r} (text_to_text reads inputs= and targets=, the other '
                       f'objectives field=).')
 
-  # data.shuffle_buffer_size documents in all, split over the streams: memory and the time
-  # to fill the buffers before the first batch do not grow with the stream count.
-  buffer = -(-int(d.shuffle_buffer_size) // num_streams)
+  # data.shuffle_buffer_size documents in all, split over the streams and a mixture's
+  # sources: memory and the time to fill the buffers before the first batch do not grow
+  # with the stream or source count.
+  buffer = -(-int(d.shuffle_buffer_size) // (num_streams * len(specs)))
   il, tl = d.inputs_length, d.targets_length
   max_tokens = None
   if d.objective == 'text_to_text':  # counted as read: how many examples the objective cuts
