@@ -9,6 +9,7 @@ What it reads, decodes, prints and writes (and its JSON keys): docs/cli.md.
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -48,6 +49,12 @@ def run_eval(config, workdir: str, split: str = 'validation',
     raise ValueError(f'the {split} split is endless here: pass --eval_steps > 0.')
   decoding.check_beam_size(beam_size, config.model.vocab_size)
   trainer, params, step, read = evaluation.load(config, workdir)
+  try:  # before the work: eval writes its figures and predictions into the workdir
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
+      pass
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}): eval writes '
+                     f'eval_{split}_<step>.json and its predictions there.') from None
   print(f'[t5x_lite] eval: params of step {step} from {read}; '
         f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
         file=sys.stderr, flush=True)

@@ -17,9 +17,11 @@ checkpoint is written past a stopping step, and none can hold NaNs.
 A checkpoint save that fails in the background (`checkpoints.CheckpointError`) stops the
 run at the next step; the earlier checkpoints stay as they were.
 """
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -45,6 +47,31 @@ def check_workdir(workdir: str) -> None:
       pass
   except OSError as e:
     raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}).') from None
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """An exclusive lock on DIR/train.lock while one training job runs in the workdir: a second
+  job would interleave its metrics and checkpoints with this one's. flock is released by the
+  kernel when the process dies, so a killed run leaves no stale lock; on a filesystem
+  without flock (some FUSE mounts) the run goes on unlocked."""
+  import fcntl
+  with open(os.path.join(workdir, 'train.lock'), 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise ValueError(f'--workdir={workdir} is in use by another train job ({holder}, holding '
+                       f'{f.name}); wait for it to end or give another workdir.') from None
+    except OSError:
+      yield  # no flock here: unlocked, as before
+      return
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}')
+    f.flush()
+    yield
 
 
 def host_params(params):
@@ -394,13 +421,14 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
   """Pretrain or fine-tune `config` in `workdir` (`python -m t5x_lite.train`, docs/cli.md)."""
   startup = StartupInterrupt()
   try:
-    return _train(config, workdir, peak_flops, num_predictions, startup)
+    with contextlib.ExitStack() as held:
+      return _train(config, workdir, peak_flops, num_predictions, startup, held)
   finally:
     startup.close()
 
 
 def _train(config, workdir: str, peak_flops: float, num_predictions: int,
-           startup: StartupInterrupt):
+           startup: StartupInterrupt, held: contextlib.ExitStack):
   import jax
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   from t5x_lite.data import pipeline
@@ -410,6 +438,8 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   say_if_the_schedule_idles(config)
   say_if_adafactor_decay_erases(config)
   check_workdir(workdir)
+  if jax.process_index() == 0:  # one job per workdir (its processes share it)
+    held.enter_context(workdir_lock(workdir))
   checkpoints.check_init_from(config, workdir)  # a bad one fails before anything is built
   mesh = partitioning.create_mesh(config.partitioning)
   trainer = trainer_lib.Trainer(config, mesh)

@@ -752,3 +752,21 @@ def test_eval_decodes_pretraining_objectives_as_an_uncached_greedy_reference(
   assert result['sequence_accuracy'] == pytest.approx(100 * np.mean(
       [r['predictions'] == r['targets'] for r in rows]))
   assert 'bleu' not in result  # text metrics score text-to-text tasks only
+
+
+def test_eval_on_a_read_only_workdir_fails_before_evaluating(workdir, monkeypatch):
+  """eval writes its figures and predictions into the workdir: one it cannot write to (a
+  read-only mount; root ignores chmod, so the OS's answer is simulated) is refused after
+  the checkpoint is found and before any example is evaluated (it evaluated, then lost the
+  figures)."""
+  import tempfile
+  from t5x_lite import eval as eval_cmd
+  from t5x_lite import evaluation
+
+  def read_only(*args, **kwargs):
+    raise OSError(30, 'Read-only file system')
+  monkeypatch.setattr(tempfile, 'NamedTemporaryFile', read_only)
+  monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: pytest.fail('evaluated'))
+  with pytest.raises(ValueError, match=re.escape(
+      f'--workdir={workdir} is not writable (Read-only file system): eval writes')):
+    eval_cmd.run_eval(config_from_flags(CONFIG), workdir)

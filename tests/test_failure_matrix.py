@@ -33,6 +33,12 @@ def _train(config, workdir):
   train_loop.train(config, workdir)
 
 
+def _train_beside_a_running_job(config, workdir):
+  from t5x_lite import train_loop
+  with train_loop.workdir_lock(workdir):  # what a training job in the workdir holds
+    train_loop.train(config, workdir)
+
+
 def _eval(config, workdir):
   from t5x_lite import eval as eval_cmd
   eval_cmd.run_eval(config, workdir)
@@ -171,6 +177,8 @@ ROWS = {
                  '--config.data.validation_source=text:/nonexistent/*.txt'], '/nonexistent'),
     'init_from_missing': (_train, ['--config.init_from={workdir}/no_such_run'], 'no_such_run'),
     'workdir_not_writable': (_train, ['--workdir={workdir}/file/sub'], 'not writable'),
+    'train_workdir_in_use': (_train_beside_a_running_job, [],
+                             'is in use by another train job (pid '),
     # It made a local ./gs:/bucket/run on every host, then failed in TensorBoard's writer.
     'workdir_url': (_train, ['--workdir=gs://bucket/run'], 'URL workdirs are not supported'),
     # ---- eval / infer
