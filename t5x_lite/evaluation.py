@@ -92,8 +92,16 @@ def load(config, workdir: str):
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   validation.validate_config(config, jax.device_count())
   trainer = trainer_lib.Trainer(config, partitioning.create_mesh(config.partitioning))
-  params, read = checkpoints.load_params(path, trainer.abstract_state.params)  # shapes checked
-  return trainer, params, step, read
+  for attempt in range(5):
+    try:
+      params, read = checkpoints.load_params(path, trainer.abstract_state.params)  # shapes checked
+      return trainer, params, step, read
+    except (ValueError, OSError):
+      if os.path.exists(path) or attempt == 4:
+        raise
+      # A job training in the workdir deleted this step while it was read (checkpoint.keep):
+      # the newest one now is as good.
+      step, path = checkpoints.latest_checkpoint(workdir)
 
 
 # ------------------------------------------------------------ teacher-forced eval

@@ -770,3 +770,28 @@ def test_eval_on_a_read_only_workdir_fails_before_evaluating(workdir, monkeypatc
   with pytest.raises(ValueError, match=re.escape(
       f'--workdir={workdir} is not writable (Read-only file system): eval writes')):
     eval_cmd.run_eval(config_from_flags(CONFIG), workdir)
+
+
+def test_eval_beside_a_training_job_reads_the_step_left_after_a_rotation(workdir, tmp_path,
+                                                                         monkeypatch):
+  """A job training in the workdir with a small checkpoint.keep can delete the step eval
+  chose before eval reads it: eval then reads the newest step left (it said the deleted
+  step's directory held 'no t5x_lite checkpoint')."""
+  import shutil
+  from t5x_lite import checkpoints, evaluation
+  copy = str(tmp_path / 'w')
+  shutil.copytree(workdir, copy)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(copy, 'checkpoints')) if s.isdigit())
+  assert len(steps) == 2
+  real, calls = checkpoints.load_params, []
+
+  def rotated_while_read(path, abstract):
+    calls.append(path)
+    if len(calls) == 1:  # the rotation lands between choosing the step and reading it
+      shutil.rmtree(os.path.dirname(path))
+    return real(path, abstract)
+  monkeypatch.setattr(checkpoints, 'load_params', rotated_while_read)
+  monkeypatch.chdir(ROOT)
+  _, params, step, _ = evaluation.load(config_from_flags(CONFIG), copy)
+  assert step == steps[0] and calls[0].endswith(f'/{steps[1]}/state'), (step, calls)
+  assert params is not None
