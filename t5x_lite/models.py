@@ -138,7 +138,7 @@ class ModelConfig:
       fail('rescale_tied_logits', 'needs tie_embeddings=True')
     if self.type_vocab_size < 0:
       fail('type_vocab_size', 'must be >= 0')
-    if self.type_vocab_size and self.family != 'encoder':
+    if self.type_vocab_size and families.FAMILIES[self.family].has_decoder:
       fail('type_vocab_size', f'must be 0 for family {self.family!r}: only the encoder-only '
            'family (BERT) has token types')
     if self.position_embedding == 'relative':
