@@ -26,6 +26,7 @@ Restore precedence (`restore_or_init`), said in one log line:
 import dataclasses
 import os
 import sys
+import tempfile
 from typing import Any, List, Optional, Tuple
 
 import jax
@@ -44,6 +45,23 @@ class CheckpointError(OSError):
 
 def warn(line: str) -> None:
   print(f'[t5x_lite] warning: {line}', file=sys.stderr, flush=True)
+
+
+def check_workdir(workdir: str, writes: str) -> None:
+  """Fails in one line, before any work, on a workdir the command cannot write into; `writes`
+  says what the command would have written there."""
+  if '://' in workdir:  # os.makedirs would make a local './gs:/bucket/...' on every host
+    raise ValueError(f'--workdir={workdir}: URL workdirs are not supported (checkpoints, '
+                     f'metrics and manifests are written with local file APIs); give a path '
+                     f'every host sees: NFS / Filestore, or the bucket mounted with gcsfuse.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    # A unique name: every host of a multi-host run probes the same (shared) workdir.
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
+      pass
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}): it holds '
+                     f'{writes}.') from None
 
 
 # ------------------------------------------------------------- data-iterator item

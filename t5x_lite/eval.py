@@ -9,12 +9,12 @@ What it reads, decodes, prints and writes (and its JSON keys): docs/cli.md.
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Optional
 
 from absl import flags
 
+from t5x_lite import checkpoints
 from t5x_lite import cli
 from t5x_lite import evaluation
 
@@ -49,12 +49,8 @@ def run_eval(config, workdir: str, split: str = 'validation',
     raise ValueError(f'the {split} split is endless here: pass --eval_steps > 0.')
   decoding.check_beam_size(beam_size, config.model.vocab_size)
   trainer, params, step, read = evaluation.load(config, workdir)
-  try:  # before the work: eval writes its figures and predictions into the workdir
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
-      pass
-  except OSError as e:
-    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}): eval writes '
-                     f'eval_{split}_<step>.json and its predictions there.') from None
+  # Before the work: eval writes its figures and predictions into the workdir.
+  checkpoints.check_workdir(workdir, writes=f'eval_{split}_<step>.json and its predictions')
   print(f'[t5x_lite] eval: params of step {step} from {read}; '
         f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
         file=sys.stderr, flush=True)

@@ -23,7 +23,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -33,20 +32,6 @@ from t5x_lite import accounting
 from t5x_lite import checkpoints
 from t5x_lite import evaluation
 from t5x_lite import families
-
-
-def check_workdir(workdir: str) -> None:
-  if '://' in workdir:  # os.makedirs would make a local './gs:/bucket/...' on every host
-    raise ValueError(f'--workdir={workdir}: URL workdirs are not supported (checkpoints, '
-                     f'metrics and manifests are written with local file APIs); give a path '
-                     f'every host sees: NFS / Filestore, or the bucket mounted with gcsfuse.')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # A unique name: every host of a multi-host run probes the same (shared) workdir.
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
-      pass
-  except OSError as e:
-    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}).') from None
 
 
 @contextlib.contextmanager
@@ -437,7 +422,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   validation.validate_config(config, jax.device_count())
   say_if_the_schedule_idles(config)
   say_if_adafactor_decay_erases(config)
-  check_workdir(workdir)
+  checkpoints.check_workdir(workdir, writes='its checkpoints and metrics')
   if jax.process_index() == 0:  # one job per workdir (its processes share it)
     held.enter_context(workdir_lock(workdir))
   checkpoints.check_init_from(config, workdir)  # a bad one fails before anything is built

@@ -768,7 +768,8 @@ def test_eval_on_a_read_only_workdir_fails_before_evaluating(workdir, monkeypatc
   monkeypatch.setattr(tempfile, 'NamedTemporaryFile', read_only)
   monkeypatch.setattr(evaluation, 'evaluate', lambda *a, **k: pytest.fail('evaluated'))
   with pytest.raises(ValueError, match=re.escape(
-      f'--workdir={workdir} is not writable (Read-only file system): eval writes')):
+      f'--workdir={workdir} is not writable (Read-only file system): it holds '
+      f'eval_validation_<step>.json')):
     eval_cmd.run_eval(config_from_flags(CONFIG), workdir)
 
 
