@@ -1,6 +1,8 @@
 """Sources, mixtures and resumability, swept as a user feeding real corpora would: a TFDS
 dataset prepared in a temporary data_dir (TFRecords, as real TFDS data are), sliced and
 combined splits, mixtures whose sources run dry in some streams, recursive globs."""
+import glob
+import json
 import os
 import re
 
@@ -201,6 +203,7 @@ def test_resume_after_the_sources_files_changed_is_a_resume_mismatch(tmp_path):
   it = pipeline.get_dataset(cfg, 'train')
   next(it), next(it)
   it.save(str(tmp_path / 'ckpt'))
+  _as_saved_before_file_sizes(tmp_path / 'ckpt')  # else the size change below names itself
   write(4)       # now usable: stream 0 reads 3 files, not 2
   with pytest.raises(sources.ResumeMismatch, match=r'stream 0 .* does not fit this pipeline'):
     pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
@@ -208,6 +211,41 @@ def test_resume_after_the_sources_files_changed_is_a_resume_mismatch(tmp_path):
   with pytest.raises(sources.ResumeMismatch, match=r"was saved with data.train_source files="
                                                    r"'text:.*: 5 files.*this config has .*: 7 files"):
     pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
+
+
+def test_resume_onto_files_of_other_content_under_the_same_names_is_a_resume_mismatch(tmp_path):
+  """The same file names with other content (the glob re-resolved from another cwd onto
+  another copy of the corpus, or a file edited or appended to): tf.data would resume at its
+  saved byte offset into other text, silently. Positions saved before file sizes were
+  recorded still resume."""
+  corpus = tmp_path / 'corpus'
+  corpus.mkdir()
+  for i in range(3):
+    (corpus / f'p{i}.txt').write_text(''.join(f'{WORDS[i]} {WORDS[j % 10]}\n\n' for j in range(20)))
+  cfg = data_config(objective='causal_lm', inputs_length=16, targets_length=16, shuffle_buffer_size=4,
+                    num_virtual_shards=2, train_source=f'text:{corpus}/*.txt')
+  cfg.model.family = 'decoder'
+  it = pipeline.get_dataset(cfg, 'train')
+  next(it), next(it)
+  it.save(str(tmp_path / 'ckpt'))
+  with open(corpus / 'p1.txt', 'a') as f:
+    f.write('an appended line\n')
+  with pytest.raises(sources.ResumeMismatch, match=r"was saved with data.train_source file sizes="
+                                                   r"'text:.*: \d+ bytes, sizes crc32 \d+'; this "
+                                                   r"config has .* bytes"):
+    pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
+  _as_saved_before_file_sizes(tmp_path / 'ckpt')
+  pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
+
+
+def _as_saved_before_file_sizes(ckpt):
+  """Rewrites a saved data position as versions that did not record file sizes saved it."""
+  for meta in glob.glob(str(ckpt / '*.json')):
+    with open(meta) as f:
+      saved = json.load(f)
+    del saved['settings']['data.train_source file sizes']
+    with open(meta, 'w') as f:
+      json.dump(saved, f)
 
 
 def test_resume_with_another_batch_size_or_length_names_the_config_field(tmp_path):

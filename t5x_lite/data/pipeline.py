@@ -374,7 +374,8 @@ def stream_settings(config, split: str) -> dict:
   source = 'train_source' if split == 'train' else 'validation_source'
   fields = (source,) + STREAM_FIELDS
   out = {f'data.{k}': config.data[k] for k in fields if k in config.data}
-  out[f'data.{source} files'] = src_lib.files_fingerprint(config.data[source], f'data.{source}')
+  out[f'data.{source} files'], out[f'data.{source} file sizes'] = src_lib.files_fingerprint(
+      config.data[source], f'data.{source}')
   return out
 
 

@@ -274,12 +274,15 @@ def bad_input(policy: str, skips: SkipCounter, reason: str, where: str, detail: 
     skips.add(reason, where)
 
 
-def files_fingerprint(spec: str, what: str) -> str:
+def files_fingerprint(spec: str, what: str) -> tuple[str, str]:
   """What the file sources of `spec` match, saved with a stream position: per source the
   file count and a CRC-32 of their names below the glob's fixed part (the same from any
-  cwd). The streams deal and interleave these files, so a resume onto others would fail
-  deep in tf.data or, with the same interleave cycle, read other files silently."""
-  out = []
+  cwd), then their sizes. The streams deal and interleave these files, so a resume onto
+  others would fail deep in tf.data or, with the same interleave cycle, read other files
+  silently; one whose content changed under the same name (another copy of the corpus, an
+  edited or appended file) would resume at a byte offset into other text. Returns
+  (names, sizes): two fields, so positions saved before sizes were recorded still resume."""
+  names_out, sizes_out = [], []
   for s in parse_sources(spec, what):
     if s.kind == 'tfds':
       continue
@@ -289,8 +292,12 @@ def files_fingerprint(spec: str, what: str) -> str:
     for f in files:
       prefix = next((p for p in (fixed, os.path.join(_ROOT, fixed)) if f.startswith(p)), '')
       names.append(f[len(prefix):])
-    out.append(f'{s}: {len(files)} files, names crc32 {zlib.crc32(chr(10).join(names).encode())}')
-  return '; '.join(out)
+    sizes = [os.path.getsize(f) for f in files]
+    names_out.append(f'{s}: {len(files)} files, names crc32 '
+                     f'{zlib.crc32(chr(10).join(names).encode())}')
+    sizes_out.append(f'{s}: {sum(sizes)} bytes, sizes crc32 '
+                     f'{zlib.crc32(" ".join(map(str, sizes)).encode())}')
+  return '; '.join(names_out), '; '.join(sizes_out)
 
 
 class FileSurvey:
