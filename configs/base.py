@@ -88,7 +88,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # weight_decay * p per step, not scaled by the rate: a far smaller value (docs/t5.md §6)
   o.weight_decay = 0.0
   o.b1 = 0.9                        # AdamW's moment decays; Adafactor keeps T5's (no
-  o.b2 = 0.999                      # momentum, second-moment decay 1 - step^-0.8)
+  o.b2 = 0.999                      # momentum, second-moment decay 1 - step^-0.8): train
+                                    # warns when they differ from these under adafactor
 
   # ---- partitioning ----
   p = cfg.partitioning = ml_collections.ConfigDict()

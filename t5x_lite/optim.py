@@ -1,4 +1,5 @@
-"""Optimizers (optax) and learning-rate schedules, and shardings for optimizer state.
+"""Optimizers (optax) and learning-rate schedules, shardings for optimizer state, and the
+warnings train prints at start about optimizer settings that would silently do little.
 
 Adafactor with the T5 defaults (docs/t5.md §6): decay_rate 0.8, no momentum,
 factored second moments for rank>=2 params whose two largest dims are >= 128,
@@ -271,3 +272,51 @@ def state_shardings(tx, abstract_params, param_shardings, mesh, matrix_views: bo
 
   return optax.tree_map_params(tx, pick, abstract_state, views,
                                transform_non_params=lambda _: replicated)
+
+
+# ------------------------------------------------ start-up warnings (train prints them)
+def say_if_the_schedule_idles(config) -> None:
+  """A cosine schedule rises over its warmup, then decays to 0 at decay_steps (0 = train.steps):
+  a warmup as long as that only ever warms up, and steps past decay_steps train at rate 0."""
+  o = config.optimizer
+  if o.schedule != 'cosine':
+    return
+  horizon = int(o.decay_steps or config.train.steps)
+  if o.warmup_steps >= horizon:
+    what = (f'optimizer.decay_steps={o.decay_steps}' if o.decay_steps else
+            f'train.steps={config.train.steps} (optimizer.decay_steps=0)')
+    print(f'[t5x_lite] warning: the cosine schedule\'s warmup (optimizer.warmup_steps='
+          f'{o.warmup_steps}) is not shorter than {what}: the learning rate only rises and '
+          'never decays in this run.', flush=True)
+  elif horizon < config.train.steps:
+    print(f'[t5x_lite] warning: the cosine schedule reaches learning rate 0 at optimizer.'
+          f'decay_steps={horizon}, before train.steps={config.train.steps}: the steps after '
+          f'{horizon} leave the params unchanged (decay_steps=0 decays over train.steps).',
+          flush=True)
+
+
+def say_if_adafactor_decay_erases(config) -> None:
+  """Adafactor's weight decay (t5x's weight_decay_rate) multiplies the weight matrices by
+  1 - weight_decay every step, whatever the learning rate: an AdamW-sized value erases them."""
+  o, steps = config.optimizer, int(config.train.steps)
+  if o.name != 'adafactor' or not o.weight_decay:
+    return
+  left = (1 - o.weight_decay) ** steps
+  if left < 0.5:
+    print(f'[t5x_lite] warning: optimizer.weight_decay={o.weight_decay} with adafactor '
+          f'multiplies every weight matrix by {1 - o.weight_decay:g} each step (t5x\'s '
+          f'weight_decay_rate: not scaled by the learning rate, unlike adamw\'s), by {left:.2g} '
+          f'over train.steps={steps} from the decay alone.', flush=True)
+
+
+def say_if_adamw_moments_unused(config) -> None:
+  """optimizer.b1 / b2 are AdamW's moment decays: Adafactor keeps T5's (no momentum, decay
+  1 - step^-0.8), so values other than the defaults would change nothing, silently."""
+  o = config.optimizer
+  changed = [f'optimizer.{k}={o[k]}' for k, default in (('b1', 0.9), ('b2', 0.999))
+             if o.name == 'adafactor' and o[k] != default]
+  if changed:
+    print(f'[t5x_lite] warning: {" and ".join(changed)} unused under adafactor: b1 / b2 are '
+          'adamw\'s moment decays; adafactor keeps T5\'s (no momentum, second-moment decay '
+          '1 - step^-0.8).',
+          flush=True)

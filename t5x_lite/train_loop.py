@@ -318,40 +318,6 @@ def _every(period: int, step: int) -> bool:
   return bool(period) and step % period == 0
 
 
-def say_if_the_schedule_idles(config) -> None:
-  """A cosine schedule rises over its warmup, then decays to 0 at decay_steps (0 = train.steps):
-  a warmup as long as that only ever warms up, and steps past decay_steps train at rate 0."""
-  o = config.optimizer
-  if o.schedule != 'cosine':
-    return
-  horizon = int(o.decay_steps or config.train.steps)
-  if o.warmup_steps >= horizon:
-    what = (f'optimizer.decay_steps={o.decay_steps}' if o.decay_steps else
-            f'train.steps={config.train.steps} (optimizer.decay_steps=0)')
-    print(f'[t5x_lite] warning: the cosine schedule\'s warmup (optimizer.warmup_steps='
-          f'{o.warmup_steps}) is not shorter than {what}: the learning rate only rises and '
-          'never decays in this run.', flush=True)
-  elif horizon < config.train.steps:
-    print(f'[t5x_lite] warning: the cosine schedule reaches learning rate 0 at optimizer.'
-          f'decay_steps={horizon}, before train.steps={config.train.steps}: the steps after '
-          f'{horizon} leave the params unchanged (decay_steps=0 decays over train.steps).',
-          flush=True)
-
-
-def say_if_adafactor_decay_erases(config) -> None:
-  """Adafactor's weight decay (t5x's weight_decay_rate) multiplies the weight matrices by
-  1 - weight_decay every step, whatever the learning rate: an AdamW-sized value erases them."""
-  o, steps = config.optimizer, int(config.train.steps)
-  if o.name != 'adafactor' or not o.weight_decay:
-    return
-  left = (1 - o.weight_decay) ** steps
-  if left < 0.5:
-    print(f'[t5x_lite] warning: optimizer.weight_decay={o.weight_decay} with adafactor '
-          f'multiplies every weight matrix by {1 - o.weight_decay:g} each step (t5x\'s '
-          f'weight_decay_rate: not scaled by the learning rate, unlike adamw\'s), by {left:.2g} '
-          f'over train.steps={steps} from the decay alone.', flush=True)
-
-
 def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
   """The optimizer settings a resume changes against the checkpoint's config (the restored
   optimizer state goes on under the new ones); and, for a cosine schedule without
@@ -415,13 +381,14 @@ def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 
 def _train(config, workdir: str, peak_flops: float, num_predictions: int,
            startup: StartupInterrupt, held: contextlib.ExitStack):
   import jax
-  from t5x_lite import partitioning, trainer as trainer_lib, validation
+  from t5x_lite import optim, partitioning, trainer as trainer_lib, validation
   from t5x_lite.data import pipeline
 
   # ---- set up: everything that can fail on a bad config fails before compiling
   validation.validate_config(config, jax.device_count())
-  say_if_the_schedule_idles(config)
-  say_if_adafactor_decay_erases(config)
+  optim.say_if_the_schedule_idles(config)
+  optim.say_if_adafactor_decay_erases(config)
+  optim.say_if_adamw_moments_unused(config)
   checkpoints.check_workdir(workdir, writes='its checkpoints and metrics')
   if jax.process_index() == 0:  # one job per workdir (its processes share it)
     held.enter_context(workdir_lock(workdir))

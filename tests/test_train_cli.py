@@ -547,17 +547,17 @@ def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp
 
 
 def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
-  from t5x_lite import train_loop
+  from t5x_lite import optim
   from tiny_run import tiny_config
   cfg = tiny_config('gpt', train=dict(steps=100))  # warmup 100: never decays
-  train_loop.say_if_the_schedule_idles(cfg)
+  optim.say_if_the_schedule_idles(cfg)
   assert ("the cosine schedule's warmup (optimizer.warmup_steps=100) is not shorter than "
           'train.steps=100 (optimizer.decay_steps=0)') in capsys.readouterr().out
   cfg.optimizer.decay_steps = 101
-  train_loop.say_if_the_schedule_idles(cfg)
+  optim.say_if_the_schedule_idles(cfg)
   assert capsys.readouterr().out == ''
   cfg.train.steps = 150  # steps 102-150 at learning rate 0: the params stop changing
-  train_loop.say_if_the_schedule_idles(cfg)
+  optim.say_if_the_schedule_idles(cfg)
   assert ('the cosine schedule reaches learning rate 0 at optimizer.decay_steps=101, before '
           'train.steps=150: the steps after 101 leave the params unchanged') in (
               capsys.readouterr().out)
@@ -566,23 +566,39 @@ def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
 def test_adafactors_per_step_weight_decay_warns_or_is_refused(capsys):
   """Adafactor's weight decay is t5x's weight_decay_rate, not scaled by the learning rate:
   GPT-2's AdamW value 0.1 would leave 0.9^steps of every matrix."""
-  from t5x_lite import train_loop, validation
+  from t5x_lite import optim, validation
   from tiny_run import tiny_config
   cfg = tiny_config('gpt', train=dict(steps=100))
-  train_loop.say_if_adafactor_decay_erases(cfg)  # adamw: lr-scaled, nothing to say
+  optim.say_if_adafactor_decay_erases(cfg)  # adamw: lr-scaled, nothing to say
   assert capsys.readouterr().out == ''
   cfg.optimizer.name = 'adafactor'
-  train_loop.say_if_adafactor_decay_erases(cfg)
+  optim.say_if_adafactor_decay_erases(cfg)
   out = capsys.readouterr().out
   assert ('optimizer.weight_decay=0.1 with adafactor multiplies every weight matrix by 0.9 '
           'each step') in out and f'by {0.9 ** 100:.2g} over train.steps=100' in out
   cfg.optimizer.weight_decay = 1e-5  # a t5x-sized rate: 0.999 over the run
-  train_loop.say_if_adafactor_decay_erases(cfg)
+  optim.say_if_adafactor_decay_erases(cfg)
   assert capsys.readouterr().out == ''
   cfg.optimizer.weight_decay = 1.0
   with pytest.raises(ValueError, match=r'config.optimizer.weight_decay=1.0 with adafactor '
                                        r'must be < 1'):
     validation.validate_config(cfg, 1)
+
+
+def test_adamw_moment_decays_under_adafactor_are_said_to_be_unused(capsys):
+  """GPT-2's config switched to adafactor keeps its b2=0.95, which adafactor ignores."""
+  from t5x_lite import optim
+  from tiny_run import tiny_config
+  cfg = tiny_config('gpt')
+  optim.say_if_adamw_moments_unused(cfg)  # adamw reads them
+  assert capsys.readouterr().out == ''
+  cfg.optimizer.name = 'adafactor'
+  optim.say_if_adamw_moments_unused(cfg)
+  assert ('warning: optimizer.b2=0.95 unused under adafactor: b1 / b2 are adamw\'s moment '
+          'decays; adafactor keeps T5\'s (no momentum') in capsys.readouterr().out
+  cfg.optimizer.b2 = 0.999
+  optim.say_if_adamw_moments_unused(cfg)
+  assert capsys.readouterr().out == ''
 
 
 def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_path):
