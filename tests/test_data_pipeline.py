@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -291,3 +292,39 @@ def test_skip_counts_are_saved_with_the_position_and_resume_on_any_process_count
       list(it)
       total += it.skips.counts
     assert total == bad, procs
+
+
+def test_a_script_that_read_batches_exits(tmp_path):
+  """Python finalization hung (2 of 6 runs reading 120 batches, 3 of 5 reading 2) when a
+  prefetch thread was inside one of the pipeline's Python callbacks (here the JSONL parser of
+  a mixture): the iterators are now dropped by an atexit hook, before finalization. Four
+  processes, each on one core: without the hook, this failed in 4 of 4 tries."""
+  for name, word, n in (('ra', 'alpha', 100), ('rb', 'beta', 7)):
+    (tmp_path / f'{name}.jsonl').write_text(''.join(
+        json.dumps({'inputs': f'{word} {i}', 'targets': word}) + '\n' for i in range(n)))
+  script = textwrap.dedent(f'''
+      import os, sys
+      cores = sorted(os.sched_getaffinity(0))  # one core each: they hung most often so
+      os.sched_setaffinity(0, {{cores[int(sys.argv[1]) % len(cores)]}})
+      sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+      from tiny_run import tiny_config
+      from t5x_lite.data import iterator, pipeline
+      c = tiny_config('t5', data=dict(objective='text_to_text', inputs_length=16,
+          targets_length=8, train_source='jsonl:{tmp_path}/ra.jsonl;rate=3,'
+                                         'jsonl:{tmp_path}/rb.jsonl;rate=1'),
+          train=dict(batch_size=8))
+      it = pipeline.get_dataset(c, 'train')
+      next(it), next(it)
+      assert it in iterator._LIVE
+  ''')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  children = [subprocess.Popen([sys.executable, '-c', script, str(i)], cwd=ROOT, env=env)
+              for i in range(4)]
+  deadline, hung = time.monotonic() + 150, 0  # each exits in ~10-40 s on 2 loaded cores
+  for child in children:
+    try:
+      assert child.wait(timeout=max(deadline - time.monotonic(), 1)) == 0
+    except subprocess.TimeoutExpired:
+      child.kill()
+      hung += 1
+  assert hung == 0, f'{hung} of 4 processes hung at exit'

@@ -8,12 +8,19 @@ process count, continues it exactly, its skip counts too.
 
 A finite pass (validation) pads a stream that has ended with all-zero rows until every
 stream of the process has ended, so the global batch stays the same for any process count.
+
+At exit, every live iterator drops its tf.data iterators (an `atexit` hook) before Python
+finalizes: destroying them later waits for their prefetch threads, and a thread inside one
+of the pipeline's Python callbacks (bad-input hooks, TFDS reads) cannot take the GIL once
+finalization has begun, so a script that read batches could hang at exit.
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +42,15 @@ def _shape_change(saved: dict, now: dict, num_streams: int) -> str:
           + '; '.join(diffs + ([f'features {added} in one only'] if added else [])))
 
 
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # DataIterators not yet garbage-collected
+
+
+@atexit.register  # registered after tensorflow's import: runs before its exit hooks
+def _release_live_iterators() -> None:
+  for it in list(_LIVE):
+    it.release()
+
+
 class DataIterator:
   """Iterator of numpy host batches whose exact position can be saved and restored."""
 
@@ -51,6 +67,7 @@ class DataIterator:
     self._its = {v: iter(ds) for v, ds in datasets.items()}
     self._ckpts = {v: tf.train.Checkpoint(iterator=it) for v, it in self._its.items()}
     self._ended = set()
+    _LIVE.add(self)
 
   @property
   def element_spec(self) -> dict:
