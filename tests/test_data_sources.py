@@ -60,8 +60,8 @@ def test_empty_files_and_globs_matching_nothing(tmp_path):
   (tmp_path / 'empty.txt').write_text('')
   (tmp_path / 'blank.txt').write_text('\n\n  \n')
   (tmp_path / 'ok.txt').write_text('text\n')
-  recs, skips = _records(f'text:{tmp_path}/*.txt')
-  assert recs == [('text',)] and skips.counts == {'empty file': 1}
+  recs, skips = _records(f'text:{tmp_path}/*.txt')  # blank.txt: no paragraph, counted too
+  assert recs == [('text',)] and skips.counts == {'empty file': 2}
   with pytest.raises(DataError, match=r'no usable records in 1 file\(s\); skipped 1 x empty file'):
     _records(f'text:{tmp_path}/e*.txt')
   with pytest.raises(DataError, match=r"'.*/nothing-\*.txt' matches no files"):
@@ -462,6 +462,48 @@ def test_bad_lines_of_one_file_read_by_every_stream_are_counted_once(tmp_path):
         d for d in docs if d.startswith(b'gz')]) > 0, streams   # every line read once
     assert skips.counts == {'empty line': 3, 'invalid UTF-8': 1, 'empty file': 1,
                             'truncated or corrupt .gz file': 1}, streams
+
+
+def test_a_whitespace_only_file_is_one_counted_empty_file_for_any_stream_count(tmp_path):
+  """Under boundary=file and blank_line, a file of blank lines gives no document: it is
+  counted once as an empty file, by one stream, also when every stream reads it (it
+  vanished without a count: the start-up check only sees zero-byte files)."""
+  (tmp_path / 'a.txt').write_text('one\n\ntwo\n')
+  (tmp_path / 'b.txt').write_text('\n  \n\t\n\n')
+  for boundary in ('file', 'blank_line'):
+    for streams in (1, 2, 3):
+      skips = sources.SkipCounter()
+      src = sources.parse_sources(f'text:{tmp_path}/*.txt')[0]
+      docs = []
+      for v in range(streams):
+        docs += [r[0] for r in files.documents(
+            src, sources.expand_glob(src.target, 'test'), ('text',), stream=v,
+            num_streams=streams, train=False, seed=0, boundary=boundary, on_bad_input='skip',
+            skips=skips.stream_counter()).as_numpy_iterator()]
+      assert sorted(docs) == ([b'one\n\ntwo'] if boundary == 'file' else [b'one', b'two'])
+      assert skips.counts == {'empty file': 1}, (boundary, streams)
+      assert skips.first['empty file'] == f'{tmp_path}/b.txt'
+
+
+def test_the_first_bad_line_reported_is_the_earliest_whichever_stream_met_it(tmp_path):
+  """Streams read in parallel; the report's "first at" is the earliest line in file order,
+  also when a stream that reached a later bad line counted first (stream 0 owns line 16 of a
+  file every stream reads, stream 3 line 7: 'first at a.tsv:16' while 7 was the one to fix)."""
+  rows = ['inputs\ttargets'] + [f'q{i}\ta{i}' for i in range(2, 20)]
+  for bad in (7, 10, 16):
+    rows[bad - 1] = f'only one column {bad}'
+  (tmp_path / 'a.tsv').write_text('\n'.join(rows) + '\n')
+  src = sources.parse_sources(f'tsv:{tmp_path}/a.tsv')[0]
+  for streams in (1, 4):
+    skips = sources.SkipCounter()
+    for v in range(streams):  # stream 0 first: it counts line 16
+      list(files.documents(src, [str(tmp_path / 'a.tsv')], ('inputs', 'targets'), stream=v,
+                           num_streams=streams, train=False, seed=0, boundary='line',
+                           on_bad_input='skip',
+                           skips=skips.stream_counter()).as_numpy_iterator())
+    reason = 'TSV row with wrong number of columns'
+    assert skips.counts == {reason: 3}, streams
+    assert skips.first[reason] == f'{tmp_path}/a.tsv:7', streams
 
 
 def test_gz_stream_with_a_cut_file_saves_and_restores_across_epochs(tmp_path):

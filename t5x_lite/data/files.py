@@ -220,15 +220,16 @@ def _checked_lines(path, skips, policy, any_gz, file_number, owner):
 MAX_OPEN_DOCUMENT_BYTES = 2 ** 18
 
 
-def _grouped(batches, boundary: str):
+def _grouped(batches, boundary: str, on_no_text=None):
   """Batches of lines -> documents (one string each): paragraphs (blank_line), lines
   (line) or the whole file (file); one `scan` step per batch carries the open document,
-  closed at a batch end once over MAX_OPEN_DOCUMENT_BYTES (no text is lost)."""
+  closed at a batch end once over MAX_OPEN_DOCUMENT_BYTES (no text is lost).
+  `on_no_text()` (a graph op) runs at the end of a file that gave no document."""
   end = tf.data.Dataset.from_tensors((tf.constant(True), tf.zeros([0], tf.int64), tf.zeros([0], tf.string)))
   batches = batches.map(lambda n, lines: (tf.constant(False), n, lines)).concatenate(end)
 
   def step(carry, element):
-    at_end, _, lines = element
+    (carry, emitted), (at_end, _, lines) = carry, element
     text = lines if boundary == 'file' else tf.strings.strip(lines)
     if boundary == 'file':    # no breaks: every line joins the one document
       brk, keep = tf.zeros_like(text, tf.bool), tf.ones_like(text, tf.bool)
@@ -252,9 +253,16 @@ def _grouped(batches, boundary: str):
     docs = joined[:num - 1 + tf.cast(close, tf.int32)]
     if boundary == 'file':
       docs = tf.strings.strip(docs)
-    return tf.where(close, '', joined[-1]), tf.boolean_mask(docs, tf.not_equal(docs, ''))
+    docs = tf.boolean_mask(docs, tf.not_equal(docs, ''))
+    emitted = emitted | (tf.size(docs) > 0)
+    if on_no_text is not None:
+      checked = tf.cond(at_end & ~emitted, on_no_text, lambda: tf.constant(True))
+      with tf.control_dependencies([checked]):
+        docs = tf.identity(docs)
+    return (tf.where(close, '', joined[-1]), emitted), docs
 
-  return batches.scan(tf.constant(''), step).unbatch().map(lambda text: (text,))
+  start = (tf.constant(''), tf.constant(False))
+  return batches.scan(start, step).unbatch().map(lambda text: (text,))
 
 
 def _text_documents(path, boundary, skips, policy, any_gz, file_number, owner):
@@ -268,7 +276,13 @@ def _text_documents(path, boundary, skips, policy, any_gz, file_number, owner):
       with tf.control_dependencies([checked]):
         return tf.identity(numbers), tf.identity(lines)
     batches = batches.map(count_empty)
-  return _grouped(batches, boundary)
+    return _grouped(batches, boundary)
+  # Blank lines are breaks here, not content: a file of only whitespace (an empty file to its
+  # reader, which a zero-byte check at start-up does not see) is counted once, as one.
+  owned = _owned(tf.zeros([1], tf.int64), file_number, owner)[0]
+  return _grouped(batches, boundary, on_no_text=lambda: tf.cond(
+      owned, lambda: _report(skips, 'skip', 'empty file', path, tf.constant(0, tf.int64)),
+      lambda: tf.constant(True)))
 
 
 def _parsed(lines, path, parse, nf: int, header=None, file_number=None, owner=None):

@@ -114,6 +114,17 @@ def parse_sources(spec: str, what: str = 'data.train_source') -> list[SourceSpec
   return out
 
 
+def _keep_first(first: dict, reason: str, where: str) -> None:
+  """first[reason] becomes `where` if it comes earlier in file-name and line order: the
+  streams read their files in parallel, so the one to reach a bad line first need not hold
+  the earliest ('a.tsv:16' reported while 'a.tsv:7' was the line to fix)."""
+  def order(w):
+    path, _, line = w.rpartition(':')
+    return (path, int(line)) if line.isdigit() and path else (w, 0)
+  if reason not in first or order(where) < order(first[reason]):
+    first[reason] = where
+
+
 class SkipCounter:
   """Counts skipped input by reason, remembering where each reason first happened; and, for
   text-to-text examples, how many reached the objective and how many of them were longer
@@ -183,7 +194,7 @@ class SkipCounter:
     elif reason not in self.first:  # said once per reason, as the stream reaches it
       log.warning('data: skipping %s at %s (counted; later ones are only counted)', reason, where)
     self.counts[reason] += n
-    self.first.setdefault(reason, where)
+    _keep_first(self.first, reason, where)
 
   def count_examples(self, n: int, truncated: Sequence[int], where: str):
     """`n` more examples read, of which truncated[i] had feature i of `self.limits`
@@ -216,7 +227,7 @@ class SkipCounter:
       total.counts.update(self.counts)
       total.counts = +total.counts  # drop zeros
       for reason, where in self.first.items():
-        total.first.setdefault(reason, where)
+        _keep_first(total.first, reason, where)
       total.examples += self.examples - mine['examples']
       total.truncated.subtract(mine['truncated'])
       total.truncated.update(self.truncated)
