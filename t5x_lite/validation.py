@@ -45,6 +45,9 @@ def validate_portable(config, num_devices: int) -> None:
     raise ValueError('config.train.eval_steps=0 (the whole split) with config.data.'
                      'eval_repeat=True (an endless validation split) would never end an eval: '
                      'set train.eval_steps > 0.')
+  for name, seed in (('train.seed', t.seed), ('data.seed', config.data.seed)):
+    if not 0 <= int(seed) < 2**32:  # jax's PRNGKey and tf.data's int64 seed arithmetic
+      raise ValueError(f'config.{name}={seed} must be in [0, 2**32).')
   if not 0.0 <= t.label_smoothing < 1.0:
     raise ValueError(f'config.train.label_smoothing={t.label_smoothing} must be in [0, 1).')
   if t.on_nonfinite not in ('stop', 'skip'):

@@ -42,6 +42,8 @@ from t5x_lite import validation
      'data.mean_noise_span_length=nan must be positive and finite'),
     ('data', 'noise_density', 0.0, 'data.noise_density=0.0 must be in (0, 1)'),
     ('data', 'inputs_length', 2, 'data.inputs_length=2 leaves raw chunks of 1 token'),
+    ('train', 'seed', 10**20, 'config.train.seed=100000000000000000000 must be in [0, 2**32)'),
+    ('data', 'seed', -1, 'config.data.seed=-1 must be in [0, 2**32)'),
 ])
 def test_bad_field_is_named(section, field, value, message):
   cfg = default.get_config()
