@@ -8,6 +8,7 @@ import copy
 import gzip
 import json
 import math
+import os
 import sys
 import zlib
 from typing import Iterable, List, Optional, Tuple, Union
@@ -89,7 +90,7 @@ class Report:
 
 def parse_line(line: str) -> Tuple[Optional[str], dict, Optional[str]]:
   """(inputs text or None, JSON fields to copy, why skipped or None) of one input line."""
-  text = line.rstrip('\r\n')
+  text = line.rstrip('\n').replace('\r', '')  # every CR, as tf.data's line reader drops them
   if not text.strip():
     return None, {}, 'empty'
   if text.lstrip().startswith('{'):
@@ -162,6 +163,22 @@ def _decoding_only(config):
   return config
 
 
+def _check_paths(input_path: str, output_path: str) -> None:
+  """One line naming the flag, before a checkpoint is loaded or stdin read; the output is
+  not opened (truncated) until there is something to write."""
+  if input_path != '-' and not os.path.isfile(input_path):
+    raise ValueError(f'--input={input_path}: ' + (
+        'a directory, not a file.' if os.path.isdir(input_path) else 'no such file.'))
+  if output_path != '-':
+    parent = os.path.dirname(os.path.abspath(output_path))
+    if os.path.isdir(output_path):
+      raise ValueError(f'--output={output_path}: a directory, not a file.')
+    if not os.path.isdir(parent):
+      raise ValueError(f'--output={output_path}: no directory {parent}.')
+    if not os.access(parent, os.W_OK):
+      raise ValueError(f'--output={output_path}: directory {parent} is not writable.')
+
+
 def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-', *,
               max_length: int = 0, temperature: float = 0.0, top_k: int = 0,
               top_p: float = 1.0, seed: int = 0, batch_size: int = 0,
@@ -178,6 +195,7 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
     raise ValueError(f'--input={input_path}: a TSV file; infer reads text or JSONL lines. '
                      f'Decode a TSV task with eval (--config.data.validation_source=tsv:...), '
                      f'or pass its inputs column as a text file.')
+  _check_paths(input_path, output_path)
   checkpoints.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
   max_length = max_length or config.data.targets_length
   batch_size = batch_size or config.train.batch_size
@@ -210,6 +228,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
         examples = read_examples(f, report)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
       raise ValueError(f'--input={input_path}: truncated or corrupt .gz file ({e}).') from None
+    except OSError as e:
+      raise ValueError(f'--input={input_path}: cannot read it ({e.strerror}).') from None
 
   vocab = vocab_lib.from_config(config.data)
   token_lists, kept = [], []
@@ -233,7 +253,10 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
           f'{len(examples)} inputs, batches of {batch_size}, up to {max_length} tokens, '
           f'{_method(beam_size, temperature, top_k, top_p, seed)}.',
           file=sys.stderr, flush=True)
-  out = sys.stdout if output_path == '-' else open(output_path, 'w', encoding='utf-8')
+  try:
+    out = sys.stdout if output_path == '-' else open(output_path, 'w', encoding='utf-8')
+  except OSError as e:
+    raise ValueError(f'--output={output_path}: cannot write it ({e.strerror}).') from None
   predictions: List[Optional[str]] = [None] * len(examples)
   scores: List[Optional[float]] = [None] * len(examples)
 

@@ -587,9 +587,10 @@ def test_infer_cuts_prefix_lm_prompts_to_fill_the_position_table(gpt_prefix_lm, 
           'less than data.inputs_length)') in capsys.readouterr().err
   report = infer.run_infer(config, workdir, str(source), str(out), max_length=54, batch_size=4)
   assert report.predicted == 6
+  monkeypatch.setattr(infer, 'read_examples', lambda *a: pytest.fail('input read'))
   with pytest.raises(ValueError, match=r'^--max_length=55 leaves no room for a prompt: the '
                                        r'model has model.max_position_embeddings=56\.$'):
-    infer.run_infer(config, workdir, str(tmp_path / 'unread'), str(out), max_length=55)
+    infer.run_infer(config, workdir, str(source), str(out), max_length=55)
 
 
 def test_infer_reads_a_first_line_after_a_byte_order_mark():
@@ -600,6 +601,22 @@ def test_infer_reads_a_first_line_after_a_byte_order_mark():
   got = infer.read_examples(io.StringIO('\ufeff{"inputs": "q1", "id": 7}\n\nplain q2\n'), report)
   assert got == [(1, 'q1', {'inputs': 'q1', 'id': 7}), (3, 'plain q2', {})]
   assert report.lines == 3 and report.empty == [2] and report.bad == []
+
+
+def test_infer_reads_carriage_returns_as_the_data_pipeline_does(tmp_path):
+  """tf.data's line reader (eval's and training's text_to_text input) drops every CR, a
+  stray one inside a line too; infer kept it (SentencePiece read it as a space: other ids,
+  another prediction for the same input)."""
+  import io
+  import tensorflow as tf
+  from t5x_lite import infer
+  data = b'mid\rcr line\r\n\rlead\nCRLF line\r\ntwo\r\r\nend\r'
+  (tmp_path / 'in.txt').write_bytes(data)
+  pipeline_lines = [x.decode() for x in
+                    tf.data.TextLineDataset(str(tmp_path / 'in.txt')).as_numpy_iterator()]
+  got = infer.read_examples(io.BytesIO(data), infer.Report())
+  assert [text for _, text, _ in got] == pipeline_lines == [
+      'midcr line', 'lead', 'CRLF line', 'two', 'end']
 
 
 def test_infer_skips_invalid_text_and_reads_gzip(workdir, tmp_path, monkeypatch, capsys):

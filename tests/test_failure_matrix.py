@@ -51,10 +51,14 @@ def _eval_steps(steps, split='validation'):
   return body
 
 
-def _infer(**kwargs):
+def _infer(input_name='input.txt', output_name='-', **kwargs):
   def body(config, workdir):
     from t5x_lite import infer
-    infer.run_infer(config, workdir, os.path.join(workdir, 'no_such_input.txt'), **kwargs)
+    with open(os.path.join(workdir, 'input.txt'), 'w') as f:
+      f.write('a prompt\n')
+    infer.run_infer(config, workdir, os.path.join(workdir, input_name),
+                    output_name if output_name == '-' else os.path.join(workdir, output_name),
+                    **kwargs)
   return body
 
 
@@ -141,6 +145,11 @@ ROWS = {
     'optimizer_schedule_unknown': (_train, ['--config.optimizer.schedule=linear'],
                                    'config.optimizer.schedule'),
     'optimizer_b1_out_of_range': (_train, ['--config.optimizer.b1=1.5'], 'config.optimizer.b1'),
+    # was an OverflowError traceback from jax.random.PRNGKey / a tf error naming no field
+    'train_seed_too_large': (_train, ['--config.train.seed=100000000000000000000'],
+                             'config.train.seed'),
+    'data_seed_too_large': (_train, ['--config.data.seed=100000000000000000000'],
+                            'config.data.seed'),
     'model_family_unknown': (_train, ['--config.model.family=transformer'],
                              'config.model.family'),
     'model_positions_shorter_than_rows': (
@@ -189,6 +198,11 @@ ROWS = {
                                        'does not generate'),
     'infer_bad_sampling': (_infer(temperature=-1.0), [], '--temperature=-1.0'),
     'infer_no_checkpoint': (_infer(), [], 'has no checkpoint'),
+    # Both were a bare "[Errno 2] No such file or directory", the output's after loading.
+    'infer_input_missing': (_infer(input_name='no_such_input.txt'), [],
+                            'no_such_input.txt: no such file'),
+    'infer_output_directory_missing': (_infer(output_name='no_dir/out.jsonl'), [],
+                                       'out.jsonl: no directory'),
     # ---- plan
     'plan_mesh_too_big': (_plan(num_devices=4), ['--config.partitioning.mesh.fsdp=8',
                                                  '--config.partitioning.mesh.data=1'], 'mesh'),
