@@ -9,6 +9,7 @@ import dataclasses
 import ml_collections
 
 from t5x_lite import models
+from t5x_lite import optim
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -87,8 +88,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # AdamW: p -= lr * weight_decay * p per step. Adafactor (t5x's weight_decay_rate): p -=
   # weight_decay * p per step, not scaled by the rate: a far smaller value (docs/t5.md §6)
   o.weight_decay = 0.0
-  o.b1 = 0.9                        # AdamW's moment decays; Adafactor keeps T5's (no
-  o.b2 = 0.999                      # momentum, second-moment decay 1 - step^-0.8): train
+  o.b1 = optim.ADAMW_B1             # AdamW's moment decays; Adafactor keeps T5's (no
+  o.b2 = optim.ADAMW_B2             # momentum, second-moment decay 1 - step^-0.8): train
                                     # warns when they differ from these under adafactor
 
   # ---- partitioning ----

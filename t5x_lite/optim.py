@@ -34,6 +34,8 @@ from t5x_lite import tree_paths
 
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
 OPTIMIZERS = ('adafactor', 'adamw')
+# AdamW's moment decays, the config's defaults (configs/base.py reads them from here).
+ADAMW_B1, ADAMW_B2 = 0.9, 0.999
 
 
 def validate(opt_cfg) -> None:
@@ -313,7 +315,7 @@ def say_if_adamw_moments_unused(config) -> None:
   """optimizer.b1 / b2 are AdamW's moment decays: Adafactor keeps T5's (no momentum, decay
   1 - step^-0.8), so values other than the defaults would change nothing, silently."""
   o = config.optimizer
-  changed = [f'optimizer.{k}={o[k]}' for k, default in (('b1', 0.9), ('b2', 0.999))
+  changed = [f'optimizer.{k}={o[k]}' for k, default in (('b1', ADAMW_B1), ('b2', ADAMW_B2))
              if o.name == 'adafactor' and o[k] != default]
   if changed:
     print(f'[t5x_lite] warning: {" and ".join(changed)} unused under adafactor: b1 / b2 are '

@@ -327,6 +327,8 @@ def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
     saved = ckpts.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))['config']
     saved_opt, before = dict(saved['optimizer']), int(saved['train']['steps'])
+    if 'z_loss' not in saved_opt and 'z_loss' in saved['train']:  # train.z_loss until 2026-12-06
+      saved_opt['z_loss'] = saved['train']['z_loss']
   except Exception:  # noqa: BLE001 - only a notice: an old or odd checkpoint says nothing
     return
   o = config.optimizer

@@ -618,6 +618,30 @@ def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_pat
   assert 'settings other' not in proc.stdout  # as the checkpoint now says
 
 
+def test_a_resume_names_a_z_loss_change_against_a_checkpoint_from_before_it_moved(
+    uninterrupted, tmp_path):
+  """Checkpoints saved before 2026-12-06 keep z_loss as train.z_loss: a resume under the
+  new optimizer.z_loss still names the change (it compared nothing and said nothing)."""
+  from t5x_lite import checkpoint_integrity
+  ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / 'old_layout')
+  shutil.copytree(ref_dir, workdir)
+  step_dir = os.path.join(workdir, 'checkpoints', '12')
+  for d in os.listdir(os.path.join(workdir, 'checkpoints')):
+    if d.isdigit() and d != '12':
+      shutil.rmtree(os.path.join(workdir, 'checkpoints', d))
+  path = os.path.join(step_dir, 'config', 'metadata')
+  saved = json.load(open(path))
+  del saved['optimizer']['z_loss']
+  saved['train']['z_loss'] = 0.0  # the old layout, with z-loss off
+  json.dump(saved, open(path, 'w'))
+  checkpoint_integrity.write_manifest(step_dir)  # as if saved so
+  proc = run(workdir, '--config.train.steps=13')
+  assert 'restored step 12' in proc.stdout, proc.stdout
+  assert ("optimizer settings other than the checkpoint's: z_loss 0.0 -> 0.0001;"
+          in proc.stdout), proc.stdout
+
+
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
