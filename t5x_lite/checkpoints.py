@@ -189,7 +189,14 @@ class Checkpoints:
         raise self._failed(step, e) from None
 
   def check_for_errors(self) -> None:
-    """Raise CheckpointError if a background save has failed (cheap; call every step)."""
+    """Raise CheckpointError if a background save has failed (cheap; call every step).
+
+    Orbax keeps a failure of its finalize thread (the commit) until that thread is joined:
+    its own check_for_errors does not see it. So a save whose thread has ended is finished
+    here, raising its failure now rather than at the next save, a checkpoint period later."""
+    if self._unfinished is not None and not self.manager.is_saving_in_progress():
+      self._finish_unfinished()
+      return
     try:
       self.manager.check_for_errors()
     except Exception as e:
@@ -227,9 +234,11 @@ class Checkpoints:
 
   def check_compatible(self, step: int, abstract_state: TrainState, saved_tree,
                        model_cfg) -> None:
-    """Clear error if the saved state's shapes (`saved_state_tree`) differ from the config's,
-    naming the cause where the step says it: another layer layout (model.scan_layers), or
-    model fields other than those the step's config was saved with."""
+    """Clear error if the step's saved config describes another network than `model_cfg`
+    (runtime fields aside: same shapes can still mean another network, relu vs gelu, which
+    eval, infer and init_from refuse too), or the saved state's shapes (`saved_state_tree`)
+    differ from the config's, naming the cause where the step says it: another layer layout
+    (model.scan_layers), or the model fields that differ."""
     where, want = self.directory / str(step), abstract_state.as_dict()
     scanned = _has_scanned_layers(saved_tree.get('params', {}))
     if scanned != _has_scanned_layers(want['params']):
@@ -242,7 +251,7 @@ class Checkpoints:
               f'{self.directory}) to start fresh.')
     saved, path = saved_config(os.fspath(where))
     cause = model_mismatch(saved.get('model', {}), model_cfg, path) if saved else ''
-    if cause and shape_mismatch(saved_tree, want):
+    if cause:
       raise ValueError(f'checkpoint {where} does not match this config: {cause}; {advice}')
     check_shapes(where, saved_tree, want, advice[0].upper() + advice[1:])
 
@@ -477,6 +486,23 @@ def check_init_from(config, workdir: str) -> None:
   (seconds, a minute on a busy host), unless the workdir has a checkpoint (which wins)."""
   if config.init_from and not integrity.step_dirs(os.path.join(workdir, 'checkpoints')):
     check_init_source(config)
+
+
+def check_fresh_start(config, workdir: str) -> None:
+  """ValueError if the workdir has no checkpoint but holds another network's run (its
+  config.json): a fresh start would overwrite that run's config.json, metrics.jsonl and
+  TensorBoard events. A run of the same network killed before its first checkpoint starts
+  again as before."""
+  if integrity.step_dirs(os.path.join(workdir, 'checkpoints')):
+    return  # a resume: check_compatible compares the step's own config
+  path = os.path.join(workdir, 'config.json')
+  saved, _ = saved_config(workdir) if os.path.isfile(path) else (None, '')
+  mismatch = model_mismatch(saved.get('model', {}), config.model, path) if saved else ''
+  if mismatch:
+    raise ValueError(f'--workdir={workdir} holds another run without a checkpoint: {mismatch}; '
+                     'a fresh start would overwrite its config.json, metrics.jsonl and '
+                     'TensorBoard events: use a new --workdir, or delete those files to '
+                     'start over there.')
 
 
 def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):

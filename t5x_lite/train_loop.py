@@ -395,6 +395,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   if jax.process_index() == 0:  # one job per workdir (its processes share it)
     held.enter_context(workdir_lock(workdir))
   checkpoints.check_init_from(config, workdir)  # a bad one fails before anything is built
+  checkpoints.check_fresh_start(config, workdir)
   mesh = partitioning.create_mesh(config.partitioning)
   trainer = trainer_lib.Trainer(config, mesh)
   pid, nproc = jax.process_index(), jax.process_count()

@@ -52,3 +52,33 @@ def test_documents_longer_than_65536_tokens_keep_one_aligned_chunk():
     starts[int(c[0]) - 1] += 1
   assert len(starts) == 3                               # every aligned chunk can be chosen
   np.testing.assert_array_equal(out[-1], short_doc.numpy())
+
+
+def test_prefix_lm_examples_each_come_from_one_document():
+  """T5's prefix_lm splits each document on its own (no reduce_concat_tokens): an example's
+  inputs + targets are exactly one document's next chunk of min(inputs_length,
+  targets_length) tokens, its last chunk shorter. (Pieces were cut from 128 documents
+  concatenated without a separator, so an example's targets ran on into another document.)"""
+  vocab = vocab_lib.Vocabulary(os.path.join(ROOT, 'data/vocab/shakespeare_1k.model'))
+  docs = blank_line_documents(os.path.join(ROOT, 'data/corpus/validation.txt'))
+  for family, il, tl in (('encoder_decoder', 16, 12), ('decoder', 10, 10)):
+    cfg = data_config(objective='prefix_lm', inputs_length=il, targets_length=tl, pack=True,
+                      num_virtual_shards=1)
+    cfg.model.family = family
+    length = min(il, tl)
+    want = [t[j:j + length] for t in vocab.encode_batch(docs) for j in range(0, len(t), length)]
+    got = []
+    for b in pipeline.get_dataset(cfg, 'validation', batch_size=64):
+      if family == 'decoder':
+        rows = zip(b['decoder_target_tokens'], b['decoder_segment_ids'],
+                   b['decoder_loss_weights'])
+        for r, s, w in rows:
+          for k in range(1, int(s.max()) + 1):
+            t, n_in = r[s == k], int(np.argmax(w[s == k] > 0))
+            got.append(t[:n_in - 1].tolist() + t[n_in:-1].tolist())
+      else:
+        for ri, rt, si, st in zip(b['encoder_input_tokens'], b['decoder_target_tokens'],
+                                  b['encoder_segment_ids'], b['decoder_segment_ids']):
+          got.extend(i[:-1].tolist() + t[:-1].tolist()
+                     for i, t in zip(segments(ri, si), segments(rt, st)))
+    assert got == want, (family, next((g, w) for g, w in zip(got, want) if g != w))

@@ -415,6 +415,12 @@ def test_help_lists_the_commands_main_flags(command, names):
                                r'differs from .*checkpoints/12/config/metadata \(64\); resume '
                                r'with the config it was saved with, or use a new --workdir .* '
                                r'to start fresh\.$'),
+    # same shapes, another network: was resumed silently, config.json overwritten
+    ("--config.model.mlp_activations=('relu','linear')",
+     r"checkpoints/12 does not match this config: config.model.mlp_activations=\('relu', "
+     r"'linear'\) differs from .*checkpoints/12/config/metadata \(\['gelu', 'linear'\]\); "
+     r"resume with the config it was saved with"),
+    ('--config.model.norm_eps=1e-5', r'config.model.norm_eps=1e-05 differs from'),
     # another layer layout: named, with the flag that resumes it (was 274 leaves, 'None')
     ('--config.model.scan_layers=True', r'holds its layers one by one \(model.scan_layers='
                                         r'False\), this config the other way: resume with '
@@ -424,10 +430,32 @@ def test_incompatible_checkpoint_names_the_cause(uninterrupted, tmp_path, overri
   ref_dir, _ = uninterrupted
   workdir = str(tmp_path / 'incompatible')
   shutil.copytree(ref_dir, workdir)
+  config_json = open(os.path.join(workdir, 'config.json')).read()
   proc = run(workdir, '--config.train.steps=20', override, check=False)
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert re.search(message, last), last
+  assert open(os.path.join(workdir, 'config.json')).read() == config_json
+  assert checkpoint_steps(workdir) == [4, 8, 12]
+
+
+def test_a_fresh_start_does_not_take_over_another_networks_run(uninterrupted, tmp_path):
+  """A workdir whose run left no checkpoint (killed before its first) but holds another
+  network's config.json: refused, nothing overwritten (its metrics.jsonl was cut to the new
+  run's lines, its config.json replaced). The same network starts again as before."""
+  ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / 'no_checkpoint')
+  shutil.copytree(ref_dir, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+  before = {f: open(os.path.join(workdir, f)).read() for f in ('config.json', 'metrics.jsonl')}
+  proc = run(workdir, '--config.train.steps=2', '--config.model.d_ff=96', check=False)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert re.search(r'--workdir=.* holds another run without a checkpoint: config.model.d_ff=96 '
+                   r'differs from .*config.json \(64\); a fresh start would overwrite', last), last
+  assert {f: open(os.path.join(workdir, f)).read() for f in before} == before
+  proc = run(workdir, '--config.train.steps=2')
+  assert 'fresh start from seed 0' in proc.stdout
 
 
 @pytest.mark.parametrize('override,message', [

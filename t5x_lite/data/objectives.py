@@ -6,7 +6,10 @@ Owns: turning a stream of token documents into examples `{'inputs', 'targets'}` 
   pieces           per source, before a mixture: documents -> token pieces of an example's
                    raw length (`piece_length`): EOS after each document (mlm, causal_lm),
                    concatenate groups of 128 documents, split; span corruption first keeps
-                   one random chunk of an over-long document. text_to_text: records as read.
+                   one random chunk of an over-long document. prefix_lm (as T5's, which
+                   has no reduce_concat_tokens) splits each document on its own, so an
+                   example never runs from one document into the next. text_to_text:
+                   records as read.
   then, after the mixture, per piece:
   span_corruption  T5: noise spans -> unique sentinels (`span_corruption_lengths`)
   mlm              BERT: 15% of non-special positions (or whole words) selected,
@@ -14,7 +17,8 @@ Owns: turning a stream of token documents into examples `{'inputs', 'targets'}` 
   iid_noise        T5's BERT-style objective (iid_15_r10s90_f): iid 15% noise, each noise
                    token -> random id (p 0.1) or <extra_id_0>; targets = original + EOS
   causal_lm        the piece is the targets
-  prefix_lm        split at k ~ U[1, L-1]: inputs = x[:k] + EOS, targets = x[k:] + EOS
+  prefix_lm        split at k ~ U[1, L-1]: inputs = x[:k] + EOS, targets = x[k:] + EOS,
+                   where x is one document's piece
   text_to_text     (inputs, targets) records, truncated to fit, EOS appended
 
 Mixtures sample pieces, so a mixture's rates weight examples as seqio's do (its tasks'
@@ -166,15 +170,26 @@ def select_random_chunk(ds, seed, max_length: int = MAX_DOC_TOKENS, on_cut=None,
 
 
 def concat_and_split(ds, length: int, *, append_eos: bool = False,
-                     docs_per_group: int = DOCS_PER_GROUP):
+                     within_documents: bool = False, docs_per_group: int = DOCS_PER_GROUP):
   """Concatenates groups of documents (optionally each followed by EOS) and splits the
-  stream into pieces of `length` tokens; the shorter last piece of a group is kept."""
+  stream into pieces of `length` tokens; the shorter last piece of a group is kept. With
+  `within_documents` each document is split on its own (its shorter last piece kept): no
+  piece holds tokens of two documents.
+
+  Worked example, length 3, documents [5 6 7 8] and [9 10]: concatenated, [5 6 7] [8 9 10];
+  within documents, [5 6 7] [8] [9 10].
+  """
   if append_eos:
     ds = ds.map(lambda x: tf.concat([x, [EOS]], 0))
   ds = ds.ragged_batch(docs_per_group)
 
   def split(batch):
     flat = batch.flat_values
+    if within_documents:  # piece j of a document of n tokens: min(length, n - j * length)
+      doc_lengths = tf.cast(batch.row_lengths(), tf.int64)
+      piece_index = tf.ragged.range((doc_lengths + length - 1) // length)
+      remaining = tf.gather(doc_lengths, piece_index.value_rowids()) - piece_index.flat_values * length
+      return tf.RaggedTensor.from_row_lengths(flat, tf.minimum(remaining, length))
     n = tf.size(flat, out_type=tf.int64)
     full = n // length
     rem = n - full * length
@@ -204,10 +219,11 @@ def pieces(ds, objective: str, length: int, *, seed=(0, 0), source: int = 0, on_
   mixture) gives each source its own random chunks."""
   if objective == 'text_to_text':
     return ds
-  if objective == 'span_corruption':
+  if objective in ('span_corruption', 'prefix_lm'):
     ds = ds.filter(lambda x: tf.size(x) > 0)
     ds = select_random_chunk(ds, seed, on_cut=on_cut, salt=101 + 1000 * source)
-  return concat_and_split(ds, length, append_eos=objective in ('mlm', 'causal_lm'))
+  return concat_and_split(ds, length, append_eos=objective in ('mlm', 'causal_lm'),
+                          within_documents=objective == 'prefix_lm')
 
 
 def span_corruption(ds, *, vocab_size: int, noise_density: float = 0.15,
