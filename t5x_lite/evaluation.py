@@ -41,10 +41,13 @@ def _trim_event_files(directory: str, resume_step: int) -> None:
       cut = True
     kept = [r for r in records if tf.compat.v1.Event.FromString(r).step <= resume_step]
     if cut or len(kept) < len(records):
-      with tf.io.TFRecordWriter(path + '.tmp') as writer:
+      # Not path + '.tmp': a kill before the rename would leave a file TensorBoard (and the
+      # next trim) reads as events too ('tfevents' in its name), drawing steps twice.
+      tmp = os.path.join(directory, 'trimming.tmp')
+      with tf.io.TFRecordWriter(tmp) as writer:
         for record in kept:
           writer.write(record)
-      os.replace(path + '.tmp', path)
+      os.replace(tmp, path)
 
 
 class MetricsLog:

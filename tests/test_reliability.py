@@ -377,6 +377,22 @@ def test_a_resume_drops_later_steps_from_metrics_and_tensorboard(tmp_path):
   with open(events[0], 'ab') as f:
     f.write(b'\x20\x00\x00\x00\x00')  # the start of a record the kill cut short
   time.sleep(1.1)  # event file names carry the second they were created in
+  # A kill between a trim's write and its rename: what it leaves must not read as events.
+  real_replace = os.replace
+
+  def killed(src, dst):
+    if 'tfevents' in os.path.basename(dst):
+      raise KeyboardInterrupt('killed before the rename')
+    real_replace(src, dst)  # metrics.jsonl's
+  os.replace = killed
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      MetricsLog(workdir, resume_step=3, enabled=True)
+  finally:
+    os.replace = real_replace
+  from tensorboard.backend.event_processing import io_wrapper
+  assert [n for n in os.listdir(os.path.join(workdir, 'tensorboard'))
+          if io_wrapper.IsSummaryEventsFile(n)] == [os.path.basename(events[0])]
   resumed = MetricsLog(workdir, resume_step=3, enabled=True)
   for step in (4, 5):
     resumed.write(step, {'loss': 10.0 * step})
