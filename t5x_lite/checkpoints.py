@@ -496,7 +496,10 @@ def check_fresh_start(config, workdir: str) -> None:
   if integrity.step_dirs(os.path.join(workdir, 'checkpoints')):
     return  # a resume: check_compatible compares the step's own config
   path = os.path.join(workdir, 'config.json')
-  saved, _ = saved_config(workdir) if os.path.isfile(path) else (None, '')
+  try:
+    saved, _ = saved_config(workdir) if os.path.isfile(path) else (None, '')
+  except ValueError:  # not JSON (cut short by a kill before writes were atomic): no run to keep
+    saved = None
   mismatch = model_mismatch(saved.get('model', {}), config.model, path) if saved else ''
   if mismatch:
     raise ValueError(f'--workdir={workdir} holds another run without a checkpoint: {mismatch}; '

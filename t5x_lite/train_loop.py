@@ -433,9 +433,10 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   if resumed:
     _say_what_the_resume_changes(config, ckpts, start)
   config_dict = _config_dict(config)
-  if pid == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+  if pid == 0:  # atomic: a kill mid-write leaves the old file, never a cut one
+    with open(os.path.join(workdir, 'config.json.tmp'), 'w') as f:
       json.dump(config_dict, f, indent=2)
+    os.replace(os.path.join(workdir, 'config.json.tmp'), os.path.join(workdir, 'config.json'))
   metrics_log = evaluation.MetricsLog(workdir, start, enabled=pid == 0)
   device = jax.devices()[0]
   peak = accounting.peak_flops_per_device(device.device_kind, peak_flops)

@@ -456,6 +456,13 @@ def test_a_fresh_start_does_not_take_over_another_networks_run(uninterrupted, tm
   assert {f: open(os.path.join(workdir, f)).read() for f in before} == before
   proc = run(workdir, '--config.train.steps=2')
   assert 'fresh start from seed 0' in proc.stdout
+  # A config.json cut short (by a kill, before its write was atomic) holds no run to keep.
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+  text = open(os.path.join(workdir, 'config.json')).read()
+  open(os.path.join(workdir, 'config.json'), 'w').write(text[:len(text) // 2])
+  proc = run(workdir, '--config.train.steps=1', '--config.model.d_ff=96')
+  assert 'fresh start from seed 0' in proc.stdout
+  assert json.load(open(os.path.join(workdir, 'config.json')))['model']['d_ff'] == 96
 
 
 @pytest.mark.parametrize('override,message', [
