@@ -219,12 +219,17 @@ def report_error(e: BaseException, name: str = '') -> None:
 
 
 def call(body: Callable[[], None], name: str = '') -> int:
-  """Run `body` under the error contract: 0, or 1 after one `error:` line on stderr."""
+  """Run `body` under the error contract: 0, or 1 after one `error:` line on stderr; a
+  Ctrl-C that reaches here (start-up, eval, infer: training's steps stop at a checkpoint
+  instead) is one line and the shell's status 130, not a traceback."""
   try:
     body()
   except USER_ERRORS as e:
     report_error(e, name)
     return 1
+  except KeyboardInterrupt:
+    print(f'{name + ": " if name else ""}interrupted (Ctrl-C).', file=sys.stderr, flush=True)
+    return 130
   return 0
 
 

@@ -154,6 +154,29 @@ def test_a_ctrl_c_python_drops_during_start_up_still_stops_the_run(tmp_path, mon
   assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
+def test_a_ctrl_c_during_start_up_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+  """A Ctrl-C that stops start-up reaches the command wrapper: one line and the shell's
+  status 130 (it was a Python traceback), no checkpoint, SIGINT's handler restored."""
+  from t5x_lite import checkpoints, cli, train_loop
+
+  def interrupted(*args):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(10)  # the handler raises KeyboardInterrupt here
+    raise AssertionError('no KeyboardInterrupt during start-up')
+  monkeypatch.setattr(checkpoints, 'restore_or_init', interrupted)
+  monkeypatch.chdir(ROOT)
+  workdir = str(tmp_path / 'w')
+  before = signal.getsignal(signal.SIGINT)
+  try:
+    status = cli.call(lambda: train_loop.train(config_from_flags(TINY), workdir), 'train')
+  except KeyboardInterrupt:  # (would end the whole pytest session if let through)
+    pytest.fail('the Ctrl-C escaped cli.call as a KeyboardInterrupt (a traceback)')
+  assert status == 130
+  assert capsys.readouterr().err.strip().splitlines()[-1] == 'train: interrupted (Ctrl-C).'
+  assert checkpoint_steps(workdir) == []
+  assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_log_line_averages_the_steps_of_its_window(uninterrupted, tmp_path):
   """log_every=5 on the uninterrupted run's config (logged every step there): each line's
   loss and gradient norm are the means of its window's per-step values, accuracy and z-loss
