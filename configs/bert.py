@@ -32,4 +32,7 @@ def get_config(size: str = 'base'):
   cfg.optimizer.z_loss = 0.0  # a T5 (t5x) regulariser: BERT trained without it
   if size != 'tiny':
     cfg.train.steps = 1_000_000
+    # BERT's dropout 0.1 on every layer (paper §A.2, transformers' BertConfig). The tiny size,
+    # a smoke-test model, stays deterministic.
+    cfg.model.dropout_rate = 0.1
   return cfg

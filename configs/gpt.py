@@ -33,4 +33,5 @@ def get_config(size: str = 'small'):
   cfg.optimizer.z_loss = 0.0  # a T5 (t5x) regulariser: GPT-2 trained without it
   if size != 'tiny':
     cfg.train.steps = 600_000
+    cfg.data.targets_length = 1024  # nanoGPT's block_size: rows fill the position table
   return cfg

@@ -396,3 +396,18 @@ def test_bfloat16_and_sharded_checkpoints(tmp_path):
   np.testing.assert_array_equal(params['decoder']['layers_1']['mlp']['wi']['kernel'], ref)
   ref = model.transformer.wte.weight.float().detach().numpy()
   np.testing.assert_array_equal(params['token_embedder']['embedding'], ref)
+
+
+def test_recipe_configs_keep_the_reference_models_dropout_and_context():
+  """The pretraining recipes the config files name, against transformers' defaults for the
+  same models: BERT-base (dropout 0.1 on every layer; the config had none), T5 v1.0 (dropout
+  0.1; v1.1 turned it off), GPT-2 small (1024-token rows, its position table; the config
+  trained on the base's 114-token rows)."""
+  bert, reference = bert_config.get_config('base'), transformers.BertConfig()
+  assert bert.model.dropout_rate == reference.hidden_dropout_prob == (
+      reference.attention_probs_dropout_prob)
+  assert t5_v1_0_base.get_config().model.dropout_rate == transformers.T5Config().dropout_rate
+  assert t5_v1_1.get_config('small').model.dropout_rate == 0.0
+  gpt = gpt_config.get_config('small')
+  assert gpt.data.targets_length == gpt.model.max_position_embeddings == (
+      transformers.GPT2Config().n_positions)
