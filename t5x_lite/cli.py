@@ -154,6 +154,37 @@ def check_override(config, flag_name: str, path: str) -> None:
     raise FlagError(f'--{flag_name}.{path}: {owner} has no field {key!r}{hint}')
 
 
+def _field_key(config, path: str):
+  """What an override of `path` sets: the FieldReference it shares with other paths
+  (`checkpoint.period` is `train.checkpoint_every`), else the path itself."""
+  *sections, key = path.split('.')
+  node = config
+  for section in sections:
+    node = node[section]
+  field = node._fields.get(key)  # pylint: disable=protected-access
+  return id(field) if isinstance(field, ml_collections.FieldReference) else path
+
+
+def _check_one_value_per_field(config, flag_name: str, overrides: List[str]) -> None:
+  """One field overridden twice: absl keeps the last, as for any repeated flag (wrapper
+  scripts rely on it), and we say so. Both names of a linked field set to different values
+  is a FlagError: which one wins would be an accident of their order."""
+  settings = {}  # field -> the override that set it so far
+  for arg in overrides:
+    if '=' not in arg:
+      continue  # the `--config.a.b value` form: absl reports it
+    path, value = arg[len(flag_name) + 3:].split('=', 1)
+    earlier = settings.setdefault(_field_key(config, path), arg)
+    earlier_path, earlier_value = earlier.split('=', 1)
+    if value != earlier_value and earlier_path != f'--{flag_name}.{path}':
+      raise FlagError(f'{earlier} and {arg} set one field to two values ({earlier_path[2:]} '
+                      f'and {flag_name}.{path} are linked: one value); give one.')
+    if value != earlier_value:
+      print(f'[t5x_lite] {earlier_path} is given more than once: {arg} replaces {earlier}.',
+            file=sys.stderr)
+    settings[_field_key(config, path)] = arg
+
+
 def _check_config_flags(argv: List[str], flag_values) -> None:
   """Load each config-file flag's file and check its overrides, before absl parses them."""
   for name in list(flag_values):
@@ -168,9 +199,10 @@ def _check_config_flags(argv: List[str], flag_values) -> None:
     if argument is None:
       continue  # required-ness is checked by absl (mark_flags_as_required) or the command
     config = _load_config_file(argument, flag.parser)
-    for arg in argv:
-      if arg.startswith(f'--{name}.'):
-        check_override(config, name, arg[len(name) + 3:].split('=', 1)[0])
+    overrides = [a for a in argv if a.startswith(f'--{name}.')]
+    for arg in overrides:
+      check_override(config, name, arg[len(name) + 3:].split('=', 1)[0])
+    _check_one_value_per_field(config, name, overrides)
 
 
 def _from_repo_root(argument: str) -> str:

@@ -125,6 +125,10 @@ ROWS = {
     'override_wrong_type_float': (_train, ['--config.optimizer.learning_rate=fast'],
                                   '--config.optimizer.learning_rate'),
     'override_wrong_type_bool': (_train, ['--config.data.pack=maybe'], '--config.data.pack'),
+    'override_both_names_of_a_field': (_train, ['--config.checkpoint.period=3',
+                                                '--config.train.checkpoint_every=5'],
+                                       'config.checkpoint.period and config.train.'
+                                       'checkpoint_every are linked'),
     # ---- train: whole-config validation, before anything compiles
     'train_steps_zero': (_train, ['--config.train.steps=0'], 'config.train.steps'),
     'train_batch_size_negative': (_train, ['--config.train.batch_size=-8'],
@@ -280,6 +284,15 @@ def test_failure_matrix_row(row, files, monkeypatch, capsys):
   assert cli.call(command) == 1
   _assert_one_error_line(capsys.readouterr().err, expected.format(**files))
   _assert_no_checkpoint(workdir)
+
+
+def test_an_override_given_twice_keeps_the_last_and_says_so(monkeypatch, capsys):
+  monkeypatch.chdir(ROOT)
+  config, _ = _parse(['--config.train.steps=3', '--config.checkpoint.period=7',
+                      '--config.train.steps=5', '--config.train.checkpoint_every=7'], monkeypatch)
+  assert (config.train.steps, config.train.checkpoint_every, config.checkpoint.period) == (5, 7, 7)
+  assert ('--config.train.steps is given more than once: --config.train.steps=5 replaces '
+          '--config.train.steps=3.') in capsys.readouterr().err
 
 
 def test_matrix_covers_every_command():
