@@ -25,10 +25,11 @@ def get_config(size: str = 'small'):
   cfg.model.d_kv = cfg.model.get_ref('d_model') // cfg.model.get_ref('num_heads')
   cfg.model.d_ff = 4 * cfg.model.get_ref('d_model')
   cfg.data.objective = 'causal_lm'
-  # nanoGPT's GPT-2 (124M) run: 600k steps, 2000 warmup. The tiny size keeps the base's
-  # 1000 steps with a warmup that leaves room for the cosine to decay.
+  # nanoGPT's GPT-2 (124M) run: 600k steps, 2000 warmup, cosine to min_lr 6e-5. The tiny
+  # size keeps the base's 1000 steps with a warmup that leaves room for the cosine to decay.
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=6e-4,
-                            warmup_steps=2000 if size != 'tiny' else 100, weight_decay=0.1,
+                            min_learning_rate=6e-5, weight_decay=0.1,
+                            warmup_steps=2000 if size != 'tiny' else 100,
                             b2=0.95, clip_grad_norm=1.0))
   cfg.optimizer.z_loss = 0.0  # a T5 (t5x) regulariser: GPT-2 trained without it
   if size != 'tiny':

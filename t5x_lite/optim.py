@@ -22,7 +22,8 @@ d_kv < 128. So Adafactor sees those kernels through `matrix_view`, as T5 does.
 Schedules (`config.optimizer.schedule`):
     rsqrt:    lr = peak * sqrt(warmup / max(step, warmup))   (T5: peak 0.01, warmup 10k
               gives 1/sqrt(max(step, 10000)): constant 0.01, then inverse square root)
-    cosine:   linear warmup 0 -> peak over `warmup_steps`, cosine to 0 at `decay_steps`
+    cosine:   linear warmup 0 -> peak over `warmup_steps`, cosine down to
+              `min_learning_rate` at `decay_steps`, held there after (nanoGPT: peak / 10)
     constant: lr = peak (fine-tuning: 1e-3)
 """
 import jax
@@ -54,12 +55,20 @@ def validate(opt_cfg) -> None:
   if opt_cfg.decay_steps < 0:
     raise ValueError(f'config.optimizer.decay_steps={opt_cfg.decay_steps} must be >= 0 '
                      '(0 = train.steps).')
+  if not 0 <= opt_cfg.min_learning_rate <= opt_cfg.learning_rate:  # NaN fails too
+    raise ValueError(f'config.optimizer.min_learning_rate={opt_cfg.min_learning_rate} must be '
+                     f'in [0, optimizer.learning_rate={opt_cfg.learning_rate}].')
+  if opt_cfg.min_learning_rate and opt_cfg.schedule != 'cosine':
+    raise ValueError(f'config.optimizer.min_learning_rate={opt_cfg.min_learning_rate} is the '
+                     f'cosine schedule\'s floor; schedule={opt_cfg.schedule!r} has none (set it '
+                     'to 0).')
   if (opt_cfg.schedule == 'cosine' and opt_cfg.decay_steps and
       opt_cfg.decay_steps <= opt_cfg.warmup_steps):
     # optax's decay_steps counts the warmup: the cosine needs at least one step after it.
     raise ValueError(f'config.optimizer.decay_steps={opt_cfg.decay_steps} must be > '
                      f'optimizer.warmup_steps={opt_cfg.warmup_steps} (the cosine decays from '
-                     'the end of the warmup to 0 at decay_steps, warmup included).')
+                     'the end of the warmup to min_learning_rate at decay_steps, warmup '
+                     'included).')
 
 
 def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
@@ -72,7 +81,8 @@ def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     return rsqrt
   if opt_cfg.schedule == 'cosine':
     decay_steps = int(opt_cfg.decay_steps or total_steps)
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(decay_steps, warmup + 1))
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(decay_steps, warmup + 1),
+                                              end_value=float(opt_cfg.min_learning_rate))
   return optax.constant_schedule(peak)
 
 
@@ -278,8 +288,9 @@ def state_shardings(tx, abstract_params, param_shardings, mesh, matrix_views: bo
 
 # ------------------------------------------------ start-up warnings (train prints them)
 def say_if_the_schedule_idles(config) -> None:
-  """A cosine schedule rises over its warmup, then decays to 0 at decay_steps (0 = train.steps):
-  a warmup as long as that only ever warms up, and steps past decay_steps train at rate 0."""
+  """A cosine schedule rises over its warmup, then decays to min_learning_rate at decay_steps
+  (0 = train.steps): a warmup as long as that only ever warms up, and steps past decay_steps
+  train at the floor (at rate 0 without one)."""
   o = config.optimizer
   if o.schedule != 'cosine':
     return
@@ -290,7 +301,7 @@ def say_if_the_schedule_idles(config) -> None:
     print(f'[t5x_lite] warning: the cosine schedule\'s warmup (optimizer.warmup_steps='
           f'{o.warmup_steps}) is not shorter than {what}: the learning rate only rises and '
           'never decays in this run.', flush=True)
-  elif horizon < config.train.steps:
+  elif horizon < config.train.steps and not o.min_learning_rate:
     print(f'[t5x_lite] warning: the cosine schedule reaches learning rate 0 at optimizer.'
           f'decay_steps={horizon}, before train.steps={config.train.steps}: the steps after '
           f'{horizon} leave the params unchanged (decay_steps=0 decays over train.steps).',

@@ -329,6 +329,7 @@ def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
     saved_opt, before = dict(saved['optimizer']), int(saved['train']['steps'])
     if 'z_loss' not in saved_opt and 'z_loss' in saved['train']:  # train.z_loss until 2026-12-06
       saved_opt['z_loss'] = saved['train']['z_loss']
+    saved_opt.setdefault('min_learning_rate', 0.0)  # the cosine's floor until 2026-12-07
   except Exception:  # noqa: BLE001 - only a notice: an old or odd checkpoint says nothing
     return
   o = config.optimizer
@@ -361,10 +362,11 @@ def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
   if step < old:
     effect = (f'so the learning rate changes from step {max(step, warmup)} on; set '
               f'optimizer.decay_steps={old} to keep it')
-  else:  # the saved schedule is over: keeping it would train the new steps at rate 0
-    effect = (f'so the learning rate, 0 since step {old}, rises again for the new steps '
-              f'(optimizer.decay_steps={old} would keep it at 0: no step would change the '
-              'params)')
+  else:  # the saved schedule is over: keeping it would train the new steps at its floor
+    floor = o.min_learning_rate
+    effect = (f'so the learning rate, {floor:g} since step {old}, rises again for the new '
+              f'steps (optimizer.decay_steps={old} would keep it at {floor:g}'
+              f'{"" if floor else ": no step would change the params"})')
   print(f'[t5x_lite] warning: the cosine schedule decays over train.steps (optimizer.'
         f'decay_steps=0): it was {before} steps, now {config.train.steps}, {effect}.',
         flush=True)

@@ -614,7 +614,10 @@ def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
   cfg.optimizer.decay_steps = 101
   optim.say_if_the_schedule_idles(cfg)
   assert capsys.readouterr().out == ''
-  cfg.train.steps = 150  # steps 102-150 at learning rate 0: the params stop changing
+  cfg.train.steps = 150  # steps 102-150 at gpt.py's floor, min_learning_rate 6e-5: they train
+  optim.say_if_the_schedule_idles(cfg)
+  assert capsys.readouterr().out == ''
+  cfg.optimizer.min_learning_rate = 0.0  # at rate 0: the params stop changing
   optim.say_if_the_schedule_idles(cfg)
   assert ('the cosine schedule reaches learning rate 0 at optimizer.decay_steps=101, before '
           'train.steps=150: the steps after 101 leave the params unchanged') in (

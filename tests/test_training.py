@@ -302,25 +302,27 @@ def _smoothed_loss(logits, targets, weights, smoothing, z_loss):
   return jnp.sum(per_token * weights) / jnp.sum(weights)
 
 
-def _cosine_lr(step, peak, warmup, decay_steps):
+def _cosine_lr(step, peak, warmup, decay_steps, floor):
   if step < warmup:
     return peak * step / warmup
-  return peak * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (decay_steps - warmup)))
+  progress = min(step - warmup, decay_steps - warmup) / (decay_steps - warmup)
+  return floor + (peak - floor) * 0.5 * (1 + np.cos(np.pi * progress))
 
 
 def test_adamw_clipping_cosine_weight_decay_label_smoothing_match_numpy():
   """Four train steps against an independent computation: the loss and its gradient from
   the definition above, global-norm clipping, the warmup-cosine learning rate and AdamW with
   decoupled weight decay (weight matrices only) in float64 numpy."""
-  peak, warmup, decay_steps, wd, smoothing, z_loss, b1, b2 = 1e-2, 2, 5, 1.0, 0.1, 1e-4, 0.9, 0.99
+  peak, warmup, decay_steps, wd, smoothing, z_loss, b1, b2 = 1e-2, 2, 4, 1.0, 0.1, 1e-4, 0.9, 0.99
+  floor = 4e-3  # the cosine's min_learning_rate: step 3 is on the cosine, step 4 on the floor
   cfg = tiny('gpt', 'causal_lm', targets_length=32)
   cfg.train.update(dict(steps=8, label_smoothing=smoothing))
   cfg.optimizer.z_loss = z_loss
   cfg.optimizer.update(dict(name='adamw', schedule='cosine', learning_rate=peak,
                             warmup_steps=warmup, decay_steps=decay_steps, weight_decay=wd,
-                            b1=b1, b2=b2))
+                            b1=b1, b2=b2, min_learning_rate=floor))
   it = pipeline.get_dataset(cfg, 'train')
-  batches = [next(it) for _ in range(4)]
+  batches = [next(it) for _ in range(5)]
   mesh = partitioning.create_mesh(cfg.partitioning, jax.devices()[:1])
   unclipped = trainer_lib.Trainer(cfg, mesh)
 
@@ -348,7 +350,7 @@ def test_adamw_clipping_cosine_weight_decay_label_smoothing_match_numpy():
     loss, g = ref_grad(jax.tree.map(lambda x: x.astype(np.float32), p), b)
     g = jax.tree.map(lambda x: np.asarray(x, np.float64), g)
     norm = np.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(g)))
-    lr = _cosine_lr(t, peak, warmup, decay_steps)
+    lr = _cosine_lr(t, peak, warmup, decay_steps, floor)
     np.testing.assert_allclose(float(metrics['loss']), float(loss), rtol=1e-5, err_msg=t)
     np.testing.assert_allclose(float(metrics['grad_norm']), norm, rtol=1e-5, err_msg=t)
     np.testing.assert_allclose(float(metrics['learning_rate']), lr, rtol=1e-6, atol=1e-12,
