@@ -53,6 +53,24 @@ def get(name: str) -> Family:
   return FAMILIES[name]
 
 
+def layer_counts(model_config) -> Dict[str, int]:
+  """Layers per stack that runs ('encoder', 'decoder'; 0 if absent): a decoder-only model
+  ignores num_encoder_layers (a T5 config switched to family='decoder' keeps its value)."""
+  family = get(model_config.family)
+  return dict(encoder=int(model_config.num_encoder_layers) if family.has_encoder else 0,
+              decoder=int(model_config.num_decoder_layers) if family.has_decoder else 0)
+
+
+def unused_layer_counts(model_config) -> str:
+  """A note naming a layer count the family ignores (non-zero, of a stack it lacks), or ''."""
+  family, counts = get(model_config.family), layer_counts(model_config)
+  given = {stack: getattr(model_config, f'num_{stack}_layers') for stack in counts}
+  unused = [f'config.model.num_{stack}_layers={given[stack]}' for stack in counts
+            if given[stack] and not counts[stack]]
+  return (f'{" and ".join(unused)} is unused: family={family.name!r} has no such stack.'
+          if unused else '')
+
+
 OBJECTIVES = ('span_corruption', 'mlm', 'iid_noise', 'causal_lm', 'prefix_lm', 'text_to_text')
 
 

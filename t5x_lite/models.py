@@ -179,7 +179,7 @@ def _inits(cfg: ModelConfig) -> dict:
   residual output projections, attention `o` and MLP `wo`, at 0.02 / sqrt(2 x layers))."""
   if cfg.init_scheme != 't5':
     normal = nn.initializers.normal(0.02)
-    layers_deep = cfg.num_encoder_layers + cfg.num_decoder_layers  # one stack: GPT-2's n_layer
+    layers_deep = sum(families.layer_counts(cfg).values())  # one stack: GPT-2's n_layer
     residual = (nn.initializers.normal(0.02 / (2 * layers_deep) ** 0.5)
                 if cfg.init_scheme == 'gpt2' else normal)
     return dict(embed=normal, q=normal, kv=normal, o=residual, mlp_in=normal,

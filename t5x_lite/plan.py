@@ -10,6 +10,7 @@ from ml_collections import config_flags
 
 from t5x_lite import accounting
 from t5x_lite import cli
+from t5x_lite import families
 from t5x_lite import models
 from t5x_lite import validation
 
@@ -40,9 +41,12 @@ def report(config, num_devices: int, per_param: bool = False, name: str = '') ->
   flops = accounting.flops_per_token(config, boxed)
   mem = accounting.memory_per_device(config, num_devices, boxed)
   mcfg = models.ModelConfig.from_config(config.model)
+  layers = families.layer_counts(mcfg).values()  # encoder/decoder, 0 for an absent stack
   lines = [f'plan {name} family={mcfg.family} d_model={mcfg.d_model} d_ff={mcfg.d_ff} '
-           f'heads={mcfg.num_heads} d_kv={mcfg.d_kv} layers={mcfg.num_encoder_layers}/'
-           f'{mcfg.num_decoder_layers} vocab={mcfg.vocab_size}'.replace('  ', ' '), '']
+           f'heads={mcfg.num_heads} d_kv={mcfg.d_kv} layers={"/".join(map(str, layers))} '
+           f'vocab={mcfg.vocab_size}'.replace('  ', ' '), '']
+  if families.unused_layer_counts(mcfg):
+    lines[-1:-1] = [f'note: {families.unused_layer_counts(mcfg)}']
   lines.append(f'parameters: {counts["total"]:,} total '
                f'({counts["non_embedding"]:,} non-embedding, {counts["embedding"]:,} in '
                'embedding tables)')

@@ -390,6 +390,8 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
 
   # ---- set up: everything that can fail on a bad config fails before compiling
   validation.validate_config(config, jax.device_count())
+  if families.unused_layer_counts(config.model):
+    print(f'[t5x_lite] note: {families.unused_layer_counts(config.model)}', flush=True)
   optim.say_if_the_schedule_idles(config)
   optim.say_if_adafactor_decay_erases(config)
   optim.say_if_adamw_moments_unused(config)

@@ -109,6 +109,25 @@ def test_bert_and_gpt2_init_stds_are_transformers(name, tmp_path):
     assert abs(out.std() / (0.02 / np.sqrt(2 * layers)) - 1) < 0.05
 
 
+def test_the_absent_stacks_layer_count_changes_nothing():
+  """A decoder-only model ignores num_encoder_layers (a T5 config switched to GPT-2): its
+  params, GPT-2's depth-scaled residual init included, are those of num_encoder_layers=0,
+  and plan says the count is unused."""
+  from t5x_lite import families, plan
+  cfg = tiny_run.tiny_config('gpt', layers=2)
+  cfg.data.targets_length = 32  # within the position table
+  ours = leaves(init_params(models.ModelConfig.from_config(cfg.model), seed=1))
+  assert families.unused_layer_counts(cfg.model) == ''
+  cfg.model.num_encoder_layers = 6
+  switched = leaves(init_params(models.ModelConfig.from_config(cfg.model), seed=1))
+  for key, value in ours.items():
+    np.testing.assert_array_equal(switched[key], value, err_msg=key)
+  report = plan.report(cfg, 1, name='gpt')
+  assert 'layers=0/2 ' in report
+  assert ("note: config.model.num_encoder_layers=6 is unused: family='decoder' has no such "
+          'stack.') in report
+
+
 class DropoutCounter:
   """Counts the dropouts a forward pass applies (rate > 0, not deterministic), by the kind
   of module that applies them."""
