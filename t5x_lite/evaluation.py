@@ -172,7 +172,7 @@ def decode_split(config, model, params, split: str, steps: int,
   data.targets_length or with characters the vocabulary lacks); other objectives' are their
   ids decoded. The split is read as one stream, so
   examples come in file order: `steps` batches are the split's first steps x batch examples
-  (validation: at most one pass, also with data.eval_repeat).
+  (at most one pass, also of the train split and with data.eval_repeat).
   With `sample_seed`, they are instead drawn uniformly at random (that seed, without
   replacement) from all real examples of the split, kept in file order."""
   import numpy as np
@@ -184,7 +184,8 @@ def decode_split(config, model, params, split: str, steps: int,
     cfg.data.num_virtual_shards = 1  # file order (V streams would interleave parts of it)
     cfg.data.eval_repeat = False     # each example decoded once, however many steps asked
   texts = cfg.data.objective == 'text_to_text'
-  it = pipeline.get_dataset(cfg, split, batch_size=batch_size, keep_text=texts)
+  it = pipeline.get_dataset(cfg, split, batch_size=batch_size, keep_text=texts,
+                            in_order=True)  # the train split too: one unshuffled pass
   vocab, length = it.vocab, cfg.data.targets_length
   if sample_seed is not None:
     it = _sampled_batches(it, steps, sample_seed)

@@ -183,6 +183,11 @@ def shardings(boxed_tree, mesh: Mesh, rules):
                       is_leaf=lambda x: isinstance(x, P))
 
 
+# The model field that sizes each logical axis (named in a divisibility error).
+_SIZED_BY = {'vocab': 'vocab_size', 'embed': 'd_model', 'mlp': 'd_ff', 'heads': 'num_heads',
+             'kv': 'd_kv', 'relpos_buckets': 'relative_attention_num_buckets'}
+
+
 def validate_divisibility(abstract_boxed_tree, mesh, rules) -> None:
   """Every sharded dimension must divide the product of its mesh-axis sizes.
 
@@ -202,10 +207,13 @@ def validate_divisibility(abstract_boxed_tree, mesh, rules) -> None:
       axes = (axes,) if isinstance(axes, str) else axes
       parts = math.prod(axis_sizes[a] for a in axes)
       if size % parts:
+        field = _SIZED_BY.get(names[dim])
+        field = f' = config.model.{field}' if field else ''
         raise ValueError(
-            f'parameter {"/".join(path)} dimension {dim} ({names[dim]}, size {size}) is not divisible by '
-            f'mesh axes {axes} of size {parts}; change config.partitioning.mesh or the rule '
-            f'for {names[dim]!r} in config.partitioning.logical_axis_rules.')
+            f'parameter {"/".join(path)} dimension {dim} ({names[dim]}, size {size}{field}) is '
+            f'not divisible by mesh axes {axes} of size {parts}; change the size, config.'
+            f'partitioning.mesh or the rule for {names[dim]!r} in config.partitioning.'
+            'logical_axis_rules.')
 
 
 def split_batch(train_cfg, parts: int, over: str, microbatches: int = 1) -> int:
@@ -222,6 +230,23 @@ def split_batch(train_cfg, parts: int, over: str, microbatches: int = 1) -> int:
   if (rows // microbatches) % parts:
     raise ValueError(f'config.train.batch_size={rows}{per_micro} is not divisible by {over}.')
   return rows // microbatches // parts
+
+
+def stream_rows_problem(global_batch: int, num_streams: int) -> str:
+  """Why `global_batch` rows cannot be fed by `num_streams` input streams (data.
+  num_virtual_shards), or ''. Every stream feeds the same number of rows: a stream with none
+  would leave its part of the corpus unread, unequal blocks read some parts faster."""
+  if global_batch < 1:
+    return f'config.train.batch_size={global_batch} must be a positive integer.'
+  if num_streams < 1:
+    return f'data.num_virtual_shards={num_streams} must be at least 1.'
+  if global_batch % num_streams:
+    return (f'config.train.batch_size={global_batch} is not a multiple of '
+            f'data.num_virtual_shards={num_streams}: each stream (a part of the corpus) '
+            f'feeds an equal block of every batch; use a multiple of {num_streams} rows, '
+            f'or a data.num_virtual_shards that divides {global_batch} (a fresh run\'s '
+            'data order changes).')
+  return ''
 
 
 def microbatch_rows_per_device(config, axis_sizes: Dict[str, int]) -> int:

@@ -445,8 +445,10 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   device = jax.devices()[0]
   peak = accounting.peak_flops_per_device(device.device_kind, peak_flops)
   throughput = Throughput(config, jax.device_count(), peak)
+  processes = (f' in {jax.process_count()} processes (this one: {pid})'
+               if jax.process_count() > 1 else '')  # a mislaunched job shows here
   print(f'[t5x_lite] mesh {dict(mesh.shape)} on {jax.device_count()} {device.platform} '
-        f'device(s); {config.train.steps} steps of {config.train.batch_size} rows x '
+        f'device(s){processes}; {config.train.steps} steps of {config.train.batch_size} rows x '
         f'{throughput.tokens_per_row} tokens; MFU = 3 x forward matmul FLOPs (accounting.py) '
         f'/ peak{"" if peak else f" (peak unknown for {device.device_kind}: pass --peak_flops)"}.',
         flush=True)

@@ -65,6 +65,10 @@ def validate_portable(config, num_devices: int) -> None:
                      f'config.train.checkpoint_every={t.checkpoint_every} name one value but '
                      'differ (a config file replaced one of their sections, cutting the '
                      'link): set both, or update the section field by field.')
+  problem = partitioning.stream_rows_problem(int(t.batch_size),
+                                             int(config.data.num_virtual_shards))
+  if problem:
+    raise ValueError(problem)
   if int(config.checkpoint.keep) < 1:
     raise ValueError(f'config.checkpoint.keep={config.checkpoint.keep} must be >= 1.')
   o = config.optimizer

@@ -42,7 +42,9 @@ def runs(tmp_path_factory):
   proc = subprocess.run(['bash', 'launch/local_multiprocess.sh', multi, '2', '4', *overrides],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s)" in proc.stdout
+  assert ("mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 cpu device(s) in 2 processes (this "
+          'one: 0)') in proc.stdout  # process 0's log
+  assert 'in 2 processes (this one: 1)' in open(f'{multi}.process_1.log').read()
   return single, multi
 
 

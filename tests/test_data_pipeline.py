@@ -1,5 +1,6 @@
 """get_dataset: shapes, determinism, sharding, save/restore across processes, validation."""
 import collections
+import itertools
 import json
 import os
 import subprocess
@@ -195,6 +196,23 @@ def test_validation_is_one_finite_pass_with_a_padded_last_batch():
   cfg.data.eval_repeat = True
   it = pipeline.get_dataset(cfg, 'validation', batch_size=100)
   assert len(_take(it, 20)) == 20
+
+
+def test_the_train_split_in_order_is_one_unshuffled_pass():
+  """eval decodes --split=train from `in_order`: the train file's examples in file order,
+  each once (the train split alone is shuffled and endless)."""
+  path = os.path.join(ROOT, 'data/tasks/speaker/validation.jsonl')
+  cfg = data_config(objective='text_to_text', inputs_length=64, targets_length=8, pack=False,
+                    train_source=f'jsonl:{path}', num_virtual_shards=1)
+  want = [json.loads(line)['inputs'] for line in open(path) if line.strip()]
+  it = pipeline.get_dataset(cfg, 'train', batch_size=100, keep_text=True, in_order=True)
+  batches = list(itertools.islice(it, len(want) // 100 + 2))  # (an endless one stops too)
+  got = [t.decode() for b in batches for t, w in zip(b['inputs_pretokenized'],
+                                                        b['decoder_loss_weights'].sum(1)) if w > 0]
+  assert got == want
+  shuffled = pipeline.get_dataset(cfg, 'train', batch_size=100, keep_text=True)
+  first = [t.decode() for t in next(shuffled)['inputs_pretokenized']]
+  assert first != want[:100] and set(first) <= set(want)
 
 
 @pytest.mark.parametrize('objective', ['span_corruption', 'text_to_text'])

@@ -174,7 +174,8 @@ def test_bad_meshes_fail_with_one_sentence():
   with pytest.raises(ValueError, match='needs 4 devices but 6 are available'):
     accounting.memory_per_device(cfg, 6, boxed)
   cfg.partitioning.mesh.update(dict(data=1, fsdp=1, tensor=8))  # 6 heads over 8
-  with pytest.raises(ValueError, match=r'\(heads, size 6\) is not divisible by mesh axes'):
+  with pytest.raises(ValueError, match=r'\(heads, size 6 = config.model.num_heads\) is not '
+                                       r'divisible by mesh axes'):
     accounting.memory_per_device(cfg, 8, boxed)
   cfg.partitioning.mesh.update(dict(data=-1, fsdp=1, tensor=1))
   cfg.train.batch_size = 12
@@ -197,6 +198,8 @@ CLI_RUNS = {
                                 '--config.data.targets_length=2048'],
     'objective_not_for_family': ['--config=configs/t5_v1_1.py:tiny',
                                  '--config.model.family=encoder'],
+    'batch_not_fed_by_streams': ['--config=configs/default.py', '--num_devices=2',
+                                 '--config.train.batch_size=6'],
 }
 
 
@@ -251,6 +254,8 @@ def test_gpt_and_bert_head_sizes_follow_command_line_overrides(cli_runs):
                                 '2048 tokens, more than config.model.max_position_embeddings'),
     ('objective_not_for_family', "config.data.objective='span_corruption' does not fit "
                                  "config.model.family='encoder'"),
+    ('batch_not_fed_by_streams', 'config.train.batch_size=6 is not a multiple of '
+                                 'data.num_virtual_shards=4'),
 ])
 def test_plan_refuses_what_train_refuses(cli_runs, run, message):
   out = cli_runs(run)

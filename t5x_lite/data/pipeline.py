@@ -131,18 +131,10 @@ def check_span_corruption(inputs_length, targets_length, noise_density, mean_noi
 
 # ---------------------------------------------------------------- virtual shards
 def check_stream_rows(global_batch: int, num_streams: int) -> None:
-  """Every stream must feed the same number of rows: a stream with none would leave its part
-  of the corpus unread, and unequal blocks would read some parts faster than others."""
-  if global_batch < 1:
-    raise DataError(f'config.train.batch_size={global_batch} must be a positive integer.')
-  if num_streams < 1:
-    raise DataError(f'data.num_virtual_shards={num_streams} must be at least 1.')
-  if global_batch % num_streams:
-    raise DataError(f'config.train.batch_size={global_batch} is not a multiple of '
-                    f'data.num_virtual_shards={num_streams}: each stream (a part of the corpus) '
-                    f'feeds an equal block of every batch; use a multiple of {num_streams} rows, '
-                    f'or a data.num_virtual_shards that divides {global_batch} (a fresh run\'s '
-                    'data order changes).')
+  """DataError unless every stream can feed an equal block of each batch."""
+  problem = partitioning.stream_rows_problem(global_batch, num_streams)
+  if problem:
+    raise DataError(problem)
 
 
 def stream_rows(global_batch: int, num_streams: int) -> list[int]:
@@ -176,19 +168,21 @@ _no_autograph = tf.autograph.experimental.do_not_convert
 @_no_autograph
 def build_stream(config, split: str, *, stream: int, num_streams: int, seed: int,
                  skips: src_lib.SkipCounter, vocab: vocab_lib.Vocabulary,
-                 keep_text: bool = False,
+                 keep_text: bool = False, in_order: bool = False,
                  survey: src_lib.FileSurvey | None = None) -> tf.data.Dataset:
   """Packed rows (unbatched) of virtual shard `stream`: its part of every source, the
   mixture, the objective and packing all run inside the stream, seeded by (seed, stream).
   `keep_text` (unpacked text_to_text only): rows also carry the texts as read
-  (`packing.TEXT_FEATURES`). `survey`: one per build, shared by its streams, so each file
-  is globbed and opened once at start-up, not once per stream."""
+  (`packing.TEXT_FEATURES`). `in_order`: the train split read as a validation split is, one
+  pass in file order, unshuffled (eval decoding --split=train). `survey`: one per build,
+  shared by its streams, so each file is globbed and opened once at start-up, not once per
+  stream."""
   d = config.data
   if keep_text and (d.objective != 'text_to_text' or d.pack):
     raise ValueError('keep_text needs unpacked text_to_text rows.')
-  train = split == 'train'
-  spec = d.train_source if train else d.validation_source
-  what = 'data.train_source' if train else 'data.validation_source'
+  train = split == 'train' and not in_order  # endless and shuffled
+  spec = d.train_source if split == 'train' else d.validation_source
+  what = 'data.train_source' if split == 'train' else 'data.validation_source'
   specs = src_lib.parse_sources(spec, what)
   fields = ((d.inputs_field, d.targets_field) if d.objective == 'text_to_text' else (d.text_field,))
   unread = ('field',) if d.objective == 'text_to_text' else ('inputs', 'targets')
@@ -325,13 +319,15 @@ def build_dataset(config, split: str, *, shard_index: int = 0, num_shards: int =
 @_no_autograph
 def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1,
                 seed: int | None = None, batch_size: int | None = None,
-                skips: src_lib.SkipCounter | None = None, keep_text: bool = False) -> DataIterator:
+                skips: src_lib.SkipCounter | None = None, keep_text: bool = False,
+                in_order: bool = False) -> DataIterator:
   """Host batches for `split` ('train': endless, shuffled; 'validation': one pass, or
   endless with data.eval_repeat) of process `shard_index` of `num_shards`: the rows of the
   global batch (batch_size x num_shards rows) that this process's virtual shards feed.
   Skipped and truncated input of all of them is counted in `skips` (`it.skips`; a new
   counter unless given), and of each stream in its own counter, saved with its position.
-  `keep_text`: see `build_stream` (eval's decoding; batches then hold string arrays too)."""
+  `keep_text`, `in_order`: see `build_stream` (eval's decoding; batches then hold string
+  arrays too)."""
   _check_split(split, shard_index, num_shards)
   d = config.data
   vocab = validate(config)
@@ -343,7 +339,7 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   owned = owned_streams(shard_index, num_shards, num_streams)
   rows = stream_rows(batch_size * num_shards, num_streams)
   lengths = families.feature_lengths(config)
-  drop = split == 'train' or bool(d.eval_repeat)
+  drop = (split == 'train' and not in_order) or bool(d.eval_repeat)
   row_lengths = {k + sfx: n for k, n in lengths.items() for sfx in ('', '_segment_ids', '_positions')}
   datasets = {}
   stream_skips = {v: skips.stream_counter() for v in owned}  # saved with each stream
@@ -351,7 +347,7 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
   for v in owned:
     ds = build_stream(config, split, stream=v, num_streams=num_streams, seed=seed,
                       skips=stream_skips[v], vocab=vocab, keep_text=keep_text,
-                      survey=survey).batch(rows[v], drop_remainder=drop)
+                      in_order=in_order, survey=survey).batch(rows[v], drop_remainder=drop)
     if not drop:
       ds = ds.map(functools.partial(_pad_batch, n=rows[v], row_lengths=row_lengths))
     convert = packing.CONVERTERS[config.model.family]
