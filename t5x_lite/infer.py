@@ -170,6 +170,9 @@ def _check_paths(input_path: str, output_path: str) -> None:
     raise ValueError(f'--input={input_path}: ' + (
         'a directory, not a file.' if os.path.isdir(input_path) else 'no such file.'))
   if output_path != '-':
+    if input_path != '-' and os.path.realpath(output_path) == os.path.realpath(input_path):
+      raise ValueError(f'--output={output_path} is the --input file: its inputs would be '
+                       'replaced by the predictions; write them elsewhere.')
     parent = os.path.dirname(os.path.abspath(output_path))
     if os.path.isdir(output_path):
       raise ValueError(f'--output={output_path}: a directory, not a file.')

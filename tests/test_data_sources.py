@@ -89,6 +89,11 @@ def test_jsonl_missing_field_and_tsv_columns(tmp_path):
     _records(f'tsv:{tmp_path}/x.tsv', ('inputs', 'answer'))
   assert str(e.value) == (f"{tmp_path}/x.tsv:1: TSV header ['inputs', 'targets'] has no field "
                           "'answer' (the first line of a TSV source names its columns).")
+  (tmp_path / 'y.tsv').write_text('inputs\ttargets\tinputs\nq1\ta1\tq2\n')
+  with pytest.raises(DataError) as e:  # it read the first 'inputs' column silently
+    _records(f'tsv:{tmp_path}/y.tsv', ('inputs', 'targets'))
+  assert str(e.value) == (f"{tmp_path}/y.tsv:1: TSV header ['inputs', 'targets', 'inputs'] "
+                          "names the column 'inputs' twice.")
 
 
 def test_jsonl_fields_must_be_text_or_numbers(tmp_path):
@@ -97,13 +102,16 @@ def test_jsonl_fields_must_be_text_or_numbers(tmp_path):
   into text or a crash of the pipeline."""
   lines = ['{"text": "good one"}', '{"text": {"nested": "x"}}', '{"text": ["a", "b"]}',
            '{"text": null}', '{"text": true}', '{"text": "lone \\ud800 surrogate"}',
-           '{"text": 3.5}', '{"text": "good two"}']
+           '{"text": 3.5}', '{"text": "good two"}', '{"text": 1.50}', '{"text": 1e5}',
+           '{"text": -0}', '{"text": NaN}', '{"text": -Infinity}']
   (tmp_path / 'x.jsonl').write_text('\n'.join(lines) + '\n')
   recs, skips = _records(f'jsonl:{tmp_path}/x.jsonl')
-  assert recs == [('good one',), ('3.5',), ('good two',)]
+  # Numbers exactly as written (Python's float would make 1.50 '1.5', 1e5 '100000.0').
+  assert recs == [('good one',), ('3.5',), ('good two',), ('1.50',), ('1e5',), ('-0',)]
   assert skips.as_dict() == {
       "field 'text' is not a string or number": dict(count=4, first=f'{tmp_path}/x.jsonl:2'),
-      "field 'text' is not valid Unicode": dict(count=1, first=f'{tmp_path}/x.jsonl:6')}
+      "field 'text' is not valid Unicode": dict(count=1, first=f'{tmp_path}/x.jsonl:6'),
+      'invalid JSON': dict(count=2, first=f'{tmp_path}/x.jsonl:12')}
   (tmp_path / 'y.jsonl').write_text(lines[3] + '\n')
   with pytest.raises(DataError, match=r"y.jsonl:1: field 'text' is not a string or number: null"):
     _records(f'jsonl:{tmp_path}/y.jsonl', on_bad_input='error')

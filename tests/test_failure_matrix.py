@@ -213,6 +213,9 @@ ROWS = {
                             'no_such_input.txt: no such file'),
     'infer_output_directory_missing': (_infer(output_name='no_dir/out.jsonl'), [],
                                        'out.jsonl: no directory'),
+    # It replaced the inputs with the predictions.
+    'infer_output_is_the_input': (_infer(output_name='input.txt'), [],
+                                  'input.txt is the --input file'),
     # ---- plan
     'plan_mesh_too_big': (_plan(num_devices=4), ['--config.partitioning.mesh.fsdp=8',
                                                  '--config.partitioning.mesh.data=1'], 'mesh'),

@@ -329,6 +329,15 @@ def _nonempty_line(path, n, raw, skips, policy, count=True):
   return line, where
 
 
+class _NumberText(str):
+  """A JSON number as the line writes it: "1.50" stays 1.50 (a regression or QA target
+  scored by exact match), not Python's 1.5."""
+
+
+def _not_json(constant: str):
+  raise ValueError(f'{constant} is not JSON (Python writes it for a non-finite float)')
+
+
 def jsonl_parser(fields, skips, policy):
   """parse(path, n, raw line, header, count) -> tuple of field texts, or None (counted
   when `count`)."""
@@ -338,9 +347,11 @@ def jsonl_parser(fields, skips, policy):
       return None
     line, where = checked
     try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      return bad_input(policy, skips, 'invalid JSON', where, e.msg, count)
+      obj = json.loads(line, parse_int=_NumberText, parse_float=_NumberText,
+                       parse_constant=_not_json)
+    except ValueError as e:  # JSONDecodeError, or NaN / Infinity
+      return bad_input(policy, skips, 'invalid JSON', where,
+                       e.msg if isinstance(e, json.JSONDecodeError) else str(e), count)
     if not isinstance(obj, dict):
       return bad_input(policy, skips, 'JSON line is not an object', where, '', count)
     rec = []
@@ -349,8 +360,8 @@ def jsonl_parser(fields, skips, policy):
         return bad_input(policy, skips, f'missing field {f!r}', where, f'fields are {sorted(obj)}',
                          count)
       v = obj[f]
-      if isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = json.dumps(v)  # a number is its JSON text (a regression target, say)
+      if isinstance(v, _NumberText):
+        v = str(v)
       if not isinstance(v, str):
         return bad_input(policy, skips, f'field {f!r} is not a string or number', where,
                          f'{json.dumps(v)[:40]}', count)
@@ -373,9 +384,12 @@ def tsv_parser(fields, skips, policy):
   def parse(path, n, raw, header, count=True):
     header = header.rstrip('\r').split('\t')
     missing = [f for f in fields if f not in header]
-    if missing:  # a setup error, whatever the policy; skips.error: tf.data wraps what we raise
-      skips.error = DataError(f'{path}:1: TSV header {header} has no field {missing[0]!r} '
-                              f'(the first line of a TSV source names its columns).')
+    twice = [f for f in fields if header.count(f) > 1]  # which column is meant?
+    if missing or twice:  # a setup error, whatever the policy; skips.error: tf.data wraps
+      skips.error = DataError(  # what we raise
+          f'{path}:1: TSV header {header} ' + (
+              f'has no field {missing[0]!r} (the first line of a TSV source names its '
+              'columns).' if missing else f'names the column {twice[0]!r} twice.'))
       raise skips.error
     checked = _nonempty_line(path, n, raw, skips, policy, count)
     if checked is None:
