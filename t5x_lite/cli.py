@@ -166,10 +166,10 @@ def _field_key(config, path: str):
 
 
 def _check_one_value_per_field(config, flag_name: str, overrides: List[str]) -> None:
-  """One field overridden twice: absl keeps the last, as for any repeated flag (wrapper
-  scripts rely on it), and we say so. Both names of a linked field set to different values
-  is a FlagError: which one wins would be an accident of their order."""
-  settings = {}  # field -> the override that set it so far
+  """FlagError when both names of a linked field are given different values: which one won
+  would be an accident of their order. (One field given twice keeps the last, as any
+  repeated absl flag: wrapper scripts append overrides to a shared list.)"""
+  settings = {}  # linked field -> the override that set it so far
   for arg in overrides:
     if '=' not in arg:
       continue  # the `--config.a.b value` form: absl reports it
@@ -179,9 +179,6 @@ def _check_one_value_per_field(config, flag_name: str, overrides: List[str]) -> 
     if value != earlier_value and earlier_path != f'--{flag_name}.{path}':
       raise FlagError(f'{earlier} and {arg} set one field to two values ({earlier_path[2:]} '
                       f'and {flag_name}.{path} are linked: one value); give one.')
-    if value != earlier_value:
-      print(f'[t5x_lite] {earlier_path} is given more than once: {arg} replaces {earlier}.',
-            file=sys.stderr)
     settings[_field_key(config, path)] = arg
 
 
@@ -226,6 +223,11 @@ def _with_default_configs(argv: List[str], flag_values) -> List[str]:
         argv[i] = f'--{name}=' + _from_repo_root(arg.split('=', 1)[1])
       elif arg == f'--{name}' and i + 1 < len(argv):
         argv[i + 1] = _from_repo_root(argv[i + 1])
+    # The file first: absl refuses an override read before it ("Found --config.a=1 in argv
+    # before a value for --config was specified"); the order means nothing to the user.
+    files = [i for i, arg in enumerate(argv) if arg.startswith(f'--{name}=')]
+    if len(files) == 1:
+      argv.insert(1, argv.pop(files[0]))
   sys.argv = list(argv)  # ml_collections reads the overrides from sys.argv
   return argv
 
