@@ -83,7 +83,8 @@ def get_base_config() -> ml_collections.ConfigDict:
                                     # step's rate is 0, as optax's); constant: unused
   o.decay_steps = 0                 # cosine: at min_learning_rate from this step, warmup
                                     # included (0 = train.steps; > warmup_steps when set)
-  o.min_learning_rate = 0.0         # cosine: the floor it decays to (nanoGPT: peak / 10)
+  o.min_learning_rate = 0.0         # the floor after warmup: cosine decays to it (nanoGPT:
+                                    # peak / 10), rsqrt no lower; <= learning_rate
   o.clip_grad_norm = 0.0            # 0 = off; the logged grad_norm is before clipping
   o.z_loss = 1e-4                   # t5x's auxiliary loss z_loss * log(Z)^2 per target token
   # AdamW: p -= lr * weight_decay * p per step. Adafactor (t5x's weight_decay_rate): p -=

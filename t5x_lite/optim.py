@@ -24,6 +24,8 @@ Schedules (`config.optimizer.schedule`):
               gives 1/sqrt(max(step, 10000)): constant 0.01, then inverse square root)
     cosine:   linear warmup 0 -> peak over `warmup_steps`, cosine down to
               `min_learning_rate` at `decay_steps`, held there after (nanoGPT: peak / 10)
+`min_learning_rate` is a floor for every schedule after its warmup (rsqrt decays no lower;
+constant never reaches it), so switching a config's schedule keeps it valid.
     constant: lr = peak (fine-tuning: 1e-3)
 """
 import jax
@@ -58,10 +60,6 @@ def validate(opt_cfg) -> None:
   if not 0 <= opt_cfg.min_learning_rate <= opt_cfg.learning_rate:  # NaN fails too
     raise ValueError(f'config.optimizer.min_learning_rate={opt_cfg.min_learning_rate} must be '
                      f'in [0, optimizer.learning_rate={opt_cfg.learning_rate}].')
-  if opt_cfg.min_learning_rate and opt_cfg.schedule != 'cosine':
-    raise ValueError(f'config.optimizer.min_learning_rate={opt_cfg.min_learning_rate} is the '
-                     f'cosine schedule\'s floor; schedule={opt_cfg.schedule!r} has none (set it '
-                     'to 0).')
   if (opt_cfg.schedule == 'cosine' and opt_cfg.decay_steps and
       opt_cfg.decay_steps <= opt_cfg.warmup_steps):
     # optax's decay_steps counts the warmup: the cosine needs at least one step after it.
@@ -74,15 +72,17 @@ def validate(opt_cfg) -> None:
 def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   validate(opt_cfg)
   peak, warmup = float(opt_cfg.learning_rate), int(opt_cfg.warmup_steps)
+  floor = float(opt_cfg.min_learning_rate)
   if opt_cfg.schedule == 'rsqrt':
     def rsqrt(step):
       step = jnp.asarray(step, jnp.float32)
-      return peak * jnp.sqrt(max(warmup, 1) / jnp.maximum(step, max(warmup, 1)))
+      return jnp.maximum(peak * jnp.sqrt(max(warmup, 1) / jnp.maximum(step, max(warmup, 1))),
+                         floor)
     return rsqrt
   if opt_cfg.schedule == 'cosine':
     decay_steps = int(opt_cfg.decay_steps or total_steps)
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(decay_steps, warmup + 1),
-                                              end_value=float(opt_cfg.min_learning_rate))
+                                              end_value=floor)
   return optax.constant_schedule(peak)
 
 

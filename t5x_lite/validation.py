@@ -13,7 +13,7 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
   `data=False` skips the data section (and the TensorFlow import its check needs), for runs
   that read no data: `bench --train_only` / `--decode_only` time synthetic batches.
   """
-  validate_portable(config, num_devices)
+  validate_portable(config, num_devices, data=data)
   import jax
   if config.model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise ValueError(f"config.model.attention_impl='cudnn' needs a GPU; this run's devices are "
@@ -26,9 +26,9 @@ def validate_config(config, num_devices: int, data: bool = True) -> None:
   pipeline.validate(config)
 
 
-def validate_portable(config, num_devices: int) -> None:
+def validate_portable(config, num_devices: int, data: bool = True) -> None:
   """The checks that hold on any machine: no devices, data files or TensorFlow needed (what
-  `plan` checks of a pod's config on a laptop)."""
+  `plan` checks of a pod's config on a laptop). `data=False`: as `validate_config`'s."""
   models.ModelConfig.from_config(config.model)
   families.check_objective(config.model.family, config.data.objective)
   optim.validate(config.optimizer)
@@ -65,8 +65,8 @@ def validate_portable(config, num_devices: int) -> None:
                      f'config.train.checkpoint_every={t.checkpoint_every} name one value but '
                      'differ (a config file replaced one of their sections, cutting the '
                      'link): set both, or update the section field by field.')
-  problem = partitioning.stream_rows_problem(int(t.batch_size),
-                                             int(config.data.num_virtual_shards))
+  problem = data and partitioning.stream_rows_problem(int(t.batch_size),
+                                                      int(config.data.num_virtual_shards))
   if problem:
     raise ValueError(problem)
   if int(config.checkpoint.keep) < 1:

@@ -151,9 +151,6 @@ ROWS = {
     'optimizer_min_learning_rate_above_peak': (
         _train, ['--config.optimizer.min_learning_rate=1.0'],
         'config.optimizer.min_learning_rate=1.0 must be in [0, optimizer.learning_rate'),
-    'optimizer_min_learning_rate_without_cosine': (
-        _train, ['--config.optimizer.schedule=rsqrt', '--config.optimizer.min_learning_rate=1e-4'],
-        "schedule='rsqrt' has none"),
     'optimizer_b1_out_of_range': (_train, ['--config.optimizer.b1=1.5'], 'config.optimizer.b1'),
     # was an OverflowError traceback from jax.random.PRNGKey / a tf error naming no field
     'train_seed_too_large': (_train, ['--config.train.seed=100000000000000000000'],

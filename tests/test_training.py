@@ -267,6 +267,10 @@ def test_rsqrt_schedule_is_t5s():
   for step, want in [(1, 0.01), (5000, 0.01), (10000, 0.01), (40000, 0.005),
                      (1000000, 0.001)]:
     np.testing.assert_allclose(float(sched(step)), want, rtol=1e-6)
+  cfg.optimizer.min_learning_rate = 0.004  # a floor: rsqrt decays no lower
+  sched = optim.schedule(cfg.optimizer, 100000)
+  for step, want in [(1, 0.01), (40000, 0.005), (62500, 0.004), (1000000, 0.004)]:
+    np.testing.assert_allclose(float(sched(step)), want, rtol=1e-6)
 
 
 def test_optimizer_state_is_sharded_like_params():
