@@ -169,17 +169,18 @@ def _check_one_value_per_field(config, flag_name: str, overrides: List[str]) -> 
   """FlagError when both names of a linked field are given different values: which one won
   would be an accident of their order. (One field given twice keeps the last, as any
   repeated absl flag: wrapper scripts append overrides to a shared list.)"""
-  settings = {}  # linked field -> the override that set it so far
+  settings = {}  # field -> the override that set it so far
   for arg in overrides:
     if '=' not in arg:
       continue  # the `--config.a.b value` form: absl reports it
     path, value = arg[len(flag_name) + 3:].split('=', 1)
-    earlier = settings.setdefault(_field_key(config, path), arg)
-    earlier_path, earlier_value = earlier.split('=', 1)
+    key = _field_key(config, path)
+    earlier_path, earlier_value = settings.get(key, arg).split('=', 1)
     if value != earlier_value and earlier_path != f'--{flag_name}.{path}':
-      raise FlagError(f'{earlier} and {arg} set one field to two values ({earlier_path[2:]} '
-                      f'and {flag_name}.{path} are linked: one value); give one.')
-    settings[_field_key(config, path)] = arg
+      raise FlagError(f'{settings[key]} and {arg} set one field to two values '
+                      f'({earlier_path[2:]} and {flag_name}.{path} are linked: one value); '
+                      'give one.')
+    settings[key] = arg
 
 
 def _check_config_flags(argv: List[str], flag_values) -> None:

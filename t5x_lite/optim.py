@@ -24,9 +24,9 @@ Schedules (`config.optimizer.schedule`):
               gives 1/sqrt(max(step, 10000)): constant 0.01, then inverse square root)
     cosine:   linear warmup 0 -> peak over `warmup_steps`, cosine down to
               `min_learning_rate` at `decay_steps`, held there after (nanoGPT: peak / 10)
+    constant: lr = peak (fine-tuning: 1e-3)
 `min_learning_rate` is a floor for every schedule after its warmup (rsqrt decays no lower;
 constant never reaches it), so switching a config's schedule keeps it valid.
-    constant: lr = peak (fine-tuning: 1e-3)
 """
 import jax
 import jax.numpy as jnp

@@ -45,8 +45,9 @@ def report(config, num_devices: int, per_param: bool = False, name: str = '') ->
   lines = [f'plan {name} family={mcfg.family} d_model={mcfg.d_model} d_ff={mcfg.d_ff} '
            f'heads={mcfg.num_heads} d_kv={mcfg.d_kv} layers={"/".join(map(str, layers))} '
            f'vocab={mcfg.vocab_size}'.replace('  ', ' '), '']
-  if families.unused_layer_counts(mcfg):
-    lines[-1:-1] = [f'note: {families.unused_layer_counts(mcfg)}']
+  unused = families.unused_layer_counts(mcfg)
+  if unused:
+    lines[-1:-1] = [f'note: {unused}']
   lines.append(f'parameters: {counts["total"]:,} total '
                f'({counts["non_embedding"]:,} non-embedding, {counts["embedding"]:,} in '
                'embedding tables)')

@@ -390,8 +390,9 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
 
   # ---- set up: everything that can fail on a bad config fails before compiling
   validation.validate_config(config, jax.device_count())
-  if families.unused_layer_counts(config.model):
-    print(f'[t5x_lite] note: {families.unused_layer_counts(config.model)}', flush=True)
+  unused = families.unused_layer_counts(config.model)
+  if unused:
+    print(f'[t5x_lite] note: {unused}', flush=True)
   optim.say_if_the_schedule_idles(config)
   optim.say_if_adafactor_decay_erases(config)
   optim.say_if_adamw_moments_unused(config)
@@ -445,8 +446,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   device = jax.devices()[0]
   peak = accounting.peak_flops_per_device(device.device_kind, peak_flops)
   throughput = Throughput(config, jax.device_count(), peak)
-  processes = (f' in {jax.process_count()} processes (this one: {pid})'
-               if jax.process_count() > 1 else '')  # a mislaunched job shows here
+  processes = f' in {nproc} processes (this one: {pid})' if nproc > 1 else ''  # shows a mislaunch
   print(f'[t5x_lite] mesh {dict(mesh.shape)} on {jax.device_count()} {device.platform} '
         f'device(s){processes}; {config.train.steps} steps of {config.train.batch_size} rows x '
         f'{throughput.tokens_per_row} tokens; MFU = 3 x forward matmul FLOPs (accounting.py) '
