@@ -253,7 +253,7 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
                                  else (None,) * 4)
   if examples:
     print(f'[t5x_lite] infer: params of step {step} from {read}; '
-          f'{len(examples)} inputs, batches of {batch_size}, up to {max_length} tokens, '
+          f'{len(examples)} input{"s" if len(examples) != 1 else ""}, batches of {batch_size}, up to {max_length} tokens, '
           f'{_method(beam_size, temperature, top_k, top_p, seed)}.',
           file=sys.stderr, flush=True)
   try:
@@ -268,9 +268,11 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
     for i, row, score in zip(idx, rows, row_scores):
       predictions[i], scores[i] = vocab.decode(row), float(score)
     while report.predicted < len(examples) and predictions[report.predicted] is not None:
-      _, text, fields = examples[report.predicted]
+      number, text, fields = examples[report.predicted]
+      # `line`: the input line it answers, so outputs join to inputs after skipped lines.
       out.write(json.dumps({**fields, 'inputs': text, 'prediction': predictions[report.predicted],
-                            'score': scores[report.predicted]}, ensure_ascii=False) + '\n')
+                            'score': scores[report.predicted], 'line': number},
+                           ensure_ascii=False) + '\n')
       report.predicted += 1
     out.flush()
 

@@ -170,7 +170,8 @@ def test_infer_keeps_order_reports_skips_and_truncation(workdir, tmp_path):
   # stdin in, file out, batches of 2 (fixed shape: the last one is padded).
   long_line = 'speaker: Hamlet. ' + ' '.join(['To be, or not to be, that is the question.'] * 8)
   lines = [long_line, '',
-           json.dumps({'inputs': 'speaker: Macbeth. Is this a dagger', 'targets': 'Macbeth'})]
+           json.dumps({'id': 7, 'inputs': 'speaker: Macbeth. Is this a dagger',
+                       'targets': 'Macbeth'})]
   out = tmp_path / 'out.jsonl'
   proc = run('infer', f'--workdir={workdir}', '--input=-', f'--output={out}', '--batch_size=2',
              stdin='\n'.join(lines) + '\n')
@@ -178,6 +179,9 @@ def test_infer_keeps_order_reports_skips_and_truncation(workdir, tmp_path):
   assert [r['inputs'] for r in rows] == [long_line, 'speaker: Macbeth. Is this a dagger']
   assert all(isinstance(r['prediction'], str) for r in rows)
   assert rows[1]['targets'] == 'Macbeth'  # the input's other JSON fields are kept
+  # in their order, then infer's; `line` joins an output to its input across skipped lines.
+  assert list(rows[1]) == ['id', 'inputs', 'targets', 'prediction', 'score', 'line']
+  assert [r['line'] for r in rows] == [1, 3]
   assert 'skipped 1 empty line (line 2)' in proc.stderr
   assert 'wrote 2 predictions' in proc.stderr
   assert 'truncated 1 of 2 inputs to data.inputs_length=64 tokens, EOS included (line 1:' in proc.stderr
