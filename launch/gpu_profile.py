@@ -7,12 +7,15 @@
 Runs the config's train step on a synthetic batch (default: T5 v1.1 large in bfloat16,
 inputs 512, targets 114, `throughput.train_step_runner`, as `bench` times it) for 3
 warm-up steps, times 3, then traces 2 under `jax.profiler` (a Perfetto trace, read back
-here with nothing but json) and sums the GPU stream events: matmul kernels (cuBLAS, XLA gemm
+here with nothing but json; `--trace_dir=DIR` keeps it for TensorBoard's profile plugin or
+ui.perfetto.dev, else it goes in a temporary directory, removed) and sums the GPU stream
+events: matmul kernels (cuBLAS, XLA gemm
 fusions), attention kernels (cuDNN), everything else (XLA fusions, copies). Kernel time
 close to the step time means the step is not launch-bound; the README's GPU row came
 from this breakdown.
 """
 import collections
+import contextlib
 import glob
 import gzip
 import json
@@ -59,6 +62,8 @@ def gpu_kernel_times(trace_dir: str, steps: int):
 def _define_flags():
   cli.define_config_flag('configs/t5_v1_1_bf16.py:large', 'Config file.')
   flags.DEFINE_integer('top', 30, 'Kernels listed, the slowest first.')
+  flags.DEFINE_string('trace_dir', '', 'Keep the trace here (default: a temporary directory, '
+                      'removed).')
 
 
 def main():
@@ -73,11 +78,13 @@ def main():
   for _ in range(3):
     step()
   step_ms = (time.perf_counter() - start) / 3 * 1e3
-  trace_dir = tempfile.mkdtemp(prefix='gpu_profile_')
-  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    step()
-    step()
-  kernels = gpu_kernel_times(trace_dir, steps=2)
+  with contextlib.ExitStack() as stack:
+    trace_dir = flags.FLAGS.trace_dir or stack.enter_context(
+        tempfile.TemporaryDirectory(prefix='gpu_profile_'))
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      step()
+      step()
+    kernels = gpu_kernel_times(trace_dir, steps=2)
   busy = sum(ms for ms, _ in kernels.values())
   if not busy:
     raise ValueError(f'no GPU kernel in the trace ({jax.default_backend()} backend); this '

@@ -320,6 +320,10 @@ def latest_checkpoint(workdir: str) -> Tuple[int, str]:
   return step, os.path.join(directory, str(step), 'state')
 
 
+class NoCheckpointError(ValueError):
+  """A directory that holds no t5x_lite checkpoint at all (not a damaged one)."""
+
+
 def resolve_params_dir(directory: str) -> epath.Path:
   """A workdir, its checkpoints/, a step dir, or a plain pytree dir -> the pytree dir.
 
@@ -343,7 +347,7 @@ def resolve_params_dir(directory: str) -> epath.Path:
     path = path / 'state'
   if not any((path / m).exists() for m in PYTREE_METADATA):
     from t5x_lite import conversion  # pylint: disable=import-outside-toplevel
-    raise ValueError(f'{directory} holds no t5x_lite checkpoint (looked in {path})'
+    raise NoCheckpointError(f'{directory} holds no t5x_lite checkpoint (looked in {path})'
                      f'{conversion.hf_directory_hint(directory)}.')
   return path
 

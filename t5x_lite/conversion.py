@@ -11,9 +11,12 @@ own (GPT-2's 50256; "hf_special_tokens"), while one trained here (a workdir, who
 this codebase's SentencePiece layout whatever its vocab_size, e.g. configs/gpt.py's 50257)
 gets pad 0 / EOS 1 / BOS 0 (`hf.trained_special_tokens`).
 """
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from typing import Dict
 
 import numpy as np
@@ -158,6 +161,23 @@ def check_output(path: str):
     raise ValueError(f'--output={path} already exists and is not an empty directory.')
 
 
+@contextlib.contextmanager
+def staged_output(out_dir: str):
+  """Yields an empty sibling directory to write the conversion into, renamed to `out_dir`
+  once all of it is written: a conversion that fails (a bad vocabulary after the weights,
+  Ctrl-C) leaves no output behind, neither a half-written one nor one a rerun refuses."""
+  check_output(out_dir)
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.partial-',
+                             dir=os.path.dirname(out_dir))
+  try:
+    yield staging
+    os.rename(staging, out_dir)  # (an empty out_dir is replaced)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+
+
 def hf_to_t5x(hf_dir: str, out_dir: str, scan_layers: bool = False) -> str:
   """HF directory -> Orbax params checkpoint + config.json in `out_dir`."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -165,15 +185,14 @@ def hf_to_t5x(hf_dir: str, out_dir: str, scan_layers: bool = False) -> str:
   check_output(out_dir)
   model_cfg, params = hf.load(hf_dir, scan_layers=scan_layers)
   ids = hf.special_tokens(hf.read_config(hf_dir)[1])
-  out_dir = os.path.abspath(out_dir)
-  if os.path.isdir(out_dir):
-    os.rmdir(out_dir)  # empty (checked); Orbax creates the directory itself
-  ocp.PyTreeCheckpointer().save(out_dir, {'params': params})
-  with open(os.path.join(out_dir, CONFIG_NAME), 'w') as f:
-    json.dump({'model': json.loads(model_cfg.to_json()), SPECIAL_TOKENS: ids}, f, indent=2,
-              sort_keys=True)
-  integrity.write_manifest(out_dir)  # sizes and CRC-32s, checked by every reader
-  return out_dir
+  with staged_output(out_dir) as staging:
+    os.rmdir(staging)  # Orbax creates the directory itself
+    ocp.PyTreeCheckpointer().save(staging, {'params': params})
+    with open(os.path.join(staging, CONFIG_NAME), 'w') as f:
+      json.dump({'model': json.loads(model_cfg.to_json()), SPECIAL_TOKENS: ids}, f, indent=2,
+                sort_keys=True)
+    integrity.write_manifest(staging)  # sizes and CRC-32s, checked by every reader
+  return os.path.abspath(out_dir)
 
 
 def _saved_config(directory: str) -> dict:
@@ -181,6 +200,10 @@ def _saved_config(directory: str) -> dict:
   from t5x_lite import checkpoints  # pylint: disable=import-outside-toplevel
   saved, path = checkpoints.saved_config(directory)
   if saved is None:
+    try:  # a damaged checkpoint: that is the error
+      checkpoints.resolve_params_dir(directory)
+    except checkpoints.NoCheckpointError:
+      pass
     raise ValueError(f'{os.path.join(directory, CONFIG_NAME)} does not exist: --input must be '
                      f'a directory written by --direction=hf_to_t5x, a training workdir or '
                      f'one of its checkpoint steps.')
@@ -218,22 +241,25 @@ def t5x_to_hf(directory: str, out_dir: str) -> str:
   check_output(out_dir)
   model_cfg, params = load_t5x(directory)
   saved = _saved_config(directory)
-  # None (a training workdir): the ids of this codebase's vocabulary.
-  out = hf.save(model_cfg, params, out_dir, saved.get(SPECIAL_TOKENS))
-  if SPECIAL_TOKENS not in saved:  # a training workdir: its vocabulary goes with it
+  with staged_output(out_dir) as staging:
+    # None (a training workdir): the ids of this codebase's vocabulary.
+    hf.save(model_cfg, params, staging, saved.get(SPECIAL_TOKENS))
+    # A training workdir's vocabulary goes with it (an imported model's tokenizer is HF's).
+    vocab_found = SPECIAL_TOKENS in saved or write_tokenizer(saved.get('data') or {}, staging,
+                                                             model_cfg)
+  if not vocab_found:
     vocab = (saved.get('data') or {}).get('vocab')
-    if not write_tokenizer(saved.get('data') or {}, out, model_cfg):
-      print(f'[t5x_lite] warning: no tokenizer written: the saved config\'s data.vocab='
-            f'{vocab!r} is not a file from {os.getcwd()} or the repository root (a relative '
-            f'path: run convert from the directory the training ran in).', file=sys.stderr,
-            flush=True)
+    print(f'[t5x_lite] warning: no tokenizer written: the saved config\'s data.vocab='
+          f'{vocab!r} is not a file from {os.getcwd()} or the repository root (a relative '
+          f'path: run convert from the directory the training ran in).', file=sys.stderr,
+          flush=True)
   objective = (saved.get('data') or {}).get('objective', 'causal_lm')
   if families.decoder_rows_hold_inputs(model_cfg.family, objective):
     print(f'[t5x_lite] warning: {directory} was trained as a prefix LM (data.objective='
           f'{objective!r}: its prompts attend both ways); GPT2LMHeadModel attends '
           f'causally everywhere, so its outputs for a prompt differ from infer\'s.',
           file=sys.stderr, flush=True)
-  return out
+  return os.path.abspath(out_dir)
 
 
 TOKENIZER_FILES = ('spiece.model', 'tokenizer_config.json')
@@ -274,7 +300,26 @@ def write_tokenizer(data: dict, out_dir: str, model_cfg=None) -> bool:
     config['model_max_length'] = int(model_cfg.max_position_embeddings)
   with open(os.path.join(out_dir, TOKENIZER_FILES[1]), 'w') as f:
     json.dump(config, f, indent=2, sort_keys=True)
+  if generates:
+    _suppress_ids_without_pieces(out_dir, vocab.vocab_size)
   return True
+
+
+def _suppress_ids_without_pieces(out_dir: str, num_ids: int) -> None:
+  """A model's vocab_size can pad its vocabulary (T5: 32128 rows for 32100 ids): no text has
+  the ids past it, and infer never emits them (`decoding._without_unused_ids`). HF `generate`
+  would, as empty strings: generation_config.json's `suppress_tokens` rules them out there too
+  (with the special ids that HF otherwise takes from config.json)."""
+  with open(os.path.join(out_dir, CONFIG_NAME)) as f:
+    hf_config = json.load(f)
+  if num_ids >= hf_config['vocab_size']:
+    return
+  generation = {k: hf_config[k] for k in ('bos_token_id', 'eos_token_id', 'pad_token_id',
+                                          'decoder_start_token_id')
+                if hf_config.get(k) is not None}
+  generation['suppress_tokens'] = list(range(num_ids, hf_config['vocab_size']))
+  with open(os.path.join(out_dir, 'generation_config.json'), 'w') as f:
+    json.dump(generation, f, indent=2, sort_keys=True)
 
 
 # Tokenizer files of Hugging Face directories that are not a SentencePiece model.

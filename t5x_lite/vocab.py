@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import zlib
+from typing import List
 
 from absl import flags
 
@@ -27,9 +28,11 @@ def _define_flags():
   flags.DEFINE_string('input', None, 'Files to train on: a glob of UTF-8 text files (one '
                       'sentence per line), or a source as data.train_source writes it: '
                       'text:GLOB, jsonl:GLOB[;field=F] (default field text), '
-                      'tsv:GLOB[;field=F | ;inputs=A;targets=B] (default every column).')
+                      'tsv:GLOB[;field=F | ;inputs=A;targets=B] (default every column); '
+                      'several separated by ",".')
   flags.DEFINE_integer('vocab_size', 1000, 'SentencePiece pieces (before sentinels).')
-  flags.DEFINE_string('output', None, 'Output path (PATH.model and PATH.vocab).')
+  flags.DEFINE_string('output', None, 'Output path, not a directory (PATH.model and '
+                      'PATH.vocab).')
   flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
   flags.DEFINE_integer('extra_ids', 100, 'Sentinels added on top (for the report).')
   flags.DEFINE_float('character_coverage', 1.0, 'SentencePiece character_coverage.')
@@ -44,21 +47,27 @@ def _define_flags():
 _COLUMNAR = ('.jsonl', '.jsonl.gz', '.tsv', '.tsv.gz')
 
 
-def _source(value: str, flag: str) -> sources.SourceSpec:
-  """--input / --eval_input as a source: KIND:GLOB[;options], or a bare glob of text files."""
+def _sources(value: str, flag: str) -> List[sources.SourceSpec]:
+  """--input / --eval_input as sources: KIND:GLOB[;options], several separated by ',' as in
+  data.train_source (every line of each is trained on), or a bare glob of text files."""
   if value.split(':', 1)[0] in sources.KINDS and ':' in value:
-    spec, = sources.parse_sources(value, flag)
-    if spec.kind == 'tfds':
-      raise ValueError(f'{flag}={value!r}: tfds sources are not read here; export the text '
-                       'to files first.')
-    return spec
+    specs = sources.parse_sources(value, flag)
+    for spec in specs:
+      if spec.kind == 'tfds':
+        raise ValueError(f'{flag}={value!r}: tfds sources are not read here; export the text '
+                         'to files first.')
+      unread = 'rate' if spec.rate != 1 else 'boundary' if spec.get('boundary') else None
+      if unread:  # would be silently ignored
+        raise ValueError(f'{flag}={value!r}: option {unread}= of source {spec} is not read '
+                         'here: the vocabulary is trained on every line of every source.')
+    return specs
   spec = sources.SourceSpec('text', value)
   paths = sources.expand_glob(value, flag)
   if any(p.endswith(_COLUMNAR) for p in paths):  # their JSON / columns would be trained on
     kind = 'jsonl' if any(p.endswith(('.jsonl', '.jsonl.gz')) for p in paths) else 'tsv'
     raise ValueError(f'{flag}={value!r} matches {kind.upper()} files: say which field to train '
                      f'on, e.g. {flag}=\'{kind}:{value};field=text\'.')
-  return spec
+  return [spec]
 
 
 def _raw_lines(path: str, skips: sources.SkipCounter):
@@ -124,35 +133,40 @@ def _texts(spec: sources.SourceSpec, path: str, skips: sources.SkipCounter):
     yield from (columns[i] for i in wanted)
 
 
-def _sentences(spec: sources.SourceSpec, flag: str, skips: sources.SkipCounter, limit=None):
-  """Every non-blank line of every text of `spec`'s files (a JSONL document's lines each),
-  streamed: nothing is held but the line at hand; at most `limit` of them."""
+def _sentences(specs: List[sources.SourceSpec], flag: str, skips: sources.SkipCounter,
+               limit=None):
+  """Every non-blank line of every text of the files of `specs` in turn (a JSONL document's
+  lines each), streamed: nothing is held but the line at hand; at most `limit` of them."""
   count = 0
-  for path in sources.expand_glob(spec.target, flag):
-    for text in _texts(spec, path, skips):
-      for line in text.splitlines():
-        line = line.strip()
-        if line:
-          if limit is not None and count >= limit:
-            return
-          count += 1
-          yield line
+  for spec in specs:
+    for path in sources.expand_glob(spec.target, flag):
+      for text in _texts(spec, path, skips):
+        for line in text.splitlines():
+          line = line.strip()
+          if line:
+            if limit is not None and count >= limit:
+              return
+            count += 1
+            yield line
 
 
-def _check_readable(value: str, flag: str) -> sources.SourceSpec:
-  """The source of `value`, after making sure it yields a line (a one-line error naming the
-  flag otherwise), before the long part."""
-  spec = _source(value, flag)
-  skips = sources.SkipCounter()
-  if next(_sentences(spec, flag, skips), None) is None:  # (read to its end: skips counted)
-    raise sources.DataError(f'{flag}={value!r}: no non-blank lines; {skips.summary()}.')
-  return spec
+def _check_readable(value: str, flag: str) -> List[sources.SourceSpec]:
+  """The sources of `value`, after making sure each yields a line (a one-line error naming
+  the flag and the source otherwise), before the long part."""
+  specs = _sources(value, flag)
+  for spec in specs:
+    skips = sources.SkipCounter()
+    if next(_sentences([spec], flag, skips), None) is None:  # (read to its end: skips counted)
+      which = f' in source {spec}' if len(specs) > 1 else ''
+      raise sources.DataError(f'{flag}={value!r}: no non-blank lines{which}; '
+                              f'{skips.summary()}.')
+  return specs
 
 
-def _report(name: str, vocab, spec, flag: str, limit: int) -> sources.SkipCounter:
+def _report(name: str, vocab, specs, flag: str, limit: int) -> sources.SkipCounter:
   """Prints the coverage line; returns what was skipped in the lines read for it."""
   skips = sources.SkipCounter()
-  lines = list(_sentences(spec, flag, skips, limit + 1))
+  lines = list(_sentences(specs, flag, skips, limit + 1))
   first = f' (the first {limit})' if len(lines) > limit else ''
   lines = lines[:limit]
   c = vocab_lib.coverage(vocab, lines)
@@ -171,9 +185,10 @@ def main():
   for flag, least in (('extra_ids', 0), ('max_sentences', 101), ('coverage_lines', 1)):
     if FLAGS[flag].value < least:  # (SentencePiece's sample takes more than 100 lines)
       raise ValueError(f'--{flag}={FLAGS[flag].value}: must be >= {least}.')
+  vocab_lib.model_prefix(FLAGS.output)  # a directory given: an error before anything is read
   try:  # both inputs checked first: a bad --eval_input fails before the long part
-    spec = _check_readable(FLAGS.input, '--input')
-    eval_spec = _check_readable(FLAGS.eval_input, '--eval_input') if FLAGS.eval_input else None
+    specs = _check_readable(FLAGS.input, '--input')
+    eval_specs = _check_readable(FLAGS.eval_input, '--eval_input') if FLAGS.eval_input else None
     skips, seen = sources.SkipCounter(), collections.Counter()
 
     def counted(lines):
@@ -181,7 +196,7 @@ def main():
         seen['lines'] += 1
         seen['long'] += len(line.encode('utf-8')) > vocab_lib.MAX_SENTENCE_BYTES
         yield line
-    path = vocab_lib.train(counted(_sentences(spec, '--input', skips)), FLAGS.output,
+    path = vocab_lib.train(counted(_sentences(specs, '--input', skips)), FLAGS.output,
                            FLAGS.vocab_size, FLAGS.model_type, FLAGS.character_coverage,
                            max_sentences=FLAGS.max_sentences)
     if skips.total():
@@ -197,9 +212,9 @@ def main():
     print(f'wrote {path}: {vocab.piece_size} pieces + {vocab.extra_ids} extra ids = vocab_size '
           f'{vocab.vocab_size} ({FLAGS.model_type}); mask id {vocab.mask_id}, '
           f'<extra_id_0> = {vocab.sentinel(0) if vocab.extra_ids else None}')
-    _report('train coverage', vocab, spec, '--input', FLAGS.coverage_lines)
-    if eval_spec:  # (the training input's skips were said above, from its whole pass)
-      eval_skips = _report('eval coverage', vocab, eval_spec, '--eval_input',
+    _report('train coverage', vocab, specs, '--input', FLAGS.coverage_lines)
+    if eval_specs:  # (the training input's skips were said above, from its whole pass)
+      eval_skips = _report('eval coverage', vocab, eval_specs, '--eval_input',
                            FLAGS.coverage_lines)
       if eval_skips.total():
         print(f'eval input: {eval_skips.summary()}')

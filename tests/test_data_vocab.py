@@ -178,6 +178,13 @@ def test_vocab_cli_trains_on_lines_over_sentencepieces_limit(tmp_path):
     (['--input={d}/blank.txt'], "--input='{d}/blank.txt': no non-blank lines; skipped 1 x file "
                                 'without non-blank lines'),
     (['--eval_input={d}/blank.txt'], "--eval_input='{d}/blank.txt': no non-blank lines"),
+    (['--input=text:{d}/a.txt,text:{d}/blank.txt'],
+     "no non-blank lines in source text:{d}/blank.txt; skipped 1 x file without"),
+    (['--input=text:{d}/a.txt;rate=2'], 'option rate= of source text:{d}/a.txt is not read '
+                                        'here: the vocabulary is trained on every line'),
+    (['--output={d}/'], '--output={d}/ is a directory: give a file path in it, e.g. '
+                        '--output={d}/spm.model'),  # (it wrote {d}/.model, hidden)
+    (['--output={d}'], '--output={d} is a directory'),
 ])
 def test_vocab_cli_bad_flags_fail_before_training_naming_the_flag(tmp_path, args, message):
   (tmp_path / 'a.txt').write_bytes(
@@ -188,6 +195,22 @@ def test_vocab_cli_bad_flags_fail_before_training_naming_the_flag(tmp_path, args
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1 and len(lines) == 1 and message.format(d=tmp_path) in lines[0], r.stderr
   assert not (tmp_path / 'v.model').exists()  # failed before training
+
+
+def test_vocab_cli_trains_on_a_mixture_as_on_its_sources_lines_in_turn(tmp_path):
+  """--input takes several sources as data.train_source does (it failed with 'too many
+  values to unpack'): the vocabulary is the one trained on one file of their lines."""
+  lines = open(os.path.join(ROOT, 'data/corpus/validation.txt')).read(30000).splitlines()
+  (tmp_path / 'a.txt').write_text('\n'.join(lines[:200]) + '\n')
+  (tmp_path / 'b.txt').write_text('\n'.join(lines[200:]) + '\n')
+  (tmp_path / 'all.txt').write_text('\n'.join(lines) + '\n')
+  for name, given in (('mix', f'text:{tmp_path}/a.txt,text:{tmp_path}/b.txt'),
+                      ('one', f'{tmp_path}/all.txt')):
+    r = vocab_cli(f'--input={given}', '--vocab_size=150', f'--output={tmp_path}/{name}')
+    assert r.returncode == 0, r.stderr[-2000:]
+    n = len([l for l in lines if l.strip()])
+    assert f'train coverage: {n} lines' in r.stdout
+  assert (tmp_path / 'mix.vocab').read_text() == (tmp_path / 'one.vocab').read_text()
 
 
 def test_vocab_cli_trains_on_a_jsonl_field_and_refuses_a_bare_jsonl_glob(tmp_path):

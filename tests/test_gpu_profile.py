@@ -42,9 +42,10 @@ def test_gpu_kernel_times_reads_gpu_streams_per_step(tmp_path):
   assert times == {'nvjet_gemm': (2.0, 1.0), 'memcpy128': (0.25, 0.5)}
 
 
-def test_command_names_a_bad_config_and_a_trace_without_gpu_kernels():
+def test_command_names_a_bad_config_and_a_trace_without_gpu_kernels(tmp_path):
   """The `cli.run` error contract: one line, exit 1 (here, on a CPU, the trace holds no GPU
-  kernels; before that, a bad --config override is named)."""
+  kernels; before that, a bad --config override is named). The trace's temporary directory
+  is removed (each run left one behind)."""
   tiny = ['--config.model.num_encoder_layers=1', '--config.model.num_decoder_layers=1',
           '--config.model.d_model=32', '--config.model.d_ff=64', '--config.model.num_heads=2',
           '--config.model.vocab_size=512', '--config.data.inputs_length=16',
@@ -54,7 +55,9 @@ def test_command_names_a_bad_config_and_a_trace_without_gpu_kernels():
   for extra, message in ((['--config.model.no_such_field=1'], 'no_such_field'),
                          ([], 'no GPU kernel in the trace (cpu backend)')):
     out = subprocess.run([sys.executable, script] + tiny + extra, capture_output=True,
-                         text=True, cwd=ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+                         text=True, cwd=ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+                                                   'TMPDIR': str(tmp_path)})
     assert out.returncode == 1, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith('gpu_profile: error:') and message in last, last
+  assert not list(tmp_path.glob('gpu_profile_*'))

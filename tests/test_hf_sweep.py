@@ -368,13 +368,15 @@ def test_converted_untied_gpt2_round_trips_through_orbax(tmp_path):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def _zero_workdir(cfg, path) -> str:
+def _zero_workdir(cfg, path, edit=None) -> str:
   """A directory laid out as a training workdir (config.json + params checkpoint) holding
-  zero params of `cfg.model`: what t5x_to_hf reads."""
+  zero params of `cfg.model` (then `edit(params)`, if given): what t5x_to_hf reads."""
   import flax.linen as nn
   import orbax.checkpoint as ocp
   params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
                         nn.unbox(models.abstract_params(cfg.model)))
+  if edit:
+    edit(params)
   ocp.PyTreeCheckpointer().save(str(path), {'params': params})
   with open(os.path.join(str(path), 'config.json'), 'w') as f:
     f.write(cfg.to_json_best_effort())
@@ -531,3 +533,56 @@ def test_tokenizer_mismatch_of_an_hf_directory(tmp_path):
   g.mkdir()
   (g / 'vocab.json').write_text('{}')
   assert 'vocab.json' in conversion.tokenizer_mismatch(str(g), data)
+
+
+def test_hf_generate_never_picks_an_id_the_exported_tokenizer_lacks(tmp_path):
+  """vocab_size 1152 pads the 1100 ids of the shipped vocabulary; here id 1120 has the top
+  logit and id 5 the next. infer decodes id 5 (the padding ids are masked); HF greedy
+  `generate` on the export must too, not the id that decodes to nothing."""
+  from configs import gpt
+  cfg = gpt.get_config('tiny')
+  cfg.model.update(dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16,
+                        max_position_embeddings=64))
+
+  def edit(params):  # zero blocks: every position's final hidden state is the norm's bias e0
+    e0 = np.eye(32, dtype=np.float32)[0]
+    params['decoder']['final_norm']['bias'][:] = e0
+    params['token_embedder']['embedding'][1120] = 2 * e0  # tied: logit 2
+    params['token_embedder']['embedding'][5] = e0         # logit 1; the rest 0
+  out = conversion.t5x_to_hf(_zero_workdir(cfg, tmp_path / 'workdir', edit),
+                             str(tmp_path / 'hf'))
+  with open(os.path.join(out, 'generation_config.json')) as f:
+    generation = json.load(f)
+  assert generation['suppress_tokens'] == list(range(1100, 1152))
+  assert (generation['bos_token_id'], generation['eos_token_id']) == (0, 1)
+  model = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+  got = model.generate(torch.zeros((1, 1), dtype=torch.long), max_new_tokens=3,
+                       do_sample=False)
+  assert got[0, 1:].tolist() == [5, 5, 5]
+  beams = model.generate(torch.zeros((1, 1), dtype=torch.long), max_new_tokens=3,
+                         num_beams=2, do_sample=False)
+  assert max(beams[0].tolist()) < 1100
+
+
+def test_a_failed_export_leaves_no_output_and_a_rerun_works(tmp_path):
+  """data.vocab names a file that is not a SentencePiece model: the error comes after the
+  weights are written, and no output directory is left (a rerun would refuse a non-empty
+  one); with the vocabulary fixed the same command writes it."""
+  from configs import gpt
+  cfg = gpt.get_config('tiny')
+  cfg.model.update(dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16,
+                        max_position_embeddings=64))
+  good = cfg.data.vocab
+  cfg.data.vocab = str(tmp_path / 'not_a_model.model')
+  (tmp_path / 'not_a_model.model').write_text('version https://git-lfs.github.com/spec/v1\n')
+  workdir = _zero_workdir(cfg, tmp_path / 'workdir')
+  out = tmp_path / 'exports' / 'hf'
+  with pytest.raises(ValueError, match='not a SentencePiece model'):
+    conversion.t5x_to_hf(workdir, str(out))
+  assert os.listdir(tmp_path / 'exports') == []  # neither the output nor its staging
+  shutil.copyfile(good, tmp_path / 'not_a_model.model')
+  conversion.t5x_to_hf(workdir, str(out))
+  assert sorted(os.listdir(out)) == ['config.json', 'generation_config.json',
+                                     'model.safetensors', 'spiece.model',
+                                     'tokenizer_config.json']
+

@@ -194,6 +194,10 @@ def test_params_only_readers_skip_a_bad_checkpoint_too(three_steps, capsys):
     assert 'checkpoints/3 is unusable' in capsys.readouterr().err
   with pytest.raises(ValueError, match='unusable.*CRC-32'):
     checkpoints.load_params(os.path.join(directory, '3'), abstract)
+  # convert names the damage too (it said the step directory had no config.json).
+  from t5x_lite import conversion
+  with pytest.raises(ValueError, match='checkpoints/3: checkpoint is unusable.*CRC-32'):
+    conversion.t5x_to_hf(os.path.join(directory, '3'), os.path.join(workdir, 'hf'))
   assert os.path.isdir(os.path.join(directory, '3'))
 
 

@@ -243,6 +243,17 @@ def split_long(text: str, limit: int = MAX_SENTENCE_BYTES) -> list[str]:
   return pieces + ([' '.join(words)] if words else [])
 
 
+def model_prefix(output: str) -> str:
+  """SentencePiece's model_prefix for --output: PATH.model -> PATH, else PATH itself; a
+  directory (or a path ending in '/') is refused: the files would be DIR/.model and
+  DIR/.vocab."""
+  prefix = output[:-len('.model')] if output.endswith('.model') else output
+  if output.endswith(('/', os.sep)) or os.path.isdir(output) or not os.path.basename(prefix):
+    raise VocabError(f'--output={output} is a directory: give a file path in it, e.g. '
+                     f'--output={os.path.join(output, "spm.model")}.')
+  return prefix
+
+
 def train(sentences: Iterable[str], output: str, vocab_size: int, model_type: str = 'unigram',
           character_coverage: float = 1.0, num_threads: int = 0,
           max_sentences: int = 0) -> str:
@@ -258,7 +269,7 @@ def train(sentences: Iterable[str], output: str, vocab_size: int, model_type: st
   if vocab_size < 5:  # SentencePiece's own errors below 5 name none of this
     raise VocabError(f'--vocab_size={vocab_size}: must be at least 5 (pad, eos, unk and '
                      f'[MASK] take 4 pieces).')
-  prefix = output[:-len('.model')] if output.endswith('.model') else output
+  prefix = model_prefix(output)
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   spm.SentencePieceTrainer.train(
       sentence_iterator=(p for s in sentences for p in split_long(s)), model_prefix=prefix,
