@@ -56,7 +56,9 @@ class Trainer:
         opt_state=optim.state_shardings(
             self.tx, abstract_params, param_shardings, mesh,
             matrix_views=config.optimizer.name == 'adafactor'))
-    abstract = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
+    # = jax.eval_shape(self._init_state, rng), without tracing the model's init once more
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                          opt_state=jax.eval_shape(self.tx.init, abstract_params))
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
         self.state_shardings)
