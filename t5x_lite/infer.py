@@ -253,7 +253,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
                                  else (None,) * 4)
   if examples:
     print(f'[t5x_lite] infer: params of step {step} from {read}; '
-          f'{len(examples)} input{"s" if len(examples) != 1 else ""}, batches of {batch_size}, up to {max_length} tokens, '
+          f'{len(examples)} input{"s" if len(examples) != 1 else ""}, batches of {batch_size}, '
+          f'up to {max_length} tokens, '
           f'{_method(beam_size, temperature, top_k, top_p, seed)}.',
           file=sys.stderr, flush=True)
   try:

@@ -534,7 +534,9 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   resumed_at = f' (step {start + 1}: this run resumed)' if start else ''
   losses = ('no step to train' if first is None else
             f'first loss {round(first, 4)}{resumed_at}, last loss {round(last, 4)}')
-  print(f'[t5x_lite] done: {step - start} step{"s" if step - start != 1 else ""} in {time.time() - run_start:.0f}s; {losses}; '
+  trained = step - start
+  print(f'[t5x_lite] done: {trained} step{"s" if trained != 1 else ""} in '
+        f'{time.time() - run_start:.0f}s; {losses}; '
         f'checkpoint step {step} in {ckpts.directory}.', flush=True)
   if pid == 0:
     from t5x_lite import loss_curve
