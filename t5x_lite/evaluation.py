@@ -58,7 +58,6 @@ class MetricsLog:
     self.path = os.path.join(workdir, 'metrics.jsonl')
     if not enabled:
       return
-    import tensorflow as tf
     # A resumed run rewrites the steps after its checkpoint: drop their old lines (and a
     # line cut short by a kill); atomic, so a kill here loses nothing.
     if os.path.exists(self.path):
@@ -68,7 +67,8 @@ class MetricsLog:
         f.writelines(kept)
       os.replace(self.path + '.tmp', self.path)
     _trim_event_files(os.path.join(workdir, 'tensorboard'), resume_step)
-    self.writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+    self.tensorboard = os.path.join(workdir, 'tensorboard')
+    self.writer = None  # made at the first write: a run that logs nothing adds no empty file
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -76,6 +76,8 @@ class MetricsLog:
     import tensorflow as tf
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': step, **metrics}) + '\n')
+    if self.writer is None:
+      self.writer = tf.summary.create_file_writer(self.tensorboard)
     with self.writer.as_default(step=step):
       for k, v in metrics.items():
         if isinstance(v, (int, float)) and math.isfinite(v):

@@ -404,6 +404,11 @@ def test_a_resume_drops_later_steps_from_metrics_and_tensorboard(tmp_path):
   want = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)]
   assert [(s, l) for s, l, _ in _losses(workdir, tokens=False)] == want
   assert _tensorboard_losses(workdir) == want
+  # A restart that logs nothing (nothing left to train) adds no empty event file.
+  before = sorted(os.listdir(os.path.join(workdir, 'tensorboard')))
+  time.sleep(1.1)
+  MetricsLog(workdir, resume_step=5, enabled=True)
+  assert sorted(os.listdir(os.path.join(workdir, 'tensorboard'))) == before
 
 
 @pytest.mark.filterwarnings('ignore:Sharding info not provided')  # reading back on 1 CPU
