@@ -176,7 +176,8 @@ def decode_split(config, model, params, split: str, steps: int,
   examples come in file order: `steps` batches are the split's first steps x batch examples
   (at most one pass, also of the train split and with data.eval_repeat).
   With `sample_seed`, they are instead drawn uniformly at random (that seed, without
-  replacement) from all real examples of the split, kept in file order."""
+  replacement) from the split's first SAMPLE_POOL_ROWS real examples (all, on a smaller
+  split), kept in file order."""
   import numpy as np
   from t5x_lite import decoding, metrics
   from t5x_lite.data import packing, pipeline
@@ -226,11 +227,22 @@ def decode_split(config, model, params, split: str, steps: int,
   return out
 
 
+# Rows a sample is drawn from: the split's first ones, so its time and memory stay bounded
+# on any validation split (all of a smaller one: the shipped split has ~1,700 demo rows).
+SAMPLE_POOL_ROWS = 10_000
+
+
 def _sampled_batches(it, steps: int, seed: int) -> list:
   """`steps` (>= 1) batches of the iterator's shape, rows drawn at random (seeded, without
-  replacement, kept in file order) from every real row the iterator yields."""
+  replacement, kept in file order) from the first SAMPLE_POOL_ROWS real rows the iterator
+  yields (it read and held the whole split: minutes and gigabytes on a large one)."""
   import numpy as np
-  batches = list(it)
+  batches, real_rows = [], 0
+  for batch in it:
+    batches.append(batch)
+    real_rows += int(np.count_nonzero(batch['decoder_loss_weights'].sum(axis=1) > 0))
+    if real_rows >= SAMPLE_POOL_ROWS:
+      break
   cat = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   real = np.nonzero(cat['decoder_loss_weights'].sum(axis=1) > 0)[0]
   size = len(batches[0]['decoder_loss_weights'])
