@@ -64,6 +64,10 @@ def test_empty_files_and_globs_matching_nothing(tmp_path):
   assert recs == [('text',)] and skips.counts == {'empty file': 2}
   with pytest.raises(DataError, match=r'no usable records in 1 file\(s\); skipped 1 x empty file'):
     _records(f'text:{tmp_path}/e*.txt')
+  # Stream 0 of 2 fails for both streams: it counts both files (it said 1 of 2).
+  (tmp_path / 'empty2.txt').write_text('')
+  with pytest.raises(DataError, match=r'no usable records in 2 file\(s\); skipped 2 x empty file'):
+    _records(f'text:{tmp_path}/e*.txt', num_shards=2)
   with pytest.raises(DataError, match=r"'.*/nothing-\*.txt' matches no files"):
     _records(f'text:{tmp_path}/nothing-*.txt')
   with pytest.raises(DataError, match=r"is a directory; name its files with a glob, e.g. '.*/\*.txt'"):

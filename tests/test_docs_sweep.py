@@ -25,6 +25,7 @@ def test_inspect_workdir_lists_a_stray_entry_of_corrupt_checkpoints(tmp_path, ca
     ('bench', ['--config=configs/default.py', '--decode_only', '--rounds=0'], '--rounds=0'),
     ('inspect', ['--config=configs/default.py', '--num_shards=0'], '--num_shards=0'),
     ('data.bench', ['--seconds=0'], '--seconds=0'),
+    ('data.bench', ['--corpus_gb=-1'], '--corpus_gb=-1.0 must be >= 0'),  # ran the shipped one
 ])
 def test_bad_counts_are_one_error_line(command, args, named):
   proc = subprocess.run([sys.executable, '-m', f't5x_lite.{command}', *args], cwd=ROOT,

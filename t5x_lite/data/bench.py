@@ -49,8 +49,9 @@ def main():
                'corpus_files'):
     if not getattr(FLAGS, name) > 0:
       raise ValueError(f'--{name}={getattr(FLAGS, name)} must be above 0.')
-  if FLAGS.model_steps < 0:
-    raise ValueError(f'--model_steps={FLAGS.model_steps} must be >= 0 (0: skip the model).')
+  for name, zero in (('model_steps', 'skip the model'), ('corpus_gb', 'the shipped corpus')):
+    if not getattr(FLAGS, name) >= 0:  # (NaN too)
+      raise ValueError(f'--{name}={getattr(FLAGS, name)} must be >= 0 (0: {zero}).')
   from t5x_lite import throughput
   args = (FLAGS.seconds, FLAGS.batch_size, FLAGS.model_batch_size, FLAGS.model_steps,
           FLAGS.inputs_length, FLAGS.targets_length)

@@ -459,11 +459,14 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
   if src.kind == 'text' and nf != 1:
     raise DataError(f'source {src}: plain text has one field per document; the text_to_text '
                     f'objective needs a jsonl, tsv or tfds source with {list(fields)}.')
-  num_files = len(files)
+  num_files, listed = len(files), files
   survey = survey if survey is not None else FileSurvey()
   files = [f for i, f in enumerate(files)
            if _usable(f, survey.head(f), skips, on_bad_input, count=i % num_streams == stream)]
-  if not files:
+  if not files:  # the error counts every file, not only this stream's share of them
+    for i, f in enumerate(listed):
+      if i % num_streams != stream:
+        _usable(f, survey.head(f), skips, 'skip')
     raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
   mine, dealt = split_files(files, stream, num_streams)
   owner = (stream, num_streams) if dealt else None  # every stream reads every line: one counts
