@@ -248,7 +248,7 @@ def model_prefix(output: str) -> str:
   directory (or a path ending in '/') is refused: the files would be DIR/.model and
   DIR/.vocab."""
   prefix = output[:-len('.model')] if output.endswith('.model') else output
-  if output.endswith(('/', os.sep)) or os.path.isdir(output) or not os.path.basename(prefix):
+  if os.path.isdir(output) or not os.path.basename(prefix):  # (also 'DIR/', 'DIR/.model')
     raise VocabError(f'--output={output} is a directory: give a file path in it, e.g. '
                      f'--output={os.path.join(output, "spm.model")}.')
   return prefix
