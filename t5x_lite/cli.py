@@ -17,6 +17,10 @@ XLA's CPU runtime maps each step's temporaries afresh, and with 4 KiB pages the 
 them in one page at a time, every step (`huge_pages_environ`). Setting the tunable yourself
 (`=0` to opt out) skips the restart.
 
+A command ends without the interpreter's module teardown (`exit_without_module_teardown`):
+the `atexit` hooks run, then the process exits; with TensorFlow loaded the teardown took
+~1 s of every command.
+
 On CPU, `run` also leaves matrix multiplications to XLA's own dot emitter (Eigen) instead of
 YNNPACK, which keeps the reductions (`xla_cpu_dots_environ`): on the x86 cores this was
 measured on, the train step ran ~1.13x faster. Naming the flag in XLA_FLAGS yourself keeps
@@ -388,7 +392,7 @@ def run(body, needs_workdir: bool = True, name: str = ''):
       return parse_flags(argv)
     except FlagError as e:
       report_error(e, name)
-      sys.exit(1)
+      exit_without_module_teardown(1)
 
   def main(argv):
     logging.basicConfig(level=logging.WARNING)
@@ -410,12 +414,25 @@ def run(body, needs_workdir: bool = True, name: str = ''):
         jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
       body()
     status = call(checked_body, name)
-    if status and [t for t in threading.enumerate() if t.is_alive() and not t.daemon
-                   and t is not threading.current_thread()]:
-      # Background work (a failing Orbax save) is still running: interpreter shutdown
-      # would wait for it and print its errors. It is abandoned; the error line said why.
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(status)
-    sys.exit(status)
+    if status == 0 and [t for t in threading.enumerate() if t.is_alive() and not t.daemon
+                        and t is not threading.current_thread()]:
+      sys.exit(status)  # let Python wait for the running thread, as it does by default
+    # Otherwise background work still running is a failing Orbax save: it is abandoned (the
+    # error line said why) rather than waited for with its errors printed.
+    exit_without_module_teardown(status)
   app.run(main, flags_parser=parse)
+
+
+def exit_without_module_teardown(status: int) -> None:
+  """Exit as the interpreter would, but without finalizing every loaded module.
+
+  Runs the `atexit` hooks (JAX's backend and `jax.distributed` shutdown, TensorFlow's, the
+  iterators' in data/iterator.py, logging's flush) and flushes stdout and stderr, then ends
+  the process: the module teardown that follows in a normal exit only frees memory, and
+  with TensorFlow loaded it takes ~0.7 s (1.0 of a tiny 8.7 s training run). Every file a
+  command writes is closed (or flushed, TensorBoard's) before it returns."""
+  import atexit
+  atexit._run_exitfuncs()  # what Py_Finalize runs first; the module teardown is what's left
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)

@@ -1,6 +1,10 @@
 """`python -m t5x_lite.train` end to end, in subprocesses: 8-device checkpoint restored on
 1 device, SIGTERM and SIGINT, NaN, fine-tuning, and bad input. Exact resume after SIGKILL is
-tests/test_reliability.py's (10 kills); two processes, tests/test_data_multiprocess.py."""
+tests/test_reliability.py's (10 kills); two processes, tests/test_data_multiprocess.py.
+What a resume or a fine-tuning start says and refuses runs in this process (`run_here`): the
+same config and error handling, without a process start per run."""
+import contextlib
+import io
 import json
 import os
 import re
@@ -35,6 +39,26 @@ def run(workdir, *overrides, check=True, timeout=300):
                         text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+  return proc
+
+
+def run_here(workdir, *overrides, check=True):
+  """`run` in this process, for the tests of what a run prints and writes rather than of the
+  process: no interpreter start, imports or exit (~4 s of a ~9 s run). The config comes from
+  the same flags (`config_from_flags`), errors go through the commands' `cli.call`; the mesh
+  is the pytest session's 8 CPU devices (data=8), not the command's 1."""
+  from t5x_lite import cli, train_loop
+  config = config_from_flags(TINY + list(overrides))
+  out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+  os.chdir(ROOT)  # the config's paths, as the commands' cwd=ROOT
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      status = cli.call(lambda: train_loop.train(config, workdir))
+  finally:
+    os.chdir(cwd)
+  proc = subprocess.CompletedProcess(overrides, status, out.getvalue(), err.getvalue())
+  if check and status != 0:
+    raise AssertionError(f'train failed ({status}):\n{proc.stdout}\n{proc.stderr}')
   return proc
 
 
@@ -262,10 +286,10 @@ def test_the_last_steps_line_leaves_its_window_open_for_a_longer_run(tmp_path):
   args = ('--config.train.log_every=5', '--config.optimizer.schedule=constant',
           '--config.train.checkpoint_every=0')
   ref, extended = str(tmp_path / 'ref'), str(tmp_path / 'extended')
-  run(ref, '--config.train.steps=15', *args)
-  run(extended, '--config.train.steps=12', *args)
+  run_here(ref, '--config.train.steps=15', *args)
+  run_here(extended, '--config.train.steps=12', *args)
   assert sorted(losses(extended)) == [5, 10, 12]
-  assert 'restored step 12' in run(extended, '--config.train.steps=15', *args).stdout
+  assert 'restored step 12' in run_here(extended, '--config.train.steps=15', *args).stdout
   for key in ('loss', 'grad_norm', 'accuracy', 'z_loss', 'target_tokens', 'tokens_seen'):
     got, want = losses(extended, key), losses(ref, key)
     assert sorted(got) == [5, 10, 12, 15] and sorted(want) == [5, 10, 15]
@@ -363,7 +387,7 @@ def _assert_fine_tune_started_from(workdir, source_params):
 def test_init_from_checkpoint_fine_tunes_with_fresh_optimizer(uninterrupted, tmp_path):
   ref_dir, _ = uninterrupted
   workdir = str(tmp_path / 'ft')
-  proc = run(workdir, '--config.train.steps=1', f'--config.init_from={ref_dir}')
+  proc = run_here(workdir, '--config.train.steps=1', f'--config.init_from={ref_dir}')
   assert 'initialized params from' in proc.stdout and 'fresh optimizer state' in proc.stdout
   _assert_fine_tune_started_from(workdir, final_params(ref_dir, 12))
 
@@ -378,15 +402,15 @@ def test_init_from_hf_directory(uninterrupted, tmp_path):
   # tokenizer beside the weights is trained on, with a warning naming both.
   with open(os.path.join(hf_dir, 'spiece.model'), 'ab') as f:
     f.write(b'\0')
-  proc = run(workdir, '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}')
+  proc = run_here(workdir, '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}')
   assert 'initialized params from Hugging Face directory' in proc.stdout
   assert f'warning: config.init_from=hf:{hf_dir}: {hf_dir}/spiece.model is not config.data.vocab' \
       in proc.stderr
   _assert_fine_tune_started_from(workdir, final_params(ref_dir, 12))
   # A model config other than the directory's is refused at start-up, nothing built.
   other = str(tmp_path / 'other')
-  proc = run(other, '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}',
-             '--config.model.d_ff=96', check=False)
+  proc = run_here(other, '--config.train.steps=1', f'--config.init_from=hf:{hf_dir}',
+                  '--config.model.d_ff=96', check=False)
   assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
       f'error: config.model.d_ff=96 differs from the Hugging Face model in {hf_dir} (64).')
   assert not os.path.exists(os.path.join(other, 'checkpoints'))
@@ -398,15 +422,16 @@ def test_init_from_either_layer_layout(uninterrupted, tmp_path):
   from t5x_lite import conversion
   ref_dir, _ = uninterrupted
   source = final_params(ref_dir, 12)
-  proc = run(str(tmp_path / 'scanned'), '--config.train.steps=1', f'--config.init_from={ref_dir}',
-             '--config.model.scan_layers=True')
+  proc = run_here(str(tmp_path / 'scanned'), '--config.train.steps=1',
+                  f'--config.init_from={ref_dir}', '--config.model.scan_layers=True')
   assert 'initialized params from' in proc.stdout
   _assert_fine_tune_started_from(str(tmp_path / 'scanned'), source)
   stacked = conversion.hf_to_t5x(conversion.t5x_to_hf(ref_dir, str(tmp_path / 'hf')),
                                  str(tmp_path / 'stacked'), scan_layers=True)
   assert 'layers' in ocp.PyTreeCheckpointer().metadata(stacked).item_metadata.tree['params'][
       'encoder']
-  run(str(tmp_path / 'unscanned'), '--config.train.steps=1', f'--config.init_from={stacked}')
+  run_here(str(tmp_path / 'unscanned'), '--config.train.steps=1',
+           f'--config.init_from={stacked}')
   _assert_fine_tune_started_from(str(tmp_path / 'unscanned'), source)
 
 
@@ -436,6 +461,22 @@ def test_help_lists_the_commands_main_flags(command, names):
   assert set(names) <= listed, out
 
 
+def test_a_command_exits_with_its_status_after_the_atexit_hooks_and_buffered_output():
+  """Commands end without the interpreter's module teardown (cli.exit_without_module_teardown):
+  the atexit hooks (JAX's, TensorFlow's, the data iterators') still run, in order, and what
+  they and the command printed arrives."""
+  script = ('import atexit, sys\n'
+            'from t5x_lite import cli\n'
+            'atexit.register(lambda: print("hook 1", end=""))\n'  # runs last
+            'atexit.register(lambda: print("hook 2", flush=True))\n'
+            'print("out", end=""); print("err", end="", file=sys.stderr)\n'
+            'cli.exit_without_module_teardown(3)\n'
+            'print("never")\n')
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+  assert (proc.returncode, proc.stdout, proc.stderr) == (3, 'outhook 2\nhook 1', 'err')
+
+
 @pytest.mark.parametrize('override,message', [
     # the shapes, and the field the step's saved config gives for them
     ('--config.model.d_ff=96', r'checkpoints/12 does not match this config: config.model.d_ff=96 '
@@ -458,7 +499,7 @@ def test_incompatible_checkpoint_names_the_cause(uninterrupted, tmp_path, overri
   workdir = str(tmp_path / 'incompatible')
   shutil.copytree(ref_dir, workdir)
   config_json = open(os.path.join(workdir, 'config.json')).read()
-  proc = run(workdir, '--config.train.steps=20', override, check=False)
+  proc = run_here(workdir, '--config.train.steps=20', override, check=False)
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert re.search(message, last), last
@@ -475,19 +516,19 @@ def test_a_fresh_start_does_not_take_over_another_networks_run(uninterrupted, tm
   shutil.copytree(ref_dir, workdir)
   shutil.rmtree(os.path.join(workdir, 'checkpoints'))
   before = {f: open(os.path.join(workdir, f)).read() for f in ('config.json', 'metrics.jsonl')}
-  proc = run(workdir, '--config.train.steps=2', '--config.model.d_ff=96', check=False)
+  proc = run_here(workdir, '--config.train.steps=2', '--config.model.d_ff=96', check=False)
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert re.search(r'--workdir=.* holds another run without a checkpoint: config.model.d_ff=96 '
                    r'differs from .*config.json \(64\); a fresh start would overwrite', last), last
   assert {f: open(os.path.join(workdir, f)).read() for f in before} == before
-  proc = run(workdir, '--config.train.steps=2')
+  proc = run_here(workdir, '--config.train.steps=2')
   assert 'fresh start from seed 0' in proc.stdout
   # A config.json cut short (by a kill, before its write was atomic) holds no run to keep.
   shutil.rmtree(os.path.join(workdir, 'checkpoints'))
   text = open(os.path.join(workdir, 'config.json')).read()
   open(os.path.join(workdir, 'config.json'), 'w').write(text[:len(text) // 2])
-  proc = run(workdir, '--config.train.steps=1', '--config.model.d_ff=96')
+  proc = run_here(workdir, '--config.train.steps=1', '--config.model.d_ff=96')
   assert 'fresh start from seed 0' in proc.stdout
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['d_ff'] == 96
 
@@ -507,7 +548,7 @@ def test_changed_data_settings_stop_the_resume_and_keep_the_checkpoints(
   import shutil
   shutil.copytree(ref_dir, workdir)
   before = checkpoint_steps(workdir)
-  proc = run(workdir, '--config.train.steps=20', override, check=False)
+  proc = run_here(workdir, '--config.train.steps=20', override, check=False)
   assert proc.returncode == 1, proc.stderr[-2000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: cannot resume step 12') and message in last, last
@@ -528,7 +569,7 @@ def test_every_checkpoint_unusable_is_an_error_not_a_fresh_start(uninterrupted, 
     open(os.path.join(workdir, 'checkpoints', str(step), 'state', '_METADATA'), 'w').close()
   metrics = open(os.path.join(workdir, 'metrics.jsonl')).read()
   for _ in range(2):
-    proc = run(workdir, '--config.train.steps=20', check=False)
+    proc = run_here(workdir, '--config.train.steps=20', check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert 'every checkpoint of this run is unusable' in last and 'new --workdir' in last
@@ -554,8 +595,8 @@ def test_init_from_a_checkpoint_of_another_model_is_refused(uninterrupted, tmp_p
   without a checkpoints/ directory."""
   ref_dir, _ = uninterrupted
   sub, _, override = override.rpartition(' ')
-  proc = run(str(tmp_path / 'ft'), '--config.train.steps=1',
-             f'--config.init_from={os.path.join(ref_dir, sub)}', override, check=False)
+  proc = run_here(str(tmp_path / 'ft'), '--config.train.steps=1',
+                  f'--config.init_from={os.path.join(ref_dir, sub)}', override, check=False)
   assert proc.returncode == 1, proc.stderr[-2000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and message in last, last
@@ -577,24 +618,25 @@ def test_a_model_mismatch_names_every_differing_field():
 def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp_path):
   workdir = str(tmp_path / 'cosine')
   cosine = ['--config.optimizer.schedule=cosine', '--config.optimizer.warmup_steps=1']
-  run(workdir, '--config.train.steps=2', *cosine, '--config.train.checkpoint_every=1')
+  run_here(workdir, '--config.train.steps=2', *cosine, '--config.train.checkpoint_every=1')
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '2'))  # resume inside the decay
-  proc = run(workdir, '--config.train.steps=3', *cosine)
+  proc = run_here(workdir, '--config.train.steps=3', *cosine)
   assert ('the cosine schedule decays over train.steps (optimizer.decay_steps=0): it was 2 '
           'steps, now 3, so the learning rate changes from step 1 on; set '
           'optimizer.decay_steps=2 to keep it') in proc.stdout
   # Resumed at the end of the saved decay (rate 0): keeping it would train nothing.
   ended = str(tmp_path / 'ended')
-  run(ended, '--config.train.steps=2', *cosine)
-  proc = run(ended, '--config.train.steps=3', *cosine)
+  run_here(ended, '--config.train.steps=2', *cosine)
+  proc = run_here(ended, '--config.train.steps=3', *cosine)
   assert ('it was 2 steps, now 3, so the learning rate, 0 since step 2, rises again for the '
           'new steps (optimizer.decay_steps=2 would keep it at 0') in proc.stdout
-  proc = run(workdir, '--config.train.steps=3', *cosine)  # same steps: no notice
+  proc = run_here(workdir, '--config.train.steps=3', *cosine)  # same steps: no notice
   assert 'cosine schedule' not in proc.stdout
   assert 'at step 3, at or past config.train.steps=3: nothing to train' in proc.stdout
   assert 'done: 0 steps' in proc.stdout and 'no step to train' in proc.stdout
   assert 'None' not in proc.stdout  # (the losses of no step were printed as None)
-  proc = run(workdir, '--config.train.steps=4', *cosine, '--config.optimizer.decay_steps=3')
+  proc = run_here(workdir, '--config.train.steps=4', *cosine,
+                  '--config.optimizer.decay_steps=3')
   assert 'decays over train.steps (optimizer.decay_steps=0): it was' not in proc.stdout
   assert 'optimizer settings other than the checkpoint\'s: decay_steps 0 -> 3;' in proc.stdout
   assert 'reaches learning rate 0 at optimizer.decay_steps=3, before train.steps=4' in (
@@ -603,8 +645,8 @@ def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp
   # nothing to say (it warned, advising a decay_steps shorter than the warmup).
   workdir = str(tmp_path / 'in_warmup')
   warm = ['--config.optimizer.schedule=cosine', '--config.optimizer.warmup_steps=10']
-  run(workdir, '--config.train.steps=2', *warm)
-  proc = run(workdir, '--config.train.steps=3', *warm)
+  run_here(workdir, '--config.train.steps=2', *warm)
+  proc = run_here(workdir, '--config.train.steps=3', *warm)
   assert 'restored step 2' in proc.stdout and 'decays over train.steps' not in proc.stdout
 
 
@@ -673,13 +715,13 @@ def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_pat
   changes = ('--config.optimizer.learning_rate=0.003', '--config.optimizer.warmup_steps=7',
              '--config.optimizer.z_loss=0.0', '--config.model.dropout_sites=bert_gpt2',
              '--config.train.seed=3')
-  proc = run(workdir, '--config.train.steps=13', *changes)
+  proc = run_here(workdir, '--config.train.steps=13', *changes)
   assert 'restored step 12' in proc.stdout, proc.stdout
   line = next(l for l in proc.stdout.splitlines() if 'optimizer settings other' in l)
   assert 'learning_rate 0.03 -> 0.003, warmup_steps 100 -> 7, z_loss 0.0001 -> 0.0;' in line, line
   assert ("resuming with training settings other than the checkpoint's: "
           "train.seed 0 -> 3, model.dropout_sites 't5' -> 'bert_gpt2'.") in proc.stdout
-  proc = run(workdir, '--config.train.steps=14', *changes)
+  proc = run_here(workdir, '--config.train.steps=14', *changes)
   assert 'settings other' not in proc.stdout  # as the checkpoint now says
 
 
@@ -701,7 +743,7 @@ def test_a_resume_names_a_z_loss_change_against_a_checkpoint_from_before_it_move
   saved['train']['z_loss'] = 0.0  # the old layout, with z-loss off
   json.dump(saved, open(path, 'w'))
   checkpoint_integrity.write_manifest(step_dir)  # as if saved so
-  proc = run(workdir, '--config.train.steps=13')
+  proc = run_here(workdir, '--config.train.steps=13')
   assert 'restored step 12' in proc.stdout, proc.stdout
   assert ("optimizer settings other than the checkpoint's: z_loss 0.0 -> 0.0001;"
           in proc.stdout), proc.stdout

@@ -40,6 +40,7 @@ TINY_MODEL = ['--config=configs/default.py'] + [
 def config_from_flags(flags):
   """The ConfigDict a command builds from `--config=FILE` and `--config.a.b=v` flags (each
   value takes the type of the default it overrides)."""
+  import ast
   import importlib
   config = None
   for flag in flags:
@@ -53,7 +54,12 @@ def config_from_flags(flags):
       for p in parents:
         node = node[p]
       old = node[leaf]
-      node[leaf] = (value.lower() == 'true') if isinstance(old, bool) else type(old)(value)
+      if isinstance(old, bool):
+        node[leaf] = value.lower() == 'true'
+      elif isinstance(old, (tuple, list)):
+        node[leaf] = type(old)(ast.literal_eval(value))
+      else:
+        node[leaf] = type(old)(value)
   return config
 
 
