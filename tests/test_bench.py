@@ -21,7 +21,8 @@ def _tiny_config():
   from configs import default
   cfg = default.get_config()
   cfg.model.update(TINY)
-  cfg.data.update(dict(inputs_length=32, targets_length=8))
+  # One input stream: each one costs ~1 s of tf.data tracing per pipeline the bench builds.
+  cfg.data.update(dict(inputs_length=32, targets_length=8, num_virtual_shards=1))
   cfg.train.batch_size = 8  # the test session's 8 CPU devices split the batch
   return cfg
 
@@ -94,8 +95,9 @@ def test_measured_peak_is_a_real_matmul_rate():
 def test_bench_command_json():
   args = [f'--config.model.{k}={v}' for k, v in TINY.items()] + [
       '--config.data.inputs_length=32', '--config.data.targets_length=8',
-      '--config.train.batch_size=4', '--steps=1', '--rounds=1', '--beam_size=2',
-      '--pipeline_seconds=0.2', '--noreference', '--peak_flops=1e9', '--matmuls', '--json']
+      '--config.data.num_virtual_shards=1', '--config.train.batch_size=4', '--steps=1',
+      '--rounds=1', '--beam_size=2', '--pipeline_seconds=0.2', '--noreference',
+      '--peak_flops=1e9', '--matmuls', '--json']
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
   r = subprocess.run([sys.executable, '-m', 't5x_lite.bench', *args], cwd=ROOT,
                      capture_output=True, text=True, timeout=600, env=env)
@@ -235,7 +237,8 @@ def test_pipeline_throughput_counts_the_positions_each_family_reads(name, object
   # read (families.stream_lengths), the same positions the train step's tokens/s counts.
   from tiny_run import tiny_config
   from t5x_lite import families, throughput
-  cfg = tiny_config(name, data=dict(objective=objective, inputs_length=24, targets_length=12))
+  cfg = tiny_config(name, data=dict(objective=objective, inputs_length=24, targets_length=12,
+                                    num_virtual_shards=1))
   pos, real, batch = throughput.pipeline_throughput(cfg, 0.2, 4)
   lengths = families.stream_lengths(cfg)
   keys = throughput.stream_token_features(cfg.model.family)
@@ -251,7 +254,7 @@ def test_bench_runs_for_an_encoder_only_and_a_decoder_only_config():
     # GPT's position table exactly as long as its rows: decode continues 16-token prompts
     # to the row length, never past the table.
     cfg = tiny_config(name, layers=1, train=dict(batch_size=8), max_position_embeddings=32,
-                      data=dict(inputs_length=32, targets_length=32))
+                      data=dict(inputs_length=32, targets_length=32, num_virtual_shards=1))
     lines = []
     out = benchmark.run(cfg, steps=1, rounds=1, beam_size=2, pipeline_seconds=0.2,
                         print_fn=lines.append)

@@ -10,11 +10,12 @@ import pytest
 
 from tiny_run import ROOT, TINY_MODEL
 
-STEPS = 40
+STEPS = 16
+HALF = STEPS // 2  # the checkpoint the one-process run resumes from
 TINY = TINY_MODEL + [
     '--config.data.targets_length=14', '--config.train.log_every=1', '--config.train.eval_every=0',
     '--config.checkpoint.keep=10', '--show_predictions=0', f'--config.train.steps={STEPS}',
-    '--config.train.checkpoint_every=20',
+    f'--config.train.checkpoint_every={HALF}',
 ]
 
 
@@ -60,12 +61,12 @@ def test_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
   single, multi = runs
   workdir = str(tmp_path / 'resumed')
   shutil.copytree(multi, workdir)
-  shutil.rmtree(os.path.join(workdir, 'checkpoints', str(STEPS)))   # resume from step 20
-  data = os.listdir(os.path.join(workdir, 'checkpoints', '20', 'data'))
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', str(STEPS)))   # resume from step HALF
+  data = os.listdir(os.path.join(workdir, 'checkpoints', str(HALF), 'data'))
   assert sorted(f for f in data if f.endswith('.json')) == [         # one state per stream
       f'stream-{v:05d}-of-00004.json' for v in range(4)]
   proc = _one_process(workdir)
-  assert 'restored step 20' in proc.stdout
+  assert f'restored step {HALF}' in proc.stdout
   a, r = _losses(single), _losses(workdir)
-  np.testing.assert_allclose([r[s] for s in range(21, STEPS + 1)],
-                             [a[s] for s in range(21, STEPS + 1)], rtol=1e-5)
+  np.testing.assert_allclose([r[s] for s in range(HALF + 1, STEPS + 1)],
+                             [a[s] for s in range(HALF + 1, STEPS + 1)], rtol=1e-5)
