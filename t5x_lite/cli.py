@@ -433,6 +433,9 @@ def exit_without_module_teardown(status: int) -> None:
   command writes is closed (or flushed, TensorBoard's) before it returns."""
   import atexit
   atexit._run_exitfuncs()  # what Py_Finalize runs first; the module teardown is what's left
-  sys.stdout.flush()
-  sys.stderr.flush()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a reader gone (`| head`) or a closed stream
+      pass
   os._exit(status)
