@@ -414,11 +414,17 @@ def run(body, needs_workdir: bool = True, name: str = ''):
         jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
       body()
     status = call(checked_body, name)
-    if status == 0 and [t for t in threading.enumerate() if t.is_alive() and not t.daemon
-                        and t is not threading.current_thread()]:
-      sys.exit(status)  # let Python wait for the running thread, as it does by default
-    # Otherwise background work still running is a failing Orbax save: it is abandoned (the
-    # error line said why) rather than waited for with its errors printed.
+    running = [t for t in threading.enumerate() if t.is_alive() and not t.daemon
+               and t is not threading.current_thread()]
+    if running and status == 0:
+      sys.exit(status)  # Python waits for the thread, as it does by default
+    if running:
+      # Background work (a failing Orbax save) is still running: interpreter shutdown, and
+      # the atexit hooks, would wait for it and print its errors. It is abandoned; the error
+      # line said why.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(status)
     exit_without_module_teardown(status)
   app.run(main, flags_parser=parse)
 
