@@ -422,9 +422,7 @@ def run(body, needs_workdir: bool = True, name: str = ''):
       # Background work (a failing Orbax save) is still running: interpreter shutdown, and
       # the atexit hooks, would wait for it and print its errors. It is abandoned; the error
       # line said why.
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(status)
+      _flush_and_exit(status)
     exit_without_module_teardown(status)
   app.run(main, flags_parser=parse)
 
@@ -439,6 +437,10 @@ def exit_without_module_teardown(status: int) -> None:
   command writes is closed (or flushed, TensorBoard's) before it returns."""
   import atexit
   atexit._run_exitfuncs()  # what Py_Finalize runs first; the module teardown is what's left
+  _flush_and_exit(status)
+
+
+def _flush_and_exit(status: int) -> None:
   for stream in (sys.stdout, sys.stderr):
     try:
       stream.flush()

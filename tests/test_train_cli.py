@@ -49,13 +49,10 @@ def run_here(workdir, *overrides, check=True):
   is the pytest session's 8 CPU devices (data=8), not the command's 1."""
   from t5x_lite import cli, train_loop
   config = config_from_flags(TINY + list(overrides))
-  out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
-  os.chdir(ROOT)  # the config's paths, as the commands' cwd=ROOT
-  try:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      status = cli.call(lambda: train_loop.train(config, workdir))
-  finally:
-    os.chdir(cwd)
+  out, err = io.StringIO(), io.StringIO()
+  # cwd=ROOT, as the commands': the config's relative paths
+  with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    status = cli.call(lambda: train_loop.train(config, workdir))
   proc = subprocess.CompletedProcess(overrides, status, out.getvalue(), err.getvalue())
   if check and status != 0:
     raise AssertionError(f'train failed ({status}):\n{proc.stdout}\n{proc.stderr}')
