@@ -547,6 +547,10 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
            'in the workdir wins): params, optimizer state and data position')
     if config.init_from:
       why += f'; config.init_from={config.init_from!r} ignored because the workdir resumes'
+      source = config.init_from[3:] if config.init_from.startswith('hf:') else config.init_from
+      if not os.path.exists(source):  # not an error (the resume never reads it): maybe a typo
+        warn(f'config.init_from={config.init_from} does not exist (ignored: the workdir '
+             'resumes from its own checkpoint).')
     return state, why
   if config.init_from.startswith('hf:'):
     from t5x_lite import hf

@@ -526,7 +526,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   if stopping or (vote is None and stop.signal):
     print(f'[t5x_lite] {stop.signal or "a stop signal on another process"}: saved checkpoint '
           f'at step {step} in '
-          f'{ckpts.directory}; rerun the same command to resume.', flush=True)
+          f'{os.path.join(workdir, "checkpoints")}; rerun the same command to resume.', flush=True)
     return
 
   report_skips('train', train_iter.skips)  # again: counted as the streams read
@@ -537,7 +537,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   trained = step - start
   print(f'[t5x_lite] done: {trained} step{"s" if trained != 1 else ""} in '
         f'{time.time() - run_start:.0f}s; {losses}; '
-        f'checkpoint step {step} in {ckpts.directory}.', flush=True)
+        f'checkpoint step {step} in {os.path.join(workdir, "checkpoints")}.', flush=True)
   if pid == 0:
     from t5x_lite import loss_curve
     print(loss_curve.report(workdir), flush=True)

@@ -504,6 +504,29 @@ def test_incompatible_checkpoint_names_the_cause(uninterrupted, tmp_path, overri
   assert checkpoint_steps(workdir) == [4, 8, 12]
 
 
+def test_the_workdirs_checkpoint_wins_over_init_from_and_the_log_says_so(uninterrupted, tmp_path):
+  """Precedence: latest workdir checkpoint > config.init_from. The log names what was restored
+  and that init_from was ignored; an init_from that does not exist (a typo the resume never
+  reads) is warned about, not refused: the resumed run does not need it."""
+  ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / 'resumes')
+  shutil.copytree(ref_dir, workdir)
+  proc = run_here(workdir, '--config.train.steps=12', f'--config.init_from={ref_dir}')
+  ckpt = os.path.join(workdir, 'checkpoints', '12')
+  assert (f'restored step 12 from {ckpt} (latest checkpoint in the workdir wins): params, '
+          f'optimizer state and data position; config.init_from={ref_dir!r} ignored because '
+          'the workdir resumes.') in proc.stdout
+  assert 'warning' not in proc.stderr
+  missing = str(tmp_path / 'no_such_run')
+  for init_from in (missing, f'hf:{missing}'):
+    proc = run_here(workdir, '--config.train.steps=12', f'--config.init_from={init_from}')
+    assert f'restored step 12 from {ckpt}' in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f'[t5x_lite] warning: config.init_from={init_from} does not exist (ignored: the '
+        'workdir resumes from its own checkpoint).']
+  assert checkpoint_steps(workdir) == [4, 8, 12]
+
+
 def test_a_fresh_start_does_not_take_over_another_networks_run(uninterrupted, tmp_path):
   """A workdir whose run left no checkpoint (killed before its first) but holds another
   network's config.json: refused, nothing overwritten (its metrics.jsonl was cut to the new
