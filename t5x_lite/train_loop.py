@@ -18,11 +18,13 @@ A checkpoint save that fails in the background (`checkpoints.CheckpointError`) s
 run at the next step; the earlier checkpoints stay as they were.
 """
 import contextlib
+import itertools
 import json
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -90,7 +92,14 @@ class StopRequest:
 
   def _handle(self, signum, frame):
     del frame
-    self.signal = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    if name == 'SIGINT' == self.signal:  # Ctrl-C twice: stop now (the saved steps are kept)
+      raise KeyboardInterrupt
+    self.signal = name
+    if name == 'SIGINT':  # the step, an eval or a save may take a while yet
+      with contextlib.suppress(RuntimeError):  # (a print the handler interrupted: reentrant)
+        print('[t5x_lite] SIGINT: stopping after this step with a checkpoint (Ctrl-C again '
+              'to stop at once without it).', file=sys.stderr, flush=True)
 
   def __enter__(self):
     self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -121,6 +130,24 @@ class StartupInterrupt:
     if self._previous is not None:
       signal.signal(signal.SIGINT, self._previous)
       self._previous = None
+
+
+def first_batch(train_iter) -> dict:
+  """next(train_iter), waited for in a helper thread: the main thread's wait (unlike one in
+  tf.data's C++, which holds Python's signal handlers back) ends at once on a Ctrl-C."""
+  out = {}
+
+  def fetch():
+    try:
+      out['batch'] = next(train_iter)
+    except BaseException as e:  # noqa: BLE001 - raised in the main thread below
+      out['error'] = e
+  thread = threading.Thread(target=fetch, name='first-batch', daemon=True)
+  thread.start()
+  thread.join()  # a lock wait: a KeyboardInterrupt raised in it ends it
+  if 'error' in out:
+    raise out['error']
+  return out['batch']
 
 
 class StopVote:
@@ -455,6 +482,11 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
 
   # ---- loop: step, log, eval, checkpoint, stop
   t = config.train
+  # The first batch is start-up too: it can take minutes (shuffle buffers filling) and
+  # nothing is trained before it, so a SIGTERM ends the process at once and a Ctrl-C stops
+  # the wait (in the loop, a signal in tf.data's wait was taken when the batch came, and the
+  # run then compiled, trained and saved a step).
+  batches = itertools.chain([first_batch(train_iter)], train_iter) if start < t.steps else None
   dropout_rng = jax.random.PRNGKey(t.seed + 1)
   run_start = time.time()
   evals_reported = False
@@ -468,7 +500,7 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
     try:
       while step < t.steps:
         ckpts.check_for_errors()  # a failed background save stops the run here
-        state, metrics = trainer.train_step(state, trainer.shard_batch(next(train_iter)),
+        state, metrics = trainer.train_step(state, trainer.shard_batch(next(batches)),
                                             dropout_rng)
         step += 1
         throughput.steps += 1

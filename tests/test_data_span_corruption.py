@@ -280,4 +280,23 @@ def test_a_document_over_the_chunk_limit_is_cut_and_counted(tmp_path):
   tokens = sum(int((b['encoder_segment_ids'] > 0).sum()) for b in it)
   assert 0 < tokens < 65536
   assert it.skips.counts == {pipeline._CUT: 1}
-  assert 'document over 65536 tokens' in it.skips.summary()
+  # reported as cut, not skipped: the chunk is trained on
+  assert it.skips.summary() == ('cut 1 x document over 65536 tokens to one random 65536-token '
+                                'chunk (span corruption and prefix LM, as T5 does) (first at '
+                                'validation stream 0)')
+
+
+def test_cut_documents_are_reported_apart_from_skipped_input(caplog):
+  """A skipped line is lost; a cut document is trained on in part: the report says which."""
+  from t5x_lite.data import sources
+  skips = sources.SkipCounter()
+  with caplog.at_level('WARNING', logger='t5x_lite'):
+    skips.add('empty line', 'a.txt:3')
+    skips.add(pipeline._CUT, 'train stream 0', 2)
+  cut = ('document over 65536 tokens to one random 65536-token chunk (span corruption and '
+         'prefix LM, as T5 does)')
+  assert skips.summary() == (f'skipped 1 x empty line (first at a.txt:3); cut 2 x {cut} (first '
+                             'at train stream 0)')
+  assert [r.getMessage() for r in caplog.records] == [
+      'data: skipping empty line at a.txt:3 (counted; later ones are only counted)',
+      f'data: cutting {cut} at train stream 0 (counted; later ones are only counted)']

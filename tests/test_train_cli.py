@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -200,6 +201,60 @@ def test_a_ctrl_c_during_start_up_is_one_line_and_status_130(tmp_path, monkeypat
   assert capsys.readouterr().err.strip().splitlines()[-1] == 'train: interrupted (Ctrl-C).'
   assert checkpoint_steps(workdir) == []
   assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_ctrl_c_while_the_first_batch_is_read_stops_at_once(tmp_path, monkeypatch, capsys):
+  """The first batch is start-up (shuffle buffers filling can take minutes): a Ctrl-C while
+  it is read ends the run at once, status 130, nothing trained or saved. (It was taken when
+  the batch came, and the run then compiled, trained and saved step 1.)"""
+  from t5x_lite import cli, train_loop
+  from t5x_lite.data import iterator
+  next_batch, done = iterator.DataIterator.__next__, threading.Event()
+
+  def slow_first_batch(self):
+    if self.split == 'train' and not hasattr(self, 'waited'):
+      self.waited = True
+      threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+      done.wait(30)  # as long as a buffer takes to fill
+    return next_batch(self)
+  monkeypatch.setattr(iterator.DataIterator, '__next__', slow_first_batch)
+  monkeypatch.chdir(ROOT)
+  workdir = str(tmp_path / 'w')
+  start = time.time()
+  try:
+    status = cli.call(lambda: train_loop.train(config_from_flags(TINY), workdir), 'train')
+  finally:
+    done.set()
+  assert status == 130 and time.time() - start < 25
+  assert capsys.readouterr().err.strip().splitlines()[-1] == 'train: interrupted (Ctrl-C).'
+  assert checkpoint_steps(workdir) == []
+
+
+def test_ctrl_c_twice_stops_at_once_keeping_the_saved_steps(tmp_path, monkeypatch, capsys):
+  """The first Ctrl-C in the loop asks for a checkpoint after the current step and says that
+  a second stops at once; the second does (status 130), the steps saved before it kept."""
+  from t5x_lite import cli, train_loop
+  add = train_loop.Progress.add
+
+  def add_then_ctrl_c_twice(self, step, metrics):
+    add(self, step, metrics)
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # (the handler runs here, or at the latest before the next kill)
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(10)
+      raise AssertionError('the second Ctrl-C did not stop the run')
+  monkeypatch.setattr(train_loop.Progress, 'add', add_then_ctrl_c_twice)
+  monkeypatch.chdir(ROOT)
+  workdir = str(tmp_path / 'w')
+  config = config_from_flags(TINY + ['--config.train.steps=20',
+                                     '--config.train.checkpoint_every=1'])
+  status = cli.call(lambda: train_loop.train(config, workdir), 'train')
+  err = capsys.readouterr().err.strip().splitlines()
+  assert status == 130 and err[-1] == 'train: interrupted (Ctrl-C).', err
+  assert ('[t5x_lite] SIGINT: stopping after this step with a checkpoint (Ctrl-C again to '
+          'stop at once without it).') in err
+  assert checkpoint_steps(workdir) == [1, 2]
 
 
 def test_a_log_line_averages_the_steps_of_its_window(uninterrupted, tmp_path):

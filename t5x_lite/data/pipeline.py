@@ -49,8 +49,8 @@ from t5x_lite.data import vocab as vocab_lib  # noqa: E402
 from t5x_lite.data.iterator import DataIterator  # noqa: E402
 from t5x_lite.data.sources import DataError  # noqa: E402
 
-_CUT = (f'document over {obj_lib.MAX_DOC_TOKENS} tokens (span corruption and prefix LM keep one random '
-        f'{obj_lib.MAX_DOC_TOKENS}-token chunk of it, as T5 does)')
+_CUT = (f'cutting document over {obj_lib.MAX_DOC_TOKENS} tokens to one random {obj_lib.MAX_DOC_TOKENS}-'
+        f'token chunk (span corruption and prefix LM, as T5 does)')
 
 
 # ---------------------------------------------------------------- validation

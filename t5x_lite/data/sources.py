@@ -192,7 +192,8 @@ class SkipCounter:
     if self.parent is not None:
       self.parent._count(reason, where, n)  # pylint: disable=protected-access
     elif reason not in self.first:  # said once per reason, as the stream reaches it
-      log.warning('data: skipping %s at %s (counted; later ones are only counted)', reason, where)
+      log.warning('data: %s at %s (counted; later ones are only counted)',
+                  reason if is_cut(reason) else f'skipping {reason}', where)
     self.counts[reason] += n
     _keep_first(self.first, reason, where)
 
@@ -239,10 +240,15 @@ class SkipCounter:
     return {r: dict(count=c, first=self.first[r]) for r, c in sorted(self.counts.items())}
 
   def summary(self) -> str:
+    """'skipped 2 x empty line (first at a.txt:3)', then input kept in part ('cutting ...'
+    reasons: 'cut 1 x document over ... (first at ...)'), or 'no input skipped'."""
     if not self.counts:
       return 'no input skipped'
-    return 'skipped ' + '; '.join(f'{c} x {r} (first at {self.first[r]})'
-                                  for r, c in sorted(self.counts.items()))
+    listed = lambda rs: '; '.join(f'{self.counts[r]} x {r.removeprefix("cutting ")} '  # noqa: E731
+                                  f'(first at {self.first[r]})' for r in rs)
+    skipped = sorted(r for r in self.counts if not is_cut(r))
+    cut = sorted(r for r in self.counts if is_cut(r))
+    return '; '.join([f'skipped {listed(skipped)}'] * bool(skipped) + [f'cut {listed(cut)}'] * bool(cut))
 
   def truncation_summary(self) -> str:
     """'3 of 200 examples had inputs longer than data.inputs_length=64 tokens (EOS
@@ -271,6 +277,11 @@ class SkipCounter:
       out['examples_read'] = self.examples
       out.update({f'truncated_{f}': self.truncated[f] for f in self.limits})
     return out
+
+
+def is_cut(reason: str) -> bool:
+  """Whether a counted reason keeps part of the input ('cutting ...') rather than skipping it."""
+  return reason.startswith('cutting ')
 
 
 def bad_input(policy: str, skips: SkipCounter, reason: str, where: str, detail: str = '',
