@@ -572,13 +572,12 @@ def test_the_workdirs_checkpoint_wins_over_init_from_and_the_log_says_so(uninter
           f'optimizer state and data position; config.init_from={ref_dir!r} ignored because '
           'the workdir resumes.') in proc.stdout
   assert 'warning' not in proc.stderr
-  missing = str(tmp_path / 'no_such_run')
-  for init_from in (missing, f'hf:{missing}'):
-    proc = run_here(workdir, '--config.train.steps=12', f'--config.init_from={init_from}')
-    assert f'restored step 12 from {ckpt}' in proc.stdout
-    assert proc.stderr.strip().splitlines() == [
-        f'[t5x_lite] warning: config.init_from={init_from} does not exist (ignored: the '
-        'workdir resumes from its own checkpoint).']
+  missing = f'hf:{tmp_path}/no_such_run'  # (a checkpoint path is checked the same way)
+  proc = run_here(workdir, '--config.train.steps=12', f'--config.init_from={missing}')
+  assert f'restored step 12 from {ckpt}' in proc.stdout
+  assert proc.stderr.strip().splitlines() == [
+      f'[t5x_lite] warning: config.init_from={missing} does not exist (ignored: the workdir '
+      'resumes from its own checkpoint).']
   assert checkpoint_steps(workdir) == [4, 8, 12]
 
 
