@@ -56,6 +56,19 @@ def test_non_utf8_bytes_are_counted_or_a_clear_error(tmp_path):
     _records(f'text:{tmp_path}/bad.txt', boundary='line', on_bad_input='error')
 
 
+def test_after_a_bad_input_error_nothing_more_is_counted(tmp_path):
+  """data.on_bad_input='error' stops the stream at the bad line, but its prefetching reads on:
+  the file's end, after a line that never became text, was counted as 'empty file' and
+  reported beside the error."""
+  (tmp_path / 'bad.txt').write_bytes(b'good line\n\xff\xfe bad\nmore\n')
+  cfg = data_config(train_source=f'text:{tmp_path}/bad.txt', on_bad_input='error',
+                    num_virtual_shards=1)
+  it = pipeline.get_dataset(cfg, 'train')
+  with pytest.raises(DataError, match=r'bad.txt:2: invalid UTF-8: byte 0xff at column 1'):
+    next(it)
+  assert it.skips.counts == {} and it.skips.summary() == 'no input skipped'
+
+
 def test_empty_files_and_globs_matching_nothing(tmp_path):
   (tmp_path / 'empty.txt').write_text('')
   (tmp_path / 'blank.txt').write_text('\n\n  \n')

@@ -176,6 +176,8 @@ class SkipCounter:
     stream reads its files again every epoch: a line at or before the last line of its file
     already counted here for this reason (each check reads a file in order), or a cut .gz
     file already counted, was counted in an earlier epoch and is not counted again."""
+    if self.error is not None:  # the stream has failed; what its prefetching reads on (the
+      return                    # file's end after a bad line: 'empty file') is not its input
     path, _, line = where.rpartition(':')
     counted = self.counted_to.setdefault(reason, {})  # each check reads a file in order
     if line.isdigit() and path:
