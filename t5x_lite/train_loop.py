@@ -97,7 +97,8 @@ class StopRequest:
       raise KeyboardInterrupt
     self.signal = name
     if name == 'SIGINT':  # the step, an eval or a save may take a while yet
-      with contextlib.suppress(RuntimeError):  # (a print the handler interrupted: reentrant)
+      # Never raise from here: a print the handler interrupted (reentrant), a closed stderr.
+      with contextlib.suppress(RuntimeError, OSError, ValueError):
         print('[t5x_lite] SIGINT: stopping after this step with a checkpoint (Ctrl-C again '
               'to stop at once without it).', file=sys.stderr, flush=True)
 
