@@ -246,11 +246,11 @@ class SkipCounter:
     reasons: 'cut 1 x document over ... (first at ...)'), or 'no input skipped'."""
     if not self.counts:
       return 'no input skipped'
-    listed = lambda rs: '; '.join(f'{self.counts[r]} x {r.removeprefix("cutting ")} '  # noqa: E731
-                                  f'(first at {self.first[r]})' for r in rs)
-    skipped = sorted(r for r in self.counts if not is_cut(r))
-    cut = sorted(r for r in self.counts if is_cut(r))
-    return '; '.join([f'skipped {listed(skipped)}'] * bool(skipped) + [f'cut {listed(cut)}'] * bool(cut))
+    parts = {'skipped': [], 'cut': []}
+    for r in sorted(self.counts):
+      verb, what = ('cut', r.removeprefix('cutting ')) if is_cut(r) else ('skipped', r)
+      parts[verb].append(f'{self.counts[r]} x {what} (first at {self.first[r]})')
+    return '; '.join(f'{verb} {"; ".join(items)}' for verb, items in parts.items() if items)
 
   def truncation_summary(self) -> str:
     """'3 of 200 examples had inputs longer than data.inputs_length=64 tokens (EOS
