@@ -77,13 +77,13 @@ def _our_decoder(config, batch, max_length: int, beam_size: int):
 
 def _reference_reason(config, reference: bool) -> str:
   """Why FlaxT5 is not timed beside us ('' when it is)."""
-  from t5x_lite import hf, hf_reference
+  from t5x_lite import hf_config, hf_reference
   if not reference:
     return 'not asked (--noreference)'
   if not hf_reference.available():
     return 'transformers is not installed'
   try:
-    if hf.hf_config_dict(config.model).get('model_type') != 't5':
+    if hf_config.hf_config_dict(config.model).get('model_type') != 't5':
       return 'the config is not a T5 encoder-decoder'
   except ValueError as e:
     return str(e)

@@ -474,9 +474,16 @@ def check_init_source(config) -> None:
   """ValueError unless config.init_from (a t5x_lite checkpoint, or hf:DIR) exists and holds
   a model of config.model's network; reads configs only (loading verifies the weights)."""
   if config.init_from.startswith('hf:'):
-    from t5x_lite import hf
-    mismatch = model_mismatch(hf.read_config(config.init_from[3:])[2], config.model,
-                              f'the Hugging Face model in {config.init_from[3:]}')
+    from t5x_lite import hf_config
+    directory = config.init_from[3:]
+    if not os.path.isdir(directory):  # ('hf:' alone would read the working directory)
+      raise ValueError(f'config.init_from={config.init_from}: {directory or "(nothing)"} is '
+                       'not a directory (hf:DIR names a Hugging Face model directory).')
+    try:
+      model_cfg = hf_config.read_config(directory)[2]
+    except ValueError as e:
+      raise ValueError(f'config.init_from={config.init_from}: {e}') from None
+    mismatch = model_mismatch(model_cfg, config.model, f'the Hugging Face model in {directory}')
     if mismatch:
       raise ValueError(f'{mismatch}.')
   elif not os.path.exists(config.init_from):

@@ -272,6 +272,17 @@ def call(body: Callable[[], None], name: str = '') -> int:
   return 0
 
 
+def check_output_location(path: str, flag: str = '--output') -> None:
+  """A ValueError naming `flag` when `path` cannot be created because a file stands where
+  one of its directories would be (else the command would fail at its end with a bare
+  'File exists'); missing directories are fine, the commands create them."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f'{flag}={path}: {parent} is a file, not a directory.')
+
+
 def _quiet_thread_failure(args) -> None:
   """A background thread's exception (an Orbax async save) is re-raised to the main thread
   (`Checkpoints.check_for_errors`), which reports it in one line; its traceback is logged

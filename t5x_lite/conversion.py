@@ -9,7 +9,7 @@ config.json = `{"model": {...}, "hf_special_tokens": {...}}` (usable as `config.
 Special-token ids are the data's, not the architecture's: a model imported from HF keeps its
 own (GPT-2's 50256; "hf_special_tokens"), while one trained here (a workdir, whose tokens are
 this codebase's SentencePiece layout whatever its vocab_size, e.g. configs/gpt.py's 50257)
-gets pad 0 / EOS 1 / BOS 0 (`hf.trained_special_tokens`).
+gets pad 0 / EOS 1 / BOS 0 (`hf_config.trained_special_tokens`).
 """
 import contextlib
 import json
@@ -157,6 +157,10 @@ def _pytorch_names(tensors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 
 def check_output(path: str):
+  """An output directory must not exist or be empty; a symbolic link to one is followed."""
+  if os.path.islink(path) and not os.path.exists(path):
+    raise ValueError(f'--output={path} is a symbolic link to {os.readlink(path)}, which does '
+                     'not exist.')
   if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
     raise ValueError(f'--output={path} already exists and is not an empty directory.')
 
@@ -167,7 +171,7 @@ def staged_output(out_dir: str):
   once all of it is written: a conversion that fails (a bad vocabulary after the weights,
   Ctrl-C) leaves no output behind, neither a half-written one nor one a rerun refuses."""
   check_output(out_dir)
-  out_dir = os.path.abspath(out_dir)
+  out_dir = os.path.realpath(out_dir)  # a link's target is replaced, next to it
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.partial-',
                              dir=os.path.dirname(out_dir))
@@ -181,10 +185,10 @@ def staged_output(out_dir: str):
 def hf_to_t5x(hf_dir: str, out_dir: str, scan_layers: bool = False) -> str:
   """HF directory -> Orbax params checkpoint + config.json in `out_dir`."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from t5x_lite import hf  # pylint: disable=import-outside-toplevel
+  from t5x_lite import hf, hf_config  # pylint: disable=import-outside-toplevel
   check_output(out_dir)
   model_cfg, params = hf.load(hf_dir, scan_layers=scan_layers)
-  ids = hf.special_tokens(hf.read_config(hf_dir)[1])
+  ids = hf_config.special_tokens(hf_config.read_config(hf_dir)[1])
   with staged_output(out_dir) as staging:
     os.rmdir(staging)  # Orbax creates the directory itself
     ocp.PyTreeCheckpointer().save(staging, {'params': params})

@@ -27,6 +27,7 @@ def main():
   if FLAGS.scan_layers and FLAGS.direction == 't5x_to_hf':
     raise app.UsageError('--scan_layers is for --direction=hf_to_t5x (t5x_to_hf reads either '
                          'layout and writes Hugging Face\'s per-layer tensors).')
+  cli.check_output_location(FLAGS.output)  # before the weights are read
   if FLAGS.direction == 'hf_to_t5x':
     out = conversion.hf_to_t5x(FLAGS.input, FLAGS.output, FLAGS.scan_layers)
   else:

@@ -13,7 +13,7 @@ import contextlib
 import importlib.util
 import os
 
-from t5x_lite import hf
+from t5x_lite import hf_config
 from t5x_lite import losses
 
 
@@ -49,7 +49,7 @@ def _t5_config(model_cfg):
       del os.environ['USE_TORCH']
   from transformers.utils import logging as hf_logging
   hf_logging.set_verbosity_error()  # its "Flax classes are deprecated" banner
-  fields = hf.hf_config_dict(model_cfg)
+  fields = hf_config.hf_config_dict(model_cfg)
   if fields.get('model_type') != 't5':
     raise ValueError('the FlaxT5 reference needs a T5-shaped encoder_decoder model config.')
   fields = {k: v for k, v in fields.items() if k not in ('architectures', 'torch_dtype')}

@@ -8,7 +8,6 @@ Reads its input as a stream (no Python list of the corpus): SentencePiece sample
 """
 import collections
 import gzip
-import json
 import logging
 import re
 import zlib
@@ -17,7 +16,7 @@ from typing import List
 from absl import flags
 
 from t5x_lite import cli
-from t5x_lite.data import sources
+from t5x_lite.data import records, sources
 from t5x_lite.data import vocab as vocab_lib
 
 FLAGS = flags.FLAGS
@@ -35,7 +34,9 @@ def _define_flags():
                       'PATH.vocab).')
   flags.DEFINE_enum('model_type', 'unigram', ['unigram', 'bpe'], 'Algorithm.')
   flags.DEFINE_integer('extra_ids', 100, 'Sentinels added on top (for the report).')
-  flags.DEFINE_float('character_coverage', 1.0, 'SentencePiece character_coverage.')
+  flags.DEFINE_float('character_coverage', 1.0, 'SentencePiece character_coverage, in '
+                     '[0.98, 1.0]: the share of the input\'s characters the pieces cover, the '
+                     'rarest left to UNK.')
   flags.DEFINE_integer('max_sentences', 10_000_000, 'SentencePiece trains on at most this '
                        'many lines, sampled uniformly from all of them (its '
                        'input_sentence_size): memory stays bounded on any corpus.')
@@ -99,23 +100,10 @@ def _texts(spec: sources.SourceSpec, path: str, skips: sources.SkipCounter):
     yield from (line for _, line in lines)
     return
   names = [spec.get(k) for k in ('field', 'inputs', 'targets') if spec.get(k)]
-  if spec.kind == 'jsonl':
-    names = names or ['text']
+  if spec.kind == 'jsonl':  # the pipeline's parser: numbers as written, the same skips
+    parse = records.jsonl_parser(names or ['text'], skips, 'skip')
     for n, line in lines:
-      try:
-        record = json.loads(line)
-        values = [record[k] for k in names] if isinstance(record, dict) else None
-      except (ValueError, KeyError):
-        values = None
-      if values is None or not all(isinstance(v, str) for v in values):
-        skips.add('invalid JSON or no string field ' + '/'.join(names), f'{path}:{n}')
-        continue
-      try:  # a lone surrogate (a JSON "\ud800" escape): sentencepiece cannot take it
-        [v.encode('utf-8') for v in values]
-      except UnicodeEncodeError:
-        skips.add('field ' + '/'.join(names) + ' is not valid Unicode', f'{path}:{n}')
-        continue
-      yield from values
+      yield from parse(path, n, line.encode('utf-8'), None) or ()
     return
   header = None
   for n, line in lines:
@@ -185,7 +173,10 @@ def main():
   for flag, least in (('extra_ids', 0), ('max_sentences', 101), ('coverage_lines', 1)):
     if FLAGS[flag].value < least:  # (SentencePiece's sample takes more than 100 lines)
       raise ValueError(f'--{flag}={FLAGS[flag].value}: must be >= {least}.')
+  if not 0.98 <= FLAGS.character_coverage <= 1.0:  # SentencePiece's check, which names no flag
+    raise ValueError(f'--character_coverage={FLAGS.character_coverage}: must be in [0.98, 1.0].')
   vocab_lib.model_prefix(FLAGS.output)  # a directory given: an error before anything is read
+  cli.check_output_location(FLAGS.output)
   try:  # both inputs checked first: a bad --eval_input fails before the long part
     specs = _check_readable(FLAGS.input, '--input')
     eval_specs = _check_readable(FLAGS.eval_input, '--eval_input') if FLAGS.eval_input else None

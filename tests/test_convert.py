@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from configs import gpt as gpt_config
-from t5x_lite import conversion as convert, decoding, hf, models
+from t5x_lite import conversion as convert, decoding, hf, hf_config, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +85,7 @@ def test_trained_gpt_exports_its_eos_and_hf_generate_stops_there(tmp_path):
   rows start with BOS 0), whatever its vocab_size (configs/gpt.py has GPT-2's 50257): the
   export says so, and HF greedy `generate` (plain input_ids, no attention_mask) on the
   exported directory gives decoding.decoder_only_generate's tokens, stopping at its EOS."""
-  assert hf.hf_config_dict(gpt_config.get_config('tiny').model)['eos_token_id'] == 1
+  assert hf_config.hf_config_dict(gpt_config.get_config('tiny').model)['eos_token_id'] == 1
   cfg = gpt_config.get_config('tiny')
   cfg.model.update(dict(vocab_size=1152, d_model=32, d_ff=64, num_heads=2, d_kv=16,
                         max_position_embeddings=64))
@@ -128,6 +128,35 @@ def test_refuses_non_empty_output(tmp_path, t5_dir):
   (tmp_path / 'out' / 'keep.txt').write_text('x')
   with pytest.raises(ValueError, match='--output'):
     convert.hf_to_t5x(t5_dir, str(tmp_path / 'out'))
+
+
+def test_output_through_a_symbolic_link_is_written_into_its_target(tmp_path, t5_dir):
+  """A link to an empty directory (common on clusters) is followed: the conversion lands in
+  the target and the link still points there. It failed at the final rename."""
+  (tmp_path / 'real').mkdir()
+  os.symlink('real', tmp_path / 'link')
+  convert.hf_to_t5x(t5_dir, str(tmp_path / 'link'))
+  convert.t5x_to_hf(str(tmp_path / 'link'), str(tmp_path / 'back'))
+  assert os.path.islink(tmp_path / 'link') and (tmp_path / 'real' / 'config.json').exists()
+  _assert_same_tensors(t5_dir, str(tmp_path / 'back'))
+
+
+@pytest.mark.parametrize('output,message', [
+    ('dangling', '--output={d}/dangling is a symbolic link to nowhere, which does not exist.'),
+    ('afile/out', '--output={d}/afile/out: {d}/afile is a file, not a directory.'),
+])
+def test_cli_refuses_an_output_it_cannot_create_before_reading_weights(tmp_path, t5_dir,
+                                                                       output, message):
+  """One line naming --output, not [Errno 20] / [Errno 17] after the whole conversion."""
+  os.symlink('nowhere', tmp_path / 'dangling')
+  (tmp_path / 'afile').write_text('')
+  r = subprocess.run([sys.executable, '-m', 't5x_lite.convert', '--direction=hf_to_t5x',
+                      f'--input={t5_dir}', f'--output={tmp_path / output}'], cwd=ROOT,
+                     env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu'),
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1 and r.stderr.strip() == f'error: {message.format(d=tmp_path)}', \
+      r.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path)) == ['afile', 'dangling']  # no staging left behind
 
 
 def test_cli(tmp_path, t5_dir):

@@ -185,6 +185,8 @@ def test_vocab_cli_trains_on_lines_over_sentencepieces_limit(tmp_path):
     (['--output={d}/'], '--output={d}/ is a directory: give a file path in it, e.g. '
                         '--output={d}/spm.model'),  # (it wrote {d}/.model, hidden)
     (['--output={d}'], '--output={d} is a directory'),
+    (['--output={d}/a.txt/v'], '--output={d}/a.txt/v: {d}/a.txt is a file, not a directory.'),
+    (['--character_coverage=0.9'], '--character_coverage=0.9: must be in [0.98, 1.0].'),
 ])
 def test_vocab_cli_bad_flags_fail_before_training_naming_the_flag(tmp_path, args, message):
   (tmp_path / 'a.txt').write_bytes(
@@ -216,13 +218,15 @@ def test_vocab_cli_trains_on_a_mixture_as_on_its_sources_lines_in_turn(tmp_path)
 def test_vocab_cli_trains_on_a_jsonl_field_and_refuses_a_bare_jsonl_glob(tmp_path):
   """A JSONL corpus given as a bare glob trained on its JSON syntax (pieces like '"}' and
   '{'); it is an error naming the fix, and `jsonl:GLOB;field=F` trains on the field's text
-  only (a record's lines each), with bad records counted."""
+  only (a record's lines each), read as the pipeline reads it: a number as the line writes
+  it, bad records counted under the pipeline's reasons."""
   import json
   lines = open(os.path.join(ROOT, 'data/corpus/validation.txt')).read(40000).splitlines()
   records = [json.dumps({'text': '\n'.join(lines[i:i + 3]), 'id': i})
              for i in range(0, len(lines) - 3, 3)]
-  (tmp_path / 'a.jsonl').write_text('\n'.join(records + ['{"text": 5}', 'not json',
-                                                         '{"text": "lone \\ud800"}']) + '\n')
+  (tmp_path / 'a.jsonl').write_text('\n'.join(records + [
+      '{"text": 5.250}', 'not json', '{"text": ["a list"]}', '{"id": 1}',
+      '{"text": "lone \\ud800"}']) + '\n')
   r = vocab_cli(f'--input={tmp_path}/*.jsonl', '--vocab_size=200', f'--output={tmp_path}/v')
   assert r.returncode == 1 and "matches JSONL files: say which field to train on, e.g. " \
       f"--input='jsonl:{tmp_path}/*.jsonl;field=text'" in r.stderr.strip().splitlines()[-1]
@@ -230,9 +234,14 @@ def test_vocab_cli_trains_on_a_jsonl_field_and_refuses_a_bare_jsonl_glob(tmp_pat
                 f'--output={tmp_path}/v')
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'input: skipped ' in r.stdout
-  assert '2 x invalid JSON or no string field text (first at' in r.stdout
-  assert f'1 x field text is not valid Unicode (first at {tmp_path}/a.jsonl:' in r.stdout  # it crashed
-  n = len([l for l in lines[:len(records) * 3] if l.strip()])
+  k = len(records)  # the bad lines' numbers: k + 2 ...
+  skipped = [l for l in r.stdout.splitlines() if l.startswith('input: skipped ')]
+  assert len(skipped) == 1 and skipped[0].count(' x ') == 4, r.stdout
+  for reason, line in [('invalid JSON', k + 2), ("field 'text' is not a string or number", k + 3),
+                       ("missing field 'text'", k + 4),
+                       ("field 'text' is not valid Unicode", k + 5)]:  # (the surrogate crashed once)
+    assert f'1 x {reason} (first at {tmp_path}/a.jsonl:{line})' in skipped[0]
+  n = len([l for l in lines[:len(records) * 3] if l.strip()]) + 1  # + the number's line
   assert f'train coverage: {n} lines' in r.stdout
   pieces = [l.split('\t')[0] for l in open(tmp_path / 'v.vocab', encoding='utf-8')]
   assert not [p for p in pieces if '{' in p or '}' in p or '":' in p]  # (the text has quotes)

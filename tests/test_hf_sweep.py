@@ -20,7 +20,8 @@ import transformers
 
 from test_hf_parity import (VOCAB, apply, bert_inputs, gpt_inputs, perturb_torch, rel_err,
                             save_torch, t5_inputs, torch_logits)
-from t5x_lite import conversion, decoding, hf, models
+from t5x_lite import checkpoints, conversion, decoding, hf, models
+import tiny_run
 
 RTOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -272,6 +273,40 @@ def test_config_field_of_wrong_type(tmp_path, sharded_dir):
   _edit_config(d, n_layer=2, layer_norm_epsilon='tiny')
   with pytest.raises(ValueError, match='layer_norm_epsilon'):
     hf.load(d)
+
+
+@pytest.mark.parametrize('edit,message', [
+    (dict(layer_norm_epsilon=0), 'config.json layer_norm_epsilon=0 is invalid for '
+                                 'GPT2LMHeadModel: must be > 0 and finite.'),
+    (dict(resid_pdrop=1.0), 'config.json resid_pdrop=1.0 is invalid for GPT2LMHeadModel: '
+                            'must be in [0, 1).'),
+])
+def test_an_invalid_config_json_value_is_named_as_config_json_names_it(tmp_path, sharded_dir,
+                                                                        edit, message):
+  """The model config's own checks, in config.json's terms: the user wrote no config.model."""
+  d = _copy(sharded_dir, tmp_path / 'd')
+  _edit_config(d, **edit)
+  with pytest.raises(ValueError) as e:
+    hf.load(d)
+  assert str(e.value) == message
+  cfg = tiny_run.tiny_config('gpt')
+  cfg.init_from = f'hf:{d}'
+  with pytest.raises(ValueError) as e:
+    checkpoints.check_init_source(cfg)
+  assert str(e.value) == f'config.init_from=hf:{d}: {message}'
+
+
+@pytest.mark.parametrize('init_from', ['hf:', 'hf:{d}/absent'])
+def test_init_from_hf_without_a_directory_names_the_field(tmp_path, monkeypatch, init_from):
+  """'hf:' alone read the working directory's config.json (a Hugging Face model's, when run
+  inside one: that model, unsaid)."""
+  monkeypatch.chdir(tmp_path)
+  cfg = tiny_run.tiny_config('gpt')
+  cfg.init_from = init_from.format(d=tmp_path)
+  with pytest.raises(ValueError) as e:
+    checkpoints.check_init_source(cfg)
+  assert str(e.value).startswith(f'config.init_from={cfg.init_from}: ') and \
+      'is not a directory' in str(e.value)
 
 
 def test_pytorch_bin_only_directory_names_the_bin(tmp_path):
