@@ -139,11 +139,30 @@ def evaluate(config, trainer, params, split: str = 'validation', skips=None, dat
   if data is not None:
     data.release()
   if not totals:
-    raise ValueError(f'the {split} split yielded no batch; check config.data.{split}_source '
-                     f'({it.skips.summary()}).')
+    raise ValueError(_no_batch(split, it.skips))
   w = max(float(totals['weight_sum']), 1.0)
   return {'eval_loss': float(totals['loss_sum']) / w,
           'eval_accuracy': float(totals['correct_sum']) / w}
+
+
+def _no_batch(split: str, skips) -> str:
+  return (f'the {split} split yielded no batch; check config.data.{split}_source '
+          f'({skips.summary()}).')
+
+
+def check_yields_a_batch(data, split: str = 'validation') -> None:
+  """`evaluate`'s ValueError unless `data` (this process's fresh iterator over `split`,
+  released after) or another process's yields a batch: training checks its validation split
+  at start-up, so a source without a usable record fails before the first steps, not at the
+  first eval."""
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+  none = np.array(data.holds_no_batch())
+  if jax.process_count() > 1:  # another host's shard may hold the examples
+    none = multihost_utils.process_allgather(none).all()
+  if none:
+    raise ValueError(_no_batch(split, data.skips))
 
 
 # --------------------------------------------------------------------- decoding

@@ -445,7 +445,8 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
     except ValueError as e:
       raise ValueError(f'config.data.validation_source: {e}') from None
     report_skips('validation', validation_data.skips)
-    validation_data.release()  # its iterators are made again at each eval (`rewind`)
+    # Its iterators are released (and made again at each eval: `rewind`).
+    evaluation.check_yields_a_batch(validation_data)
   ckpts = checkpoints.Checkpoints(os.path.join(workdir, 'checkpoints'), config.checkpoint.keep,
                                   config.checkpoint.async_save)
 

@@ -862,6 +862,35 @@ def test_skipped_input_is_counted_and_reported(tmp_path):
   assert '1 x invalid UTF-8' in report and '1 x empty file' in report, report
 
 
+def test_the_validation_split_is_read_at_start_up_and_its_input_counted_once(tmp_path):
+  """A validation source without a usable record failed only at the first eval, after
+  train.eval_every steps of training that no checkpoint kept: now it fails before step 1.
+  The start-up read leaves no trace in the counts: the eval's report counts each example
+  once (11 read, 3 with long targets)."""
+  rows = [dict(inputs=f'speaker: line {i}', targets='Hamlet') for i in range(8)]
+  rows += [dict(inputs='speaker: long', targets=' '.join(['Hamlet'] * 20))] * 3
+  rows += [dict(inputs='', targets='x')]
+  good, bad = tmp_path / 'good.jsonl', tmp_path / 'bad.jsonl'
+  good.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  bad.write_text('{"inputs": "", "targets": "x"}\nnot json\n')
+  task = ['--config.data.objective=text_to_text', f'--config.data.train_source=jsonl:{good}',
+          '--config.train.steps=1', '--config.train.eval_every=1']
+  proc = run_here(str(tmp_path / 'bad'), *task, f'--config.data.validation_source=jsonl:{bad}',
+                  check=False)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+      'error: the validation split yielded no batch; check config.data.validation_source '
+      f"(skipped 1 x empty field 'inputs' (first at {bad}:1); 1 x invalid JSON (first at "
+      f'{bad}:2)).'), proc.stderr[-2000:]
+  assert 'step ' not in proc.stdout and not (tmp_path / 'bad' / 'checkpoints').exists()
+  proc = run_here(str(tmp_path / 'good'), *task, f'--config.data.validation_source=jsonl:{good}')
+  reports = [l for l in proc.stderr.splitlines() if l.startswith('[t5x_lite] data validation')]
+  assert reports == [
+      "[t5x_lite] data validation (this host shard): skipped 1 x empty field 'inputs' (first "
+      f'at {good}:12); 0 of 11 examples had inputs longer than data.inputs_length=64 tokens '
+      '(EOS included) and were truncated; 3 of 11 examples had targets longer than '
+      'data.targets_length=14 tokens (EOS included) and were truncated'], proc.stderr[-3000:]
+
+
 def test_trained_workdir_exports_to_transformers_with_equal_logits(uninterrupted, tmp_path):
   """convert t5x_to_hf on a training workdir (latest checkpoint) -> transformers logits."""
   import jax

@@ -17,6 +17,7 @@ finalization has begun, so a script that read batches could hang at exit.
 from __future__ import annotations
 
 import atexit
+import copy
 import glob
 import json
 import os
@@ -104,6 +105,18 @@ class DataIterator:
     """Drops the streams' iterators until the next `rewind`: their prefetch threads would
     otherwise go on filling buffers, on the cores the train step wants, between evals."""
     self._its, self._ckpts = {}, {}
+
+  def holds_no_batch(self) -> bool:
+    """Whether this process's streams yield no batch, found by reading the first one and
+    then releasing the streams (`rewind` starts them again) and putting back the counts of
+    what the read took in, so a later full pass counts each input once."""
+    before = {v: copy.deepcopy(c.state()) for v, c in self.stream_skips.items()}
+    empty = next(self, None) is None
+    self.release()  # (their prefetching stops before the counts are put back)
+    if not empty:  # (empty: the counts say why)
+      for v, counter in self.stream_skips.items():
+        counter.restore_state(before[v])
+    return empty
 
   def _any_stream_has_records(self, empty: int) -> bool:
     """Whether a stream other than `empty` yields an example (read only to word an error:

@@ -143,6 +143,7 @@ class SkipCounter:
     self._error = None   # the DataError a streaming reader raised (tf wraps it; we re-raise)
     self.examples = 0                       # text-to-text examples read
     self.truncated = collections.Counter()  # feature -> examples cut to its length
+    self.said = set()  # features whose truncation was logged (once: also after a re-count)
     self._limits = {}  # feature ('inputs', 'targets') -> (setting name, its length)
     self.counted_to = {}  # reason -> path -> last bad line counted (`add`: epochs)
 
@@ -206,7 +207,8 @@ class SkipCounter:
       self.parent.count_examples(n, truncated, where)
     self.examples += n
     for (feature, (name, length)), k in zip(self.limits.items(), truncated):
-      if k and not self.truncated[feature] and self.parent is None:
+      if k and feature not in self.said and self.parent is None:
+        self.said.add(feature)
         log.warning('data: %s longer than %s=%d tokens at %s are truncated (counted; '
                     'the count is reported)', feature, name, length, where)
       self.truncated[feature] += k
