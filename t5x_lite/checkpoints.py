@@ -408,6 +408,24 @@ def check_model_config(directory: str, model_cfg, what: str) -> None:
                      'overrides) it was trained with.')
 
 
+def check_vocabulary(directory: str, data_cfg, what: str) -> None:
+  """ValueError if the run in `directory` trained with another SentencePiece model (byte for
+  byte) or extra_ids than `data_cfg`: its ids would read as other text, silently. Nothing to
+  compare (a converted directory, a saved vocabulary no longer found) is fine."""
+  import filecmp  # pylint: disable=import-outside-toplevel
+  from t5x_lite.data.vocab import resolve_path  # pylint: disable=import-outside-toplevel
+  saved, path = saved_config(directory)
+  data = (saved or {}).get('data') or {}
+  theirs, mine = resolve_path(data.get('vocab') or ''), resolve_path(data_cfg.vocab)
+  if data.get('extra_ids', data_cfg.extra_ids) != data_cfg.extra_ids or (
+      os.path.isfile(theirs) and os.path.isfile(mine) and not filecmp.cmp(theirs, mine, False)):
+    raise ValueError(
+        f'{what}={directory} was trained with data.vocab={data.get("vocab")!r} and data.'
+        f'extra_ids={data.get("extra_ids")} ({path}), not config.data.vocab={data_cfg.vocab!r} '
+        f'with extra_ids={data_cfg.extra_ids}: its token ids would read as other text; pass '
+        'the data config it was trained with.')
+
+
 def _has_scanned_layers(tree) -> bool:
   return any('layers' in path for path, _ in tree_paths.named_leaves(tree))
 
@@ -476,10 +494,10 @@ def check_init_source(config) -> None:
   if config.init_from.startswith('hf:'):
     from t5x_lite import hf_config
     directory = config.init_from[3:]
-    if not os.path.isdir(directory):  # ('hf:' alone would read the working directory)
-      raise ValueError(f'config.init_from={config.init_from}: {directory or "(nothing)"} is '
-                       'not a directory (hf:DIR names a Hugging Face model directory).')
-    try:
+    try:  # ('hf:' alone read the working directory's config.json)
+      if not os.path.isdir(directory):
+        raise ValueError(f'{directory or "(nothing)"} is not a directory (hf:DIR names a '
+                         'Hugging Face model directory).')
       model_cfg = hf_config.read_config(directory)[2]
     except ValueError as e:
       raise ValueError(f'config.init_from={config.init_from}: {e}') from None

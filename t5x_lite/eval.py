@@ -52,11 +52,13 @@ def run_eval(config, workdir: str, split: str = 'validation',
   # Before the work: eval writes its figures and predictions into the workdir.
   checkpoints.check_workdir(workdir, writes=f'eval_{split}_<step>.json and its predictions')
   print(f'[t5x_lite] eval: params of step {step} from {read}; '
-        f'{split} split, {steps or "all"} batches of {config.train.batch_size}.',
+        f'{split} split, {f"up to {steps}" if steps else "all"} batches of '
+        f'{config.train.batch_size}.',
         file=sys.stderr, flush=True)
-  result = {'step': step, 'split': split, 'eval_steps': steps}
+  result = {'step': step, 'split': split}
   skips = sources.SkipCounter()
   result.update(evaluation.evaluate(config, trainer, params, split, skips=skips))
+  result['eval_steps'] = result.pop('eval_batches')  # read: a short split has fewer than asked
   # Bad and over-long input, counted as the pass read it (this host's streams, summed).
   result.update(skips.figures())
   print(f'[t5x_lite] eval data ({split}): {skips.report() or "no input skipped"}.',

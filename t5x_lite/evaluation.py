@@ -93,6 +93,7 @@ def load(config, workdir: str):
   from t5x_lite import checkpoints
   step, path = checkpoints.latest_checkpoint(workdir)  # before compiling: a fast, clear error
   checkpoints.check_model_config(workdir, config.model, '--workdir')
+  checkpoints.check_vocabulary(workdir, config.data, '--workdir')
   import jax
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   validation.validate_config(config, jax.device_count())
@@ -111,7 +112,8 @@ def load(config, workdir: str):
 
 # ------------------------------------------------------------ teacher-forced eval
 def evaluate(config, trainer, params, split: str = 'validation', skips=None, data=None):
-  """Teacher-forced loss / accuracy over `train.eval_steps` batches of `split` (0 = all).
+  """Teacher-forced loss / accuracy over `train.eval_steps` batches of `split` (0 = all),
+  and how many batches that was (`eval_batches`: fewer where the split is shorter).
   `skips` (a `sources.SkipCounter`) receives the pass's skipped and truncated input.
   `data`: this process's iterator over `split` built earlier (`pipeline.get_dataset`),
   rewound to its start here instead of building one; its own counter receives the skips."""
@@ -141,7 +143,7 @@ def evaluate(config, trainer, params, split: str = 'validation', skips=None, dat
   if not totals:
     raise ValueError(_no_batch(split, it.skips))
   w = max(float(totals['weight_sum']), 1.0)
-  return {'eval_loss': float(totals['loss_sum']) / w,
+  return {'eval_loss': float(totals['loss_sum']) / w, 'eval_batches': steps,
           'eval_accuracy': float(totals['correct_sum']) / w}
 
 

@@ -19,6 +19,7 @@ from t5x_lite import checkpoints
 from t5x_lite import cli
 from t5x_lite import evaluation
 from t5x_lite import families
+from t5x_lite.data import records
 
 FLAGS = flags.FLAGS
 _SHOW = 10  # line numbers listed per kind of report
@@ -48,6 +49,7 @@ class Report:
     self.empty: List[int] = []
     self.bad: List[Tuple[int, str]] = []
     self.invalid: List[int] = []  # invalid UTF-8, or a lone surrogate (JSON "\ud800")
+    self.invalid_json: List[int] = []  # lines that start with '{' but are not JSON
     self.no_tokens: List[int] = []
     self.tokenized = 0  # inputs with tokens: what the truncated count is out of
     self.truncated: List[Tuple[int, int]] = []
@@ -70,6 +72,9 @@ class Report:
       parts.append(f'skipped {len(self.invalid)} line{s(len(self.invalid))} of invalid UTF-8 '
                    f'or lone-surrogate text (line{s(len(self.invalid))} '
                    f'{self._which(self.invalid)})')
+    if self.invalid_json:
+      parts.append(f'skipped {len(self.invalid_json)} line{s(len(self.invalid_json))} of invalid '
+                   f'JSON (line{s(len(self.invalid_json))} {self._which(self.invalid_json)})')
     if self.bad:
       parts.append(f'skipped {len(self.bad)} JSON line{s(len(self.bad))} without a non-empty '
                    f'string "inputs" (line{s(len(self.bad))} '
@@ -88,26 +93,38 @@ class Report:
     return '[t5x_lite] infer: ' + '; '.join(parts) + '.'
 
 
+def to_json(value) -> str:
+  """json.dumps(value, ensure_ascii=False), with each number of an input line
+  (records.NumberText) written as the line wrote it: 1.50 stays 1.50, not "1.50" or 1.5."""
+  if isinstance(value, records.NumberText):
+    return str(value)
+  if isinstance(value, dict):
+    return '{' + ', '.join(f'{to_json(k)}: {to_json(v)}' for k, v in value.items()) + '}'
+  if isinstance(value, list):
+    return '[' + ', '.join(to_json(v) for v in value) + ']'
+  return json.dumps(value, ensure_ascii=False)
+
+
 def parse_line(line: str) -> Tuple[Optional[str], dict, Optional[str]]:
   """(inputs text or None, JSON fields to copy, why skipped or None) of one input line."""
   text = line.rstrip('\n').replace('\r', '')  # every CR, as tf.data's line reader drops them
   if not text.strip():
     return None, {}, 'empty'
-  if text.lstrip().startswith('{'):
-    try:
-      obj = json.loads(text)
-    except json.JSONDecodeError:
-      obj = None  # not JSON after all: plain text that starts with '{'
-    if isinstance(obj, dict):
-      try:  # a lone surrogate ("\ud800"): neither SentencePiece nor UTF-8 output takes it
-        json.dumps(obj, ensure_ascii=False).encode('utf-8')
-      except UnicodeEncodeError:
-        return None, {}, 'invalid'
-      inputs = obj.get('inputs')
-      if not isinstance(inputs, str) or not inputs.strip():
-        return None, {}, 'bad'
-      return inputs, obj, None
-  return text, {}, None
+  if not text.lstrip().startswith('{'):
+    return text, {}, None
+  try:  # read as the data pipeline reads a JSONL line (records.jsonl_parser)
+    obj = records.loads(text)
+    written = to_json(obj)
+  except (ValueError, RecursionError):  # not JSON, NaN / Infinity, or nested too deep
+    return None, {}, 'json'
+  try:  # a lone surrogate ("\ud800"): neither SentencePiece nor UTF-8 output takes it
+    written.encode('utf-8')
+  except UnicodeEncodeError:
+    return None, {}, 'invalid'
+  inputs = obj.get('inputs')
+  if type(inputs) is not str or not inputs.strip():  # a number (NumberText) is not a string
+    return None, {}, 'bad'
+  return inputs, obj, None
 
 
 def read_examples(stream: Iterable[Union[bytes, str]],
@@ -132,6 +149,8 @@ def read_examples(stream: Iterable[Union[bytes, str]],
       report.bad.append((number, line))
     elif skip == 'invalid':
       report.invalid.append(number)
+    elif skip == 'json':
+      report.invalid_json.append(number)
     else:
       examples.append((number, text, fields))
   return examples
@@ -165,20 +184,25 @@ def _decoding_only(config):
 
 def _check_paths(input_path: str, output_path: str) -> None:
   """One line naming the flag, before a checkpoint is loaded or stdin read; the output is
-  not opened (truncated) until there is something to write."""
-  if input_path != '-' and not os.path.isfile(input_path):
+  not opened (truncated) until there is something to write. The input may be any path but a
+  directory: a FIFO, a process substitution (/dev/fd/63), /dev/stdin."""
+  if input_path != '-' and (os.path.isdir(input_path) or not os.path.exists(input_path)):
     raise ValueError(f'--input={input_path}: ' + (
         'a directory, not a file.' if os.path.isdir(input_path) else 'no such file.'))
   if output_path != '-':
-    if input_path != '-' and os.path.realpath(output_path) == os.path.realpath(input_path):
+    exists = os.path.exists(output_path)
+    if input_path != '-' and exists and os.path.samefile(output_path, input_path):
       raise ValueError(f'--output={output_path} is the --input file: its inputs would be '
-                       'replaced by the predictions; write them elsewhere.')
+                       'replaced by the predictions; write them elsewhere.')  # or a hard link
     parent = os.path.dirname(os.path.abspath(output_path))
     if os.path.isdir(output_path):
       raise ValueError(f'--output={output_path}: a directory, not a file.')
-    if not os.path.isdir(parent):
+    # An existing file is truncated in place: its own permission counts, not its directory's.
+    if exists and not os.access(output_path, os.W_OK):
+      raise ValueError(f'--output={output_path}: the file is not writable.')
+    if not exists and not os.path.isdir(parent):
       raise ValueError(f'--output={output_path}: no directory {parent}.')
-    if not os.access(parent, os.W_OK):
+    if not exists and not os.access(parent, os.W_OK):
       raise ValueError(f'--output={output_path}: directory {parent} is not writable.')
 
 
@@ -257,10 +281,14 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
           f'up to {max_length} tokens, '
           f'{_method(beam_size, temperature, top_k, top_p, seed)}.',
           file=sys.stderr, flush=True)
+
+  def cannot_write(e: OSError) -> ValueError:
+    return ValueError(f'--output={output_path}: cannot write it ({e.strerror}).')
+
   try:
     out = sys.stdout if output_path == '-' else open(output_path, 'w', encoding='utf-8')
   except OSError as e:
-    raise ValueError(f'--output={output_path}: cannot write it ({e.strerror}).') from None
+    raise cannot_write(e) from None
   predictions: List[Optional[str]] = [None] * len(examples)
   scores: List[Optional[float]] = [None] * len(examples)
 
@@ -268,14 +296,18 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
     """Decode a finished batch; write every line whose earlier lines are all written."""
     for i, row, score in zip(idx, rows, row_scores):
       predictions[i], scores[i] = vocab.decode(row), float(score)
-    while report.predicted < len(examples) and predictions[report.predicted] is not None:
-      number, text, fields = examples[report.predicted]
-      # `line`: the input line it answers, so outputs join to inputs after skipped lines.
-      out.write(json.dumps({**fields, 'inputs': text, 'prediction': predictions[report.predicted],
-                            'score': scores[report.predicted], 'line': number},
-                           ensure_ascii=False) + '\n')
-      report.predicted += 1
-    out.flush()
+    try:
+      while report.predicted < len(examples) and predictions[report.predicted] is not None:
+        number, text, fields = examples[report.predicted]
+        # `line`: the input line it answers, so outputs join to inputs after skipped lines.
+        out.write(to_json({**fields, 'inputs': text, 'prediction': predictions[report.predicted],
+                           'score': scores[report.predicted], 'line': number}) + '\n')
+        report.predicted += 1
+      out.flush()
+    except OSError as e:
+      if output_path == '-' and isinstance(e, BrokenPipeError):
+        raise  # stdout's reader is gone: see below
+      raise cannot_write(e) from None
 
   try:
     if examples:
@@ -283,9 +315,14 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
                          max_length=max_length, temperature=temperature, top_k=top_k,
                          top_p=top_p, seed=seed, beam_size=beam_size,
                          num_ids=vocab.vocab_size, on_batch=write_ready)
+  except BrokenPipeError:  # `infer | head`: stop quietly, as Unix tools do (the command's exit
+    return report          # flush of stdout ignores the gone reader too: cli._flush_and_exit)
   finally:
     if out is not sys.stdout:
-      out.close()
+      try:
+        out.close()  # nothing left to write, unless a write failed: then it fails again
+      except OSError as e:
+        raise cannot_write(e) from None
   print(report.summary(inputs_length, limit, 'EOS' if eos else 'BOS'), file=sys.stderr,
         flush=True)
   return report

@@ -607,7 +607,7 @@ def test_infer_reads_a_first_line_after_a_byte_order_mark():
   from t5x_lite import infer
   report = infer.Report()
   got = infer.read_examples(io.StringIO('\ufeff{"inputs": "q1", "id": 7}\n\nplain q2\n'), report)
-  assert got == [(1, 'q1', {'inputs': 'q1', 'id': 7}), (3, 'plain q2', {})]
+  assert got == [(1, 'q1', {'inputs': 'q1', 'id': '7'}), (3, 'plain q2', {})]  # 7 as written
   assert report.lines == 3 and report.empty == [2] and report.bad == []
 
 
@@ -645,6 +645,108 @@ def test_infer_skips_invalid_text_and_reads_gzip(workdir, tmp_path, monkeypatch,
     assert rows[1]['id'] == 4 and report.invalid == [2, 3]
     assert ('read 4 lines; wrote 2 predictions; skipped 0 empty lines; skipped 2 lines of '
             'invalid UTF-8 or lone-surrogate text (lines 2, 3)') in capsys.readouterr().err
+
+
+def test_infer_copies_json_numbers_as_written_and_skips_invalid_json(workdir, tmp_path,
+                                                                     monkeypatch, capsys):
+  """A JSON line is read as the data pipeline reads it (records.jsonl_parser): numbers kept
+  as written (1.50 was written back as 1.5) and NaN / Infinity refused (they were copied out
+  as non-JSON `NaN`, `-Infinity`, and 1e400 as `Infinity`); a line that starts with '{' but
+  is not JSON is skipped and reported (it was decoded as plain text, the raw JSON the prompt).
+  The literal tab of line 6 is invalid JSON to the pipeline's parser too."""
+  from t5x_lite.data import records, sources
+  json_lines = [
+      '{"inputs": "speaker: Macbeth. Is this a dagger", "v": 1e400}',
+      '{"inputs": "nan", "v": NaN}', '{"inputs": "neg", "v": -Infinity}',
+      '{"id": 7, "inputs": "speaker: Lear. Blow, winds", "v": 1.50, '
+      '"big": 123456789012345678901234567890, "more": [1.0, -0, {"e": 2E+3}]}',
+      '{"inputs": "hello wor', '{"inputs": "a\tb"}', '{"inputs": "x",}', '{not JSON}']
+  source, out = tmp_path / 'in.jsonl', tmp_path / 'out.jsonl'
+  source.write_text('\n'.join(json_lines + ['speaker: Puck. Lord, what fools']) + '\n')
+  report = in_process('infer', workdir, monkeypatch, input_path=str(source),
+                      output_path=str(out))
+
+  def not_json(constant):
+    raise AssertionError(f'{constant} in the output')
+  rows = [json.loads(l, parse_constant=not_json) for l in out.read_text().splitlines()]
+  copied = ['{"inputs": "speaker: Macbeth. Is this a dagger", "v": 1e400',
+            '{"id": 7, "inputs": "speaker: Lear. Blow, winds", "v": 1.50, "big": '
+            '123456789012345678901234567890, "more": [1.0, -0, {"e": 2E+3}]',
+            '{"inputs": "speaker: Puck. Lord, what fools"']
+  assert out.read_text().splitlines() == [
+      f'{fields}, "prediction": {json.dumps(r["prediction"], ensure_ascii=False)}, '
+      f'"score": {r["score"]!r}, "line": {n}}}' for fields, r, n in zip(copied, rows, [1, 4, 9])]
+  parse = records.jsonl_parser(('inputs',), sources.SkipCounter(), 'skip')
+  assert report.invalid_json == [2, 3, 5, 6, 7, 8] == [
+      n for n, l in enumerate(json_lines, 1) if parse('in', n, l.encode(), None) is None]
+  assert ('[t5x_lite] infer: read 9 lines; wrote 3 predictions; skipped 0 empty lines; skipped '
+          '6 lines of invalid JSON (lines 2, 3, 5, 6, 7, 8); truncated 0 of 3 inputs to '
+          'data.inputs_length=64 tokens, EOS included.') in capsys.readouterr().err
+
+
+def test_infer_reads_a_pipe_such_as_a_process_substitution(workdir, tmp_path, monkeypatch):
+  """`--input=<(zcat in.gz)` is /dev/fd/63, a pipe and not a regular file: it was refused as
+  'no such file' (a FIFO and /dev/stdin too)."""
+  read_end, write_end = os.pipe()
+  os.write(write_end, b'speaker: Macbeth. Is this a dagger\n\nspeaker: Lear. Blow, winds\n')
+  os.close(write_end)
+  out = tmp_path / 'out.jsonl'
+  try:
+    report = in_process('infer', workdir, monkeypatch, input_path=f'/dev/fd/{read_end}',
+                        output_path=str(out))
+  finally:
+    os.close(read_end)
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert [(r['inputs'], r['line']) for r in rows] == [
+      ('speaker: Macbeth. Is this a dagger', 1), ('speaker: Lear. Blow, winds', 3)]
+  assert (report.lines, report.predicted, report.empty) == (3, 2, [2])
+
+
+def test_infer_refuses_a_hard_link_to_the_input_or_a_read_only_output_first(tmp_path,
+                                                                            monkeypatch):
+  """Before the checkpoint is looked for (there is none here) or stdin read: a hard link to
+  the input passed the path comparison and the input was overwritten; a read-only output
+  failed only after the whole input was read and the params loaded."""
+  source, link, read_only = tmp_path / 'in.txt', tmp_path / 'link.jsonl', tmp_path / 'ro.jsonl'
+  source.write_text('speaker: Macbeth. Is this a dagger\n')
+  os.link(source, link)
+  with pytest.raises(ValueError, match=f'^--output={re.escape(str(link))} is the --input file: '):
+    in_process('infer', str(tmp_path), monkeypatch, input_path=str(source),
+               output_path=str(link))
+  assert source.read_text() == 'speaker: Macbeth. Is this a dagger\n'
+  read_only.write_text('')
+  read_only.chmod(0o444)
+  if os.access(read_only, os.W_OK):  # root writes anyway: answer as for another user
+    access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: access(path, mode) and not (
+        os.fspath(path) == str(read_only) and mode & os.W_OK))
+  with pytest.raises(ValueError) as error:
+    in_process('infer', str(tmp_path), monkeypatch, output_path=str(read_only))
+  assert str(error.value) == f'--output={read_only}: the file is not writable.'
+
+
+def test_infer_names_output_write_errors_and_ends_quietly_when_stdout_closes(
+    workdir, tmp_path, monkeypatch, capsys):
+  """A failed write was `error: [Errno 28] No space left on device`, naming no flag; a
+  reader of stdout that goes away (`infer | head -1`) was an error line too."""
+  source = tmp_path / 'in.txt'
+  source.write_text('speaker: Macbeth. Is this a dagger\n')
+  with pytest.raises(ValueError) as error:
+    in_process('infer', workdir, monkeypatch, input_path=str(source), output_path='/dev/full')
+  assert str(error.value) == '--output=/dev/full: cannot write it (No space left on device).'
+  capsys.readouterr()
+  read_end, write_end = os.pipe()
+  os.close(read_end)
+  stdout = os.fdopen(write_end, 'w')
+  with monkeypatch.context() as patch:
+    patch.setattr(sys, 'stdout', stdout)
+    in_process('infer', workdir, monkeypatch, input_path=str(source))
+  try:
+    stdout.close()  # its buffered line has nowhere to go
+  except BrokenPipeError:
+    pass
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith('[t5x_lite] infer: params of step 6 from '), err
 
 
 def test_eval_with_a_model_config_other_than_the_workdirs_is_refused(workdir):

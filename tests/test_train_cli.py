@@ -572,6 +572,30 @@ def test_incompatible_checkpoint_names_the_cause(uninterrupted, tmp_path, overri
   assert checkpoint_steps(workdir) == [4, 8, 12]
 
 
+def test_eval_and_infer_refuse_a_vocabulary_other_than_the_runs(uninterrupted, tmp_path):
+  """eval and infer (`evaluation.load`) with another SentencePiece model or other extra_ids
+  than the run trained with ran and scored garbage (eval_loss 8.4 instead of 0.65) with
+  exit 0; the same vocabulary under another path is fine."""
+  from t5x_lite import evaluation
+  workdir, _ = uninterrupted
+  shipped = os.path.join(ROOT, 'data', 'vocab', 'shakespeare_1k.model')
+  other = tmp_path / 'other.model'
+  other.write_bytes(open(shipped, 'rb').read() + b'\0')   # one byte more: another file
+  config = config_from_flags(TINY)
+  config.data.vocab = shipped  # the run's 'data/vocab/shakespeare_1k.model', as an absolute path
+  evaluation.load(config, workdir)
+  for field, value in (('vocab', str(other)), ('extra_ids', 50)):
+    config = config_from_flags(TINY)
+    config.data[field] = value
+    with pytest.raises(ValueError) as e:
+      evaluation.load(config, workdir)
+    assert str(e.value).startswith(
+        f"--workdir={workdir} was trained with data.vocab='data/vocab/shakespeare_1k.model' and "
+        f"data.extra_ids=100 ({workdir}/config.json), not config.data.vocab="
+        f"{config.data.vocab!r} with extra_ids={config.data.extra_ids}: its token ids would "
+        'read as other text'), str(e.value)
+
+
 def test_the_workdirs_checkpoint_wins_over_init_from_and_the_log_says_so(uninterrupted, tmp_path):
   """Precedence: latest workdir checkpoint > config.init_from. The log names what was restored
   and that init_from was ignored; an init_from that does not exist (a typo the resume never
@@ -866,7 +890,7 @@ def test_the_validation_split_is_read_at_start_up_and_its_input_counted_once(tmp
   """A validation source without a usable record failed only at the first eval, after
   train.eval_every steps of training that no checkpoint kept: now it fails before step 1.
   The start-up read leaves no trace in the counts: the eval's report counts each example
-  once (11 read, 3 with long targets)."""
+  once (11 read, 3 with long targets), and the eval says how many batches it read."""
   rows = [dict(inputs=f'speaker: line {i}', targets='Hamlet') for i in range(8)]
   rows += [dict(inputs='speaker: long', targets=' '.join(['Hamlet'] * 20))] * 3
   rows += [dict(inputs='', targets='x')]
@@ -882,7 +906,10 @@ def test_the_validation_split_is_read_at_start_up_and_its_input_counted_once(tmp
       f"(skipped 1 x empty field 'inputs' (first at {bad}:1); 1 x invalid JSON (first at "
       f'{bad}:2)).'), proc.stderr[-2000:]
   assert 'step ' not in proc.stdout and not (tmp_path / 'bad' / 'checkpoints').exists()
-  proc = run_here(str(tmp_path / 'good'), *task, f'--config.data.validation_source=jsonl:{good}')
+  proc = run_here(str(tmp_path / 'good'), *task, f'--config.data.validation_source=jsonl:{good}',
+                  '--config.train.eval_steps=100')
+  evals = [r for r in map(json.loads, open(tmp_path / 'good' / 'metrics.jsonl')) if 'eval_loss' in r]
+  assert [r['eval_batches'] for r in evals] == [1]  # 11 short examples packed: not the 100 asked
   reports = [l for l in proc.stderr.splitlines() if l.startswith('[t5x_lite] data validation')]
   assert reports == [
       "[t5x_lite] data validation (this host shard): skipped 1 x empty field 'inputs' (first "

@@ -39,6 +39,11 @@ def _not_json(constant: str):
   raise ValueError(f'{constant} is not JSON (Python writes it for a non-finite float)')
 
 
+def loads(line: str):
+  """One JSON line, numbers as `NumberText`; NaN / Infinity are a ValueError (not JSON)."""
+  return json.loads(line, parse_int=NumberText, parse_float=NumberText, parse_constant=_not_json)
+
+
 def jsonl_parser(fields, skips, policy):
   """parse(path, n, raw line, header, count) -> tuple of field texts, or None (counted
   when `count`)."""
@@ -48,8 +53,7 @@ def jsonl_parser(fields, skips, policy):
       return None
     line, where = checked
     try:
-      obj = json.loads(line, parse_int=NumberText, parse_float=NumberText,
-                       parse_constant=_not_json)
+      obj = loads(line)
     except ValueError as e:  # JSONDecodeError, or NaN / Infinity
       return bad_input(policy, skips, 'invalid JSON', where,
                        e.msg if isinstance(e, json.JSONDecodeError) else str(e), count)
