@@ -19,7 +19,10 @@ them in one page at a time, every step (`huge_pages_environ`). Setting the tunab
 
 A command ends without the interpreter's module teardown (`exit_without_module_teardown`):
 the `atexit` hooks run, then the process exits; with TensorFlow loaded the teardown took
-~1 s of every command.
+~1 s of every command. A command that fails in a multi-process run (jax.distributed) skips
+the hooks too: JAX's would wait in jax.distributed's shutdown barrier for processes that,
+blocked in a collective, never reach it (5 minutes, then an abort). Before exiting it runs
+the `on_failure` hooks with its error line (`train` tells the other processes, which stop).
 
 On CPU, `run` also leaves matrix multiplications to XLA's own dot emitter (Eigen) instead of
 YNNPACK, which keeps the reductions (`xla_cpu_dots_environ`): on the x86 cores this was
@@ -255,6 +258,7 @@ def report_error(e: BaseException, name: str = '') -> None:
   prefix = f'{name}: ' if name else ''
   message = ' '.join(str(e).split('\n')) or type(e).__name__
   print(f'{prefix}error: {message}', file=sys.stderr, flush=True)
+  _remember_error(message)
 
 
 def call(body: Callable[[], None], name: str = '') -> int:
@@ -268,6 +272,7 @@ def call(body: Callable[[], None], name: str = '') -> int:
     return 1
   except KeyboardInterrupt:
     print(f'{name + ": " if name else ""}interrupted (Ctrl-C).', file=sys.stderr, flush=True)
+    _remember_error('interrupted (Ctrl-C).')
     return 130
   return 0
 
@@ -424,18 +429,56 @@ def run(body, needs_workdir: bool = True, name: str = ''):
         import jax
         jax.config.update('jax_num_cpu_devices', FLAGS.num_cpu_devices)
       body()
-    status = call(checked_body, name)
+    try:
+      status = call(checked_body, name)
+    except Exception as e:  # a bug: its traceback, as Python prints it, and exit status 1
+      if not _multi_process():
+        raise
+      traceback.print_exc()
+      _remember_error(' '.join(f'{type(e).__name__}: {e}'.split()))
+      status = 1
     running = [t for t in threading.enumerate() if t.is_alive() and not t.daemon
                and t is not threading.current_thread()]
     if running and status == 0:
       sys.exit(status)  # Python waits for the thread, as it does by default
-    if running:
+    if status:
+      for hook in _FAILURE_HOOKS:
+        try:
+          hook(_error_line or f'exit status {status}')
+        except Exception:  # the exit goes on; the error line said why it failed
+          absl_logging.info('failure hook failed', exc_info=True)
+    if running or (status and _multi_process()):
       # Background work (a failing Orbax save) is still running: interpreter shutdown, and
       # the atexit hooks, would wait for it and print its errors. It is abandoned; the error
-      # line said why.
-      _flush_and_exit(status)
+      # line said why. A failed process of a multi-process run skips the atexit hooks too:
+      # JAX's shuts jax.distributed down, which waits (shutdown_timeout, 5 minutes) at a
+      # barrier the other processes, blocked in a collective, never reach, then aborts.
+      flush_and_exit(status)
     exit_without_module_teardown(status)
   app.run(main, flags_parser=parse)
+
+
+# The error line the command printed (without `name: error: `), for the failure hooks.
+_error_line: Optional[str] = None
+_FAILURE_HOOKS: List[Callable[[str], None]] = []
+
+
+def _remember_error(line: str) -> None:
+  global _error_line
+  _error_line = line
+
+
+def on_failure(hook: Callable[[str], None]) -> None:
+  """Call `hook(error_line)` when the command fails, after its error line is printed and
+  before the process exits (`train` tells the other processes of a multi-process run)."""
+  _FAILURE_HOOKS.append(hook)
+
+
+def _multi_process() -> bool:
+  """Whether this process is in a jax.distributed run (never imports JAX itself)."""
+  distributed = sys.modules.get('jax._src.distributed')
+  state = distributed and distributed.global_state
+  return bool(state and state.client is not None and (state.num_processes or 1) > 1)
 
 
 def exit_without_module_teardown(status: int) -> None:
@@ -448,10 +491,12 @@ def exit_without_module_teardown(status: int) -> None:
   command writes is closed (or flushed, TensorBoard's) before it returns."""
   import atexit
   atexit._run_exitfuncs()  # what Py_Finalize runs first; the module teardown is what's left
-  _flush_and_exit(status)
+  flush_and_exit(status)
 
 
-def _flush_and_exit(status: int) -> None:
+def flush_and_exit(status: int) -> None:
+  """End the process now: stdout and stderr flushed, no `atexit` hook, no teardown (any
+  thread may call it: a peer's failure stops a multi-process train run, train.py)."""
   for stream in (sys.stdout, sys.stderr):
     try:
       stream.flush()
