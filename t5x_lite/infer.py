@@ -19,7 +19,7 @@ from t5x_lite import checkpoints
 from t5x_lite import cli
 from t5x_lite import evaluation
 from t5x_lite import families
-from t5x_lite.data import records
+from t5x_lite.data import records, sources
 
 FLAGS = flags.FLAGS
 _SHOW = 10  # line numbers listed per kind of report
@@ -252,6 +252,10 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   else:  # .gz decompressed, as the data pipeline reads it
     try:
       with (gzip.open if input_path.endswith('.gz') else open)(input_path, 'rb') as f:
+        packed = None if input_path.endswith('.gz') else sources.compression(f.peek(16))
+        if packed:  # its bytes as text: lines of invalid UTF-8, or worse, decoded
+          raise ValueError(f'--input={input_path}: {packed} data; infer reads text or JSONL '
+                           'lines (gzip files named .gz are decompressed).')
         examples = read_examples(f, report)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
       raise ValueError(f'--input={input_path}: truncated or corrupt .gz file ({e}).') from None

@@ -77,6 +77,10 @@ def _raw_lines(path: str, skips: sources.SkipCounter):
   found = False
   try:
     with (gzip.open if path.endswith('.gz') else open)(path, 'rb') as f:
+      packed = None if path.endswith('.gz') else sources.compression(f.peek(16))
+      if packed:  # as the pipeline's file sources: not read as lines of invalid UTF-8
+        skips.add('compressed file not read (only gzip files named .gz are)', path)
+        return
       for n, raw in enumerate(f, 1):
         found = found or bool(raw.strip())
         try:

@@ -147,6 +147,19 @@ def test_vocab_cli_reads_gzip_files_like_the_pipeline(tmp_path):
   assert f'train coverage: {n} lines' in r.stdout and 'skipped' not in r.stdout
 
 
+def test_vocab_cli_skips_compressed_files_the_pipeline_does_not_read(tmp_path):
+  """A .bz2 file beside a text file was read as lines of invalid UTF-8 (counted as such);
+  it is skipped and said as the pipeline says it."""
+  import bz2
+  text = open(os.path.join(ROOT, 'data/corpus/validation.txt'), 'rb').read()[:20000]
+  (tmp_path / 'a.txt').write_bytes(text)
+  (tmp_path / 'b.txt.bz2').write_bytes(bz2.compress(text))
+  r = vocab_cli(f'--input={tmp_path}/*', '--vocab_size=100', f'--output={tmp_path}/v')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert ('input: skipped 1 x compressed file not read (only gzip files named .gz are) '
+          f'(first at {tmp_path}/b.txt.bz2)') in r.stdout.splitlines(), r.stdout
+
+
 def test_split_long_keeps_every_word_in_pieces_under_the_limit():
   text = ' '.join(['alpha', 'ø' * 30, 'beta'] * 20) + ' ' + 'x' * 300
   pieces = vocab_lib.split_long(text, limit=100)

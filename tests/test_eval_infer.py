@@ -702,6 +702,23 @@ def test_infer_reads_a_pipe_such_as_a_process_substitution(workdir, tmp_path, mo
   assert (report.lines, report.predicted, report.empty) == (3, 2, [2])
 
 
+@pytest.mark.parametrize('name,module,what', [('in.txt.bz2', 'bz2', 'bzip2'),
+                                               ('in.txt.xz', 'lzma', 'xz'),
+                                               ('in.txt', 'gzip', 'gzip')])
+def test_infer_refuses_compressed_input_it_would_read_as_text(workdir, tmp_path, monkeypatch,
+                                                              name, module, what):
+  """A .bz2 / .xz file, or gzip not named .gz, was decoded as text: lines of invalid UTF-8,
+  0 predictions, exit 0. The data pipeline refuses them by their first bytes; so does infer."""
+  import importlib
+  path = tmp_path / name
+  path.write_bytes(importlib.import_module(module).compress(b'speaker: Lear. Blow, winds\n'))
+  with pytest.raises(ValueError) as e:
+    in_process('infer', workdir, monkeypatch, input_path=str(path),
+               output_path=str(tmp_path / 'out.jsonl'))
+  assert str(e.value) == (f'--input={path}: {what} data; infer reads text or JSONL lines (gzip '
+                          'files named .gz are decompressed).')
+
+
 def test_infer_refuses_a_hard_link_to_the_input_or_a_read_only_output_first(tmp_path,
                                                                             monkeypatch):
   """Before the checkpoint is looked for (there is none here) or stdin read: a hard link to

@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import zlib
 
 import numpy as np
 import tensorflow as tf
 
 from t5x_lite.data.records import jsonl_parser, tsv_parser
-from t5x_lite.data.sources import CUT_GZ, DataError, FileSurvey, SkipCounter, bad_input
+from t5x_lite.data.sources import (CUT_GZ, DataError, FileSurvey, SkipCounter, bad_input,
+                                   compression)
 
 LINES_PER_CALL = 256
 
@@ -329,7 +329,7 @@ def _usable(path: str, head: bytes | OSError, skips: SkipCounter, policy: str,
     bad_input(policy, skips, 'not a gzip file', path, f'starts with {head[:2]!r}, not 0x1f 0x8b',
               count)
     return False
-  compressed = _compression(head) if not path.endswith('.gz') else None
+  compressed = compression(head) if not path.endswith('.gz') else None
   if compressed:  # its bytes as text would be lines of 'invalid UTF-8', or worse, read
     bad_input(policy, skips, 'compressed file not read (only gzip files named .gz are)', path,
               f'{compressed} data', count)
@@ -337,17 +337,6 @@ def _usable(path: str, head: bytes | OSError, skips: SkipCounter, policy: str,
   return True
 
 
-# Magic bytes of compressed formats; none can start a UTF-8 text file (bzip2's 'BZh' is
-# followed by a digit and the block magic 0x314159265359).
-_MAGIC = ((b'\x1f\x8b', 'gzip'), (b'\xfd7zXZ\x00', 'xz'), (b'\x28\xb5\x2f\xfd', 'zstd'),
-          (b'PK\x03\x04', 'zip'), (b'\x04\x22\x4d\x18', 'lz4'))
-
-
-def _compression(head: bytes) -> str | None:
-  """The compressed format a file's first bytes announce, if any."""
-  if re.match(rb'BZh[1-9]\x31\x41\x59\x26\x53\x59', head):
-    return 'bzip2'
-  return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
 def documents(src, files: list[str], fields, *, stream: int, num_streams: int, train: bool,

@@ -300,6 +300,19 @@ def bad_input(policy: str, skips: SkipCounter, reason: str, where: str, detail: 
     skips.add(reason, where)
 
 
+# Magic bytes of compressed formats; none can start a UTF-8 text file (bzip2's 'BZh' is
+# followed by a digit and the block magic 0x314159265359).
+_MAGIC = ((b'\x1f\x8b', 'gzip'), (b'\xfd7zXZ\x00', 'xz'), (b'\x28\xb5\x2f\xfd', 'zstd'),
+          (b'PK\x03\x04', 'zip'), (b'\x04\x22\x4d\x18', 'lz4'))
+
+
+def compression(head: bytes) -> str | None:
+  """The compressed format a file's first bytes announce, if any."""
+  if re.match(rb'BZh[1-9]\x31\x41\x59\x26\x53\x59', head):
+    return 'bzip2'
+  return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
 def files_fingerprint(spec: str, what: str) -> tuple[str, str]:
   """What the file sources of `spec` match, saved with a stream position: per source the
   file count and a CRC-32 of their names below the glob's fixed part (the same from any
