@@ -122,7 +122,7 @@ def parse_line(line: str) -> Tuple[Optional[str], dict, Optional[str]]:
   except UnicodeEncodeError:
     return None, {}, 'invalid'
   inputs = obj.get('inputs')
-  if type(inputs) is not str or not inputs.strip():  # a number (NumberText) is not a string
+  if not isinstance(inputs, str) or not inputs.strip():  # (a number: its text, as written)
     return None, {}, 'bad'
   return inputs, obj, None
 

@@ -653,14 +653,16 @@ def test_infer_copies_json_numbers_as_written_and_skips_invalid_json(workdir, tm
   as written (1.50 was written back as 1.5) and NaN / Infinity refused (they were copied out
   as non-JSON `NaN`, `-Infinity`, and 1e400 as `Infinity`); a line that starts with '{' but
   is not JSON is skipped and reported (it was decoded as plain text, the raw JSON the prompt).
-  The literal tab of line 6 is invalid JSON to the pipeline's parser too."""
+  The literal tab of line 6 is invalid JSON to the pipeline's parser too; a number as the
+  inputs is its text, as the pipeline reads it (it was skipped)."""
   from t5x_lite.data import records, sources
   json_lines = [
       '{"inputs": "speaker: Macbeth. Is this a dagger", "v": 1e400}',
       '{"inputs": "nan", "v": NaN}', '{"inputs": "neg", "v": -Infinity}',
       '{"id": 7, "inputs": "speaker: Lear. Blow, winds", "v": 1.50, '
       '"big": 123456789012345678901234567890, "more": [1.0, -0, {"e": 2E+3}]}',
-      '{"inputs": "hello wor', '{"inputs": "a\tb"}', '{"inputs": "x",}', '{not JSON}']
+      '{"inputs": "hello wor', '{"inputs": "a\tb"}', '{"inputs": "x",}', '{not JSON}',
+      '{"inputs": 1.50}']
   source, out = tmp_path / 'in.jsonl', tmp_path / 'out.jsonl'
   source.write_text('\n'.join(json_lines + ['speaker: Puck. Lord, what fools']) + '\n')
   report = in_process('infer', workdir, monkeypatch, input_path=str(source),
@@ -672,15 +674,15 @@ def test_infer_copies_json_numbers_as_written_and_skips_invalid_json(workdir, tm
   copied = ['{"inputs": "speaker: Macbeth. Is this a dagger", "v": 1e400',
             '{"id": 7, "inputs": "speaker: Lear. Blow, winds", "v": 1.50, "big": '
             '123456789012345678901234567890, "more": [1.0, -0, {"e": 2E+3}]',
-            '{"inputs": "speaker: Puck. Lord, what fools"']
+            '{"inputs": 1.50', '{"inputs": "speaker: Puck. Lord, what fools"']
   assert out.read_text().splitlines() == [
       f'{fields}, "prediction": {json.dumps(r["prediction"], ensure_ascii=False)}, '
-      f'"score": {r["score"]!r}, "line": {n}}}' for fields, r, n in zip(copied, rows, [1, 4, 9])]
+      f'"score": {r["score"]!r}, "line": {n}}}' for fields, r, n in zip(copied, rows, [1, 4, 9, 10])]
   parse = records.jsonl_parser(('inputs',), sources.SkipCounter(), 'skip')
   assert report.invalid_json == [2, 3, 5, 6, 7, 8] == [
       n for n, l in enumerate(json_lines, 1) if parse('in', n, l.encode(), None) is None]
-  assert ('[t5x_lite] infer: read 9 lines; wrote 3 predictions; skipped 0 empty lines; skipped '
-          '6 lines of invalid JSON (lines 2, 3, 5, 6, 7, 8); truncated 0 of 3 inputs to '
+  assert ('[t5x_lite] infer: read 10 lines; wrote 4 predictions; skipped 0 empty lines; skipped '
+          '6 lines of invalid JSON (lines 2, 3, 5, 6, 7, 8); truncated 0 of 4 inputs to '
           'data.inputs_length=64 tokens, EOS included.') in capsys.readouterr().err
 
 
