@@ -6,6 +6,7 @@ run's mean mapped linearly from [min, max] of those means onto the eight block c
 '▁▂▃▄▅▆▇█'; a flat curve is all '▄'.
 """
 import json
+import math
 import os
 from typing import List, Tuple
 
@@ -13,12 +14,13 @@ BLOCKS = '▁▂▃▄▅▆▇█'
 
 
 def read_losses(workdir: str) -> Tuple[List[int], List[float]]:
-  """(steps, train losses) of every metrics.jsonl record that has a loss."""
+  """(steps, train losses) of every metrics.jsonl record that has a finite loss (a log
+  window of only skipped non-finite steps, train.on_nonfinite=skip, logs NaN)."""
   steps, losses = [], []
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
     for line in f:
       record = json.loads(line)
-      if 'loss' in record:
+      if 'loss' in record and math.isfinite(float(record['loss'])):
         steps.append(int(record['step']))
         losses.append(float(record['loss']))
   return steps, losses

@@ -469,7 +469,10 @@ def abstract_params(model_cfg):
 @functools.lru_cache(maxsize=16)
 def _abstract_params(cfg: ModelConfig):
   batch = families.dummy_batch(cfg.family)
-  return jax.eval_shape(lambda: build(cfg).init(jax.random.PRNGKey(0), batch))['params']
+  # Any attention implementation has the same params; einsum's traces on any machine (cuDNN's
+  # would need a GPU: plan describes a GPU run from a laptop).
+  shapes_only = dataclasses.replace(cfg, attention_impl='einsum')
+  return jax.eval_shape(lambda: build(shapes_only).init(jax.random.PRNGKey(0), batch))['params']
 
 
 # ------------------------------------------------------------- scanned <-> unscanned

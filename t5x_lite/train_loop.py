@@ -207,6 +207,8 @@ class Progress:
           f'{self.last_saved} (train.on_nonfinite=stop). {advice}')
     self.skipped_steps += 1
     self.consecutive_skips += 1
+    print(f'[t5x_lite] warning: {what}: skipped, the update not applied (train.on_nonfinite='
+          f'skip; {self.skipped_steps} skipped in all). {advice}', file=sys.stderr, flush=True)
     if self.consecutive_skips >= self.max_consecutive_skips:
       raise FloatingPointError(
           f'{what}: {self.consecutive_skips} consecutive non-finite steps '
@@ -566,8 +568,10 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   report_skips('train', train_iter.skips)  # again: counted as the streams read
   first, last = progress.first_loss, progress.last_loss
   resumed_at = f' (step {start + 1}: this run resumed)' if start else ''
+  skipped = progress.skipped_steps - int(saved.get('skipped_steps', 0))
   losses = ('no step to train' if first is None else
-            f'first loss {round(first, 4)}{resumed_at}, last loss {round(last, 4)}')
+            f'first loss {round(first, 4)}{resumed_at}, last loss {round(last, 4)}' +
+            (f' ({skipped} non-finite steps skipped, their losses left out)' if skipped else ''))
   trained = step - start
   print(f'[t5x_lite] done: {trained} step{"s" if trained != 1 else ""} in '
         f'{time.time() - run_start:.0f}s; {losses}; '

@@ -409,6 +409,8 @@ def test_skip_nonfinite_stops_after_k_consecutive_and_checkpoints_stay_finite(tm
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stdout + proc.stderr
   _assert_one_error_line(proc.stderr, '3 consecutive non-finite steps')
+  # Each skipped step is said as it happens (they were only in metrics.jsonl).
+  assert proc.stderr.count('skipped, the update not applied (train.on_nonfinite=skip; ') == 3
   steps = integrity.step_dirs(os.path.join(workdir, 'checkpoints'))
   assert steps
   for step in steps:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from configs import bert, gpt, t5_v1_1
@@ -107,6 +108,16 @@ def test_scan_layers_does_not_change_counts():
   cfg.model.scan_layers = True
   cfg.model.num_encoder_layers = cfg.model.num_decoder_layers = 1
   assert (accounting.count_params(cfg)['total'], accounting.flops_per_token(cfg)['per_example']) == unscanned
+
+
+def test_a_cudnn_config_is_planned_without_a_gpu():
+  """plan describes a GPU run from a laptop: tracing the params ran cuDNN's availability
+  check (a traceback, 'cuDNN is not detected'). Every attention implementation has the
+  same params."""
+  def params(impl):
+    cfg = tiny_config('t5', dtype='bfloat16', attention_impl=impl)
+    return jax.tree.map(lambda x: (x.shape, x.dtype), models.abstract_params(cfg.model))
+  assert params('cudnn') == params('xla')
 
 
 def test_embed_sharded_bytes_shrink_8x_under_fsdp():

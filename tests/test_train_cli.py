@@ -427,6 +427,22 @@ def test_nan_loss_stops_and_writes_no_checkpoint(tmp_path):
       assert np.isfinite(np.asarray(leaf)).all(), f'checkpoint {step} holds non-finite values'
 
 
+def test_skipped_non_finite_steps_are_said_and_counted_in_the_done_line(tmp_path):
+  """train.on_nonfinite=skip: the skipped steps were in metrics.jsonl only, and the done line
+  gave the last finite step's loss as 'last loss' with no word of the skips."""
+  proc = run_here(str(tmp_path / 'w'), '--config.train.steps=4', '--config.train.on_nonfinite=skip',
+                  '--config.train.max_consecutive_skips=5', '--config.optimizer.learning_rate=1e30')
+  warnings = [l for l in proc.stderr.splitlines() if 'skipped, the update not applied' in l]
+  records = [json.loads(l) for l in open(tmp_path / 'w' / 'metrics.jsonl')]
+  skipped = records[-1]['skipped_steps']
+  assert skipped >= 1 and len(warnings) == skipped, proc.stderr[-3000:]
+  assert warnings[-1].endswith(f'(train.on_nonfinite=skip; {skipped} skipped in all). Lower '
+                               'optimizer.learning_rate or enable optimizer.clip_grad_norm.')
+  done = [l for l in proc.stdout.splitlines() if l.startswith('[t5x_lite] done: ')]
+  assert len(done) == 1 and \
+      f'({skipped} non-finite steps skipped, their losses left out)' in done[0], proc.stdout
+
+
 def _step_one_loss_of(params):
   """The loss the tiny run's first train batch has under `params`, in numpy."""
   import jax
