@@ -292,7 +292,12 @@ def say_if_the_schedule_idles(config) -> None:
   (0 = train.steps): a warmup as long as that only ever warms up, and steps past decay_steps
   train at the floor (at rate 0 without one)."""
   o = config.optimizer
-  if o.schedule != 'cosine':
+  if o.schedule != 'cosine':  # a value its schedule never reads would change nothing, unsaid
+    unused = [k for k in ('decay_steps',) + (('warmup_steps', 'min_learning_rate')
+                                             if o.schedule == 'constant' else ()) if o[k]]
+    if unused:
+      print(f'[t5x_lite] note: {", ".join(f"optimizer.{k}={o[k]}" for k in unused)} unused '
+            f'under optimizer.schedule={o.schedule!r} (cosine reads them all).', flush=True)
     return
   horizon = int(o.decay_steps or config.train.steps)
   if o.warmup_steps >= horizon:

@@ -795,6 +795,18 @@ def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
   assert ('the cosine schedule reaches learning rate 0 at optimizer.decay_steps=101, before '
           'train.steps=150: the steps after 101 leave the params unchanged') in (
               capsys.readouterr().out)
+  # Settings the other schedules never read were ignored without a word.
+  cfg.optimizer.update(dict(schedule='rsqrt', decay_steps=5))
+  optim.say_if_the_schedule_idles(cfg)
+  assert capsys.readouterr().out == ("[t5x_lite] note: optimizer.decay_steps=5 unused under "
+                                     "optimizer.schedule='rsqrt' (cosine reads them all).\n")
+  cfg.optimizer.update(dict(schedule='constant', decay_steps=0, min_learning_rate=0.0))
+  optim.say_if_the_schedule_idles(cfg)
+  assert capsys.readouterr().out == ("[t5x_lite] note: optimizer.warmup_steps=100 unused under "
+                                     "optimizer.schedule='constant' (cosine reads them all).\n")
+  cfg.optimizer.warmup_steps = 0
+  optim.say_if_the_schedule_idles(cfg)
+  assert capsys.readouterr().out == ''
 
 
 def test_adafactors_per_step_weight_decay_warns_or_is_refused(capsys):
