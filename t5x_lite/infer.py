@@ -320,7 +320,7 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
                          top_p=top_p, seed=seed, beam_size=beam_size,
                          num_ids=vocab.vocab_size, on_batch=write_ready)
   except BrokenPipeError:  # `infer | head`: stop quietly, as Unix tools do (the command's exit
-    return report          # flush of stdout ignores the gone reader too: cli._flush_and_exit)
+    return report          # flush of stdout ignores the gone reader too: cli.flush_and_exit)
   finally:
     if out is not sys.stdout:
       try:
