@@ -106,9 +106,11 @@ def run(config, *, steps: int = 3, rounds: int = 3, decode_batch_size: int = 0,
   if matmuls and decode_only:
     raise ValueError('--matmuls times the train step\'s matmuls; --decode_only skips the '
                      'train step.')
+  if decode_only and not family.has_decoder:
+    raise ValueError(f'--decode_only: model.family={config.model.family!r} does not decode.')
+  if family.has_decoder and not train_only:  # refused now, not after the train step's timing
+    _check_decode_fits(config, decode_length or _default_new_tokens(config))
   if decode_only:
-    if not family.has_decoder:
-      raise ValueError(f'--decode_only: model.family={config.model.family!r} does not decode.')
     out.update(devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
                lengths=dict(lengths))
     _decode(config, out, rounds, decode_batch_size or tc.batch_size,
@@ -226,6 +228,17 @@ def _default_new_tokens(config) -> int:
   if families.get(config.model.family).has_encoder:
     return lengths['decoder']
   return max(1, lengths['decoder'] - PROMPT_TOKENS)
+
+
+def _check_decode_fits(config, new_tokens: int) -> None:
+  """A model with a learned position table decodes only as far as it reaches: say so
+  naming --decode_length (`decoding.check_positions_fit`), before any timing."""
+  from t5x_lite import decoding
+  lengths = families.stream_lengths(config)
+  has_encoder = families.get(config.model.family).has_encoder
+  decoding.check_positions_fit(
+      config.model, lengths['encoder'] if has_encoder else PROMPT_TOKENS, new_tokens,
+      encoder_decoder=has_encoder, length_name='--decode_length')
 
 
 def _decode(config, out, rounds, rows, new_tokens, beam_size, why_not, print_fn):

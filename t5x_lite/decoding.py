@@ -160,23 +160,25 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
 
 
 def check_positions_fit(cfg, prompt_length: int, max_length: int,
-                        encoder_decoder: bool = False) -> None:
+                        encoder_decoder: bool = False, length_name: str = 'max_length') -> None:
   """A model with learned absolute positions decodes only as far as its position table
   reaches (a position past it reads NaN). Decoder-only: the prompt and every new token but
   the last (never fed back, `_feed`) must fit. Encoder-decoder: the encoder's inputs, and
-  the decoder's BOS plus every new token but the last (max_length positions)."""
+  the decoder's BOS plus every new token but the last (max_length positions). The error
+  names the new-token count as `length_name` (the flag that set it, e.g. bench's
+  '--decode_length')."""
   if cfg.position_embedding != 'absolute':
     return
   limit = cfg.max_position_embeddings
   if encoder_decoder:
     for what, needed in ((f'encoder inputs of {prompt_length} tokens', prompt_length),
-                         (f'decoding max_length={max_length}', max_length)):
+                         (f'decoding {length_name}={max_length}', max_length)):
       if needed > limit:
         raise ValueError(f'{what} need {needed} positions; the model has '
                          f'model.max_position_embeddings={limit}.')
   elif prompt_length + max_length - 1 > limit:
-    raise ValueError(f'a prompt of {prompt_length} tokens continued by max_length={max_length} '
-                     f'needs {prompt_length + max_length - 1} positions; the model has '
+    raise ValueError(f'a prompt of {prompt_length} tokens continued by '
+                     f'{length_name}={max_length} needs {prompt_length + max_length - 1} positions; the model has '
                      f'model.max_position_embeddings={limit}.')
 
 

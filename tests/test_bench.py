@@ -265,3 +265,21 @@ def test_bench_runs_for_an_encoder_only_and_a_decoder_only_config():
     else:
       assert out['greedy_tokens_per_s'] > 0 and out['beam_tokens_per_s'] > 0
       assert out['decode_new_tokens'] == 32 - 16
+
+
+def test_a_decode_length_past_the_position_table_is_refused_before_any_timing(monkeypatch):
+  from tiny_run import tiny_config
+  from t5x_lite import benchmark, throughput
+  cfg = tiny_config('gpt', layers=1, train=dict(batch_size=8), max_position_embeddings=32,
+                    data=dict(inputs_length=32, targets_length=32, num_virtual_shards=1))
+  timed = []
+  monkeypatch.setattr(throughput, 'matmul_peak', lambda *a, **k: timed.append(1) or 1e9)
+  # 16 prompt tokens + 17 new - 1 (the last is never fed back) = 32 positions: fits.
+  benchmark._check_decode_fits(cfg, 17)
+  for kwargs in (dict(), dict(decode_only=True)):
+    with pytest.raises(ValueError, match=r'a prompt of 16 tokens continued by '
+                       r'--decode_length=18 needs 33 positions; .*max_position_embeddings=32'):
+      benchmark.run(cfg, decode_length=18, **kwargs)
+  assert not timed
+  benchmark.run(cfg, decode_length=18, train_only=True, steps=1, print_fn=lambda _: None)
+  assert timed  # --train_only decodes nothing: the length is not checked
