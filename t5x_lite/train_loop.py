@@ -340,10 +340,6 @@ def _log_line(step: int, total: int, record: dict) -> str:
           f'{rate} tok/s  MFU {mfu}  ETA {eta}')
 
 
-def _config_dict(config) -> dict:
-  return json.loads(config.to_json_best_effort())
-
-
 def _every(period: int, step: int) -> bool:
   return bool(period) and step % period == 0
 
@@ -463,13 +459,15 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
                       skipped_steps=int(saved.get('skipped_steps', 0)),
                       log_window=saved.get('log_window'))
   print(f'[t5x_lite] {why}.', flush=True)
+  # A rerun that trains nothing changes nothing: no notes on the resume, the run's config.json
+  # kept (it describes the checkpoints, not this rerun's lower train.steps).
   if start >= config.train.steps:
     print(f'[t5x_lite] the workdir is at step {start}, at or past config.train.steps='
           f'{config.train.steps}: nothing to train (raise train.steps to train on).', flush=True)
-  if resumed:
+  elif resumed:
     _say_what_the_resume_changes(config, ckpts, start)
-  config_dict = _config_dict(config)
-  if pid == 0:  # atomic: a kill mid-write leaves the old file, never a cut one
+  config_dict = json.loads(config.to_json_best_effort())
+  if pid == 0 and start < config.train.steps:  # atomic: a kill mid-write leaves the old file
     with open(os.path.join(workdir, 'config.json.tmp'), 'w') as f:
       json.dump(config_dict, f, indent=2)
     os.replace(os.path.join(workdir, 'config.json.tmp'), os.path.join(workdir, 'config.json'))

@@ -762,6 +762,11 @@ def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp
   assert 'at step 3, at or past config.train.steps=3: nothing to train' in proc.stdout
   assert 'done: 0 steps' in proc.stdout and 'no step to train' in proc.stdout
   assert 'None' not in proc.stdout  # (the losses of no step were printed as None)
+  proc = run_here(workdir, '--config.train.steps=1', *cosine)  # lower: trains nothing either
+  assert 'at step 3, at or past config.train.steps=1: nothing to train' in proc.stdout
+  assert 'rises again' not in proc.stdout  # (no step trains: the schedule moves nothing)
+  with open(os.path.join(workdir, 'config.json')) as f:  # still the run's, not this rerun's
+    assert json.load(f)['train']['steps'] == 3
   proc = run_here(workdir, '--config.train.steps=4', *cosine,
                   '--config.optimizer.decay_steps=3')
   assert 'decays over train.steps (optimizer.decay_steps=0): it was' not in proc.stdout
