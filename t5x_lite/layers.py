@@ -179,13 +179,23 @@ def relative_position_bucket(relative_position, bidirectional: bool = True,
   else:
     n = xp.maximum(n, 0)
   max_exact = num_buckets // 2
-  is_small = n < max_exact
-  # Guard log(0); those entries take the `is_small` branch anyway.
-  val_if_large = max_exact + (
-      xp.log(xp.maximum(n, 1).astype(np.float32) / max_exact) /
-      math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
-  val_if_large = xp.minimum(val_if_large, num_buckets - 1)
-  return ret + xp.where(is_small, n, val_if_large)
+  if xp is np:
+    val_if_large = _log_buckets(n, max_exact, num_buckets, max_distance)
+  else:  # XLA's float32 log lands an ulp under some whole-number results (64 buckets, max
+    # distance 50: n = 40 gave 47 for HF's 48); every n >= max_distance is the last bucket.
+    table = _log_buckets(np.arange(max_distance + 1), max_exact, num_buckets, max_distance)
+    val_if_large = jnp.asarray(table)[jnp.minimum(n, max_distance)]
+  return ret + xp.where(n < max_exact, n, val_if_large)
+
+
+def _log_buckets(n: np.ndarray, max_exact: int, num_buckets: int, max_distance: int):
+  """Buckets of distances n >= max_exact: logarithmic up to max_distance, in float32 as
+  Hugging Face's PyTorch T5 and mesh TensorFlow compute them (numpy; n < max_exact too,
+  for the caller to discard: log(0) is guarded)."""
+  val = max_exact + (np.log(np.maximum(n, 1).astype(np.float32) / max_exact) /
+                     math.log(max_distance / max_exact) *
+                     (num_buckets - max_exact)).astype(np.int32)
+  return np.minimum(val, num_buckets - 1)
 
 
 class RelativePositionBias(nn.Module):

@@ -57,3 +57,27 @@ def test_decoder_buckets_numpy_and_jax():
 
 def test_decoder_boundaries():
   assert _bucket([-15, -16, -112, -113], False, np) == [15, 16, 30, 31]
+
+
+# (buckets, max_distance) where XLA's float32 log once put a bucket one under HF's (64, 50:
+# causal n = 40, log(1.25) / log(1.5625) * 32 = 16 exactly), and the defaults.
+GRIDS = [(32, 128), (64, 50), (20, 1000), (128, 100), (4, 200), (6, 100), (8, 200), (9, 200)]
+
+
+def test_buckets_equal_hugging_face_pytorch_under_jit_and_in_numpy():
+  import jax
+  import torch
+  from transformers.models.t5.modeling_t5 import T5Attention
+  rel = np.arange(-3000, 3001, dtype=np.int32)
+  for num_buckets, max_distance in GRIDS:
+    for bidirectional in (True, False):
+      want = T5Attention._relative_position_bucket(
+          torch.from_numpy(rel).long(), bidirectional=bidirectional, num_buckets=num_buckets,
+          max_distance=max_distance).numpy()
+      kwargs = dict(bidirectional=bidirectional, num_buckets=num_buckets,
+                    max_distance=max_distance)
+      jitted = jax.jit(lambda r, kw=kwargs: relative_position_bucket(r, **kw))
+      for got in (relative_position_bucket(rel, **kwargs), jitted(jnp.asarray(rel))):
+        np.testing.assert_array_equal(np.asarray(got), want,
+                                      err_msg=f'{num_buckets} buckets, {max_distance}, '
+                                              f'bidirectional={bidirectional}')
