@@ -43,10 +43,12 @@ def _base_model_config() -> ml_collections.ConfigDict:
   return base.get_base_config().model
 
 
-def _act_from_hf(name, field, arch):
+def _act_from_hf(name, field, arch, written=None):
+  """Our activation for HF's `name`, read from config.json's `field` (whose value, if not
+  `name` itself, is `written`: feed_forward_proj='gated-gelu_fast' names gelu_fast)."""
   if not isinstance(name, str) or name not in _ACT_FROM_HF:
-    _fail(f'config.json {field}={name!r} is not supported for {arch} (supported: '
-          f'{", ".join(_ACT_FROM_HF)}).')
+    _fail(f'config.json {field}={name if written is None else written!r} is not supported '
+          f'for {arch} (supported activations: {", ".join(_ACT_FROM_HF)}).')
   return _ACT_FROM_HF[name]
 
 
@@ -80,19 +82,24 @@ def _t5_activation(f, proj: str, arch: str):
   if not 1 <= len(parts) <= 2 or (len(parts) == 2 and parts[0] != 'gated'):
     _fail(f'config.json feed_forward_proj={proj!r} is not a T5 activation.')
   act = f('dense_act_fn', 'gelu_new' if proj == 'gated-gelu' else parts[-1], 'any')
-  field = 'dense_act_fn' if f('dense_act_fn', '', 'any') else 'feed_forward_proj'
-  return _act_from_hf(act, field, arch), f('is_gated_act', len(parts) == 2, 'bool')
+  if f('dense_act_fn', '', 'any'):
+    return _act_from_hf(act, 'dense_act_fn', arch), f('is_gated_act', len(parts) == 2, 'bool')
+  return (_act_from_hf(act, 'feed_forward_proj', arch, written=proj),
+          f('is_gated_act', len(parts) == 2, 'bool'))
 
 
-def _config_from_hf(arch: str, hf: dict) -> ml_collections.ConfigDict:
+def _config_from_hf(arch: str, hf: dict, mt5: bool = False) -> ml_collections.ConfigDict:
+  """Our model config for config.json `hf` of `arch`; a field it leaves out takes the
+  default of transformers' config class (MT5Config's when `mt5`: untied, gated-gelu)."""
   m = _base_model_config()
   f = lambda key, default=None, kind='int': _field(hf, arch, key, default, kind)
-  tie = f('tie_word_embeddings', True, 'bool')
+  tie = f('tie_word_embeddings', not mt5, 'bool')
   for flag in _REFUSED_FLAGS.get(arch, ()):
     if f(flag, False, 'bool'):
       _fail(f'config.json {flag}=true is not supported for {arch}.')
   if arch == 'T5ForConditionalGeneration':
-    act, gated = _t5_activation(f, f('feed_forward_proj', 'relu', 'any'), arch)
+    act, gated = _t5_activation(f, f('feed_forward_proj', 'gated-gelu' if mt5 else 'relu',
+                                     'any'), arch)
     m.update(dict(
         family='encoder_decoder', vocab_size=f('vocab_size'), d_model=f('d_model'),
         d_ff=f('d_ff'), num_heads=f('num_heads'), d_kv=f('d_kv'),
@@ -274,6 +281,9 @@ def read_config(hf_dir: str) -> Tuple[str, dict, ml_collections.ConfigDict]:
     _fail(f'{path} has architectures={archs!r}, not a list of class names.')
   if not archs and isinstance(hf.get('model_type'), str):
     archs = [_BY_MODEL_TYPE.get(hf['model_type'], f'model_type {hf["model_type"]!r}')]
+  # transformers reads an mT5 directory (AutoConfig by model_type, MT5ForConditionalGeneration
+  # by its class) with MT5Config, whose defaults for fields left out differ from T5Config's.
+  mt5 = hf.get('model_type') == 'mt5' or 'MT5ForConditionalGeneration' in archs
   archs = [_SAME_NETWORK.get(a, a) if isinstance(a, str) else a for a in archs]
   arch = next((a for a in archs if a in SUPPORTED), None)
   if arch is None and not archs and 'model' in hf:  # a t5x_lite config.json
@@ -282,7 +292,7 @@ def read_config(hf_dir: str) -> Tuple[str, dict, ml_collections.ConfigDict]:
   if arch is None:
     _fail(f'{path} names architecture {archs[0] if archs else "(none)"!s}, which is not '
           f'supported; {_SUPPORTED_MSG}.')
-  model_cfg = _config_from_hf(arch, hf)
+  model_cfg = _config_from_hf(arch, hf, mt5=mt5)
   from t5x_lite import models  # pylint: disable=import-outside-toplevel
   try:
     models.ModelConfig.from_config(model_cfg)  # validates it

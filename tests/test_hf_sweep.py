@@ -150,6 +150,10 @@ def test_t5_unknown_dense_act_fn_is_refused(tmp_path):
   _edit_config(src, dense_act_fn='quick_gelu')
   with pytest.raises(ValueError, match="dense_act_fn='quick_gelu'"):
     hf.load(src)
+  # Without dense_act_fn the activation comes from feed_forward_proj: quoted as written.
+  _edit_config(src, dense_act_fn=None, feed_forward_proj='gated-gelu_fast')
+  with pytest.raises(ValueError, match="feed_forward_proj='gated-gelu_fast' is not supported"):
+    hf.load(src)
 
 
 @pytest.mark.parametrize('field', ['is_decoder', 'add_cross_attention'])
