@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from t5x_lite import checkpoint_integrity as integrity
+from t5x_lite import run_config
 from t5x_lite import tree_paths
 from t5x_lite.trainer import TrainState
 
@@ -47,21 +48,30 @@ def warn(line: str) -> None:
   print(f'[t5x_lite] warning: {line}', file=sys.stderr, flush=True)
 
 
-def check_workdir(workdir: str, writes: str) -> None:
-  """Fails in one line, before any work, on a workdir the command cannot write into; `writes`
-  says what the command would have written there."""
+def check_workdir(workdir: str, writes: str, subdirs=(), files=()) -> None:
+  """Fails in one line, before any work, on a workdir the command cannot write into (nor
+  into its `subdirs`, or with a directory where it writes one of its `files`); `writes` says
+  what the command would have written there."""
   if '://' in workdir:  # os.makedirs would make a local './gs:/bucket/...' on every host
     raise ValueError(f'--workdir={workdir}: URL workdirs are not supported (checkpoints, '
                      f'metrics and manifests are written with local file APIs); give a path '
                      f'every host sees: NFS / Filestore, or the bucket mounted with gcsfuse.')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # A unique name: every host of a multi-host run probes the same (shared) workdir.
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
-      pass
-  except OSError as e:
-    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}): it holds '
-                     f'{writes}.') from None
+  # Subdirectories are probed only where they exist (a refused run leaves none behind).
+  for where in [workdir] + [p for d in subdirs for p in [os.path.join(workdir, d)]
+                            if os.path.lexists(p)]:
+    try:
+      os.makedirs(where, exist_ok=True)
+      # A unique name: every host of a multi-host run probes the same (shared) workdir.
+      with tempfile.NamedTemporaryFile(dir=where, prefix='.write_test_'):
+        pass
+    except OSError as e:
+      why = 'a file' if os.path.isfile(where) else e.strerror
+      raise ValueError(f'--workdir={workdir}{"" if where == workdir else ": " + where} is not '
+                       f'writable ({why}): it holds {writes}.') from None
+  for name in files:
+    if os.path.isdir(os.path.join(workdir, name)):
+      raise ValueError(f'--workdir={workdir}: {os.path.join(workdir, name)} is a directory, '
+                       f'where the command writes its {name} file: move it away.')
 
 
 # ------------------------------------------------------------- data-iterator item
@@ -233,12 +243,12 @@ class Checkpoints:
     return getattr(meta, 'tree', meta)
 
   def check_compatible(self, step: int, abstract_state: TrainState, saved_tree,
-                       model_cfg) -> None:
-    """Clear error if the step's saved config describes another network than `model_cfg`
+                       config) -> None:
+    """Clear error if the step's saved config describes another network than `config`'s
     (runtime fields aside: same shapes can still mean another network, relu vs gelu, which
-    eval, infer and init_from refuse too), or the saved state's shapes (`saved_state_tree`)
-    differ from the config's, naming the cause where the step says it: another layer layout
-    (model.scan_layers), or the model fields that differ."""
+    eval, infer and init_from refuse too) or another optimizer-state pytree, or the saved
+    state's shapes (`saved_state_tree`) differ from the config's, naming the cause where the
+    step says it: another layer layout (model.scan_layers), the model or optimizer fields."""
     where, want = self.directory / str(step), abstract_state.as_dict()
     scanned = _has_scanned_layers(saved_tree.get('params', {}))
     if scanned != _has_scanned_layers(want['params']):
@@ -249,10 +259,19 @@ class Checkpoints:
           'eval, infer and config.init_from read either).')
     advice = (f'resume with the config it was saved with, or use a new --workdir (or delete '
               f'{self.directory}) to start fresh.')
-    saved, path = saved_config(os.fspath(where))
-    cause = model_mismatch(saved.get('model', {}), model_cfg, path) if saved else ''
+    saved, path = run_config.saved_config(os.fspath(where))
+    cause = run_config.model_mismatch(saved.get('model', {}), config.model, path) if saved else ''
     if cause:
       raise ValueError(f'checkpoint {where} does not match this config: {cause}; {advice}')
+    from t5x_lite import optim
+    changes = optim.state_layout_changes(saved.get('optimizer', {}), config.optimizer) \
+        if saved else []
+    if changes:
+      raise ValueError(
+          f'checkpoint {where} holds another optimizer state than this config builds: '
+          f'{"; ".join("config.optimizer." + c for c in changes)}. Nothing was moved; resume '
+          f'with the optimizer settings it was saved with, or train on from its params in a '
+          f'new --workdir with config.init_from={where} (fresh optimizer state).')
     check_shapes(where, saved_tree, want, advice[0].upper() + advice[1:])
 
   def restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
@@ -352,80 +371,6 @@ def resolve_params_dir(directory: str) -> epath.Path:
   return path
 
 
-# Model fields that do not change what the weights mean: runtime choices and the initializer.
-RUNTIME_MODEL_FIELDS = ('dropout_rate', 'dropout_sites', 'dtype', 'scan_layers', 'remat',
-                        'attention_impl', 'init_scheme')
-
-
-def model_mismatch(saved_model: dict, model_cfg, source: str) -> str:
-  """'' if `saved_model` (a config.json's "model") describes the same network as `model_cfg`
-  (runtime fields aside), else one sentence naming every field that differs (so one rerun
-  can fix them all)."""
-  diffs = []
-  for key, saved in sorted(saved_model.items()):
-    if key in RUNTIME_MODEL_FIELDS or key not in model_cfg:
-      continue
-    want = model_cfg[key]
-    if (list(want) if isinstance(want, (list, tuple)) else want) != (
-        list(saved) if isinstance(saved, (list, tuple)) else saved):
-      diffs.append((key, want, saved))
-  if not diffs:
-    return ''
-  (key, want, saved), more = diffs[0], diffs[1:]
-  return (f'config.model.{key}={want!r} differs from {source} ({saved!r})' +
-          ('; so do ' + ', '.join(f'{k}={w!r} ({s!r})' for k, w, s in more) if more else ''))
-
-
-def saved_config(directory: str):
-  """(config dict, where it was read) saved with `directory` (a workdir or converted
-  checkpoint: its config.json; a step directory, its checkpoints/ or state/: the step's own
-  `config` item), or (None, '') when there is none."""
-  import json
-  path = os.path.join(directory, 'config.json')
-  if not os.path.isfile(path):
-    try:
-      params_dir = resolve_params_dir(directory)
-    except ValueError:
-      return None, ''
-    step_dir = params_dir.parent if params_dir.name == 'state' else params_dir
-    path = os.fspath(step_dir / 'config' / 'metadata')  # JsonCheckpointHandler's file
-    if not os.path.isfile(path):
-      return None, ''
-  with open(path) as f:
-    return json.load(f), path
-
-
-def check_model_config(directory: str, model_cfg, what: str) -> None:
-  """ValueError if `directory` (a workdir, a converted checkpoint or a step directory; `what`
-  names the flag that gave it) saved a config whose model differs from `model_cfg` (same
-  shapes can still mean another network: relu vs gelu)."""
-  saved, path = saved_config(directory)
-  if saved is None:
-    return
-  mismatch = model_mismatch(saved.get('model', {}), model_cfg, path)
-  if mismatch:
-    raise ValueError(f'{what}={directory}: {mismatch}; pass the model config (and --config '
-                     'overrides) it was trained with.')
-
-
-def check_vocabulary(directory: str, data_cfg, what: str) -> None:
-  """ValueError if the run in `directory` trained with another SentencePiece model (byte for
-  byte) or extra_ids than `data_cfg`: its ids would read as other text, silently. Nothing to
-  compare (a converted directory, a saved vocabulary no longer found) is fine."""
-  import filecmp  # pylint: disable=import-outside-toplevel
-  from t5x_lite.data.vocab import resolve_path  # pylint: disable=import-outside-toplevel
-  saved, path = saved_config(directory)
-  data = (saved or {}).get('data') or {}
-  theirs, mine = resolve_path(data.get('vocab') or ''), resolve_path(data_cfg.vocab)
-  if data.get('extra_ids', data_cfg.extra_ids) != data_cfg.extra_ids or (
-      os.path.isfile(theirs) and os.path.isfile(mine) and not filecmp.cmp(theirs, mine, False)):
-    raise ValueError(
-        f'{what}={directory} was trained with data.vocab={data.get("vocab")!r} and data.'
-        f'extra_ids={data.get("extra_ids")} ({path}), not config.data.vocab={data_cfg.vocab!r} '
-        f'with extra_ids={data_cfg.extra_ids}: its token ids would read as other text; pass '
-        'the data config it was trained with.')
-
-
 def _has_scanned_layers(tree) -> bool:
   return any('layers' in path for path, _ in tree_paths.named_leaves(tree))
 
@@ -501,13 +446,14 @@ def check_init_source(config) -> None:
       model_cfg = hf_config.read_config(directory)[2]
     except ValueError as e:
       raise ValueError(f'config.init_from={config.init_from}: {e}') from None
-    mismatch = model_mismatch(model_cfg, config.model, f'the Hugging Face model in {directory}')
+    mismatch = run_config.model_mismatch(model_cfg, config.model,
+                                         f'the Hugging Face model in {directory}')
     if mismatch:
       raise ValueError(f'{mismatch}.')
   elif not os.path.exists(config.init_from):
     raise ValueError(f'config.init_from={config.init_from} does not exist.')
   else:
-    check_model_config(config.init_from, config.model, 'config.init_from')
+    run_config.check_model_config(config.init_from, config.model, 'config.init_from')
 
 
 def check_init_from(config, workdir: str) -> None:
@@ -526,10 +472,10 @@ def check_fresh_start(config, workdir: str) -> None:
     return  # a resume: check_compatible compares the step's own config
   path = os.path.join(workdir, 'config.json')
   try:
-    saved, _ = saved_config(workdir) if os.path.isfile(path) else (None, '')
+    saved, _ = run_config.saved_config(workdir) if os.path.isfile(path) else (None, '')
   except ValueError:  # not JSON (cut short by a kill before writes were atomic): no run to keep
     saved = None
-  mismatch = model_mismatch(saved.get('model', {}), config.model, path) if saved else ''
+  mismatch = run_config.model_mismatch(saved.get('model', {}), config.model, path) if saved else ''
   if mismatch:
     raise ValueError(f'--workdir={workdir} holds another run without a checkpoint: {mismatch}; '
                      'a fresh start would overwrite its config.json, metrics.jsonl and '
@@ -550,7 +496,7 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
       latest = ckpts.newest_intact_step()
       continue
     # Shapes that differ from the config's are a config mistake: no fallback.
-    ckpts.check_compatible(latest, trainer.abstract_state, saved_tree, config.model)
+    ckpts.check_compatible(latest, trainer.abstract_state, saved_tree, config)
     try:
       state = ckpts.restore(latest, trainer.abstract_state, train_iter)
       break
@@ -559,8 +505,14 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
           f'cannot resume step {latest}: {e} Nothing was moved; resume with the data settings '
           f'it was saved with, or train on from its params in a new --workdir with '
           f'config.init_from={ckpts.directory / str(latest)} (fresh data order).') from None
-    except Exception as e:  # verified, yet unreadable: set it aside like a corrupt one
-      ckpts.move_aside(latest, f'restore failed: {type(e).__name__}: {str(e)[:200]}')
+    except Exception as e:  # noqa: BLE001
+      if 'tree structures do not match' in str(e):  # Orbax: this config builds another state
+        raise ValueError(f'checkpoint {ckpts.directory / str(latest)} holds another state '
+                         f'pytree than this config builds ({" ".join(str(e).split())[:300]}); '
+                         f'nothing was moved: resume with the config it was saved with.') from None
+      # Verified, yet unreadable: set it aside like a corrupt one.
+      ckpts.move_aside(latest, f'restore failed: {type(e).__name__}: '
+                       f'{" ".join(str(e).split())[:200]}')
       latest = ckpts.newest_intact_step()
   aside = ckpts.directory.parent / integrity.CORRUPT_DIR
   if latest is None and (had_checkpoints or (aside.exists() and any(aside.iterdir()))):

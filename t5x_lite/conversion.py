@@ -24,6 +24,7 @@ import safetensors.numpy
 
 from t5x_lite import checkpoint_integrity as integrity
 from t5x_lite import families
+from t5x_lite import run_config
 
 
 CONFIG_NAME = 'config.json'
@@ -202,7 +203,7 @@ def hf_to_t5x(hf_dir: str, out_dir: str, scan_layers: bool = False) -> str:
 def _saved_config(directory: str) -> dict:
   """The config saved with a converted directory, a workdir or a checkpoint step directory."""
   from t5x_lite import checkpoints  # pylint: disable=import-outside-toplevel
-  saved, path = checkpoints.saved_config(directory)
+  saved, path = run_config.saved_config(directory)
   if saved is None:
     try:  # a damaged checkpoint: that is the error
       checkpoints.resolve_params_dir(directory)

@@ -177,9 +177,9 @@ def check_positions_fit(cfg, prompt_length: int, max_length: int,
         raise ValueError(f'{what} need {needed} positions; the model has '
                          f'model.max_position_embeddings={limit}.')
   elif prompt_length + max_length - 1 > limit:
-    raise ValueError(f'a prompt of {prompt_length} tokens continued by '
-                     f'{length_name}={max_length} needs {prompt_length + max_length - 1} positions; the model has '
-                     f'model.max_position_embeddings={limit}.')
+    raise ValueError(f'a prompt of {prompt_length} tokens continued by {length_name}='
+                     f'{max_length} needs {prompt_length + max_length - 1} positions; the model '
+                     f'has model.max_position_embeddings={limit}.')
 
 
 def check_options(vocab_size: int, beam_size: int = 1, temperature: float = 0.0,

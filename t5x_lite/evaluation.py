@@ -15,6 +15,7 @@ import sys
 from typing import Dict, List, Optional
 
 from t5x_lite import families
+from t5x_lite import run_config
 
 
 # ------------------------------------------------------------------ metrics log
@@ -92,8 +93,8 @@ def load(config, workdir: str):
   step, the directory read)."""
   from t5x_lite import checkpoints
   step, path = checkpoints.latest_checkpoint(workdir)  # before compiling: a fast, clear error
-  checkpoints.check_model_config(workdir, config.model, '--workdir')
-  checkpoints.check_vocabulary(workdir, config.data, '--workdir')
+  run_config.check_model_config(workdir, config.model, '--workdir')
+  run_config.check_vocabulary(workdir, config.data, '--workdir')
   import jax
   from t5x_lite import partitioning, trainer as trainer_lib, validation
   validation.validate_config(config, jax.device_count())

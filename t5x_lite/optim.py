@@ -137,6 +137,24 @@ def create(opt_cfg, total_steps: int) -> optax.GradientTransformation:
   return tx
 
 
+def state_layout_changes(saved_opt: dict, opt_cfg) -> list:
+  """The settings of `opt_cfg` that give `create`'s optimizer state another pytree than a
+  checkpoint saved under `saved_opt` (its config's "optimizer"), as 'field old -> new (why)':
+  such a state cannot be restored, while other changes go on from it."""
+  old = lambda k, default: saved_opt.get(k, default)  # noqa: E731
+  changes = []
+  if old('name', opt_cfg.name) != opt_cfg.name:
+    changes.append(f'name {old("name", None)!r} -> {opt_cfg.name!r}')
+  elif opt_cfg.name == 'adafactor' and bool(old('weight_decay', 0.0)) != bool(
+      opt_cfg.weight_decay):  # (AdamW's chain always holds its decay)
+    changes.append(f'weight_decay {old("weight_decay", 0.0)!r} -> {opt_cfg.weight_decay!r} '
+                   '(Adafactor holds a decay transformation only when it is nonzero)')
+  if bool(old('clip_grad_norm', 0.0)) != bool(opt_cfg.clip_grad_norm):
+    changes.append(f'clip_grad_norm {old("clip_grad_norm", 0.0)!r} -> '
+                   f'{opt_cfg.clip_grad_norm!r} (clipping on or off)')
+  return changes
+
+
 def adafactor(learning_rate, weight_decay_rate=None) -> optax.GradientTransformation:
   """`optax.adafactor` with the T5 defaults, built from the same optax transformations in
   the same order (so its state, and checkpoints of it, are the same pytree), except the

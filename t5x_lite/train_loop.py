@@ -369,10 +369,10 @@ def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
   # What the loss is and where dropout applies (a config file's defaults can move too).
   # (train.seed: a resumed run's dropout masks are drawn from it)
   shaping = [('train', 'label_smoothing', None), ('train', 'loss_normalization', None),
-             ('train', 'seed', None), ('model', 'dropout_rate', None),
-             ('model', 'dropout_sites', 't5')]  # (section, field, value before it existed)
-  changed = [f'{s}.{k} {old!r} -> {config[s][k]!r}' for s, k, default in shaping
-             for old in [saved.get(s, {}).get(k, default)]
+             ('train', 'loss_normalization_constant', None), ('train', 'seed', None),
+             ('model', 'dropout_rate', None), ('model', 'dropout_sites', 't5')]
+  changed = [f'{s}.{k} {old!r} -> {config[s][k]!r}' for s, k, value_before_the_field in shaping
+             for old in [saved.get(s, {}).get(k, value_before_the_field)]
              if old is not None and old != config[s][k]]
   if changed:
     print(f'[t5x_lite] resuming with training settings other than the checkpoint\'s: '
@@ -422,7 +422,9 @@ def _train(config, workdir: str, peak_flops: float, num_predictions: int,
   optim.say_if_the_schedule_idles(config)
   optim.say_if_adafactor_decay_erases(config)
   optim.say_if_adamw_moments_unused(config)
-  checkpoints.check_workdir(workdir, writes='its checkpoints and metrics')
+  checkpoints.check_workdir(workdir, writes='its checkpoints and metrics',
+                            subdirs=('checkpoints', 'tensorboard'),
+                            files=('config.json', 'metrics.jsonl'))
   if jax.process_index() == 0:  # one job per workdir (its processes share it)
     held.enter_context(workdir_lock(workdir))
   checkpoints.check_init_from(config, workdir)  # a bad one fails before anything is built

@@ -39,6 +39,16 @@ def _train_beside_a_running_job(config, workdir):
     train_loop.train(config, workdir)
 
 
+def _train_over(name, kind):
+  """Train in a workdir whose `name` entry is a file or a directory where the run writes the
+  other (found only at the first checkpoint save, after training, before)."""
+  def body(config, workdir):
+    path = os.path.join(workdir, name)
+    os.makedirs(path) if kind == 'dir' else open(path, 'w').close()
+    _train(config, workdir)
+  return body
+
+
 def _eval(config, workdir):
   from t5x_lite import eval as eval_cmd
   eval_cmd.run_eval(config, workdir)
@@ -193,6 +203,10 @@ ROWS = {
                  '--config.data.validation_source=text:/nonexistent/*.txt'], '/nonexistent'),
     'init_from_missing': (_train, ['--config.init_from={workdir}/no_such_run'], 'no_such_run'),
     'workdir_not_writable': (_train, ['--workdir={workdir}/file/sub'], 'not writable'),
+    'workdir_checkpoints_is_a_file': (_train_over('checkpoints', 'file'), [],
+                                      'checkpoints is not writable (a file)'),
+    'workdir_metrics_is_a_directory': (_train_over('metrics.jsonl', 'dir'), [],
+                                       'metrics.jsonl is a directory'),
     'train_workdir_in_use': (_train_beside_a_running_job, [],
                              'is in use by another train job (pid '),
     # It made a local ./gs:/bucket/run on every host, then failed in TensorBoard's writer.

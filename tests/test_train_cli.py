@@ -733,13 +733,13 @@ def test_init_from_a_checkpoint_of_another_model_is_refused(uninterrupted, tmp_p
 def test_a_model_mismatch_names_every_differing_field():
   """init_from (a checkpoint or hf:DIR) of another shape: every differing field in the one
   error (it named the first only, so each rerun found the next)."""
-  from t5x_lite import checkpoints
+  from t5x_lite import run_config
   from tiny_run import tiny_config
   cfg = tiny_config('t5')
   saved = dict(cfg.model.to_dict(), d_ff=128, d_model=48, dropout_rate=0.3)  # dropout: runtime
-  assert checkpoints.model_mismatch(saved, cfg.model, 'the model in X') == (
+  assert run_config.model_mismatch(saved, cfg.model, 'the model in X') == (
       'config.model.d_ff=64 differs from the model in X (128); so do d_model=32 (48)')
-  assert checkpoints.model_mismatch(cfg.model.to_dict(), cfg.model, 'X') == ''
+  assert run_config.model_mismatch(cfg.model.to_dict(), cfg.model, 'X') == ''
 
 
 def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp_path):
@@ -858,13 +858,14 @@ def test_a_resume_names_the_optimizer_settings_it_changes(uninterrupted, tmp_pat
   shutil.copytree(ref_dir, workdir)
   changes = ('--config.optimizer.learning_rate=0.003', '--config.optimizer.warmup_steps=7',
              '--config.optimizer.z_loss=0.0', '--config.model.dropout_sites=bert_gpt2',
-             '--config.train.seed=3')
+             '--config.train.seed=3', '--config.train.loss_normalization_constant=2.0')
   proc = run_here(workdir, '--config.train.steps=13', *changes)
   assert 'restored step 12' in proc.stdout, proc.stdout
   line = next(l for l in proc.stdout.splitlines() if 'optimizer settings other' in l)
   assert 'learning_rate 0.03 -> 0.003, warmup_steps 100 -> 7, z_loss 0.0001 -> 0.0;' in line, line
   assert ("resuming with training settings other than the checkpoint's: "
-          "train.seed 0 -> 3, model.dropout_sites 't5' -> 'bert_gpt2'.") in proc.stdout
+          "train.loss_normalization_constant 1.0 -> 2.0, train.seed 0 -> 3, "
+          "model.dropout_sites 't5' -> 'bert_gpt2'.") in proc.stdout
   proc = run_here(workdir, '--config.train.steps=14', *changes)
   assert 'settings other' not in proc.stdout  # as the checkpoint now says
 
@@ -988,3 +989,35 @@ def test_config_files_resolve_from_the_repository_root_outside_it(tmp_path):
   proc = command('t5x_lite.plan', '--config', 'configs/nope.py')
   assert proc.returncode == 1
   assert 'error: config file configs/nope.py does not exist' in proc.stderr, proc.stderr
+
+
+def test_a_resume_under_another_optimizer_state_layout_is_refused_and_moves_nothing(
+    tmp_path, monkeypatch):
+  """Adafactor's weight decay switched on or off, another optimizer, clipping on or off: the
+  saved optimizer state is another pytree. Orbax's restore failed, and the resume moved every
+  intact checkpoint to corrupt_checkpoints/ (then refused even the original config)."""
+  from t5x_lite import optim, train_loop
+  monkeypatch.chdir(ROOT)
+  workdir = str(tmp_path / 'w')
+  base = TINY + ['--config.train.steps=2', '--config.train.checkpoint_every=1']
+  train_loop.train(config_from_flags(base), workdir)
+  again = base[:-2] + ['--config.train.steps=3']
+  for override, said in (('weight_decay=1e-05', 'config.optimizer.weight_decay 0.0 -> 1e-05'),
+                         ('name=adamw', "config.optimizer.name 'adafactor' -> 'adamw'"),
+                         ('clip_grad_norm=1.0', 'config.optimizer.clip_grad_norm 0.0 -> 1.0')):
+    with pytest.raises(ValueError, match=re.escape(said) + '.*Nothing was moved.*init_from='):
+      train_loop.train(config_from_flags(again + [f'--config.optimizer.{override}']), workdir)
+  # Any other pytree change is refused too, by Orbax's own structure check, nothing moved.
+  monkeypatch.setattr(optim, 'state_layout_changes', lambda *_: [])
+  with pytest.raises(ValueError, match='holds another state pytree than this config builds'):
+    train_loop.train(config_from_flags(again + ['--config.optimizer.weight_decay=1e-05']),
+                     workdir)
+  assert checkpoint_steps(workdir) == [1, 2]
+  assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
+  train_loop.train(config_from_flags(again), workdir)  # the saved settings resume
+  assert checkpoint_steps(workdir) == [1, 2, 3]
+  # A change that keeps the layout goes on from the restored state, named in the log.
+  train_loop.train(config_from_flags(again[:-1] + ['--config.train.steps=4',
+                                                   '--config.optimizer.learning_rate=0.5']),
+                   workdir)
+  assert checkpoint_steps(workdir) == [1, 2, 3, 4]
