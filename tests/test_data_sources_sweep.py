@@ -160,6 +160,44 @@ def test_an_input_without_a_usable_record_is_named_as_such(tmp_path, num_streams
       next(it)
 
 
+def _first_batch_within(it, seconds=120):
+  """next(it) in a thread: the error it raises, or a failure if it has not returned in time
+  (a pipeline spinning without a record would hang the suite)."""
+  import threading
+  got = {}
+  thread = threading.Thread(target=lambda: got.update(result=_call(lambda: next(it))),
+                            daemon=True)
+  thread.start()
+  thread.join(seconds)
+  assert not thread.is_alive(), f'no batch and no error after {seconds} s: the pipeline spins'
+  return got['result']
+
+
+def _call(fn):
+  try:
+    return fn()
+  except Exception as e:  # noqa: BLE001 - returned for the test to check
+    return e
+
+
+def test_an_input_whose_records_all_tokenize_to_nothing_is_an_error_not_a_hang(tmp_path):
+  """Every line non-empty text that SentencePiece reads as no token (zero-width spaces): the
+  endless stream repeated its documents forever, each dropped after tokenizing (training and
+  inspect hung, spinning a core). Now an epoch without a usable record ends the stream."""
+  (tmp_path / 'zw.txt').write_text('\u200b\u200b\n' * 6)
+  (tmp_path / 'good.txt').write_text(''.join(f'the king {i}\n' for i in range(20)))
+  for num_streams in (1, 4):
+    cfg = _lm_config(f'text:{tmp_path}/zw.txt', num_streams, doc_boundary='line')
+    error = _first_batch_within(pipeline.get_dataset(cfg, 'train'))
+    assert isinstance(error, DataError) and re.match(
+        r'data train: no usable record in the input \(data.train_source; skipped \d+ x record '
+        r'without tokens', str(error)), error
+  cfg = _lm_config(f'text:{tmp_path}/good.txt,text:{tmp_path}/zw.txt', 1, doc_boundary='line')
+  error = _first_batch_within(pipeline.get_dataset(cfg, 'train'))
+  assert isinstance(error, DataError) and 'has no usable records of source text:' in str(error)
+  assert 'zw.txt' in str(error), error
+
+
 def test_double_star_globs_are_recursive(tmp_path):
   """`dir/**/*.txt` reads every level below dir (was Python's non-recursive glob: '**' as
   '*', exactly one level, and the other files silently left out)."""

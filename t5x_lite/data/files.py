@@ -345,8 +345,9 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
               survey: FileSurvey | None = None) -> tf.data.Dataset:
   """Stream `stream` of `num_streams` of a file source: tuples of field texts.
 
-  Train: endless, file order reshuffled per epoch, documents shuffled in a bounded buffer.
-  Otherwise one ordered pass (files in name order, one at a time)."""
+  Train: one epoch, which the caller repeats (sources.token_dataset, once records without
+  tokens are dropped): file order reshuffled per epoch, documents shuffled in a bounded
+  buffer. Otherwise one ordered pass (files in name order, one at a time)."""
   nf = len(fields)
   if src.kind == 'text' and nf != 1:
     raise DataError(f'source {src}: plain text has one field per document; the text_to_text '
@@ -391,12 +392,10 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
   if not train:
     return names.flat_map(read)
   # A new file order and document order every epoch, from the seed. The buffer shuffles
-  # within an epoch (before repeat(), as seqio does): a stream smaller than its buffer would
-  # otherwise mix epochs, showing some documents twice before others once. repeat() ends
-  # (it does not spin) if a stream turns out to hold no usable document, and the iterator
-  # says so.
+  # within an epoch (before the caller's repeat(), as seqio does): a stream smaller than its
+  # buffer would otherwise mix epochs, showing some documents twice before others once.
   names = names.shuffle(len(mine), seed=seed * 7919 + stream, reshuffle_each_iteration=True)
   ds = names.interleave(read, cycle_length=min(cycle_length, len(mine)), block_length=16,
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.shuffle(shuffle_buffer_size, seed=seed * 7919 + stream,
-                    reshuffle_each_iteration=True).repeat()
+                    reshuffle_each_iteration=True)

@@ -462,7 +462,7 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
           skips, on_bad_input, 'invalid UTF-8', where, tf.constant(0, tf.int64)))
     ds = ds.filter(checked)
     if train:
-      ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
+      ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
   else:
     survey = survey if survey is not None else FileSurvey()
     paths = survey.files(src.target, f'source {src}')
@@ -504,4 +504,7 @@ def token_dataset(src: SourceSpec, vocab: vocab_lib.Vocabulary, fields: Sequence
 
   ds = ds.batch(64).map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
   n = len(fields)
-  return ds.map(lambda *t: tuple(tf.ensure_shape(x, [None]) for x in t[:n]) + t[n:])
+  ds = ds.map(lambda *t: tuple(tf.ensure_shape(x, [None]) for x in t[:n]) + t[n:])
+  # Endless only after the records without tokens are dropped: an epoch without a usable
+  # record then ends repeat() (the iterator names the source) instead of spinning forever.
+  return ds.repeat() if train else ds
