@@ -29,6 +29,9 @@ MASK_PIECE = '[MASK]'
 WORD_START = '\u2581'  # SentencePiece's '▁'
 MAX_SENTENCE_BYTES = 1 << 16  # SentencePiece's trainer drops longer sentences, unreported
 _SENTINEL_RE = re.compile(r'<extra_id_(\d+)>')
+# A piece between sentinels that is only this is not tokenized: what tf.strings.strip
+# removes in `tf_encode` (Python's str.strip also takes Unicode spaces such as U+0085).
+ASCII_WHITESPACE = ' \t\n\v\f\r'
 
 
 class VocabError(ValueError):
@@ -104,12 +107,12 @@ class Vocabulary:
     ids: list[int] = []
     pos = 0
     for m in _SENTINEL_RE.finditer(text):
-      if text[pos:m.start()].strip():
+      if text[pos:m.start()].strip(ASCII_WHITESPACE):
         ids.extend(self._sp.encode(text[pos:m.start()]))
       k = int(m.group(1))
       ids.extend([self.sentinel(k)] if k < self.extra_ids else self._sp.encode(m.group(0)))
       pos = m.end()
-    if text[pos:].strip():
+    if text[pos:].strip(ASCII_WHITESPACE):
       ids.extend(self._sp.encode(text[pos:]))
     return ids
 
