@@ -85,6 +85,20 @@ def test_empty_files_and_globs_matching_nothing(tmp_path):
     _records(f'text:{tmp_path}/nothing-*.txt')
   with pytest.raises(DataError, match=r"is a directory; name its files with a glob, e.g. '.*/\*.txt'"):
     _records(f'text:{tmp_path}')
+  # A .gz of nothing is an empty file too, for every format (JSONL and TSV files were read
+  # as holding no line: not counted, 'no input skipped'); a gzip of one newline is not.
+  import gzip
+  for ext in ('jsonl', 'tsv'):
+    with gzip.open(tmp_path / f'empty.{ext}.gz', 'wb'):
+      pass
+  with gzip.open(tmp_path / 'ok.jsonl.gz', 'wb') as f:
+    f.write(b'{"text": "text"}\n')
+  recs, skips = _records(f'jsonl:{tmp_path}/*.jsonl.gz')
+  assert recs == [('text',)] and skips.counts == {'empty file': 1}
+  assert skips.first['empty file'].endswith('empty.jsonl.gz'), skips.first
+  with pytest.raises(DataError, match=r'no usable records in 1 file\(s\); skipped 1 x empty file '
+                                      r'\(first at .*empty.tsv.gz\)'):
+    _records(f'tsv:{tmp_path}/empty.tsv.gz')
 
 
 def test_jsonl_missing_field_and_tsv_columns(tmp_path):
@@ -224,9 +238,16 @@ def test_tfds_source_with_mock_data(mock_c4, monkeypatch, tmp_path):
   b = next(it)
   assert b['encoder_input_tokens'].shape == (4, 128) and (b['encoder_input_tokens'] > 0).any()
   # Mock TFDS data are Python generators, which tf.data cannot checkpoint (real TFDS reads
-  # TFRecords, which it can): saving says so in one line.
-  with pytest.raises(DataError, match='cannot be checkpointed: GeneratorDataset does not support checkpointing'):
-    it.save(str(tmp_path))
+  # TFRecords, which it can): saving says so in one line (while a generator is mid-epoch:
+  # more examples than one tokenize batch of 64 and a small shuffle buffer).
+  with tfds.testing.mock_data(num_examples=1000):
+    cfg.data.shuffle_buffer_size = 8
+    live = pipeline.get_dataset(cfg, 'train', batch_size=4)
+    next(live)
+    with pytest.raises(DataError, match='cannot be checkpointed: GeneratorDataset does not '
+                                        'support checkpointing'):
+      live.save(str(tmp_path))
+    cfg.data.shuffle_buffer_size = 1000
   # Each virtual shard asks TFDS for only its even part of the split, whichever process runs
   # it (mock data ignore slicing, so the test checks what is asked for; disjointness is then
   # TFDS's even_splits contract).
@@ -353,7 +374,8 @@ def test_intact_gz_files_are_not_reported_whatever_their_layout(tmp_path):
   (tmp_path / 'no_last_newline.gz').write_bytes(gzip.compress(b'first\nsecond'))
   (tmp_path / 'empty_member.gz').write_bytes(gzip.compress(b''))
   recs, skips = _records(f'text:{tmp_path}/*.gz', boundary='line')
-  assert not skips.counts
+  assert skips.counts == {'empty file': 1}  # the gzip of nothing, as any empty file; not cut
+  assert skips.first['empty file'].endswith('empty_member.gz')
   assert len(recs) == 300 + 400 + 2
   assert recs[:2] == [('line 0 of a gzipped file',), ('line 1 of a gzipped file',)]
 
@@ -547,7 +569,7 @@ def test_gz_stream_with_a_cut_file_saves_and_restores_across_epochs(tmp_path):
       src = sources.parse_sources('text:{tmp_path}/*.gz')[0]
       ds = files.documents(src, sources.expand_glob(src.target, 'test'), ('text',), stream=0,
                            num_streams=1, train=True, seed=3, boundary='blank_line',
-                           on_bad_input='skip', skips=skips, shuffle_buffer_size=4)
+                           on_bad_input='skip', skips=skips, shuffle_buffer_size=4).repeat()
       options = tf.data.Options()   # as the pipeline sets it: the hooks are py_functions
       options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
       it = iter(ds.with_options(options))
@@ -634,7 +656,7 @@ def test_training_shows_every_document_once_per_epoch_in_a_new_order(tmp_path, n
     ds = files.documents(src, paths, ('text',), stream=stream, num_streams=num_streams,
                          train=True, seed=5, boundary='line', on_bad_input='skip',
                          skips=sources.SkipCounter(), shuffle_buffer_size=1000)
-    it = ds.as_numpy_iterator()
+    it = ds.repeat().as_numpy_iterator()  # one epoch each; the caller repeats (token_dataset)
     epochs = [[next(it)[0].decode() for _ in whole] for _ in range(3)]
     for epoch in epochs:
       assert sorted(epoch) == sorted(whole)

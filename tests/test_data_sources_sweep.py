@@ -241,9 +241,10 @@ def test_resume_after_the_sources_files_changed_is_a_resume_mismatch(tmp_path):
   it = pipeline.get_dataset(cfg, 'train')
   next(it), next(it)
   it.save(str(tmp_path / 'ckpt'))
-  _as_saved_before_file_sizes(tmp_path / 'ckpt')  # else the size change below names itself
-  write(4)       # now usable: stream 0 reads 3 files, not 2
-  with pytest.raises(sources.ResumeMismatch, match=r'stream 0 .* does not fit this pipeline'):
+  write(4)       # now usable: stream 0 reads 3 files, not 2 (its size is what names it)
+  with pytest.raises(sources.ResumeMismatch, match=r"was saved with data.train_source file "
+                                                   r"sizes='text:.*: 924 bytes, .*this config has "
+                                                   r".*: 1170 bytes"):
     pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
   write(5), write(6)
   with pytest.raises(sources.ResumeMismatch, match=r"was saved with data.train_source files="
@@ -369,3 +370,22 @@ def test_a_paragraph_no_blank_line_ends_is_closed_at_a_bounded_size(tmp_path, bo
   assert len(docs) >= len('\n'.join(lines)) // (2 * limit)
   assert all(len(d.encode()) <= 2 * limit for d in docs)
   assert '\n'.join(docs) == '\n'.join(lines)
+
+
+def test_files_dealt_unevenly_over_the_streams_are_a_warning(tmp_path, caplog):
+  """5 equal files over 4 streams: stream 0 reads 2, the others 1, and each stream fills a
+  quarter of every batch, so files 1-3 were read twice as often as files 0 and 4, unsaid."""
+  for i in range(5):
+    (tmp_path / f'{i}.txt').write_text(''.join(f'the king {i} {j}\n' for j in range(8)))
+  cfg = _lm_config(f'text:{tmp_path}/*.txt', 4, doc_boundary='line')
+  with caplog.at_level('WARNING', logger='t5x_lite.data.files'):
+    pipeline.get_dataset(cfg, 'train')
+  said = [r.getMessage() for r in caplog.records if 'unevenly' in r.getMessage()]
+  assert len(said) == 1 and 'deals 5 file(s) unevenly over data.num_virtual_shards=4 streams ' \
+      '(1-2 files' in said[0] and '~2.0x as often' in said[0], said
+  caplog.clear()
+  for name in (f'text:{tmp_path}/[0-3].txt', f'text:{tmp_path}/[0-2].txt'):  # 4 / 4; 3 < 4
+    cfg.data.train_source = name
+    with caplog.at_level('WARNING', logger='t5x_lite.data.files'):
+      pipeline.get_dataset(cfg, 'train')
+    assert not [r for r in caplog.records if 'unevenly' in r.getMessage()], name

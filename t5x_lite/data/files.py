@@ -312,22 +312,23 @@ def _parsed(lines, path, parse, nf: int, header=None, file_number=None, owner=No
   return recs.filter(lambda *r: r[-1]).map(lambda *r: tuple(r[:-1]))
 
 
-def _usable(path: str, head: bytes | OSError, skips: SkipCounter, policy: str,
+def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
             count: bool = True) -> bool:
   """Start-up check of one file from its first bytes (`FileSurvey.head`), O(1) in its size:
-  readable, not empty, .gz with gzip's magic bytes. An empty file is a counted skip; an
-  unreadable or non-gzip .gz one follows `policy`. Every stream checks every file (the
-  survey reads each once); only the stream that owns it (`count`) counts it."""
+  readable, not empty (nor a .gz of nothing), .gz with gzip's magic bytes. An empty file is
+  a counted skip; an unreadable or non-gzip .gz one follows `policy`. Every stream checks
+  every file (the survey reads each once); only the stream that owns it (`count`) counts it."""
+  head = survey.head(path)
   if isinstance(head, OSError):
     bad_input(policy, skips, 'unreadable file', path, head.strerror or str(head), count)
     return False
-  if not head:
-    if count:
-      skips.add('empty file', path)
-    return False
-  if path.endswith('.gz') and head[:2] != b'\x1f\x8b':
+  if path.endswith('.gz') and head[:2] != b'\x1f\x8b' and head:
     bad_input(policy, skips, 'not a gzip file', path, f'starts with {head[:2]!r}, not 0x1f 0x8b',
               count)
+    return False
+  if not head or (path.endswith('.gz') and survey.gzip_is_empty(path)):
+    if count:
+      skips.add('empty file', path)
     return False
   compressed = compression(head) if not path.endswith('.gz') else None
   if compressed:  # its bytes as text would be lines of 'invalid UTF-8', or worse, read
@@ -337,6 +338,21 @@ def _usable(path: str, head: bytes | OSError, skips: SkipCounter, policy: str,
   return True
 
 
+def _say_if_dealt_unevenly(src, files: list[str], num_streams: int) -> None:
+  """A warning when a training source's files deal out unevenly over the streams (by bytes:
+  5 files over 4 streams give one stream 2): every stream fills the same rows of each
+  batch, so a smaller stream's documents are read more often, an oversampling nobody set."""
+  sizes = [sum(os.path.getsize(f) for _, f in split_files(files, v, num_streams)[0])
+           for v in range(num_streams)]
+  if min(sizes) and max(sizes) / min(sizes) > 1.1:
+    counts = [len(files[v::num_streams]) for v in range(num_streams)]
+    logging.getLogger(__name__).warning(
+        'data: source %s deals %d file(s) unevenly over data.num_virtual_shards=%d streams '
+        '(%s-%s files, %s-%s bytes per stream): each stream fills the same share of every '
+        'batch, so the smallest stream\'s documents are read ~%.1fx as often as the largest\'s; '
+        'a file count that is a multiple of the streams, of similar sizes, reads them evenly',
+        src, len(files), num_streams, min(counts), max(counts), f'{min(sizes):,}',
+        f'{max(sizes):,}', max(sizes) / min(sizes))
 
 
 def documents(src, files: list[str], fields, *, stream: int, num_streams: int, train: bool,
@@ -355,17 +371,19 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
   num_files, listed = len(files), files
   survey = survey if survey is not None else FileSurvey()
   files = [f for i, f in enumerate(files)
-           if _usable(f, survey.head(f), skips, on_bad_input, count=i % num_streams == stream)]
+           if _usable(f, survey, skips, on_bad_input, count=i % num_streams == stream)]
   if not files:  # the error counts every file, not only this stream's share of them
     for i, f in enumerate(listed):
       if i % num_streams != stream:
-        _usable(f, survey.head(f), skips, 'skip')
+        _usable(f, survey, skips, 'skip')
     raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
   mine, dealt = split_files(files, stream, num_streams)
   owner = (stream, num_streams) if dealt else None  # every stream reads every line: one counts
   if dealt and stream == 0:
     logging.getLogger(__name__).info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
                  'every %d-th document', src, len(files), num_streams, num_streams)
+  elif train and stream == 0:
+    _say_if_dealt_unevenly(src, files, num_streams)
   boundary = src.get('boundary', boundary)
   any_gz = any(p.endswith('.gz') for _, p in mine)
   numbers = tf.constant([i for i, _ in mine], tf.int64)

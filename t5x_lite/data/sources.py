@@ -346,7 +346,7 @@ class FileSurvey:
   at start-up, minutes on a network filesystem."""
 
   def __init__(self):
-    self._matches, self._heads = {}, {}
+    self._matches, self._heads, self._gzip_empty = {}, {}, {}
 
   def files(self, pattern: str, what: str) -> list[str]:
     if pattern not in self._matches:
@@ -363,6 +363,18 @@ class FileSurvey:
       except OSError as e:
         self._heads[path] = e
     return self._heads[path]
+
+  def gzip_is_empty(self, path: str) -> bool:
+    """Whether a gzip file decompresses to nothing (its first decompressed byte; one cut
+    short or corrupt is not: its reader counts that)."""
+    if path not in self._gzip_empty:
+      import gzip  # pylint: disable=import-outside-toplevel
+      try:
+        with gzip.open(path, 'rb') as f:
+          self._gzip_empty[path] = f.read(1) == b''
+      except (OSError, EOFError, zlib.error):
+        self._gzip_empty[path] = False
+    return self._gzip_empty[path]
 
 
 def expand_glob(pattern: str, what: str) -> list[str]:
