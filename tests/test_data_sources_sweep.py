@@ -389,3 +389,18 @@ def test_files_dealt_unevenly_over_the_streams_are_a_warning(tmp_path, caplog):
     with caplog.at_level('WARNING', logger='t5x_lite.data.files'):
       pipeline.get_dataset(cfg, 'train')
     assert not [r for r in caplog.records if 'unevenly' in r.getMessage()], name
+
+
+def test_a_text_source_matching_jsonl_files_is_a_warning(tmp_path, caplog):
+  """`text:dir/*` over JSONL files trained on '{"text": ...' lines, unsaid (the vocab command
+  refuses such a glob)."""
+  (tmp_path / 'a.jsonl').write_text(''.join(f'{{"text": "the king {i}"}}\n' for i in range(8)))
+  (tmp_path / 'b.txt').write_text(''.join(f'the queen {i}\n' for i in range(8)))
+  for source, said in ((f'text:{tmp_path}/*', 1), (f'text:{tmp_path}/*.txt', 0),
+                       (f'jsonl:{tmp_path}/*.jsonl', 0)):
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='t5x_lite.data.files'):
+      pipeline.get_dataset(_lm_config(source, 1, doc_boundary='line'), 'train')
+    warned = [r.getMessage() for r in caplog.records if 'JSONL / TSV' in r.getMessage()]
+    assert len(warned) == said, (source, warned)
+    assert all('matches 1 JSONL / TSV file(s) (' in w and 'a.jsonl' in w for w in warned)

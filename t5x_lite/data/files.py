@@ -379,6 +379,12 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
     raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
   mine, dealt = split_files(files, stream, num_streams)
   owner = (stream, num_streams) if dealt else None  # every stream reads every line: one counts
+  columnar = [f for f in files if f.endswith(('.jsonl', '.jsonl.gz', '.tsv', '.tsv.gz'))]
+  if src.kind == 'text' and columnar and stream == 0:  # (the vocab command refuses them)
+    logging.getLogger(__name__).warning(
+        'data: source %s matches %d JSONL / TSV file(s) (%s): plain text trains on their '
+        'JSON syntax and columns as text; a jsonl: or tsv: source reads their fields',
+        src, len(columnar), columnar[0])
   if dealt and stream == 0:
     logging.getLogger(__name__).info('source %s: %d file(s) for %d streams: every stream reads every file and keeps '
                  'every %d-th document', src, len(files), num_streams, num_streams)
