@@ -218,16 +218,18 @@ def _choose(logits, rng, temperature: float, top_k: int, top_p: float):
   # temperature is flushed to zero (0 / 0 would be NaN).
   shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
   logits = jnp.where(shifted == 0, 0.0, shifted / temperature)
-  if top_k:
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    # Keep the smallest set whose mass reaches top_p (always at least the top token).
-    cutoff_index = jnp.sum(cum < top_p, axis=-1, keepdims=True)
-    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  if top_k or top_p < 1.0:
+    # By rank, ties to the lower id (as argmax): exactly k tokens, and exactly the smallest
+    # set whose mass reaches top_p, however many logits tie at the boundary (comparing with
+    # the boundary's logit kept every tied token: top_k=1 over two equal maxima sampled both).
+    order = jnp.argsort(-logits, axis=-1, stable=True)
+    rank = jnp.argsort(order, axis=-1)
+    if top_k:
+      logits = jnp.where(rank < top_k, logits, -jnp.inf)
+    if top_p < 1.0:
+      cum = jnp.cumsum(jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1)), axis=-1)
+      keep = jnp.sum(cum < top_p, axis=-1, keepdims=True) + 1  # always the top token
+      logits = jnp.where(rank < keep, logits, -jnp.inf)
   return jax.random.categorical(rng, logits).astype(jnp.int32)
 
 

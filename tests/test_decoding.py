@@ -344,25 +344,33 @@ _P = np.array([0.5, 0.3, 0.15, 0.05])
 _DRAWS = 20000
 
 
-def _frequencies(temperature, top_k, top_p):
-  logits = jnp.tile(jnp.log(jnp.asarray(_P, jnp.float32))[None], (_DRAWS, 1))
+def _frequencies(temperature, top_k, top_p, probs=_P):
+  logits = jnp.tile(jnp.log(jnp.asarray(probs, jnp.float32))[None], (_DRAWS, 1))
   draws = np.asarray(jax.jit(decoding._choose, static_argnums=(2, 3, 4))(
       logits, jax.random.PRNGKey(0), temperature, top_k, top_p))
   return np.bincount(draws, minlength=len(_P))
 
 
-@pytest.mark.parametrize('temperature,top_k,top_p,expected', [
-    (1.0, 0, 1.0, _P),
-    (1.0, 2, 1.0, [0.625, 0.375, 0, 0]),       # top-2 renormalised: 0.5/0.8, 0.3/0.8
-    (1.0, 0, 0.7, [0.625, 0.375, 0, 0]),       # 0.5 < 0.7 <= 0.8: the two most likely
-    (1.0, 0, 0.9, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),
-    (2.0, 0, 1.0, np.sqrt(_P) / np.sqrt(_P).sum()),   # p ** (1/T), renormalised
-    (0.5, 3, 1.0, _P[:3] ** 2 / (_P[:3] ** 2).sum()),
+@pytest.mark.parametrize('temperature,top_k,top_p,expected,probs', [
+    (1.0, 0, 1.0, _P, _P),
+    (1.0, 2, 1.0, [0.625, 0.375, 0, 0], _P),   # top-2 renormalised: 0.5/0.8, 0.3/0.8
+    (1.0, 0, 0.7, [0.625, 0.375, 0, 0], _P),   # 0.5 < 0.7 <= 0.8: the two most likely
+    (1.0, 0, 0.9, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], _P),
+    (2.0, 0, 1.0, np.sqrt(_P) / np.sqrt(_P).sum(), _P),   # p ** (1/T), renormalised
+    (0.5, 3, 1.0, _P[:3] ** 2 / (_P[:3] ** 2).sum(), _P),
+    # Ties at the boundary: exactly k tokens / the smallest set reaching top_p, the lower
+    # id first (every tied token was kept: top_k=1 sampled both maxima half the time)
+    (1.0, 1, 1.0, [1, 0, 0, 0], [0.3, 0.3, 0.2, 0.2]),
+    (1.0, 0, 1e-6, [1, 0, 0, 0], [0.3, 0.3, 0.2, 0.2]),
+    (1.0, 2, 1.0, [2 / 3, 1 / 3, 0, 0], [0.4, 0.2, 0.2, 0.2]),
+    (1.0, 0, 0.6, [2 / 3, 1 / 3, 0, 0], [0.4, 0.2, 0.2, 0.2]),
+    (1.0, 0, 0.75, [0.875, 0.125, 0, 0], [0.7, 0.1, 0.1, 0.1]),
 ])
-def test_sampling_frequencies_chi_square(temperature, top_k, top_p, expected):
+def test_sampling_frequencies_chi_square(temperature, top_k, top_p, expected, probs):
   expected = np.concatenate([np.asarray(expected, float), np.zeros(4)])[:4]
-  counts = _frequencies(temperature, top_k, top_p)
+  counts = _frequencies(temperature, top_k, top_p, probs)
   support = expected > 0
   assert counts[~support].sum() == 0, counts
-  p_value = stats.chisquare(counts[support], _DRAWS * expected[support]).pvalue
-  assert p_value > 1e-3, (counts, _DRAWS * expected)
+  if support.sum() > 1:  # (one token: the line above is the whole check)
+    p_value = stats.chisquare(counts[support], _DRAWS * expected[support]).pvalue
+    assert p_value > 1e-3, (counts, _DRAWS * expected)
