@@ -264,8 +264,8 @@ class Checkpoints:
     if cause:
       raise ValueError(f'checkpoint {where} does not match this config: {cause}; {advice}')
     from t5x_lite import optim
-    changes = optim.state_layout_changes(saved.get('optimizer', {}), config.optimizer) \
-        if saved else []
+    changes = optim.state_layout_changes(saved['optimizer'], config.optimizer) \
+        if saved and 'optimizer' in saved else []
     if changes:
       raise ValueError(
           f'checkpoint {where} holds another optimizer state than this config builds: '
