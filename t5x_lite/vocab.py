@@ -45,9 +45,6 @@ def _define_flags():
   flags.DEFINE_string('eval_input', None, 'Held-out files to report coverage on (as --input).')
 
 
-_COLUMNAR = ('.jsonl', '.jsonl.gz', '.tsv', '.tsv.gz')
-
-
 def _sources(value: str, flag: str) -> List[sources.SourceSpec]:
   """--input / --eval_input as sources: KIND:GLOB[;options], several separated by ',' as in
   data.train_source (every line of each is trained on), or a bare glob of text files."""
@@ -64,7 +61,7 @@ def _sources(value: str, flag: str) -> List[sources.SourceSpec]:
     return specs
   spec = sources.SourceSpec('text', value)
   paths = sources.expand_glob(value, flag)
-  if any(p.endswith(_COLUMNAR) for p in paths):  # their JSON / columns would be trained on
+  if any(p.endswith(sources.COLUMNAR_SUFFIXES) for p in paths):  # their JSON would be text
     kind = 'jsonl' if any(p.endswith(('.jsonl', '.jsonl.gz')) for p in paths) else 'tsv'
     raise ValueError(f'{flag}={value!r} matches {kind.upper()} files: say which field to train '
                      f'on, e.g. {flag}=\'{kind}:{value};field=text\'.')

@@ -46,8 +46,8 @@ import numpy as np
 import tensorflow as tf
 
 from t5x_lite.data.records import jsonl_parser, tsv_parser
-from t5x_lite.data.sources import (CUT_GZ, DataError, FileSurvey, SkipCounter, bad_input,
-                                   compression)
+from t5x_lite.data.sources import (COLUMNAR_SUFFIXES, CUT_GZ, DataError, FileSurvey,
+                                   SkipCounter, bad_input, compression)
 
 LINES_PER_CALL = 256
 
@@ -342,10 +342,10 @@ def _say_if_dealt_unevenly(src, files: list[str], num_streams: int) -> None:
   """A warning when a training source's files deal out unevenly over the streams (by bytes:
   5 files over 4 streams give one stream 2): every stream fills the same rows of each
   batch, so a smaller stream's documents are read more often, an oversampling nobody set."""
-  sizes = [sum(os.path.getsize(f) for _, f in split_files(files, v, num_streams)[0])
-           for v in range(num_streams)]
+  shares = [split_files(files, v, num_streams)[0] for v in range(num_streams)]
+  sizes = [sum(os.path.getsize(f) for _, f in share) for share in shares]
   if min(sizes) and max(sizes) / min(sizes) > 1.1:
-    counts = [len(files[v::num_streams]) for v in range(num_streams)]
+    counts = [len(share) for share in shares]
     logging.getLogger(__name__).warning(
         'data: source %s deals %d file(s) unevenly over data.num_virtual_shards=%d streams '
         '(%s-%s files, %s-%s bytes per stream): each stream fills the same share of every '
@@ -379,8 +379,8 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
     raise DataError(f'source {src}: no usable records in {num_files} file(s); {skips.summary()}.')
   mine, dealt = split_files(files, stream, num_streams)
   owner = (stream, num_streams) if dealt else None  # every stream reads every line: one counts
-  columnar = [f for f in files if f.endswith(('.jsonl', '.jsonl.gz', '.tsv', '.tsv.gz'))]
-  if src.kind == 'text' and columnar and stream == 0:  # (the vocab command refuses them)
+  columnar = [f for f in files if f.endswith(COLUMNAR_SUFFIXES)] if src.kind == 'text' else []
+  if columnar and stream == 0:  # (the vocab command refuses them)
     logging.getLogger(__name__).warning(
         'data: source %s matches %d JSONL / TSV file(s) (%s): plain text trains on their '
         'JSON syntax and columns as text; a jsonl: or tsv: source reads their fields',

@@ -46,6 +46,9 @@ from t5x_lite.data import vocab as vocab_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ('text', 'jsonl', 'tsv', 'tfds')
+# Files whose lines are records, not text: a text source (or `vocab`'s bare glob) would
+# read their JSON syntax and columns as text.
+COLUMNAR_SUFFIXES = ('.jsonl', '.jsonl.gz', '.tsv', '.tsv.gz')
 BOUNDARIES = ('line', 'blank_line', 'file')
 log = logging.getLogger(__name__)  # t5x_lite.*: shown by the commands (cli.py)
 CUT_GZ = 'truncated or corrupt .gz file'   # a skip reason counted once per file (`add`)
