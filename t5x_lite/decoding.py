@@ -219,17 +219,18 @@ def _choose(logits, rng, temperature: float, top_k: int, top_p: float):
   shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
   logits = jnp.where(shifted == 0, 0.0, shifted / temperature)
   if top_k or top_p < 1.0:
-    # By rank, ties to the lower id (as argmax): exactly k tokens, and exactly the smallest
-    # set whose mass reaches top_p, however many logits tie at the boundary (comparing with
-    # the boundary's logit kept every tied token: top_k=1 over two equal maxima sampled both).
-    order = jnp.argsort(-logits, axis=-1, stable=True)
-    rank = jnp.argsort(order, axis=-1)
-    if top_k:
-      logits = jnp.where(rank < top_k, logits, -jnp.inf)
+    # Sampled among candidates ranked by lax.top_k (ties to the lower id, as argmax):
+    # exactly the k likeliest, then the smallest prefix whose mass reaches top_p, however
+    # many logits tie at a boundary (comparing with the boundary's logit kept every tied
+    # token: top_k=1 over two equal maxima sampled both). top_k alone needs no full sort:
+    # 1.7 ms vs 176 ms per step for 32 rows of 32,128 logits on a 2-core CPU.
+    logits, ids = jax.lax.top_k(logits, top_k or logits.shape[-1])
     if top_p < 1.0:
-      cum = jnp.cumsum(jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1)), axis=-1)
+      cum = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
       keep = jnp.sum(cum < top_p, axis=-1, keepdims=True) + 1  # always the top token
-      logits = jnp.where(rank < keep, logits, -jnp.inf)
+      logits = jnp.where(jnp.arange(logits.shape[-1]) < keep, logits, -jnp.inf)
+    choice = jax.random.categorical(rng, logits)
+    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
   return jax.random.categorical(rng, logits).astype(jnp.int32)
 
 
