@@ -8,7 +8,8 @@ are [7, 9, 1, 5] returns [7, 9, 1, 0].
 
 Decoder-only: the prompt is prefilled in one cached call (with `decoder_causal_attention`
 marking it as the bidirectional prefix when the model was trained as a prefix LM), then
-tokens are generated one at a time. Only the generated tokens are returned. Every chosen
+tokens are generated one at a time. Prompts of different lengths share a batch left-padded,
+their pads masked out and their positions shifted past them (`_prompt`, `_left_aligned`). Only the generated tokens are returned. Every chosen
 token but the last is fed back, so a prompt of P tokens continued by max_length tokens
 takes P + max_length - 1 positions: a prefix-LM training row's inputs_length +
 targets_length when P = BOS + inputs_length, so what trains with learned absolute positions
@@ -105,37 +106,74 @@ def _encoder_decoder_step(model, params, enc, encoded):
 
 
 def _decoder_only_step(model, params):
-  def step(cache, tokens, prefix=None):
+  def step(cache, tokens, prefix=None, segments=None):
     batch_in = {'decoder_input_tokens': tokens}
     if prefix is not None:
       batch_in['decoder_causal_attention'] = prefix
+    if segments is not None:  # the prefill of left-padded prompts: pads are segment 0
+      batch_in['decoder_segment_ids'] = segments
     logits, mutated = model.apply({'params': params, 'cache': cache}, batch_in, decode=True,
                                   mutable=['cache'])
     return logits, mutated['cache']
   return step
 
 
-def _prompt(model, batch: Dict[str, np.ndarray]):
-  """What generation starts from: the encoder inputs, or a decoder-only model's prompts."""
+def _prompt(model, batch: Dict[str, np.ndarray], max_length: int,
+            length_name: str = 'max_length'):
+  """(tokens, prompt lengths or None): what generation starts from, the encoder inputs or a
+  decoder-only model's prompts, once `check_positions_fit` passes for the longest prompt.
+
+  Decoder-only prompts of different lengths go in one batch as `decoder_input_tokens`
+  [rows, L], each row's prompt first (what follows it is ignored), with
+  `decoder_prompt_lengths` [rows] (1..L); without it every row's prompt is all L tokens."""
   if how_it_generates(model) == 'encoder_decoder':
-    return batch['encoder_input_tokens']
-  return batch['decoder_input_tokens']
+    tokens = batch['encoder_input_tokens']
+    check_positions_fit(model.cfg, tokens.shape[1], max_length, encoder_decoder=True,
+                        length_name=length_name)
+    return tokens, None
+  tokens, lengths = batch['decoder_input_tokens'], batch.get('decoder_prompt_lengths')
+  longest = tokens.shape[1]
+  if lengths is not None:
+    lengths = np.asarray(lengths, np.int32)
+    if lengths.shape != tokens.shape[:1] or not ((lengths >= 1) & (lengths <= longest)).all():
+      raise ValueError(f'decoder_prompt_lengths must give each of the {tokens.shape[0]} rows '
+                       f'a length in 1..{longest}; got {lengths.tolist()}.')
+    longest = int(lengths.max())
+  check_positions_fit(model.cfg, longest, max_length, length_name=length_name)
+  return tokens, lengths
+
+
+def _left_aligned(tokens, lengths):
+  """Right-padded prompts -> (left-padded prompts, segment ids: 0 on the pads, 1 on the prompt).
+
+  >>> t, s = _left_aligned(jnp.array([[5, 6, 7], [8, 0, 0]]), jnp.array([3, 1]))
+  >>> t.tolist(), s.tolist()
+  ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+  """
+  length = tokens.shape[1]
+  shift = (length - lengths)[:, None]
+  column = jnp.arange(length)[None, :]
+  real = column >= shift
+  moved = jnp.take_along_axis(tokens, jnp.clip(column - shift, 0, length - 1), axis=1)
+  return jnp.where(real, moved, 0), real.astype(jnp.int32)
 
 
 def _start(model, params, tokens, max_length: int, prefix_lm: bool,
-           beams: Optional[int] = None):
+           beams: Optional[int] = None, lengths=None):
   """(step, cache, cache batch axes, next-token logits) once the model has read `tokens`
   (`_prompt`). Sampling (`beams` None): one row per example, no axes. Beam search: each
   example repeated `beams` times, and each cache leaf's batch axis (to reorder beams).
 
   Encoder-decoder: the encoder runs once per example, the decoder starts from token 0.
   Decoder-only: the prompt is prefilled in one call (bidirectionally for a prefix LM), once
-  per example, then repeated. The cache holds exactly the positions fed (`_feed`).
+  per example, then repeated. The cache holds exactly the positions fed (`_feed`). With
+  `lengths` (`_prompt`), shorter prompts are moved to the end of the row and their pads
+  masked out of every attention (the model's `key_valid` / `pads` cache), so each row
+  decodes as it would alone.
   """
   tokens = jnp.asarray(tokens, jnp.int32)
   rows, length = tokens.shape
   if how_it_generates(model) == 'encoder_decoder':
-    check_positions_fit(model.cfg, length, max_length, encoder_decoder=True)
     encoded = model.apply({'params': params}, {'encoder_input_tokens': tokens},
                           method=model.encode)
     if beams:
@@ -147,11 +185,13 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
     axes = _cache_batch_axes(model, full) if beams else None
     step = _encoder_decoder_step(model, params, tokens, None)  # later steps: cached keys/values
     return step, cache, axes, logits[:, -1]
-  check_positions_fit(model.cfg, length, max_length)
   full = {'decoder_input_tokens': jnp.zeros((rows, length + max_length - 1), jnp.int32)}
   step = _decoder_only_step(model, params)
   prefix = jnp.ones((rows, length), jnp.int32) if prefix_lm else None
-  logits, cache = step(_empty_cache(model, full), tokens, prefix)
+  segments = None
+  if lengths is not None:
+    tokens, segments = _left_aligned(tokens, lengths)
+  logits, cache = step(_empty_cache(model, full), tokens, prefix, segments)
   if not beams:
     return step, cache, None, logits[:, -1]
   axes = _cache_batch_axes(model, full)
@@ -280,9 +320,10 @@ def _lengths(tokens):
 @functools.partial(jax.jit, static_argnames=('model', 'max_length', 'temperature', 'top_k',
                                              'top_p', 'prefix_lm', 'num_ids'))
 def _sample(model, params, tokens, max_length, rng, temperature, top_k, top_p, prefix_lm,
-            num_ids=None):
+            num_ids=None, lengths=None):
   """(tokens [rows, max_length], their summed log-prob); `tokens` as `_start` reads them."""
-  step, cache, _, logits = _start(model, params, tokens, max_length, prefix_lm)
+  step, cache, _, logits = _start(model, params, tokens, max_length, prefix_lm,
+                                  lengths=lengths)
   return _generate(step, cache, logits, max_length, rng, temperature, top_k, top_p, num_ids)
 
 
@@ -291,16 +332,18 @@ def encoder_decoder_generate(model, params, encoder_input_tokens, max_length: in
                              top_p: float = 1.0):
   """[batch, inputs_length] -> [batch, max_length] generated target tokens."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return _sample(model, params, encoder_input_tokens, max_length, rng, temperature, top_k,
-                 top_p, False)[0]
+  tokens, _ = _prompt(model, {'encoder_input_tokens': encoder_input_tokens}, max_length)
+  return _sample(model, params, tokens, max_length, rng, temperature, top_k, top_p, False)[0]
 
 
 def decoder_only_generate(model, params, prompt_tokens, max_length: int, rng=None,
                           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                           prefix_lm: bool = False):
-  """Continue equal-length prompts [batch, prompt_len] by `max_length` tokens."""
+  """Continue equal-length prompts [batch, prompt_len] by `max_length` tokens (`decode`
+  takes prompts of different lengths, `_prompt`)."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return _sample(model, params, prompt_tokens, max_length, rng, temperature, top_k, top_p,
+  tokens, _ = _prompt(model, {'decoder_input_tokens': prompt_tokens}, max_length)
+  return _sample(model, params, tokens, max_length, rng, temperature, top_k, top_p,
                  prefix_lm)[0]
 
 
@@ -389,8 +432,10 @@ def _beam_loop(step_fn, cache, axes, logits, batch: int, beam_size: int, max_len
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_length', 'beam_size', 'alpha',
                                              'prefix_lm', 'num_ids'))
-def _beam_search(model, params, tokens, max_length, beam_size, alpha, prefix_lm, num_ids=None):
-  step, cache, axes, logits = _start(model, params, tokens, max_length, prefix_lm, beam_size)
+def _beam_search(model, params, tokens, max_length, beam_size, alpha, prefix_lm, num_ids=None,
+                 lengths=None):
+  step, cache, axes, logits = _start(model, params, tokens, max_length, prefix_lm, beam_size,
+                                     lengths)
   return _beam_loop(step, cache, axes, logits, tokens.shape[0], beam_size, max_length, alpha,
                     num_ids)
 
@@ -406,13 +451,15 @@ def beam_search(model, params, batch: Dict[str, np.ndarray], max_length: int, be
                 num_ids: Optional[int] = None) -> Tuple[jax.Array, jax.Array]:
   """(tokens [batch, K, max_length], scores [batch, K]), best beam first.
 
-  Encoder-decoder reads `encoder_input_tokens`; decoder-only continues the equal-length
-  prompts in `decoder_input_tokens` (bidirectional prefix when `prefix_lm`) and returns
-  only the generated tokens. Scores as in the module docstring.
+  Encoder-decoder reads `encoder_input_tokens`; decoder-only continues the prompts in
+  `decoder_input_tokens` (with `decoder_prompt_lengths` where they differ, `_prompt`;
+  bidirectional prefix when `prefix_lm`) and returns only the generated tokens. Scores as
+  in the module docstring.
   """
   check_beam_size(beam_size, model.cfg.vocab_size)
-  return _beam_search(model, params, _prompt(model, batch), max_length, beam_size,
-                      float(alpha), bool(prefix_lm), num_ids)
+  tokens, lengths = _prompt(model, batch, max_length)
+  return _beam_search(model, params, tokens, max_length, beam_size, float(alpha),
+                      bool(prefix_lm), num_ids, lengths)
 
 
 def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
@@ -430,8 +477,9 @@ def decode(model, params, batch: Dict[str, np.ndarray], max_length: int, *,
   check_options(model.cfg.vocab_size, beam_size, temperature, top_k, top_p)
   if temperature > 0 or beam_size == 1:  # greedy here: one beam may go on past EOS
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    tokens, log_prob = _sample(model, params, _prompt(model, batch), max_length, rng,
-                               temperature, top_k, top_p, bool(prefix_lm), num_ids)
+    tokens, lengths = _prompt(model, batch, max_length)
+    tokens, log_prob = _sample(model, params, tokens, max_length, rng, temperature, top_k,
+                               top_p, bool(prefix_lm), num_ids, lengths)
     scores = log_prob / brevity_penalty(alpha, _lengths(tokens))
     return np.asarray(tokens), np.asarray(scores)
   tokens, scores = beam_search(model, params, batch, max_length, beam_size, alpha, prefix_lm,

@@ -220,6 +220,8 @@ def decode_split(config, model, params, split: str, steps: int,
     if steps and i >= steps:
       break
     real = np.nonzero(batch['decoder_loss_weights'].sum(axis=1) > 0)[0]
+    if not real.size:
+      continue
     as_read = [[t.decode('utf-8') for t in batch.pop(k)[real]] if texts else None
                for k in packing.TEXT_FEATURES]
     if generates == 'encoder_decoder':
@@ -228,18 +230,18 @@ def decode_split(config, model, params, split: str, steps: int,
       rows = [(batch['encoder_input_tokens'][r], batch['decoder_target_tokens'][r], pred[r],
                score[r]) for r in real]
     else:  # decoder-only prefix LM: prompt = BOS + inputs + EOS (the causal-attention span)
+      # (every prompt of the batch in one call, `decoding._prompt`; padding rows repeat a
+      # real one, whose prompt is not empty)
       prompt_len = batch['decoder_causal_attention'].sum(axis=1)
-      preds = {}
-      for n in sorted(set(prompt_len[real].tolist())):
-        idx = real[prompt_len[real] == n]
-        prompts = pad_rows(batch['decoder_input_tokens'][idx, :n], len(prompt_len))
-        got, score = decoding.decode(model, params, {'decoder_input_tokens': prompts}, length,
-                                     beam_size=beam_size, prefix_lm=True,
-                                     num_ids=vocab.vocab_size)
-        preds.update({int(r): (got[j], score[j]) for j, r in enumerate(idx)})
+      rows_in = np.where(prompt_len > 0, np.arange(len(prompt_len)), real[0])
+      width = prompt_width(prompt_len.max(), batch['decoder_input_tokens'].shape[1])
+      got, score = decoding.decode(
+          model, params, {'decoder_input_tokens': batch['decoder_input_tokens'][rows_in, :width],
+                          'decoder_prompt_lengths': prompt_len[rows_in]},
+          length, beam_size=beam_size, prefix_lm=True, num_ids=vocab.vocab_size)
       rows = [(batch['decoder_input_tokens'][r, 1:prompt_len[r]],
                batch['decoder_target_tokens'][r][batch['decoder_loss_weights'][r] > 0],
-               *preds[int(r)]) for r in real]
+               got[r], score[r]) for r in real]
     for j, (inputs, targets, pred, score) in enumerate(rows):
       out['inputs'].append(as_read[0][j] if texts else vocab.decode(inputs))
       out['targets'].append(as_read[1][j] if texts else vocab.decode(targets))
@@ -313,13 +315,25 @@ def print_predictions(decoded: Dict[str, list], n: int, file=None,
           f'  {score}', file=file)
 
 
+def prompt_width(longest: int, widest: int) -> int:
+  """A decoder-only batch's prompt width: its `longest` prompt rounded up to a power of two,
+  at most the `widest` of all (so at most ~log2(widest) + 2 widths, each compiled once).
+
+  >>> prompt_width(5, 100), prompt_width(64, 100), prompt_width(65, 100), prompt_width(1, 1)
+  (8, 64, 100, 1)
+  """
+  return min(1 << (int(longest) - 1).bit_length(), widest)
+
+
 def predict(config, model, params, token_lists: List[List[int]], *, batch_size: int,
             max_length: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
             seed: int = 0, beam_size: int = 1, num_ids: Optional[int] = None,
             on_batch=None) -> List:
   """Generated ids ([max_length] arrays) for each token list, in order. Encoder-decoder:
   fixed [batch_size, data.inputs_length] zero-padded batches. Decoder-only: the lists are
-  prompts (BOS included), grouped by length. `beam_size` > 1 is beam search (not with
+  prompts (BOS included), batched in order whatever their lengths (`decoding._prompt`),
+  each batch as wide as its longest prompt rounded up to a power of two (`prompt_width`:
+  a few compilations, not one per prompt length). `beam_size` > 1 is beam search (not with
   temperature > 0). `num_ids`: as `decoding.decode` takes it (the vocabulary's size).
   `on_batch(indices, their rows, their scores)` after each batch (the
   writer streams finished lines in input order from it)."""
@@ -331,35 +345,30 @@ def predict(config, model, params, token_lists: List[List[int]], *, batch_size: 
   kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size,
             num_ids=num_ids)
   encoder_decoder = families.get(config.model.family).generates == 'encoder_decoder'
-  if encoder_decoder:
-    groups = [list(range(len(token_lists)))]
-  else:
-    by_len = {}
-    for i, t in enumerate(token_lists):
-      by_len.setdefault(len(t), []).append(i)
-    groups = [by_len[n] for n in sorted(by_len, key=lambda n: by_len[n][0])]
-  count = 0
-  for group in groups:
-    for start in range(0, len(group), batch_size):
-      idx = group[start:start + batch_size]
-      key = jax.random.fold_in(rng, count)
-      count += 1
-      if encoder_decoder:
-        enc = np.zeros((len(idx), config.data.inputs_length), np.int32)
-        for row, i in enumerate(idx):
-          enc[row, :len(token_lists[i])] = token_lists[i]
-        # Spare rows repeat a real one: an all-padding row never ends (no EOS), and the
-        # loop runs until every row has ended.
-        enc = pad_rows(enc, batch_size)
-        got, scores = decoding.decode(model, params, {'encoder_input_tokens': enc}, max_length,
-                                      rng=key, **kw)
-      else:
-        prompts = pad_rows(np.array([token_lists[i] for i in idx], np.int32), batch_size)
-        got, scores = decoding.decode(
-            model, params, {'decoder_input_tokens': prompts}, max_length, rng=key,
-            prefix_lm=config.data.objective != 'causal_lm', **kw)
+  widest = max(map(len, token_lists), default=1)
+  for count, start in enumerate(range(0, len(token_lists), batch_size)):
+    idx = list(range(start, min(start + batch_size, len(token_lists))))
+    key = jax.random.fold_in(rng, count)
+    if encoder_decoder:
+      enc = np.zeros((len(idx), config.data.inputs_length), np.int32)
       for row, i in enumerate(idx):
-        out[i] = got[row]
-      if on_batch:
-        on_batch(idx, got[:len(idx)], scores[:len(idx)])
+        enc[row, :len(token_lists[i])] = token_lists[i]
+      # Spare rows repeat a real one: an all-padding row never ends (no EOS), and the
+      # loop runs until every row has ended.
+      enc = pad_rows(enc, batch_size)
+      got, scores = decoding.decode(model, params, {'encoder_input_tokens': enc}, max_length,
+                                    rng=key, **kw)
+    else:
+      lengths = np.array([len(token_lists[i]) for i in idx], np.int32)
+      prompts = np.zeros((len(idx), prompt_width(lengths.max(), widest)), np.int32)
+      for row, i in enumerate(idx):
+        prompts[row, :lengths[row]] = token_lists[i]
+      got, scores = decoding.decode(
+          model, params, {'decoder_input_tokens': pad_rows(prompts, batch_size),
+                          'decoder_prompt_lengths': pad_rows(lengths, batch_size)},
+          max_length, rng=key, prefix_lm=config.data.objective != 'causal_lm', **kw)
+    for row, i in enumerate(idx):
+      out[i] = got[row]
+    if on_batch:
+      on_batch(idx, got[:len(idx)], scores[:len(idx)])
   return out

@@ -264,10 +264,24 @@ class Stack(nn.Module):
     if decode:
       index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
       key_prefix = self.variable('cache', 'key_prefix', jnp.zeros, (batch, length), bool)
+      # Left-padded prompts of different lengths (decoding.py): which cache positions hold a
+      # real token, and how many pads each row's positions are shifted by.
+      key_valid = self.variable('cache', 'key_valid', jnp.ones, (batch, length), bool)
+      pads = self.variable('cache', 'pads', jnp.zeros, (batch,), jnp.int32)
     if use_cache:
       decode_index = index.value
       step_positions = decode_index + jnp.arange(length)
-      positions = jnp.broadcast_to(step_positions, (batch, length))
+      # A cached call marks its pads with segment id 0 (a prompt's left padding), and each
+      # real token's position is its cache position less the pads before it (so a learned
+      # position table reads what it would for the prompt alone). Relative positions need
+      # no shift: pads precede every real token, so query-key distances are unchanged.
+      query_valid = (segment_ids > 0 if segment_ids is not None
+                     else jnp.ones((batch, length), bool))
+      pads_before = pads.value[:, None] + jnp.cumsum(~query_valid, axis=1)
+      positions = jnp.maximum(step_positions[None, :] - pads_before, 0)
+      key_valid.value = jax.lax.dynamic_update_slice(key_valid.value, query_valid,
+                                                     (0, decode_index))
+      pads.value = pads_before[:, -1]
       index.value = decode_index + length
 
     x = self.embedder(tokens)
@@ -288,15 +302,16 @@ class Stack(nn.Module):
 
     # Masks and the relative position bias: built once per stack, shared by every layer.
     if use_cache:
-      # Keys are the whole cache; positions not yet written are excluded by causality.
+      # Keys are the whole cache; positions not yet written are excluded by causality, pads
+      # by key_valid.
       cache_len = key_prefix.value.shape[1]
       key_positions = jnp.arange(cache_len)
       q_prefix = prefix if prefix is not None else jnp.zeros((batch, length), bool)
       key_prefix.value = jax.lax.dynamic_update_slice(key_prefix.value, q_prefix,
                                                       (0, decode_index))
       self_mask = layers.attention_mask(
-          jnp.ones((batch, length), bool), jnp.ones((batch, cache_len), bool),
-          causal=True, query_prefix=q_prefix, key_prefix=key_prefix.value,
+          jnp.ones((batch, length), bool), key_valid.value, causal=True,
+          query_prefix=q_prefix, key_prefix=key_prefix.value,
           query_positions=step_positions, key_positions=key_positions)
     else:
       key_positions = step_positions

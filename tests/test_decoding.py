@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs import t5_decoder_only, t5_v1_1
+from configs import gpt, t5_decoder_only, t5_v1_1
 from random_params import random_params
 from t5x_lite import decoding, models
 
@@ -315,6 +315,48 @@ def test_decoder_only_beam_search_continues_the_prompt(prefix_lm):
   one = decoding.beam_search(model, params, {'decoder_input_tokens': prompt}, n, beam_size=1,
                              alpha=0.0, prefix_lm=True)[0]
   np.testing.assert_array_equal(np.asarray(one)[:, 0], greedy)
+
+
+_RAGGED_LENGTHS = np.array([5, 2, 7, 1, 4, 7])
+
+
+@pytest.mark.parametrize('kind', ['prefix_lm', 'causal_relative', 'causal_learned_positions'])
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_decoder_only_prompts_of_different_lengths_decode_as_each_alone(kind, beam_size):
+  """One batch of prompts of lengths 1..7 (`decoder_prompt_lengths`, each row's prompt first,
+  random ids after it) gives every row the tokens and score that row gets decoded alone:
+  pads are masked out of attention and, with a learned position table, every real token
+  keeps its position (a table of 12 fits the longest prompt's 7 + 6 - 1, not the batch's
+  width of 9 + 5)."""
+  if kind == 'causal_learned_positions':
+    model = _tiny(gpt.get_config('small'), num_decoder_layers=2, max_position_embeddings=12)
+  else:
+    model = _tiny(t5_decoder_only.get_config('tiny'))
+  prefix_lm = kind == 'prefix_lm'
+  rng = np.random.RandomState(3)
+  tokens = rng.randint(2, VOCAB, (len(_RAGGED_LENGTHS), 9)).astype(np.int32)
+  tokens[:, 0] = 0  # BOS
+  params = _params(model, {'decoder_input_tokens': tokens}, seed=2)
+  got, scores = decoding.decode(
+      model, params,
+      {'decoder_input_tokens': tokens, 'decoder_prompt_lengths': _RAGGED_LENGTHS}, 6,
+      beam_size=beam_size, prefix_lm=prefix_lm)
+  for row, n in enumerate(_RAGGED_LENGTHS):
+    alone, score = decoding.decode(model, params,
+                                   {'decoder_input_tokens': tokens[row:row + 1, :n]}, 6,
+                                   beam_size=beam_size, prefix_lm=prefix_lm)
+    np.testing.assert_array_equal(got[row], alone[0])
+    np.testing.assert_allclose(scores[row], score[0], rtol=1e-5, atol=1e-5)
+  assert len({tuple(r) for r in got}) > 3  # rows differ: the comparison can tell them apart
+
+
+def test_bad_prompt_lengths_are_one_line_errors(prefix_lm):
+  model, params, prompt, _ = prefix_lm
+  for lengths in ([0, 5, 5, 5], [6, 5, 5, 5], [5, 5]):
+    with pytest.raises(ValueError, match=r'decoder_prompt_lengths must give each of the 4 rows '
+                                         r'a length in 1\.\.5; got'):
+      decoding.decode(model, params, {'decoder_input_tokens': prompt,
+                                      'decoder_prompt_lengths': np.array(lengths)}, 3)
 
 
 def test_bad_beam_sizes_sampling_options_and_encoder_only_are_one_line_errors(encdec):

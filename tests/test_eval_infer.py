@@ -456,9 +456,11 @@ def test_no_checkpoint_is_a_one_line_error(module, tmp_path):
   assert proc.stdout == ''
 
 
-def test_decoder_only_predict_groups_by_length_and_keeps_order():
-  """In process, random params: grouping prompts by length (decoder-only needs equal
-  lengths) returns each line's greedy continuation in input order."""
+def test_decoder_only_predict_batches_prompts_of_any_length_in_input_order(monkeypatch):
+  """In process, random params: 12 prompts of 12 different lengths share batches of 4 (each
+  batch as wide as its longest prompt rounded up to a power of two): every line gets the
+  greedy continuation it gets decoded alone, in input order, from 3 decode calls of at most
+  3 widths (it was one call, and one compilation, per length)."""
   import jax
   import numpy as np
   from configs import t5_decoder_only
@@ -470,14 +472,25 @@ def test_decoder_only_predict_groups_by_length_and_keeps_order():
   params = jax.jit(model.init)(jax.random.PRNGKey(0), {
       'decoder_input_tokens': np.ones((1, 4), np.int32)})['params']
   rng = np.random.RandomState(0)
-  prompts = [[0] + rng.randint(3, 64, n).tolist() + [1] for n in (2, 4, 2, 3, 2)]
+  prompts = [[0] + rng.randint(3, 64, n).tolist() + [1] for n in rng.permutation(12)]
+  widths, decode = [], decoding.decode
+
+  def counted(model, params, batch, *args, **kwargs):
+    widths.append(batch['decoder_input_tokens'].shape)
+    return decode(model, params, batch, *args, **kwargs)
+  monkeypatch.setattr(decoding, 'decode', counted)
   done = []
-  got = evaluation.predict(config, model, params, prompts, batch_size=2, max_length=3,
+  got = evaluation.predict(config, model, params, prompts, batch_size=4, max_length=3,
                            on_batch=lambda idx, rows, scores: done.append(list(idx)))
-  assert sorted(i for idx in done for i in idx) == [0, 1, 2, 3, 4]
+  assert done == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+  assert len(widths) == 3 and {rows for rows, _ in widths} == {4}
+  for b, (_, width) in enumerate(widths):  # the batch's longest prompt, to a power of 2 or 13
+    longest = max(map(len, prompts[4 * b:4 * b + 4]))
+    assert width == min(13, next(2 ** i for i in range(5) if 2 ** i >= longest))
+  monkeypatch.setattr(decoding, 'decode', decode)
   for prompt, out in zip(prompts, got):
-    want = decoding.decoder_only_generate(
-        model, params, np.array([prompt, prompt], np.int32), 3, prefix_lm=True)[0]
+    want = decoding.decoder_only_generate(model, params, np.array([prompt], np.int32), 3,
+                                          prefix_lm=True)[0]
     np.testing.assert_array_equal(out, np.asarray(want))
 
 
