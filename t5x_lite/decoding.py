@@ -126,18 +126,24 @@ def _prompt(model, batch: Dict[str, np.ndarray], max_length: int,
   Decoder-only prompts of different lengths go in one batch as `decoder_input_tokens`
   [rows, L], each row's prompt first (what follows it is ignored), with
   `decoder_prompt_lengths` [rows] (1..L); without it every row's prompt is all L tokens."""
+  lengths = batch.get('decoder_prompt_lengths')
   if how_it_generates(model) == 'encoder_decoder':
+    if lengths is not None:  # the encoder's padding is its zeros: nothing would read these
+      raise ValueError('decoder_prompt_lengths is for decoder-only prompts; an encoder-decoder '
+                       "model reads encoder_input_tokens' padding (zeros).")
     tokens = batch['encoder_input_tokens']
     check_positions_fit(model.cfg, tokens.shape[1], max_length, encoder_decoder=True,
                         length_name=length_name)
     return tokens, None
-  tokens, lengths = batch['decoder_input_tokens'], batch.get('decoder_prompt_lengths')
+  tokens = batch['decoder_input_tokens']
   longest = tokens.shape[1]
   if lengths is not None:
-    lengths = np.asarray(lengths, np.int32)
-    if lengths.shape != tokens.shape[:1] or not ((lengths >= 1) & (lengths <= longest)).all():
+    given = np.asarray(lengths)
+    lengths = given.astype(np.int32)
+    if (not np.issubdtype(given.dtype, np.integer) or lengths.shape != tokens.shape[:1]
+        or not ((lengths >= 1) & (lengths <= longest)).all()):
       raise ValueError(f'decoder_prompt_lengths must give each of the {tokens.shape[0]} rows '
-                       f'a length in 1..{longest}; got {lengths.tolist()}.')
+                       f'an integer length in 1..{longest}; got {given.tolist()}.')
     longest = int(lengths.max())
   check_positions_fit(model.cfg, longest, max_length, length_name=length_name)
   return tokens, lengths

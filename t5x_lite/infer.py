@@ -252,10 +252,15 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
   else:  # .gz decompressed, as the data pipeline reads it
     try:
       with (gzip.open if input_path.endswith('.gz') else open)(input_path, 'rb') as f:
-        packed = None if input_path.endswith('.gz') else sources.compression(f.peek(16))
+        head = f.peek(16)[:10]
+        packed = None if input_path.endswith('.gz') else sources.compression(head)
         if packed:  # its bytes as text: lines of invalid UTF-8, or worse, decoded
           raise ValueError(f'--input={input_path}: {packed} data; infer reads text or JSONL '
                            'lines (gzip files named .gz are decompressed).')
+        wide = sources.wide_encoding(head)
+        if wide:  # valid UTF-8, a NUL between every two characters: <unk>s decoded
+          raise ValueError(f'--input={input_path}: {wide} text; infer reads UTF-8 (convert '
+                           'it, e.g. `iconv -f UTF-16 -t UTF-8`).')
         examples = read_examples(f, report)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
       raise ValueError(f'--input={input_path}: truncated or corrupt .gz file ({e}).') from None

@@ -74,9 +74,13 @@ def _raw_lines(path: str, skips: sources.SkipCounter):
   found = False
   try:
     with (gzip.open if path.endswith('.gz') else open)(path, 'rb') as f:
-      packed = None if path.endswith('.gz') else sources.compression(f.peek(16))
+      head = f.peek(16)[:10]
+      packed = None if path.endswith('.gz') else sources.compression(head)
       if packed:  # as the pipeline's file sources: not read as lines of invalid UTF-8
         skips.add('compressed file not read (only gzip files named .gz are)', path)
+        return
+      if sources.wide_encoding(head):  # as the pipeline's: not read as <unk>-strewn text
+        skips.add('UTF-16 / UTF-32 file not read (UTF-8 text only)', path)
         return
       for n, raw in enumerate(f, 1):
         found = found or bool(raw.strip())

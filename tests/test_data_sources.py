@@ -134,7 +134,8 @@ def test_jsonl_fields_must_be_text_or_numbers(tmp_path):
   lines = ['{"text": "good one"}', '{"text": {"nested": "x"}}', '{"text": ["a", "b"]}',
            '{"text": null}', '{"text": true}', '{"text": "lone \\ud800 surrogate"}',
            '{"text": 3.5}', '{"text": "good two"}', '{"text": 1.50}', '{"text": 1e5}',
-           '{"text": -0}', '{"text": NaN}', '{"text": -Infinity}']
+           '{"text": -0}', '{"text": NaN}', '{"text": -Infinity}',
+           '{"text": "x", "deep": ' + '[' * 100_000 + ']' * 100_000 + '}']  # RecursionError
   (tmp_path / 'x.jsonl').write_text('\n'.join(lines) + '\n')
   recs, skips = _records(f'jsonl:{tmp_path}/x.jsonl')
   # Numbers exactly as written (Python's float would make 1.50 '1.5', 1e5 '100000.0').
@@ -142,7 +143,10 @@ def test_jsonl_fields_must_be_text_or_numbers(tmp_path):
   assert skips.as_dict() == {
       "field 'text' is not a string or number": dict(count=4, first=f'{tmp_path}/x.jsonl:2'),
       "field 'text' is not valid Unicode": dict(count=1, first=f'{tmp_path}/x.jsonl:6'),
-      'invalid JSON': dict(count=2, first=f'{tmp_path}/x.jsonl:12')}
+      'invalid JSON': dict(count=3, first=f'{tmp_path}/x.jsonl:12')}
+  (tmp_path / 'y.jsonl').write_text(lines[-1] + '\n')
+  with pytest.raises(DataError, match=r"y.jsonl:1: invalid JSON: nested too deeply to parse"):
+    _records(f'jsonl:{tmp_path}/y.jsonl', on_bad_input='error')
   (tmp_path / 'y.jsonl').write_text(lines[3] + '\n')
   with pytest.raises(DataError, match=r"y.jsonl:1: field 'text' is not a string or number: null"):
     _records(f'jsonl:{tmp_path}/y.jsonl', on_bad_input='error')

@@ -338,6 +338,38 @@ def test_compressed_files_other_than_gz_are_counted_as_such(tmp_path):
     read('error')
 
 
+
+def test_utf16_and_utf32_files_are_counted_not_read_as_text(tmp_path):
+  """UTF-16 text (Notepad's "Unicode", PowerShell 5's `>`) is valid UTF-8 with a NUL
+  between characters after its byte-order mark: its lines were trained on as <unk>-strewn
+  text, with one 'invalid UTF-8' skip (the mark's line) to show for a whole garbage file.
+  Now each such file, with or without a mark, plain or .gz, is one counted skip, or an
+  error naming it."""
+  import gzip
+  from t5x_lite.data import files
+  body = 'the king is dead\nlong live the king\n'
+  (tmp_path / 'a.txt').write_bytes(body.encode('utf-16'))          # with a byte-order mark
+  (tmp_path / 'b.txt').write_bytes(body.encode('utf-16-be'))       # without one
+  (tmp_path / 'c.txt').write_bytes(body.encode('utf-32'))
+  (tmp_path / 'd.txt.gz').write_bytes(gzip.compress(body.encode('utf-16')))
+  (tmp_path / 'e.txt').write_bytes(('\ufeff' + body).encode('utf-8'))  # UTF-8, its mark dropped
+  src = sources.parse_sources(f'text:{tmp_path}/*')[0]
+
+  def read(policy):
+    skips = sources.SkipCounter()
+    ds = files.documents(src, sources.expand_glob(src.target, 'test'), ('text',), stream=0,
+                         num_streams=1, train=False, seed=0, boundary='line',
+                         on_bad_input=policy, skips=skips)
+    return [r[0].decode() for r in ds.as_numpy_iterator()], skips
+
+  docs, skips = read('skip')
+  assert docs == ['the king is dead', 'long live the king']
+  reason = 'UTF-16 / UTF-32 file not read (UTF-8 text only)'
+  assert dict(skips.counts) == {reason: 4} and skips.first[reason] == f'{tmp_path}/a.txt'
+  with pytest.raises(DataError, match=rf'a.txt: {re.escape(reason)}: UTF-16LE text; convert '
+                                      r'it, e\.g\. `iconv -f UTF-16 -t UTF-8`'):
+    read('error')
+
 @pytest.mark.parametrize('objective,option', [('prefix_lm', 'inputs=question'),
                                               ('span_corruption', 'targets=answer'),
                                               ('text_to_text', 'field=question')])

@@ -153,7 +153,7 @@ def test_vocab_cli_reads_gzip_files_like_the_pipeline(tmp_path):
 
 def test_vocab_cli_skips_compressed_files_the_pipeline_does_not_read(tmp_path):
   """A .bz2 file beside a text file was read as lines of invalid UTF-8 (counted as such);
-  it is skipped and said as the pipeline says it."""
+  it is skipped and said as the pipeline says it; so is a UTF-16 file."""
   import bz2
   text = open(os.path.join(ROOT, 'data/corpus/validation.txt'), 'rb').read()[:20000]
   (tmp_path / 'a.txt').write_bytes(text)
@@ -162,6 +162,12 @@ def test_vocab_cli_skips_compressed_files_the_pipeline_does_not_read(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert ('input: skipped 1 x compressed file not read (only gzip files named .gz are) '
           f'(first at {tmp_path}/b.txt.bz2)') in r.stdout.splitlines(), r.stdout
+  (tmp_path / 'b.txt.bz2').unlink()
+  (tmp_path / 'c.txt').write_bytes(text.decode('utf-8').encode('utf-16'))  # as the pipeline
+  r = vocab_cli(f'--input={tmp_path}/*.txt', '--vocab_size=100', f'--output={tmp_path}/v')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert ('input: skipped 1 x UTF-16 / UTF-32 file not read (UTF-8 text only) '
+          f'(first at {tmp_path}/c.txt)') in r.stdout.splitlines(), r.stdout
 
 
 def test_split_long_keeps_every_word_in_pieces_under_the_limit():

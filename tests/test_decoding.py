@@ -352,11 +352,18 @@ def test_decoder_only_prompts_of_different_lengths_decode_as_each_alone(kind, be
 
 def test_bad_prompt_lengths_are_one_line_errors(prefix_lm):
   model, params, prompt, _ = prefix_lm
-  for lengths in ([0, 5, 5, 5], [6, 5, 5, 5], [5, 5]):
+  for lengths in ([0, 5, 5, 5], [6, 5, 5, 5], [5, 5], [4.5, 5, 5, 5]):
     with pytest.raises(ValueError, match=r'decoder_prompt_lengths must give each of the 4 rows '
-                                         r'a length in 1\.\.5; got'):
+                                         r'an integer length in 1\.\.5; got'):
       decoding.decode(model, params, {'decoder_input_tokens': prompt,
                                       'decoder_prompt_lengths': np.array(lengths)}, 3)
+
+
+def test_prompt_lengths_for_an_encoder_decoder_are_an_error(encdec):
+  model, params, enc, _ = encdec
+  with pytest.raises(ValueError, match='decoder_prompt_lengths is for decoder-only prompts'):
+    decoding.decode(model, params, {'encoder_input_tokens': enc,
+                                    'decoder_prompt_lengths': np.full(len(enc), 3)}, 3)
 
 
 def test_bad_beam_sizes_sampling_options_and_encoder_only_are_one_line_errors(encdec):

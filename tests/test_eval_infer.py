@@ -447,6 +447,14 @@ def test_a_tsv_input_to_infer_is_an_error(tmp_path, monkeypatch):
     in_process('infer', str(tmp_path), monkeypatch, input_path=str(tmp_path / 'a.tsv.gz'))
 
 
+def test_a_utf16_input_to_infer_is_an_error(workdir, tmp_path, monkeypatch):
+  """Read as UTF-8 it is valid, a NUL between every two characters: <unk>s decoded."""
+  (tmp_path / 'in.txt').write_bytes('to be or not\n'.encode('utf-16'))
+  with pytest.raises(ValueError, match=r'--input=.*in.txt: UTF-16LE text; infer reads UTF-8 '
+                                       r'\(convert it, e\.g\. `iconv -f UTF-16 -t UTF-8`\)'):
+    in_process('infer', workdir, monkeypatch, input_path=str(tmp_path / 'in.txt'))
+
+
 @pytest.mark.parametrize('module', ['eval', 'infer'])
 def test_no_checkpoint_is_a_one_line_error(module, tmp_path):
   proc = run(module, f'--workdir={tmp_path / "empty"}', check=False, stdin='', timeout=120)

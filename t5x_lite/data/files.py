@@ -47,7 +47,7 @@ import tensorflow as tf
 
 from t5x_lite.data.records import jsonl_parser, tsv_parser
 from t5x_lite.data.sources import (COLUMNAR_SUFFIXES, CUT_GZ, DataError, FileSurvey,
-                                   SkipCounter, bad_input, compression)
+                                   SkipCounter, bad_input, compression, wide_encoding)
 
 LINES_PER_CALL = 256
 
@@ -315,8 +315,9 @@ def _parsed(lines, path, parse, nf: int, header=None, file_number=None, owner=No
 def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
             count: bool = True) -> bool:
   """Start-up check of one file from its first bytes (`FileSurvey.head`), O(1) in its size:
-  readable, not empty (nor a .gz of nothing), .gz with gzip's magic bytes. An empty file is
-  a counted skip; an unreadable or non-gzip .gz one follows `policy`. Every stream checks
+  readable, not empty (nor a .gz of nothing), .gz with gzip's magic bytes, not another
+  compressed format, not UTF-16 / UTF-32 text (`wide_encoding`; of a .gz, its first
+  decompressed bytes). An empty file is a counted skip; the others follow `policy`. Every stream checks
   every file (the survey reads each once); only the stream that owns it (`count`) counts it."""
   head = survey.head(path)
   if isinstance(head, OSError):
@@ -326,7 +327,8 @@ def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
     bad_input(policy, skips, 'not a gzip file', path, f'starts with {head[:2]!r}, not 0x1f 0x8b',
               count)
     return False
-  if not head or (path.endswith('.gz') and survey.gzip_is_empty(path)):
+  text = survey.gzip_head(path) if path.endswith('.gz') else head
+  if not head or text == b'':
     if count:
       skips.add('empty file', path)
     return False
@@ -334,6 +336,11 @@ def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
   if compressed:  # its bytes as text would be lines of 'invalid UTF-8', or worse, read
     bad_input(policy, skips, 'compressed file not read (only gzip files named .gz are)', path,
               f'{compressed} data', count)
+    return False
+  wide = wide_encoding(text or b'')
+  if wide:  # valid UTF-8 with a NUL between characters: trained on as <unk>s, unflagged
+    bad_input(policy, skips, 'UTF-16 / UTF-32 file not read (UTF-8 text only)', path,
+              f'{wide} text; convert it, e.g. `iconv -f UTF-16 -t UTF-8`', count)
     return False
   return True
 

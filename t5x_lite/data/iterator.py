@@ -145,9 +145,10 @@ class DataIterator:
           if not self.finite:  # an endless stream only ends when it holds no usable record
             raise DataError(
                 f'data {self.split}: stream {v} of {self.num_streams} (data.num_virtual_shards) '
-                f'has no usable records: with fewer files than streams each stream reads '
-                f'every {self.num_streams}-th usable document of a file, so a corpus needs one '
-                f'per stream, or a lower data.num_virtual_shards (input read so far: '
+                f'has no usable records: its share of the input holds none (the files dealt '
+                f'to it or, with fewer files than streams, every {self.num_streams}-th usable '
+                f'document of a file), so a corpus needs usable documents in every share, or '
+                f'a lower data.num_virtual_shards (input read so far: '
                 f'{self.skips.summary()}).') from None
           self._ended.add(v)
         except tf.errors.OpError as e:

@@ -282,9 +282,9 @@ def _no_records(spec, src, split: str, stream: int, num_streams: int,
   def call():
     skips.error = DataError(
         f'data {split}: stream {stream} of {num_streams} (data.num_virtual_shards) has no usable '
-        f'records of source {src} (with fewer files than streams each stream keeps every '
-        f'{num_streams}-th document of a file; a source needs at least one per stream); '
-        f'{skips.summary()}.')
+        f'records of source {src} (its share holds none: the files dealt to it or, with fewer '
+        f'files than streams, every {num_streams}-th document of a file; a source needs usable '
+        f'documents in every share); {skips.summary()}.')
     raise skips.error
 
   def fail(_):

@@ -40,8 +40,13 @@ def _not_json(constant: str):
 
 
 def loads(line: str):
-  """One JSON line, numbers as `NumberText`; NaN / Infinity are a ValueError (not JSON)."""
-  return json.loads(line, parse_int=NumberText, parse_float=NumberText, parse_constant=_not_json)
+  """One JSON line, numbers as `NumberText`; NaN / Infinity, and nesting deeper than Python's
+  parser recurses, are a ValueError (a line to skip, not a crash of the pipeline)."""
+  try:
+    return json.loads(line, parse_int=NumberText, parse_float=NumberText,
+                      parse_constant=_not_json)
+  except RecursionError:
+    raise ValueError('nested too deeply to parse') from None
 
 
 def jsonl_parser(fields, skips, policy):

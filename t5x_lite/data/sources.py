@@ -309,6 +309,30 @@ _MAGIC = ((b'\x1f\x8b', 'gzip'), (b'\xfd7zXZ\x00', 'xz'), (b'\x28\xb5\x2f\xfd', 
           (b'PK\x03\x04', 'zip'), (b'\x04\x22\x4d\x18', 'lz4'))
 
 
+# Byte-order marks of the Unicode encodings other than UTF-8 (UTF-32LE's first: it begins
+# with UTF-16LE's). Windows Notepad's "Unicode" and PowerShell 5's `>` write UTF-16LE.
+_WIDE_BOMS = ((b'\xff\xfe\x00\x00', 'UTF-32LE'), (b'\x00\x00\xfe\xff', 'UTF-32BE'),
+              (b'\xff\xfe', 'UTF-16LE'), (b'\xfe\xff', 'UTF-16BE'))
+
+
+def wide_encoding(head: bytes) -> str | None:
+  r"""The UTF-16 / UTF-32 encoding a text's first bytes show (a byte-order mark, or a NUL
+  byte in every other place), if any. Read as UTF-8 such text is valid but has a NUL between
+  every two characters, each a <unk> token: garbage that no line count would flag.
+
+  >>> wide_encoding('ab'.encode('utf-16-le')), wide_encoding(b'\xfe\xff\x00a')
+  ('UTF-16 or UTF-32 (NUL bytes between the characters)', 'UTF-16BE')
+  >>> wide_encoding(b'ab\n'), wide_encoding('\ufeffab'.encode()), wide_encoding(b'a')
+  (None, None, None)
+  """
+  named = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+  if named:
+    return named
+  if len(head) >= 4 and (not any(head[1::2]) or not any(head[0::2])):
+    return 'UTF-16 or UTF-32 (NUL bytes between the characters)'
+  return None
+
+
 def compression(head: bytes) -> str | None:
   """The compressed format a file's first bytes announce, if any."""
   if re.match(rb'BZh[1-9]\x31\x41\x59\x26\x53\x59', head):
@@ -349,7 +373,7 @@ class FileSurvey:
   at start-up, minutes on a network filesystem."""
 
   def __init__(self):
-    self._matches, self._heads, self._gzip_empty = {}, {}, {}
+    self._matches, self._heads, self._gzip_heads = {}, {}, {}
 
   def files(self, pattern: str, what: str) -> list[str]:
     if pattern not in self._matches:
@@ -367,17 +391,17 @@ class FileSurvey:
         self._heads[path] = e
     return self._heads[path]
 
-  def gzip_is_empty(self, path: str) -> bool:
-    """Whether a gzip file decompresses to nothing (its first decompressed byte; one cut
-    short or corrupt is not: its reader counts that)."""
-    if path not in self._gzip_empty:
+  def gzip_head(self, path: str) -> bytes | None:
+    """The first 10 decompressed bytes of a gzip file (b'' when it decompresses to nothing),
+    or None when they cannot be read (cut short or corrupt: its reader counts that)."""
+    if path not in self._gzip_heads:
       import gzip  # pylint: disable=import-outside-toplevel
       try:
         with gzip.open(path, 'rb') as f:
-          self._gzip_empty[path] = f.read(1) == b''
+          self._gzip_heads[path] = f.read(10)
       except (OSError, EOFError, zlib.error):
-        self._gzip_empty[path] = False
-    return self._gzip_empty[path]
+        self._gzip_heads[path] = None
+    return self._gzip_heads[path]
 
 
 def expand_glob(pattern: str, what: str) -> list[str]:
