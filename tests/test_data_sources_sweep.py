@@ -307,6 +307,17 @@ def test_resume_with_another_batch_size_or_length_names_the_config_field(tmp_pat
     pipeline.get_dataset(cfg, 'train', batch_size=4).restore(str(tmp_path / 'ckpt'))
 
 
+def _read_lines_of(directory, policy):
+  """(documents, skips) of one ordered pass over text:DIR/* with a document per line."""
+  from t5x_lite.data import files
+  src = sources.parse_sources(f'text:{directory}/*')[0]
+  skips = sources.SkipCounter()
+  ds = files.documents(src, sources.expand_glob(src.target, 'test'), ('text',), stream=0,
+                       num_streams=1, train=False, seed=0, boundary='line',
+                       on_bad_input=policy, skips=skips)
+  return [r[0].decode() for r in ds.as_numpy_iterator()], skips
+
+
 def test_compressed_files_other_than_gz_are_counted_as_such(tmp_path):
   """bzip2 / xz / zstd / zip files, and gzip data in a file not named .gz, were read as text:
   their lines counted as 'invalid UTF-8' (a misleading reason, one per line). Each is one
@@ -314,21 +325,13 @@ def test_compressed_files_other_than_gz_are_counted_as_such(tmp_path):
   import bz2
   import gzip
   import lzma
-  from t5x_lite.data import files
   body = b''.join(b'the king and the queen %d\n\n' % i for i in range(50))
   (tmp_path / 'a.txt.bz2').write_bytes(bz2.compress(body))
   (tmp_path / 'b.txt.xz').write_bytes(lzma.compress(body))
   (tmp_path / 'c.txt.zst').write_bytes(b'\x28\xb5\x2f\xfd' + body)   # zstd's frame magic
   (tmp_path / 'd.txt').write_bytes(gzip.compress(body))
   (tmp_path / 'e.txt').write_bytes(b'BZh is how this plain line starts\n')
-  src = sources.parse_sources(f'text:{tmp_path}/*')[0]
-
-  def read(policy):
-    skips = sources.SkipCounter()
-    ds = files.documents(src, sources.expand_glob(src.target, 'test'), ('text',), stream=0,
-                         num_streams=1, train=False, seed=0, boundary='line',
-                         on_bad_input=policy, skips=skips)
-    return [r[0].decode() for r in ds.as_numpy_iterator()], skips
+  read = lambda policy: _read_lines_of(tmp_path, policy)
 
   docs, skips = read('skip')
   assert docs == ['BZh is how this plain line starts']
@@ -346,21 +349,13 @@ def test_utf16_and_utf32_files_are_counted_not_read_as_text(tmp_path):
   Now each such file, with or without a mark, plain or .gz, is one counted skip, or an
   error naming it."""
   import gzip
-  from t5x_lite.data import files
   body = 'the king is dead\nlong live the king\n'
   (tmp_path / 'a.txt').write_bytes(body.encode('utf-16'))          # with a byte-order mark
   (tmp_path / 'b.txt').write_bytes(body.encode('utf-16-be'))       # without one
   (tmp_path / 'c.txt').write_bytes(body.encode('utf-32'))
   (tmp_path / 'd.txt.gz').write_bytes(gzip.compress(body.encode('utf-16')))
   (tmp_path / 'e.txt').write_bytes(('\ufeff' + body).encode('utf-8'))  # UTF-8, its mark dropped
-  src = sources.parse_sources(f'text:{tmp_path}/*')[0]
-
-  def read(policy):
-    skips = sources.SkipCounter()
-    ds = files.documents(src, sources.expand_glob(src.target, 'test'), ('text',), stream=0,
-                         num_streams=1, train=False, seed=0, boundary='line',
-                         on_bad_input=policy, skips=skips)
-    return [r[0].decode() for r in ds.as_numpy_iterator()], skips
+  read = lambda policy: _read_lines_of(tmp_path, policy)
 
   docs, skips = read('skip')
   assert docs == ['the king is dead', 'long live the king']
