@@ -365,6 +365,23 @@ def test_utf16_and_utf32_files_are_counted_not_read_as_text(tmp_path):
                                       r'it, e\.g\. `iconv -f UTF-16 -t UTF-8`'):
     read('error')
 
+
+def test_a_gzip_file_padded_with_zeros_is_counted_not_a_crash_naming_no_file(tmp_path):
+  """Zero bytes after a .gz file's data (block-padding writers; `gzip -t` accepts them)
+  stopped the run inside tf.data's reader ('incorrect header check', naming only the
+  stream). Such a file is one counted skip, or an error naming it; a file whose last member
+  is empty (its last 8 bytes zeros too, no padding) is read whole."""
+  import gzip
+  (tmp_path / 'a.txt.gz').write_bytes(gzip.compress(b'first line\nsecond line\n') + bytes(512))
+  (tmp_path / 'b.txt.gz').write_bytes(gzip.compress(b'third line\n') + gzip.compress(b''))
+  docs, skips = _read_lines_of(tmp_path, 'skip')
+  assert docs == ['third line']
+  reason = "gzip file with zero padding after its data not read (tf.data's reader stops there)"
+  assert dict(skips.counts) == {reason: 1} and skips.first[reason] == f'{tmp_path}/a.txt.gz'
+  with pytest.raises(DataError, match=rf'a.txt.gz: {re.escape(reason)}: rewrite it without: '
+                                      r'gzip -dc FILE \| gzip > NEW'):
+    _read_lines_of(tmp_path, 'error')
+
 @pytest.mark.parametrize('objective,option', [('prefix_lm', 'inputs=question'),
                                               ('span_corruption', 'targets=answer'),
                                               ('text_to_text', 'field=question')])

@@ -139,6 +139,27 @@ def _gzip_complete(path: str, lines_bytes: int) -> str:
   return ''
 
 
+def _gzip_zero_padded(path: str) -> bool:
+  """Whether zero bytes follow the last gzip member of the .gz file at `path` (writers that
+  pad to a block size do this; gzip accepts it, tf.data's reader fails there with
+  'incorrect header check'). One streaming decompression, in bounded memory; only run for
+  a file whose last 8 bytes are zeros (`_usable`)."""
+  with open(path, 'rb') as f:
+    member = zlib.decompressobj(wbits=31)
+    while chunk := f.read(1 << 20):
+      while chunk:
+        try:
+          member.decompress(chunk, 0)
+        except zlib.error:
+          return False  # corrupt: its reader counts that
+        chunk = member.unused_data
+        if member.eof and chunk:
+          if not chunk.strip(b'\0'):
+            return not f.read().strip(b'\0')
+          member = zlib.decompressobj(wbits=31)
+  return False
+
+
 def _line_batches(path, skips, policy, any_gz: bool, file_number=None, owner=None):
   """Batches of (line numbers, lines) of one file, as read; a .gz file cut short (or
   corrupt) is reported, per `policy`, once its last line has been read (the check is
@@ -315,7 +336,8 @@ def _parsed(lines, path, parse, nf: int, header=None, file_number=None, owner=No
 def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
             count: bool = True) -> bool:
   """Start-up check of one file from its first bytes (`FileSurvey.head`), O(1) in its size:
-  readable, not empty (nor a .gz of nothing), .gz with gzip's magic bytes, not another
+  readable, not empty (nor a .gz of nothing), .gz with gzip's magic bytes and no zero
+  padding after its data (from its last 8 bytes; `_gzip_zero_padded`), not another
   compressed format, not UTF-16 / UTF-32 text (`wide_encoding`; of a .gz, its first
   decompressed bytes). An empty file is a counted skip; the others follow `policy`. Every stream checks
   every file (the survey reads each once); only the stream that owns it (`count`) counts it."""
@@ -336,6 +358,10 @@ def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
   if compressed:  # its bytes as text would be lines of 'invalid UTF-8', or worse, read
     bad_input(policy, skips, 'compressed file not read (only gzip files named .gz are)', path,
               f'{compressed} data', count)
+    return False
+  if path.endswith('.gz') and survey.tail(path) == bytes(8) and _gzip_zero_padded(path):
+    bad_input(policy, skips, "gzip file with zero padding after its data not read (tf.data's "
+              'reader stops there)', path, 'rewrite it without: gzip -dc FILE | gzip > NEW', count)
     return False
   wide = wide_encoding(text or b'')
   if wide:  # valid UTF-8 with a NUL between characters: trained on as <unk>s, unflagged

@@ -373,7 +373,7 @@ class FileSurvey:
   at start-up, minutes on a network filesystem."""
 
   def __init__(self):
-    self._matches, self._heads, self._gzip_heads = {}, {}, {}
+    self._matches, self._heads, self._tails, self._gzip_heads = {}, {}, {}, {}
 
   def files(self, pattern: str, what: str) -> list[str]:
     if pattern not in self._matches:
@@ -384,12 +384,20 @@ class FileSurvey:
     """The first 10 bytes of `path` (enough for every magic number checked), or the
     OSError opening it raised."""
     if path not in self._heads:
+      self._tails[path] = b''
       try:
         with open(path, 'rb') as f:
           self._heads[path] = f.read(10)
+          f.seek(max(f.seek(0, os.SEEK_END) - 8, 0))
+          self._tails[path] = f.read(8)
       except OSError as e:
         self._heads[path] = e
     return self._heads[path]
+
+  def tail(self, path: str) -> bytes:
+    """The last 8 bytes of `path` (read with its `head`; b'' if it could not be read)."""
+    self.head(path)
+    return self._tails[path]
 
   def gzip_head(self, path: str) -> bytes | None:
     """The first 10 decompressed bytes of a gzip file (b'' when it decompresses to nothing),
