@@ -9,11 +9,11 @@ are [7, 9, 1, 5] returns [7, 9, 1, 0].
 Decoder-only: the prompt is prefilled in one cached call (with `decoder_causal_attention`
 marking it as the bidirectional prefix when the model was trained as a prefix LM), then
 tokens are generated one at a time. Prompts of different lengths share a batch left-padded,
-their pads masked out and their positions shifted past them (`_prompt`, `_left_aligned`). Only the generated tokens are returned. Every chosen
-token but the last is fed back, so a prompt of P tokens continued by max_length tokens
-takes P + max_length - 1 positions: a prefix-LM training row's inputs_length +
-targets_length when P = BOS + inputs_length, so what trains with learned absolute positions
-also decodes.
+their pads masked out and their positions shifted past them (`_prompt`, `_left_aligned`).
+Only the generated tokens are returned. Every chosen token but the last is fed back, so a
+prompt of P tokens continued by max_length tokens takes P + max_length - 1 positions: a
+prefix-LM training row's inputs_length + targets_length when P = BOS + inputs_length, so
+what trains with learned absolute positions also decodes.
 
 Scores (beam search, and `decode` for every method): score = log P(y | x) / lp(|y|) with
 lp(n) = ((5 + n) / 6) ** alpha (Wu et al. 2016, as in T5X `brevity_penalty`), where

@@ -339,8 +339,9 @@ def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
   readable, not empty (nor a .gz of nothing), .gz with gzip's magic bytes and no zero
   padding after its data (from its last 8 bytes; `_gzip_zero_padded`), not another
   compressed format, not UTF-16 / UTF-32 text (`wide_encoding`; of a .gz, its first
-  decompressed bytes). An empty file is a counted skip; the others follow `policy`. Every stream checks
-  every file (the survey reads each once); only the stream that owns it (`count`) counts it."""
+  decompressed bytes). An empty file is a counted skip; the others follow `policy`. Every
+  stream checks every file (the survey reads each once); only the stream that owns it
+  (`count`) counts it."""
   head = survey.head(path)
   if isinstance(head, OSError):
     bad_input(policy, skips, 'unreadable file', path, head.strerror or str(head), count)
