@@ -85,6 +85,13 @@ def test_empty_files_and_globs_matching_nothing(tmp_path):
     _records(f'text:{tmp_path}/nothing-*.txt')
   with pytest.raises(DataError, match=r"is a directory; name its files with a glob, e.g. '.*/\*.txt'"):
     _records(f'text:{tmp_path}')
+  # A file whose name holds glob characters: said so, with the escaped name (which reads it).
+  (tmp_path / 'a[1].txt').write_text('in brackets\n')
+  with pytest.raises(DataError, match=r"'.*/a\[1\].txt' matches no files, though a file of that "
+                                      r"name exists: \[, \], \* and \? are glob characters; "
+                                      r"escape them: '.*/a\[\[\]1\].txt'"):
+    _records(f'text:{tmp_path}/a[1].txt')
+  assert _records(f'text:{tmp_path}/a[[]1].txt')[0] == [('in brackets',)]
   # A .gz of nothing is an empty file too, for every format (JSONL and TSV files were read
   # as holding no line: not counted, 'no input skipped'); a gzip of one newline is not.
   import gzip

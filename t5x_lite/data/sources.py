@@ -419,6 +419,10 @@ def expand_glob(pattern: str, what: str) -> list[str]:
   if not files and not os.path.isabs(pattern):
     files = sorted(f for f in glob_lib.glob(os.path.join(_ROOT, pattern), recursive=True)
                    if os.path.isfile(f))
+  if not files and os.path.isfile(pattern):  # a name with [ ] * ? read as a glob
+    raise DataError(f'{what}: {pattern!r} matches no files, though a file of that name exists: '
+                    f'[, ], * and ? are glob characters; escape them: '
+                    f'{glob_lib.escape(pattern)!r}.')
   if not files and os.path.isdir(pattern):
     raise DataError(f'{what}: {pattern!r} is a directory; name its files with a glob, e.g. '
                     f'{os.path.join(pattern, "*.txt")!r}.')
