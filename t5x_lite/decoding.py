@@ -118,8 +118,7 @@ def _decoder_only_step(model, params):
   return step
 
 
-def _prompt(model, batch: Dict[str, np.ndarray], max_length: int,
-            length_name: str = 'max_length'):
+def _prompt(model, batch: Dict[str, np.ndarray], max_length: int):
   """(tokens, prompt lengths or None): what generation starts from, the encoder inputs or a
   decoder-only model's prompts, once `check_positions_fit` passes for the longest prompt.
 
@@ -132,8 +131,7 @@ def _prompt(model, batch: Dict[str, np.ndarray], max_length: int,
       raise ValueError('decoder_prompt_lengths is for decoder-only prompts; an encoder-decoder '
                        "model reads encoder_input_tokens' padding (zeros).")
     tokens = batch['encoder_input_tokens']
-    check_positions_fit(model.cfg, tokens.shape[1], max_length, encoder_decoder=True,
-                        length_name=length_name)
+    check_positions_fit(model.cfg, tokens.shape[1], max_length, encoder_decoder=True)
     return tokens, None
   tokens = batch['decoder_input_tokens']
   longest = tokens.shape[1]
@@ -145,7 +143,7 @@ def _prompt(model, batch: Dict[str, np.ndarray], max_length: int,
       raise ValueError(f'decoder_prompt_lengths must give each of the {tokens.shape[0]} rows '
                        f'an integer length in 1..{longest}; got {given.tolist()}.')
     longest = int(lengths.max())
-  check_positions_fit(model.cfg, longest, max_length, length_name=length_name)
+  check_positions_fit(model.cfg, longest, max_length)
   return tokens, lengths
 
 
@@ -174,7 +172,7 @@ def _start(model, params, tokens, max_length: int, prefix_lm: bool,
   Decoder-only: the prompt is prefilled in one call (bidirectionally for a prefix LM), once
   per example, then repeated. The cache holds exactly the positions fed (`_feed`). With
   `lengths` (`_prompt`), shorter prompts are moved to the end of the row and their pads
-  masked out of every attention (the model's `key_valid` / `pads` cache), so each row
+  masked out of every attention (the model's `key_valid` cache), so each row
   decodes as it would alone.
   """
   tokens = jnp.asarray(tokens, jnp.int32)

@@ -264,10 +264,9 @@ class Stack(nn.Module):
     if decode:
       index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
       key_prefix = self.variable('cache', 'key_prefix', jnp.zeros, (batch, length), bool)
-      # Left-padded prompts of different lengths (decoding.py): which cache positions hold a
-      # real token, and how many pads each row's positions are shifted by.
-      key_valid = self.variable('cache', 'key_valid', jnp.ones, (batch, length), bool)
-      pads = self.variable('cache', 'pads', jnp.zeros, (batch,), jnp.int32)
+      # Left-padded prompts of different lengths (decoding.py): which written cache positions
+      # hold a real token (unwritten ones: causality excludes them).
+      key_valid = self.variable('cache', 'key_valid', jnp.zeros, (batch, length), bool)
     if use_cache:
       decode_index = index.value
       step_positions = decode_index + jnp.arange(length)
@@ -277,11 +276,12 @@ class Stack(nn.Module):
       # no shift: pads precede every real token, so query-key distances are unchanged.
       query_valid = (segment_ids > 0 if segment_ids is not None
                      else jnp.ones((batch, length), bool))
-      pads_before = pads.value[:, None] + jnp.cumsum(~query_valid, axis=1)
+      written = jnp.arange(key_valid.value.shape[1]) < decode_index
+      pads_cached = jnp.sum(~key_valid.value & written, axis=1, keepdims=True)
+      pads_before = pads_cached + jnp.cumsum(~query_valid, axis=1)
       positions = jnp.maximum(step_positions[None, :] - pads_before, 0)
       key_valid.value = jax.lax.dynamic_update_slice(key_valid.value, query_valid,
                                                      (0, decode_index))
-      pads.value = pads_before[:, -1]
       index.value = decode_index + length
 
     x = self.embedder(tokens)
