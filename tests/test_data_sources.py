@@ -376,6 +376,28 @@ def test_truncated_gz_is_a_counted_skip_or_an_error_naming_it(tmp_path, kind):
     _records(spec, boundary='line', on_bad_input='error')
 
 
+@pytest.mark.parametrize('policy', ['skip', 'error'])
+def test_corrupt_gzip_data_inside_a_file_stops_the_run_naming_the_file(tmp_path, policy):
+  """Bytes that do not decompress in the middle of a .gz file: tf.data's reader stops with a
+  DataLossError naming no file ('data train stream 0: cannot read input (DataLossError:
+  inflate() failed ...)'), and cannot read on past them; the error names the file."""
+  import gzip
+  body = b''.join(b'line %d of a gzipped text file\n' % i for i in range(20000))
+  data = bytearray(gzip.compress(body))
+  data[len(data) // 2:len(data) // 2 + 64] = b'\xff' * 64
+  (tmp_path / 'a.txt.gz').write_bytes(gzip.compress(body))
+  (tmp_path / 'b.txt.gz').write_bytes(bytes(data))
+  (tmp_path / 'c.txt').write_text('plain text\n')
+  cfg = data_config(train_source=f'text:{tmp_path}/*', num_virtual_shards=1,
+                    on_bad_input=policy, doc_boundary='line')
+  it = pipeline.get_dataset(cfg, 'train')
+  with pytest.raises(DataError, match=rf'^data train stream 0: {tmp_path}/b.txt.gz: corrupt '
+                                      r'gzip data \(.*\) before byte \d+: tf.data.s gzip '
+                                      r'reader cannot read on past it'):
+    for _ in range(10000):
+      next(it)
+
+
 def test_intact_gz_files_are_not_reported_whatever_their_layout(tmp_path):
   """The O(1) check (the size in gzip's trailer) fails for CRLF lines (the reader drops CRs),
   several members and a missing last newline: those take the full check, which passes."""
@@ -495,6 +517,58 @@ def test_text_to_text_counts_empty_and_truncated_examples_over_all_streams(tmp_p
       'were truncated; 3 of 17 examples had targets longer than data.targets_length=8 tokens '
       '(EOS included) and were truncated')
   assert it.skips.report().startswith("skipped 2 x empty field 'inputs' (first at ")
+
+
+def _epochs(spec, fields, boundary, streams, epochs=3):
+  """Documents of `epochs` training epochs of every stream, and the skips of them all."""
+  skips = sources.SkipCounter()
+  src = sources.parse_sources(spec)[0]
+  docs = []
+  for v in range(streams):
+    docs += [r for r in files.documents(
+        src, sources.expand_glob(src.target, 'test'), fields, stream=v, num_streams=streams,
+        train=True, seed=0, boundary=boundary, on_bad_input='skip',
+        skips=skips.stream_counter()).repeat(epochs).as_numpy_iterator()]
+  return docs, skips
+
+
+def test_a_tsv_file_of_only_its_header_is_a_counted_skip_naming_it(tmp_path):
+  """A TSV file with a header and no row holds no record: counted once per file (also over
+  epochs, and by one stream when every stream reads it), not an error under either policy,
+  and named when no file has a row (it said 'no usable record ... no input skipped')."""
+  import gzip
+  (tmp_path / 'a.tsv').write_text('inputs\ttargets\n')
+  (tmp_path / 'b.tsv.gz').write_bytes(gzip.compress(b'inputs\ttargets\r\n'))
+  reason = 'TSV file with only a header line'
+  for policy in ('skip', 'error'):
+    cfg = data_config(objective='text_to_text', inputs_length=16, targets_length=8,
+                      train_source=f'tsv:{tmp_path}/*', num_virtual_shards=1,
+                      on_bad_input=policy)
+    with pytest.raises(DataError, match=rf'^data train: no usable record in the input \(data.'
+                                        rf'train_source; skipped 2 x {reason} \(first at '
+                                        rf'{tmp_path}/a.tsv\)\)\.$'):
+      next(pipeline.get_dataset(cfg, 'train'))
+  (tmp_path / 'c.tsv').write_text('inputs\ttargets\nq\ta\n')
+  for streams in (1, 2, 5):
+    docs, skips = _epochs(f'tsv:{tmp_path}/*', ('inputs', 'targets'), 'line', streams)
+    assert docs == [(b'q', b'a')] * 3, streams
+    assert skips.counts == {reason: 2}, streams
+    assert skips.first[reason] == f'{tmp_path}/a.tsv'
+
+
+def test_file_level_skips_are_counted_once_over_epochs_and_not_beside_bad_lines(tmp_path):
+  """Training reads every file again each epoch: a whitespace-only file was counted as an
+  empty file once per epoch (each bad line was counted once); and a file whose every line
+  was invalid counted each line and then the file again as 'empty file'."""
+  (tmp_path / 'a.txt').write_text('one\n\ntwo\n')
+  (tmp_path / 'b.txt').write_text('\n  \n\t\n')
+  (tmp_path / 'c.txt').write_bytes(b'bad \xff\n\nworse \xfe\n')
+  for boundary in ('file', 'blank_line'):
+    for streams in (1, 3):
+      docs, skips = _epochs(f'text:{tmp_path}/*.txt', ('text',), boundary, streams)
+      assert len(docs) == 3 * (1 if boundary == 'file' else 2), (boundary, streams)
+      assert skips.counts == {'empty file': 1, 'invalid UTF-8': 2}, (boundary, streams)
+      assert skips.first['empty file'] == f'{tmp_path}/b.txt'
 
 
 def test_bad_lines_of_one_file_read_by_every_stream_are_counted_once(tmp_path):

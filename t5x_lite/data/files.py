@@ -26,8 +26,8 @@ would cost the memory or the seek time this module exists to avoid.
 
 Bad input is counted as it streams (`SkipCounter`: the reason, where it first happened):
 invalid UTF-8 lines, empty lines, invalid JSON, missing or empty fields, TSV rows with the
-wrong number of columns, .gz files cut short (checked at their end: tf.data's gzip reader
-stops quietly at a cut), files of another compressed format (bzip2, xz, zstd, zip, lz4, or
+wrong number of columns, empty files and TSV files of only a header line, .gz files cut
+short (checked at their end: tf.data's gzip reader stops quietly at a cut), files of another compressed format (bzip2, xz, zstd, zip, lz4, or
 gzip not named .gz: known by their first bytes at start-up). With `on_bad_input='error'` the first one stops the pipeline with
 its file and line. Plain text is checked and split into documents inside the graph; JSONL
 and TSV lines are parsed in one Python call per batch of lines (`tf.py_function`, stateless,
@@ -46,8 +46,9 @@ import numpy as np
 import tensorflow as tf
 
 from t5x_lite.data.records import jsonl_parser, tsv_parser
-from t5x_lite.data.sources import (COLUMNAR_SUFFIXES, CUT_GZ, DataError, FileSurvey,
-                                   SkipCounter, bad_input, compression, wide_encoding)
+from t5x_lite.data.sources import (COLUMNAR_SUFFIXES, CUT_GZ, EMPTY_FILE, TSV_HEADER_ONLY,
+                                   DataError, FileSurvey, SkipCounter, bad_input,
+                                   compression, wide_encoding)
 
 LINES_PER_CALL = 256
 
@@ -106,17 +107,17 @@ def _drop_bad(numbers, lines, bad, hook, report=None):
     return tf.boolean_mask(numbers, good), tf.boolean_mask(lines, good)
 
 
-def _gzip_complete(path: str, lines_bytes: int) -> str:
+def _gzip_complete(path: str, lines_bytes: int | None) -> str:
   """'' if the .gz file at `path` holds whole gzip members, else what is wrong with it.
 
   tf.data's gzip reader stops quietly where a cut-short file ends, so every .gz file is
   checked when its last line has been read. O(1) for a file whose last member's size field
   (the last 4 bytes: uncompressed size mod 2**32) equals what the reader returned; otherwise
-  (CRs, which the reader drops, several members, or a cut) one streaming decompression
-  decides, in bounded memory."""
+  (CRs, which the reader drops, several members, or a cut; or `lines_bytes` None) one
+  streaming decompression decides, in bounded memory."""
   with open(path, 'rb') as f:
     f.seek(0, os.SEEK_END)
-    if f.tell() >= 4:
+    if f.tell() >= 4 and lines_bytes is not None:
       f.seek(-4, os.SEEK_END)
       size = int.from_bytes(f.read(4), 'little')
       if size in (lines_bytes % 2**32, (lines_bytes - 1) % 2**32):  # last newline optional
@@ -137,6 +138,20 @@ def _gzip_complete(path: str, lines_bytes: int) -> str:
     if not member.eof:
       return f'cut short: its {f.tell()} bytes end before gzip\'s end-of-stream marker'
   return ''
+
+
+def find_corrupt_gzip(paths) -> tuple[str, str] | None:
+  """(path, what is wrong) of the first .gz file of `paths` whose data does not decompress.
+  tf.data's gzip reader stops there with a DataLossError that names no file, and a read
+  cannot go past it, so the run stops; this names the file. Only run after that error: one
+  streaming decompression per .gz file (the whole input's, as the file being read is not
+  known), in bounded memory."""
+  for path in paths:
+    if path.endswith('.gz'):
+      problem = _gzip_complete(path, None)
+      if problem.startswith('corrupt'):
+        return path, problem
+  return None
 
 
 def _gzip_zero_padded(path: str) -> bool:
@@ -302,7 +317,7 @@ def _text_documents(path, boundary, skips, policy, any_gz, file_number, owner):
   # reader, which a zero-byte check at start-up does not see) is counted once, as one.
   owned = _owned(tf.zeros([1], tf.int64), file_number, owner)[0]
   return _grouped(batches, boundary, on_no_text=lambda: tf.cond(
-      owned, lambda: _report(skips, 'skip', 'empty file', path, tf.constant(0, tf.int64)),
+      owned, lambda: _report(skips, 'skip', EMPTY_FILE, path, tf.constant(0, tf.int64)),
       lambda: tf.constant(True)))
 
 
@@ -333,6 +348,21 @@ def _parsed(lines, path, parse, nf: int, header=None, file_number=None, owner=No
   return recs.filter(lambda *r: r[-1]).map(lambda *r: tuple(r[:-1]))
 
 
+def _tsv_header(lines, path, skips, file_number, owner):
+  """A TSV file's first line (its column names), read ahead of its rows. A file of only
+  that line holds no record: a counted skip (not an error, as an empty file), counted by the
+  stream that owns the file; it vanished without a count (a whole corpus of them said only
+  'no usable record', naming no file)."""
+  first_two = lines.take(2).map(lambda n, line: line).batch(2).get_single_element()
+  owned = _owned(tf.zeros([1], tf.int64), file_number, owner)[0]
+  checked = tf.cond(
+      tf.logical_and(tf.size(first_two) < 2, owned),
+      lambda: _report(skips, 'skip', TSV_HEADER_ONLY, path, tf.constant(0, tf.int64)),
+      lambda: tf.constant(True))
+  with tf.control_dependencies([checked]):
+    return tf.identity(first_two[0])
+
+
 def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
             count: bool = True) -> bool:
   """Start-up check of one file from its first bytes (`FileSurvey.head`), O(1) in its size:
@@ -353,7 +383,7 @@ def _usable(path: str, survey: FileSurvey, skips: SkipCounter, policy: str,
   text = survey.gzip_head(path) if path.endswith('.gz') else head
   if not head or text == b'':
     if count:
-      skips.add('empty file', path)
+      skips.add(EMPTY_FILE, path)
     return False
   compressed = compression(head) if not path.endswith('.gz') else None
   if compressed:  # its bytes as text would be lines of 'invalid UTF-8', or worse, read
@@ -438,7 +468,7 @@ def documents(src, files: list[str], fields, *, stream: int, num_streams: int, t
         docs = _parsed(lines, path, jsonl_parser(fields, skips, on_bad_input), nf,
                        file_number=number, owner=owner)
       else:
-        header = lines.take(1).map(lambda n, line: line).get_single_element()
+        header = _tsv_header(lines, path, skips, number, owner)
         docs = _parsed(lines.skip(1), path, tsv_parser(fields, skips, on_bad_input), nf, header,
                        file_number=number, owner=owner)
     if dealt:  # fewer files than streams: keep every num_streams-th document of each file

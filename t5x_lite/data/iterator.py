@@ -26,6 +26,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from t5x_lite.data import files as files_lib
 from t5x_lite.data import sources as src_lib
 from t5x_lite.data.sources import DataError, ResumeMismatch
 
@@ -57,8 +58,9 @@ class DataIterator:
 
   def __init__(self, datasets: dict, *, vocab, num_streams: int, seed: int, split: str,
                skips: src_lib.SkipCounter, stream_skips: dict, finite: bool,
-               settings: dict | None = None):
+               settings: dict | None = None, files: list[str] = ()):
     self.datasets = datasets          # {stream index: dataset of batch blocks}
+    self.files = list(files)          # the input files (an error names the one it failed in)
     self.settings = settings or {}    # {config field: value} that make the stream what it is
     self.vocab = vocab
     self.num_streams, self.seed, self.split, self.skips = num_streams, seed, split, skips
@@ -152,13 +154,24 @@ class DataIterator:
                 f'{self.skips.summary()}).') from None
           self._ended.add(v)
         except tf.errors.OpError as e:
-          raise src_lib.as_data_error(e, self.skips, f'data {self.split} stream {v}') from None
+          raise self._read_error(e, f'data {self.split} stream {v}') from None
       blocks.append(self._empty_block(v))
     if len(self._ended) == len(self._its):
       raise StopIteration
     if len(blocks) == 1:
       return blocks[0]
     return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+  def _read_error(self, e: tf.errors.OpError, where: str) -> DataError:
+    """A stream's read error as one line; gzip data tf.data cannot decompress (its error
+    names no file) is looked for in the input's .gz files, and the file named."""
+    if isinstance(e, tf.errors.DataLossError) and self.skips.error is None:
+      found = files_lib.find_corrupt_gzip(self.files)
+      if found:
+        return DataError(f'{where}: {found[0]}: {found[1]}: tf.data\'s gzip reader cannot '
+                         f'read on past it (gzip -t checks a file; rewrite it or leave it out '
+                         f'of the source).')
+    return src_lib.as_data_error(e, self.skips, where)
 
   def _prefix(self, directory: str, v: int) -> str:
     return os.path.join(directory, f'stream-{v:05d}-of-{self.num_streams:05d}')

@@ -359,7 +359,7 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
     datasets[v] = ds.map(lambda row: packing.with_texts(row, convert(row))).prefetch(2)
   return DataIterator(datasets, vocab=vocab, num_streams=num_streams, seed=seed, split=split,
                       skips=skips, stream_skips=stream_skips, finite=not drop,
-                      settings=stream_settings(config, split))
+                      settings=stream_settings(config, split), files=survey.matched_files())
 
 
 # What a saved stream position depends on: a resume under other values is refused (the

@@ -52,6 +52,10 @@ COLUMNAR_SUFFIXES = ('.jsonl', '.jsonl.gz', '.tsv', '.tsv.gz')
 BOUNDARIES = ('line', 'blank_line', 'file')
 log = logging.getLogger(__name__)  # t5x_lite.*: shown by the commands (cli.py)
 CUT_GZ = 'truncated or corrupt .gz file'   # a skip reason counted once per file (`add`)
+EMPTY_FILE = 'empty file'
+TSV_HEADER_ONLY = 'TSV file with only a header line'
+# Reasons a file's reader finds at its end, again each epoch: counted once per file (`add`).
+ONCE_PER_FILE = (CUT_GZ, EMPTY_FILE, TSV_HEADER_ONLY)
 OPTIONS = ('rate', 'boundary', 'field', 'inputs', 'targets', 'split', 'data_dir')
 _FIELDS = ('rate', 'field', 'inputs', 'targets')
 KIND_OPTIONS = {'text': ('rate', 'boundary'), 'jsonl': _FIELDS, 'tsv': _FIELDS,
@@ -179,16 +183,19 @@ class SkipCounter:
     source), as one stream reads (give each stream its own `stream_counter`). A training
     stream reads its files again every epoch: a line at or before the last line of its file
     already counted here for this reason (each check reads a file in order), or a cut .gz
-    file already counted, was counted in an earlier epoch and is not counted again."""
+    file already counted (or a file counted as a whole, `ONCE_PER_FILE`), was counted in an
+    earlier epoch and is not counted again."""
     if self.error is not None:  # the stream has failed; what its prefetching reads on (the
       return                    # file's end after a bad line: 'empty file') is not its input
+    if reason == EMPTY_FILE and any(where in c for c in self.counted_to.values()):
+      return  # a file whose every line was bad (or a cut .gz): counted as those, not empty
     path, _, line = where.rpartition(':')
     counted = self.counted_to.setdefault(reason, {})  # each check reads a file in order
     if line.isdigit() and path:
       if int(line) <= counted.get(path, 0):
         return
       counted[path] = int(line)
-    elif reason == CUT_GZ:
+    elif reason in ONCE_PER_FILE:
       if where in counted:
         return
       counted[where] = 0
@@ -379,6 +386,10 @@ class FileSurvey:
     if pattern not in self._matches:
       self._matches[pattern] = expand_glob(pattern, what)
     return self._matches[pattern]
+
+  def matched_files(self) -> list[str]:
+    """Every file the globs looked up so far matched, sorted."""
+    return sorted({f for files in self._matches.values() for f in files})
 
   def head(self, path: str) -> bytes | OSError:
     """The first 10 bytes of `path` (enough for every magic number checked), or the
