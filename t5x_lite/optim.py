@@ -28,6 +28,8 @@ Schedules (`config.optimizer.schedule`):
 `min_learning_rate` is a floor for every schedule after its warmup (rsqrt decays no lower;
 constant never reaches it), so switching a config's schedule keeps it valid.
 """
+import sys
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -323,12 +325,12 @@ def say_if_the_schedule_idles(config) -> None:
             f'train.steps={config.train.steps} (optimizer.decay_steps=0)')
     print(f'[t5x_lite] warning: the cosine schedule\'s warmup (optimizer.warmup_steps='
           f'{o.warmup_steps}) is not shorter than {what}: the learning rate only rises and '
-          'never decays in this run.', flush=True)
+          'never decays in this run.', file=sys.stderr, flush=True)
   elif horizon < config.train.steps and not o.min_learning_rate:
     print(f'[t5x_lite] warning: the cosine schedule reaches learning rate 0 at optimizer.'
           f'decay_steps={horizon}, before train.steps={config.train.steps}: the steps after '
           f'{horizon} leave the params unchanged (decay_steps=0 decays over train.steps).',
-          flush=True)
+          file=sys.stderr, flush=True)
 
 
 def say_if_adafactor_decay_erases(config) -> None:
@@ -342,7 +344,7 @@ def say_if_adafactor_decay_erases(config) -> None:
     print(f'[t5x_lite] warning: optimizer.weight_decay={o.weight_decay} with adafactor '
           f'multiplies every weight matrix by {1 - o.weight_decay:g} each step (t5x\'s '
           f'weight_decay_rate: not scaled by the learning rate, unlike adamw\'s), by {left:.2g} '
-          f'over train.steps={steps} from the decay alone.', flush=True)
+          f'over train.steps={steps} from the decay alone.', file=sys.stderr, flush=True)
 
 
 def say_if_adamw_moments_unused(config) -> None:
@@ -354,5 +356,4 @@ def say_if_adamw_moments_unused(config) -> None:
   if changed:
     print(f'[t5x_lite] warning: {" and ".join(changed)} unused under adafactor: b1 / b2 are '
           'adamw\'s moment decays; adafactor keeps T5\'s (no momentum, second-moment decay '
-          '1 - step^-0.8).',
-          flush=True)
+          '1 - step^-0.8).', file=sys.stderr, flush=True)

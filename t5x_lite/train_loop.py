@@ -395,7 +395,7 @@ def _say_what_the_resume_changes(config, ckpts, step: int) -> None:
               f'{"" if floor else ": no step would change the params"})')
   print(f'[t5x_lite] warning: the cosine schedule decays over train.steps (optimizer.'
         f'decay_steps=0): it was {before} steps, now {config.train.steps}, {effect}.',
-        flush=True)
+        file=sys.stderr, flush=True)
 
 
 def train(config, workdir: str, peak_flops: float = 0.0, num_predictions: int = 0):

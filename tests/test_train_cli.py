@@ -750,36 +750,36 @@ def test_resume_says_when_the_cosine_schedule_moves_and_when_nothing_is_left(tmp
   proc = run_here(workdir, '--config.train.steps=3', *cosine)
   assert ('the cosine schedule decays over train.steps (optimizer.decay_steps=0): it was 2 '
           'steps, now 3, so the learning rate changes from step 1 on; set '
-          'optimizer.decay_steps=2 to keep it') in proc.stdout
+          'optimizer.decay_steps=2 to keep it') in proc.stderr
   # Resumed at the end of the saved decay (rate 0): keeping it would train nothing.
   ended = str(tmp_path / 'ended')
   run_here(ended, '--config.train.steps=2', *cosine)
   proc = run_here(ended, '--config.train.steps=3', *cosine)
   assert ('it was 2 steps, now 3, so the learning rate, 0 since step 2, rises again for the '
-          'new steps (optimizer.decay_steps=2 would keep it at 0') in proc.stdout
+          'new steps (optimizer.decay_steps=2 would keep it at 0') in proc.stderr
   proc = run_here(workdir, '--config.train.steps=3', *cosine)  # same steps: no notice
-  assert 'cosine schedule' not in proc.stdout
+  assert 'cosine schedule' not in proc.stdout + proc.stderr
   assert 'at step 3, at or past config.train.steps=3: nothing to train' in proc.stdout
   assert 'done: 0 steps' in proc.stdout and 'no step to train' in proc.stdout
   assert 'None' not in proc.stdout  # (the losses of no step were printed as None)
   proc = run_here(workdir, '--config.train.steps=1', *cosine)  # lower: trains nothing either
   assert 'at step 3, at or past config.train.steps=1: nothing to train' in proc.stdout
-  assert 'rises again' not in proc.stdout  # (no step trains: the schedule moves nothing)
+  assert 'rises again' not in proc.stderr  # (no step trains: the schedule moves nothing)
   with open(os.path.join(workdir, 'config.json')) as f:  # still the run's, not this rerun's
     assert json.load(f)['train']['steps'] == 3
   proc = run_here(workdir, '--config.train.steps=4', *cosine,
                   '--config.optimizer.decay_steps=3')
-  assert 'decays over train.steps (optimizer.decay_steps=0): it was' not in proc.stdout
+  assert 'decays over train.steps (optimizer.decay_steps=0): it was' not in proc.stderr
   assert 'optimizer settings other than the checkpoint\'s: decay_steps 0 -> 3;' in proc.stdout
   assert 'reaches learning rate 0 at optimizer.decay_steps=3, before train.steps=4' in (
-      proc.stdout)
+      proc.stderr)
   # Both runs inside one warmup of 10 steps decay over its end (warmup + 1): nothing moves,
   # nothing to say (it warned, advising a decay_steps shorter than the warmup).
   workdir = str(tmp_path / 'in_warmup')
   warm = ['--config.optimizer.schedule=cosine', '--config.optimizer.warmup_steps=10']
   run_here(workdir, '--config.train.steps=2', *warm)
   proc = run_here(workdir, '--config.train.steps=3', *warm)
-  assert 'restored step 2' in proc.stdout and 'decays over train.steps' not in proc.stdout
+  assert 'restored step 2' in proc.stdout and 'decays over train.steps' not in proc.stderr
 
 
 def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
@@ -788,18 +788,18 @@ def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
   cfg = tiny_config('gpt', train=dict(steps=100))  # warmup 100: never decays
   optim.say_if_the_schedule_idles(cfg)
   assert ("the cosine schedule's warmup (optimizer.warmup_steps=100) is not shorter than "
-          'train.steps=100 (optimizer.decay_steps=0)') in capsys.readouterr().out
+          'train.steps=100 (optimizer.decay_steps=0)') in capsys.readouterr().err
   cfg.optimizer.decay_steps = 101
   optim.say_if_the_schedule_idles(cfg)
-  assert capsys.readouterr().out == ''
+  assert capsys.readouterr() == ('', '')
   cfg.train.steps = 150  # steps 102-150 at gpt.py's floor, min_learning_rate 6e-5: they train
   optim.say_if_the_schedule_idles(cfg)
-  assert capsys.readouterr().out == ''
+  assert capsys.readouterr() == ('', '')
   cfg.optimizer.min_learning_rate = 0.0  # at rate 0: the params stop changing
   optim.say_if_the_schedule_idles(cfg)
   assert ('the cosine schedule reaches learning rate 0 at optimizer.decay_steps=101, before '
           'train.steps=150: the steps after 101 leave the params unchanged') in (
-              capsys.readouterr().out)
+              capsys.readouterr().err)
   # Settings the other schedules never read were ignored without a word.
   cfg.optimizer.update(dict(schedule='rsqrt', decay_steps=5))
   optim.say_if_the_schedule_idles(cfg)
@@ -811,7 +811,7 @@ def test_a_cosine_schedule_that_idles_is_a_warning(capsys):
                                      "optimizer.schedule='constant' (cosine reads them all).\n")
   cfg.optimizer.warmup_steps = 0
   optim.say_if_the_schedule_idles(cfg)
-  assert capsys.readouterr().out == ''
+  assert capsys.readouterr() == ('', '')
 
 
 def test_adafactors_per_step_weight_decay_warns_or_is_refused(capsys):
@@ -821,15 +821,15 @@ def test_adafactors_per_step_weight_decay_warns_or_is_refused(capsys):
   from tiny_run import tiny_config
   cfg = tiny_config('gpt', train=dict(steps=100))
   optim.say_if_adafactor_decay_erases(cfg)  # adamw: lr-scaled, nothing to say
-  assert capsys.readouterr().out == ''
+  assert capsys.readouterr() == ('', '')
   cfg.optimizer.name = 'adafactor'
   optim.say_if_adafactor_decay_erases(cfg)
-  out = capsys.readouterr().out
+  out = capsys.readouterr().err
   assert ('optimizer.weight_decay=0.1 with adafactor multiplies every weight matrix by 0.9 '
           'each step') in out and f'by {0.9 ** 100:.2g} over train.steps=100' in out
   cfg.optimizer.weight_decay = 1e-5  # a t5x-sized rate: 0.999 over the run
   optim.say_if_adafactor_decay_erases(cfg)
-  assert capsys.readouterr().out == ''
+  assert capsys.readouterr() == ('', '')
   cfg.optimizer.weight_decay = 1.0
   with pytest.raises(ValueError, match=r'config.optimizer.weight_decay=1.0 with adafactor '
                                        r'must be < 1'):
@@ -842,11 +842,11 @@ def test_adamw_moment_decays_under_adafactor_are_said_to_be_unused(capsys):
   from tiny_run import tiny_config
   cfg = tiny_config('gpt')
   optim.say_if_adamw_moments_unused(cfg)  # adamw reads them
-  assert capsys.readouterr().out == ''
+  assert capsys.readouterr() == ('', '')
   cfg.optimizer.name = 'adafactor'
   optim.say_if_adamw_moments_unused(cfg)
   assert ('warning: optimizer.b2=0.95 unused under adafactor: b1 / b2 are adamw\'s moment '
-          'decays; adafactor keeps T5\'s (no momentum') in capsys.readouterr().out
+          'decays; adafactor keeps T5\'s (no momentum') in capsys.readouterr().err
   cfg.optimizer.b2 = 0.999
   optim.say_if_adamw_moments_unused(cfg)
   assert capsys.readouterr().out == ''
