@@ -3,7 +3,8 @@
 Each step directory `WORKDIR/checkpoints/<step>/` holds three items written by one
 `orbax.checkpoint.CheckpointManager` (atomic: a step directory only appears once complete):
     state/   the TrainState {step, params, opt_state} (global arrays, any mesh)
-    data/    the data position of every virtual shard: data/stream-<v>-of-<V>.* (tf.data)
+    data/    the data position of every virtual shard: data/stream-<v>-of-<V>.* (tf.data),
+             and files.json: the input files and sizes (a refused resume names the changed)
     config/  the full config as JSON
     progress/ host-side counters as JSON (tokens seen)
 

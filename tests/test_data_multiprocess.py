@@ -67,7 +67,7 @@ def test_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
   shutil.rmtree(os.path.join(workdir, 'checkpoints', str(STEPS)))   # resume from step HALF
   data = os.listdir(os.path.join(workdir, 'checkpoints', str(HALF), 'data'))
   assert sorted(f for f in data if f.endswith('.json')) == [         # one state per stream
-      f'stream-{v:05d}-of-00004.json' for v in range(4)]
+      'files.json'] + [f'stream-{v:05d}-of-00004.json' for v in range(4)]  # + one listing
   proc = _one_process(workdir)
   assert f'restored step {HALF}' in proc.stdout
   a, r = _losses(single), _losses(workdir)

@@ -244,11 +244,15 @@ def test_resume_after_the_sources_files_changed_is_a_resume_mismatch(tmp_path):
   write(4)       # now usable: stream 0 reads 3 files, not 2 (its size is what names it)
   with pytest.raises(sources.ResumeMismatch, match=r"was saved with data.train_source file "
                                                    r"sizes='text:.*: 924 bytes, .*this config has "
-                                                   r".*: 1170 bytes"):
+                                                   r".*: 1170 bytes.* \(files changed since: "
+                                                   r"p4.txt 0 -> 246 bytes\)\.$"):
     pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
   write(5), write(6)
+  os.remove(tmp_path / 'p1.txt')
   with pytest.raises(sources.ResumeMismatch, match=r"was saved with data.train_source files="
-                                                   r"'text:.*: 5 files.*this config has .*: 7 files"):
+                                                   r"'text:.*: 5 files.*this config has .*: 6 files"
+                                                   r".* \(files changed since: p1.txt gone; p4.txt "
+                                                   r"0 -> 246 bytes; p5.txt new and 1 more\)\.$"):
     pipeline.get_dataset(cfg, 'train').restore(str(tmp_path / 'ckpt'))
 
 
@@ -278,8 +282,10 @@ def test_resume_onto_files_of_other_content_under_the_same_names_is_a_resume_mis
 
 
 def _as_saved_before_file_sizes(ckpt):
-  """Rewrites a saved data position as versions that did not record file sizes saved it."""
-  for meta in glob.glob(str(ckpt / '*.json')):
+  """Rewrites a saved data position as versions that did not record file sizes (nor write a
+  file listing) saved it."""
+  os.remove(ckpt / 'files.json')
+  for meta in glob.glob(str(ckpt / 'stream-*.json')):
     with open(meta) as f:
       saved = json.load(f)
     del saved['settings']['data.train_source file sizes']

@@ -44,6 +44,8 @@ def _shape_change(saved: dict, now: dict, num_streams: int) -> str:
           + '; '.join(diffs + ([f'features {added} in one only'] if added else [])))
 
 
+LISTING = 'files.json'  # beside the stream positions: {source: {file: size}} at the save
+
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # DataIterators not yet garbage-collected
 
 
@@ -58,10 +60,12 @@ class DataIterator:
 
   def __init__(self, datasets: dict, *, vocab, num_streams: int, seed: int, split: str,
                skips: src_lib.SkipCounter, stream_skips: dict, finite: bool,
-               settings: dict | None = None, files: list[str] = ()):
+               settings: dict | None = None, listing: dict | None = None,
+               files: list[str] = ()):
     self.datasets = datasets          # {stream index: dataset of batch blocks}
     self.files = list(files)          # the input files (an error names the one it failed in)
     self.settings = settings or {}    # {config field: value} that make the stream what it is
+    self.listing = listing or {}      # its sources' files and sizes (sources.files_listing)
     self.vocab = vocab
     self.num_streams, self.seed, self.split, self.skips = num_streams, seed, split, skips
     # {stream: its SkipCounter, whose counts go to `skips` too}: saved with its position
@@ -162,6 +166,15 @@ class DataIterator:
       return blocks[0]
     return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
 
+  def _files_changed(self, directory: str) -> str:
+    """' (files changed since: ...)' against the listing saved in `directory` (if one was)."""
+    path = os.path.join(directory, LISTING)
+    if not tf.io.gfile.exists(path):
+      return ''
+    with tf.io.gfile.GFile(path) as f:
+      change = src_lib.listing_change(json.load(f), self.listing)
+    return f' (files changed since: {change})' if change else ''
+
   def _read_error(self, e: tf.errors.OpError, where: str) -> DataError:
     """A stream's read error as one line; gzip data tf.data cannot decompress (its error
     names no file) is looked for in the input's .gz files, and the file named."""
@@ -186,6 +199,9 @@ class DataIterator:
       except (tf.errors.UnimplementedError, tf.errors.FailedPreconditionError) as e:
         raise DataError(f'the {self.split} data iterator cannot be checkpointed: '
                         f'{e.message.split("}} ")[-1].split(" [Op:")[0]}') from None
+      if v == 0:  # one process writes the file listing the streams' fingerprints condense
+        with tf.io.gfile.GFile(os.path.join(directory, LISTING), 'w') as f:
+          json.dump(self.listing, f)
       with tf.io.gfile.GFile(prefix + '.json', 'w') as f:
         json.dump(dict(stream=v, num_streams=self.num_streams, seed=self.seed, split=self.split,
                        ended=v in self._ended, element_spec=self._stream_shapes(v),
@@ -222,7 +238,8 @@ class DataIterator:
       if changed:  # tf.data would restore its old files and buffers under the new config
         k = changed[0]
         raise ResumeMismatch(f'data iterator state in {directory!r} was saved with {k}='
-                             f'{meta["settings"][k]!r}; this config has {k}={self.settings[k]!r}.')
+                             f'{meta["settings"][k]!r}; this config has {k}={self.settings[k]!r}'
+                             f'{self._files_changed(directory) if " file" in k else ""}.')
       if self._stream_shapes(v) != meta['element_spec']:
         raise ResumeMismatch(f'data iterator state in {directory!r} was saved with '
                              f'{_shape_change(meta["element_spec"], self._stream_shapes(v), self.num_streams)}.')

@@ -357,9 +357,12 @@ def get_dataset(config, split: str, *, shard_index: int = 0, num_shards: int = 1
       ds = ds.map(functools.partial(_pad_batch, n=rows[v], row_lengths=row_lengths))
     convert = packing.CONVERTERS[config.model.family]
     datasets[v] = ds.map(lambda row: packing.with_texts(row, convert(row))).prefetch(2)
+  source = 'train_source' if split == 'train' else 'validation_source'
+  listing = src_lib.files_listing(d[source], f'data.{source}')
   return DataIterator(datasets, vocab=vocab, num_streams=num_streams, seed=seed, split=split,
                       skips=skips, stream_skips=stream_skips, finite=not drop,
-                      settings=stream_settings(config, split), files=survey.matched_files())
+                      settings=stream_settings(config, split, listing), listing=listing,
+                      files=survey.matched_files())
 
 
 # What a saved stream position depends on: a resume under other values is refused (the
@@ -371,12 +374,14 @@ STREAM_FIELDS = ('objective', 'vocab', 'extra_ids', 'doc_boundary', 'text_field'
                  'mlm_random_prob', 'mlm_whole_word')
 
 
-def stream_settings(config, split: str) -> dict:
+def stream_settings(config, split: str, listing: dict) -> dict:
+  """What a saved position of `split` depends on; `listing`: its sources' files
+  (`files_listing`)."""
   source = 'train_source' if split == 'train' else 'validation_source'
   fields = (source,) + STREAM_FIELDS
   out = {f'data.{k}': config.data[k] for k in fields if k in config.data}
   out[f'data.{source} files'], out[f'data.{source} file sizes'] = src_lib.files_fingerprint(
-      config.data[source], f'data.{source}')
+      listing)
   return out
 
 

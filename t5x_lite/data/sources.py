@@ -347,30 +347,54 @@ def compression(head: bytes) -> str | None:
   return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
-def files_fingerprint(spec: str, what: str) -> tuple[str, str]:
-  """What the file sources of `spec` match, saved with a stream position: per source the
-  file count and a CRC-32 of their names below the glob's fixed part (the same from any
-  cwd), then their sizes. The streams deal and interleave these files, so a resume onto
-  others would fail deep in tf.data or, with the same interleave cycle, read other files
-  silently; one whose content changed under the same name (another copy of the corpus, an
-  edited or appended file) would resume at a byte offset into other text. Returns
-  (names, sizes): two fields, so positions saved before sizes were recorded still resume."""
-  names_out, sizes_out = [], []
+def files_listing(spec: str, what: str) -> dict[str, dict[str, int]]:
+  """{source: {file name below its glob's fixed part (the same from any cwd): size}} of the
+  file sources of `spec`, in file order: what `files_fingerprint` condenses, saved once
+  beside the stream positions so a refused resume can name the files that changed."""
+  listing = {}
   for s in parse_sources(spec, what):
     if s.kind == 'tfds':
       continue
-    files = expand_glob(s.target, f'source {s}')
     fixed = re.split(r'[*?[]', s.target)[0]
-    names = []
-    for f in files:
+    names = listing[str(s)] = {}
+    for f in expand_glob(s.target, f'source {s}'):
       prefix = next((p for p in (fixed, os.path.join(_ROOT, fixed)) if f.startswith(p)), '')
-      names.append(f[len(prefix):])
-    sizes = [os.path.getsize(f) for f in files]
+      names[f[len(prefix):]] = os.path.getsize(f)
+  return listing
+
+
+def files_fingerprint(listing: dict[str, dict[str, int]]) -> tuple[str, str]:
+  """What the file sources match (`files_listing`), saved with a stream position: per source
+  the file count and a CRC-32 of their names, then their sizes. The streams deal and
+  interleave these files, so a resume onto others would fail deep in tf.data or, with the
+  same interleave cycle, read other files silently; one whose content changed under the
+  same name (another copy of the corpus, an edited or appended file) would resume at a byte
+  offset into other text. Returns (names, sizes): two fields, so positions saved before
+  sizes were recorded still resume."""
+  names_out, sizes_out = [], []
+  for s, files in listing.items():
     names_out.append(f'{s}: {len(files)} files, names crc32 '
-                     f'{zlib.crc32(chr(10).join(names).encode())}')
-    sizes_out.append(f'{s}: {sum(sizes)} bytes, sizes crc32 '
-                     f'{zlib.crc32(" ".join(map(str, sizes)).encode())}')
+                     f'{zlib.crc32(chr(10).join(files).encode())}')
+    sizes_out.append(f'{s}: {sum(files.values())} bytes, sizes crc32 '
+                     f'{zlib.crc32(" ".join(map(str, files.values())).encode())}')
   return '; '.join(names_out), '; '.join(sizes_out)
+
+
+def listing_change(saved: dict, now: dict, most: int = 3) -> str:
+  """The files that differ between two `files_listing`s, the first `most` of them:
+  'p4.txt 0 -> 246 bytes; p5.txt new; p6.txt gone'."""
+  changes = []
+  for s in sorted(set(saved) | set(now)):
+    old, new = saved.get(s, {}), now.get(s, {})
+    for name in sorted(set(old) | set(new)):
+      if name not in old:
+        changes.append(f'{name} new')
+      elif name not in new:
+        changes.append(f'{name} gone')
+      elif old[name] != new[name]:
+        changes.append(f'{name} {old[name]:,} -> {new[name]:,} bytes')
+  more = f' and {len(changes) - most} more' if len(changes) > most else ''
+  return '; '.join(changes[:most]) + more
 
 
 class FileSurvey:
