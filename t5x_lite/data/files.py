@@ -27,8 +27,9 @@ would cost the memory or the seek time this module exists to avoid.
 Bad input is counted as it streams (`SkipCounter`: the reason, where it first happened):
 invalid UTF-8 lines, empty lines, invalid JSON, missing or empty fields, TSV rows with the
 wrong number of columns, empty files and TSV files of only a header line, .gz files cut
-short (checked at their end: tf.data's gzip reader stops quietly at a cut), files of another compressed format (bzip2, xz, zstd, zip, lz4, or
-gzip not named .gz: known by their first bytes at start-up). With `on_bad_input='error'` the first one stops the pipeline with
+short (checked at their end: tf.data's gzip reader stops quietly at a cut), files of
+another compressed format (bzip2, xz, zstd, zip, lz4, or gzip not named .gz: known by their
+first bytes at start-up). With `on_bad_input='error'` the first one stops the pipeline with
 its file and line. Plain text is checked and split into documents inside the graph; JSONL
 and TSV lines are parsed in one Python call per batch of lines (`tf.py_function`, stateless,
 so checkpoints stay exact). Each bad line or file is counted once, by one stream, however
