@@ -29,13 +29,16 @@ YNNPACK, which keeps the reductions (`xla_cpu_dots_environ`): on the x86 cores t
 measured on, the train step ran ~1.13x faster. Naming the flag in XLA_FLAGS yourself keeps
 your choice.
 """
+import contextlib
 import difflib
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
+import warnings
 from typing import Callable, List, Optional
 
 # Every command imports this module first, so this runs before anything imports TF.
@@ -261,20 +264,56 @@ def report_error(e: BaseException, name: str = '') -> None:
   _remember_error(message)
 
 
+class Terminated(BaseException):
+  """SIGTERM inside `raise_on_sigterm`: unwinds like Ctrl-C, so what is being written is
+  cleaned up (a BaseException, as KeyboardInterrupt: `except Exception` does not stop it)."""
+
+
+@contextlib.contextmanager
+def raise_on_sigterm():
+  """SIGTERM (what `timeout`, `kill` and job schedulers send) raises `Terminated` in the main
+  thread instead of ending the process at once, for a command that writes its output through
+  a staging directory (convert): its `finally` removes what was half-written."""
+  def handle(signum, frame):
+    del signum, frame
+    raise Terminated()
+  previous = signal.signal(signal.SIGTERM, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def call(body: Callable[[], None], name: str = '') -> int:
   """Run `body` under the error contract: 0, or 1 after one `error:` line on stderr; a
   Ctrl-C that reaches here (start-up, eval, infer: training's steps stop at a checkpoint
-  instead) is one line and the shell's status 130, not a traceback."""
+  instead) is one line and the shell's status 130, not a traceback; a SIGTERM turned into
+  `Terminated` one line and status 143 (128 + 15, as the signal itself would give)."""
+  prefix = f'{name}: ' if name else ''
   try:
     body()
   except USER_ERRORS as e:
     report_error(e, name)
     return 1
   except KeyboardInterrupt:
-    print(f'{name + ": " if name else ""}interrupted (Ctrl-C).', file=sys.stderr, flush=True)
+    _quiet_after_interrupt()
+    print(f'{prefix}interrupted (Ctrl-C).', file=sys.stderr, flush=True)
     _remember_error('interrupted (Ctrl-C).')
     return 130
+  except Terminated:
+    _quiet_after_interrupt()
+    print(f'{prefix}terminated (SIGTERM).', file=sys.stderr, flush=True)
+    _remember_error('terminated (SIGTERM).')
+    return 143
   return 0
+
+
+def _quiet_after_interrupt() -> None:
+  """The process is stopping: what the interrupted libraries leave for the garbage collector
+  (Orbax's half-made asyncio loop and its never-awaited coroutines: 'Exception ignored in
+  BaseEventLoop.__del__', RuntimeWarnings, up to 19 lines) is not said after the one line."""
+  warnings.simplefilter('ignore')
+  sys.unraisablehook = lambda unraisable: None
 
 
 def check_output_location(path: str, flag: str = '--output') -> None:

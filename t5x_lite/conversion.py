@@ -12,6 +12,7 @@ this codebase's SentencePiece layout whatever its vocab_size, e.g. configs/gpt.p
 gets pad 0 / EOS 1 / BOS 0 (`hf_config.trained_special_tokens`).
 """
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -170,7 +171,9 @@ def check_output(path: str):
 def staged_output(out_dir: str):
   """Yields an empty sibling directory to write the conversion into, renamed to `out_dir`
   once all of it is written: a conversion that fails (a bad vocabulary after the weights,
-  Ctrl-C) leaves no output behind, neither a half-written one nor one a rerun refuses."""
+  Ctrl-C, SIGTERM under the convert command) leaves no output behind, neither a half-written
+  one nor one a rerun refuses, nor the staging directory or Orbax's temporary sibling of it
+  (`<staging>.orbax-checkpoint-tmp-*`)."""
   check_output(out_dir)
   out_dir = os.path.realpath(out_dir)  # a link's target is replaced, next to it
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
@@ -179,8 +182,9 @@ def staged_output(out_dir: str):
   try:
     yield staging
     os.rename(staging, out_dir)  # (an empty out_dir is replaced)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+  finally:  # gone already unless something failed
+    for left in [staging] + glob.glob(glob.escape(staging) + '.orbax-checkpoint-tmp*'):
+      shutil.rmtree(left, ignore_errors=True)
 
 
 def hf_to_t5x(hf_dir: str, out_dir: str, scan_layers: bool = False) -> str:

@@ -28,10 +28,11 @@ def main():
     raise app.UsageError('--scan_layers is for --direction=hf_to_t5x (t5x_to_hf reads either '
                          'layout and writes Hugging Face\'s per-layer tensors).')
   cli.check_output_location(FLAGS.output)  # before the weights are read
-  if FLAGS.direction == 'hf_to_t5x':
-    out = conversion.hf_to_t5x(FLAGS.input, FLAGS.output, FLAGS.scan_layers)
-  else:
-    out = conversion.t5x_to_hf(FLAGS.input, FLAGS.output)
+  with cli.raise_on_sigterm():  # a stopped conversion leaves no partial output behind
+    if FLAGS.direction == 'hf_to_t5x':
+      out = conversion.hf_to_t5x(FLAGS.input, FLAGS.output, FLAGS.scan_layers)
+    else:
+      out = conversion.t5x_to_hf(FLAGS.input, FLAGS.output)
     if os.path.isfile(os.path.join(out, conversion.TOKENIZER_FILES[0])):
       out += (f' (with its SentencePiece vocabulary as a T5Tokenizer: '
               f'{", ".join(conversion.TOKENIZER_FILES)})')

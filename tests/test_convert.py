@@ -2,8 +2,10 @@
 ids included; a model trained here exports its own vocabulary's ids."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 os.environ.setdefault('USE_TF', '0')
 
@@ -170,3 +172,32 @@ def test_cli(tmp_path, t5_dir):
           f'--output={tmp_path / "back"}')
   assert r.returncode == 0, r.stderr[-2000:]
   _assert_same_tensors(t5_dir, str(tmp_path / 'back'))
+
+
+@pytest.mark.parametrize('stop,status,said', [
+    (signal.SIGTERM, 143, 'terminated (SIGTERM).'), (signal.SIGINT, 130, 'interrupted (Ctrl-C).')])
+def test_a_conversion_stopped_while_it_writes_leaves_nothing_behind(tmp_path, stop, status, said):
+  """SIGTERM (timeout, kill, a job scheduler) ended the process at once, leaving the staging
+  directory and Orbax's temporary sibling of it (tens of MB) hidden beside the output; now
+  it unwinds as Ctrl-C does: one line, 128 + the signal, nothing left in the output's parent.
+  The signal is sent once Orbax's temporary directory exists (the weights being written)."""
+  torch.manual_seed(0)
+  big = str(tmp_path / 'gpt2')
+  transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=32000, n_embd=256, n_layer=2, n_head=4, n_positions=64)).save_pretrained(big)
+  parent = tmp_path / 'out'
+  parent.mkdir()
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 't5x_lite.convert', '--direction=hf_to_t5x', f'--input={big}',
+       f'--output={parent / "o"}'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu'))
+  deadline = time.time() + 120
+  while not any('.orbax-checkpoint-tmp' in n for n in os.listdir(parent)):
+    assert proc.poll() is None, f'finished before it could be stopped: {proc.communicate()}'
+    assert time.time() < deadline
+    time.sleep(0.001)
+  proc.send_signal(stop)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == status, err[-2000:]
+  assert err.strip().splitlines() == [said] and 'wrote' not in out
+  assert os.listdir(parent) == []
