@@ -538,6 +538,9 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
     tokenizer = conversion.tokenizer_mismatch(config.init_from[3:], config.data)
     if tokenizer:  # a warning, not an error: retraining the embeddings may be the intent
       warn(f'config.init_from={config.init_from}: {tokenizer}.')
+    attention = conversion.attention_change(config.model, config.data)
+    if attention:  # a warning too: T5's recipe fine-tunes decoder-only models as prefix LMs
+      warn(f'config.init_from={config.init_from}: {attention}.')
     state = trainer.state_from_params(params)
     return state, (f'initialized params from Hugging Face directory {config.init_from[3:]} '
                    '(config.init_from; no checkpoint in the workdir); fresh optimizer state '

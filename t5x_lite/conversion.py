@@ -335,6 +335,22 @@ def _suppress_ids_without_pieces(out_dir: str, num_ids: int) -> None:
 _OTHER_TOKENIZERS = ('tokenizer.json', 'vocab.json', 'merges.txt', 'vocab.txt')
 
 
+def attention_change(model_cfg, data) -> str:
+  """'' unless fine-tuning imported Hugging Face weights of `model_cfg` (a config's model
+  section) on `data` changes how they attend: a GPT2LMHeadModel attends causally everywhere,
+  and an objective with inputs (text_to_text, prefix_lm, ...) makes a decoder-only model a
+  prefix LM whose inputs attend both ways, another network than the one imported
+  (checkpoints.restore_or_init warns with it for config.init_from=hf:DIR; `t5x_to_hf` warns
+  the other way round)."""
+  objective = data.get('objective', 'causal_lm')
+  if not families.decoder_rows_hold_inputs(model_cfg.family, objective):
+    return ''
+  return (f'GPT2LMHeadModel weights attend causally everywhere; data.objective={objective!r} '
+          'trains (and eval / infer decode) them as a prefix LM whose inputs attend both ways, '
+          'another network than the one imported (its first losses are higher than the Hugging '
+          'Face model\'s); data.objective=\'causal_lm\' keeps them causal')
+
+
 def tokenizer_mismatch(hf_dir: str, data) -> str:
   """'' if fine-tuning the weights in `hf_dir` on `data` (a config's data section) feeds the
   token ids those weights were trained with: the directory's spiece.model is data.vocab's

@@ -4,6 +4,7 @@ tests/test_reliability.py's (10 kills); two processes, tests/test_data_multiproc
 What a resume or a fine-tuning start says and refuses runs in this process (`run_here`): the
 same config and error handling, without a process start per run."""
 import contextlib
+import copy
 import io
 import json
 import os
@@ -495,6 +496,32 @@ def test_init_from_hf_directory(uninterrupted, tmp_path):
   assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
       f'error: config.model.d_ff=96 differs from the Hugging Face model in {hf_dir} (64).')
   assert not os.path.exists(os.path.join(other, 'checkpoints'))
+
+
+def test_gpt2_weights_fine_tuned_on_an_objective_with_inputs_are_a_warning(tmp_path):
+  """GPT2LMHeadModel weights attend causally everywhere; trained on an objective with inputs
+  (text_to_text, prefix_lm) a decoder-only model is a prefix LM whose inputs attend both
+  ways: the run started from another network than the one imported, without a word (found
+  by an exploratory pass: Hugging Face's loss 7.908 on the first batch, the first step's
+  7.933). A warning at start-up; none under causal_lm."""
+  from t5x_lite import cli, conversion, train_loop
+  from tiny_run import tiny_config
+  cfg = tiny_config('gpt', train=dict(steps=1, log_every=1, eval_every=0, batch_size=8),
+                    data=dict(num_virtual_shards=1, targets_length=16, inputs_length=16))
+  with contextlib.chdir(ROOT), contextlib.redirect_stdout(io.StringIO()):
+    assert cli.call(lambda: train_loop.train(cfg, str(tmp_path / 'gpt'))) == 0
+  hf_dir = conversion.t5x_to_hf(str(tmp_path / 'gpt'), str(tmp_path / 'hf'))
+  for objective in ('prefix_lm', 'causal_lm'):
+    run = copy.deepcopy(cfg)
+    run.init_from, run.data.objective = f'hf:{hf_dir}', objective
+    err = io.StringIO()
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(io.StringIO()), \
+        contextlib.redirect_stderr(err):
+      assert cli.call(lambda: train_loop.train(run, str(tmp_path / objective))) == 0
+    said = (f"[t5x_lite] warning: config.init_from=hf:{hf_dir}: GPT2LMHeadModel weights attend "
+            f"causally everywhere; data.objective='prefix_lm' trains (and eval / infer decode) "
+            'them as a prefix LM')
+    assert (said in err.getvalue()) == (objective == 'prefix_lm'), err.getvalue()
 
 
 def test_init_from_either_layer_layout(uninterrupted, tmp_path):
