@@ -88,11 +88,23 @@ def _t5_activation(f, proj: str, arch: str):
           f('is_gated_act', len(parts) == 2, 'bool'))
 
 
+# The sizes transformers' config classes default to (T5Config, MT5Config, BertConfig,
+# GPT2Config): a config.json that leaves one out is read with it, as from_pretrained does.
+_SIZE_DEFAULTS = {
+    'T5ForConditionalGeneration': dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048,
+                                       num_layers=6, num_heads=8),
+    'MT5': dict(vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6),
+    'BertForMaskedLM': dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                            num_attention_heads=12, intermediate_size=3072),
+    'GPT2LMHeadModel': dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12)}
+
+
 def _config_from_hf(arch: str, hf: dict, mt5: bool = False) -> ml_collections.ConfigDict:
   """Our model config for config.json `hf` of `arch`; a field it leaves out takes the
   default of transformers' config class (MT5Config's when `mt5`: untied, gated-gelu)."""
   m = _base_model_config()
-  f = lambda key, default=None, kind='int': _field(hf, arch, key, default, kind)
+  sizes = _SIZE_DEFAULTS['MT5' if mt5 else arch]
+  f = lambda key, default=None, kind='int': _field(hf, arch, key, sizes.get(key, default), kind)
   tie = f('tie_word_embeddings', not mt5, 'bool')
   for flag in _REFUSED_FLAGS.get(arch, ()):
     if f(flag, False, 'bool'):
@@ -264,6 +276,9 @@ def read_config(hf_dir: str) -> Tuple[str, dict, ml_collections.ConfigDict]:
   """(architecture, config.json dict, our model config) of a HF directory, its weights not
   read; ValueError if unsupported."""
   path = os.path.join(hf_dir, CONFIG_NAME)
+  if not os.path.isdir(hf_dir):
+    _fail(f'{hf_dir} {"is not a directory" if os.path.exists(hf_dir) else "does not exist"}: '
+          f'a Hugging Face model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}.')
   if not os.path.isfile(path):
     _fail(f'{path} does not exist: a Hugging Face model directory needs {CONFIG_NAME} and '
           f'{WEIGHTS_NAME}.')

@@ -625,3 +625,45 @@ def test_a_failed_export_leaves_no_output_and_a_rerun_works(tmp_path):
                                      'model.safetensors', 'spiece.model',
                                      'tokenizer_config.json']
 
+
+
+@pytest.mark.parametrize('arch,model_type,config_class', [
+    ('T5ForConditionalGeneration', 't5', 'T5Config'),
+    ('MT5ForConditionalGeneration', 'mt5', 'MT5Config'),
+    ('BertForMaskedLM', 'bert', 'BertConfig'),
+    ('GPT2LMHeadModel', 'gpt2', 'GPT2Config')])
+def test_sizes_config_json_leaves_out_take_the_transformers_defaults(tmp_path, arch, model_type,
+                                                                     config_class):
+  """from_pretrained reads a config.json without, say, d_kv with its config class's default;
+  import refused it ('config.json lacks the field 'd_kv''), though the docs said the
+  defaults apply. The reference: transformers' own config classes."""
+  from t5x_lite import hf_config
+  (tmp_path / 'config.json').write_text(json.dumps(
+      {'architectures': [arch], 'model_type': model_type}))
+  ours = hf_config.read_config(str(tmp_path))[2]
+  theirs = getattr(transformers, config_class)()
+  hidden = theirs.d_model if model_type in ('t5', 'mt5') else theirs.hidden_size
+  ff = {'t5': 'd_ff', 'mt5': 'd_ff', 'bert': 'intermediate_size'}.get(model_type)
+  assert (ours.vocab_size, ours.d_model, ours.num_heads, ours.d_ff) == (
+      theirs.vocab_size, hidden, theirs.num_attention_heads,
+      getattr(theirs, ff) if ff else 4 * hidden)  # GPT-2's n_inner None: 4 x n_embd
+  assert ours.d_kv == (theirs.d_kv if model_type in ('t5', 'mt5') else
+                       hidden // theirs.num_attention_heads)
+  layers = (ours.num_encoder_layers, ours.num_decoder_layers)
+  if model_type in ('t5', 'mt5'):
+    assert layers == (theirs.num_layers, theirs.num_decoder_layers)
+  else:
+    assert layers == ((theirs.num_hidden_layers, 0) if model_type == 'bert' else
+                      (0, theirs.num_hidden_layers))
+  assert ours.tie_embeddings == theirs.tie_word_embeddings
+
+
+def test_an_input_that_is_no_directory_is_named_as_such(tmp_path):
+  """convert --input=/nonexistent said '/nonexistent/config.json does not exist'."""
+  from t5x_lite import hf_config
+  (tmp_path / 'file').write_text('x')
+  for path, what in ((tmp_path / 'absent', 'does not exist'), (tmp_path / 'file', 'is not a '
+                                                                'directory')):
+    with pytest.raises(ValueError, match=rf'^{path} {what}: a Hugging Face model directory '
+                                         r'holds config.json and model.safetensors\.$'):
+      hf_config.read_config(str(path))
