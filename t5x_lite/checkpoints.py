@@ -547,6 +547,10 @@ def restore_or_init(config, trainer, ckpts: Checkpoints, train_iter):
                    'and data position')
   if config.init_from:
     check_init_source(config)
+    try:  # a warning, as for hf:DIR: retraining the embeddings may be the intent
+      run_config.check_vocabulary(config.init_from, config.data, 'config.init_from')
+    except ValueError as e:
+      warn(f'{e}')
     params, path = load_params(config.init_from, trainer.abstract_state.params)
     state = trainer.state_from_params(params)
     return state, (f'initialized params from {path} (config.init_from; no checkpoint in the '

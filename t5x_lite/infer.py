@@ -19,6 +19,7 @@ from t5x_lite import checkpoints
 from t5x_lite import cli
 from t5x_lite import evaluation
 from t5x_lite import families
+from t5x_lite import run_config
 from t5x_lite.data import records, sources
 
 FLAGS = flags.FLAGS
@@ -224,6 +225,10 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
                      f'or pass its inputs column as a text file.')
   _check_paths(input_path, output_path)
   checkpoints.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
+  # (also when no line turns out usable: the run then reads no params, but a config that
+  # cannot read this checkpoint is said before any output is written)
+  run_config.check_model_config(workdir, config.model, '--workdir')
+  run_config.check_vocabulary(workdir, config.data, '--workdir')
   max_length = max_length or config.data.targets_length
   batch_size = batch_size or config.train.batch_size
   for flag, value in (('max_length', max_length), ('batch_size', batch_size)):
@@ -309,7 +314,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
       while report.predicted < len(examples) and predictions[report.predicted] is not None:
         number, text, fields = examples[report.predicted]
         # `line`: the input line it answers, so outputs join to inputs after skipped lines.
-        out.write(to_json({**fields, 'inputs': text, 'prediction': predictions[report.predicted],
+        kept = {k: v for k, v in fields.items() if k not in ('prediction', 'score', 'line')}
+        out.write(to_json({**kept, 'inputs': text, 'prediction': predictions[report.predicted],
                            'score': scores[report.predicted], 'line': number}) + '\n')
         report.predicted += 1
       out.flush()

@@ -170,8 +170,8 @@ def test_infer_keeps_order_reports_skips_and_truncation(workdir, tmp_path):
   # stdin in, file out, batches of 2 (fixed shape: the last one is padded).
   long_line = 'speaker: Hamlet. ' + ' '.join(['To be, or not to be, that is the question.'] * 8)
   lines = [long_line, '',
-           json.dumps({'id': 7, 'inputs': 'speaker: Macbeth. Is this a dagger',
-                       'targets': 'Macbeth'})]
+           json.dumps({'id': 7, 'line': 99, 'inputs': 'speaker: Macbeth. Is this a dagger',
+                       'prediction': 'old', 'targets': 'Macbeth'})]
   out = tmp_path / 'out.jsonl'
   proc = run('infer', f'--workdir={workdir}', '--input=-', f'--output={out}', '--batch_size=2',
              stdin='\n'.join(lines) + '\n')
@@ -179,12 +179,26 @@ def test_infer_keeps_order_reports_skips_and_truncation(workdir, tmp_path):
   assert [r['inputs'] for r in rows] == [long_line, 'speaker: Macbeth. Is this a dagger']
   assert all(isinstance(r['prediction'], str) for r in rows)
   assert rows[1]['targets'] == 'Macbeth'  # the input's other JSON fields are kept
-  # in their order, then infer's; `line` joins an output to its input across skipped lines.
+  # in their order, then infer's (an input's own `line` / `prediction` replaced: they kept
+  # the input's place); `line` joins an output to its input across skipped lines.
   assert list(rows[1]) == ['id', 'inputs', 'targets', 'prediction', 'score', 'line']
+  assert rows[1]['prediction'] != 'old'
   assert [r['line'] for r in rows] == [1, 3]
   assert 'skipped 1 empty line (line 2)' in proc.stderr
   assert 'wrote 2 predictions' in proc.stderr
   assert 'truncated 1 of 2 inputs to data.inputs_length=64 tokens, EOS included (line 1:' in proc.stderr
+
+
+def test_infer_without_a_usable_line_still_refuses_a_config_the_checkpoint_does_not_fit(
+    workdir, tmp_path):
+  """With no usable input line infer reads no params, and so said 'read 0 lines; wrote 0
+  predictions', exit 0, under a model config the checkpoint was not trained with."""
+  (tmp_path / 'empty.txt').write_text('')
+  proc = run('infer', f'--workdir={workdir}', f'--input={tmp_path / "empty.txt"}',
+             f'--output={tmp_path / "out.jsonl"}', '--config.model.d_ff=96', check=False)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
+      f'error: --workdir={workdir}: config.model.d_ff=96 differs from'), proc.stderr
+  assert not (tmp_path / 'out.jsonl').exists()
 
 
 def test_infer_skips_inputs_without_tokens_and_counts_truncation(workdir, tmp_path):
