@@ -320,18 +320,35 @@ def complete_steps(directory) -> List[int]:
 PYTREE_METADATA = ('_METADATA', '_CHECKPOINT_METADATA')  # one is in every saved pytree directory
 
 
-def latest_checkpoint(workdir: str) -> Tuple[int, str]:
-  """(step, path of its state item) of the newest complete checkpoint in workdir; or, for
-  a directory `convert --direction=hf_to_t5x` wrote (imported weights, as they are), (0, it):
-  `load_params` verifies either."""
+def latest_checkpoint(workdir: str, step: Optional[int] = None) -> Tuple[int, str]:
+  """(step, path of its state item) of the newest complete checkpoint in workdir (of `step`
+  when given: eval / infer --step); or, for a directory `convert --direction=hf_to_t5x`
+  wrote (imported weights, as they are), (0, it): `load_params` verifies either."""
   directory = os.path.join(workdir, 'checkpoints')
-  if not complete_steps(directory):
+  steps = complete_steps(directory)
+  if not steps:
     if os.path.exists(os.path.join(workdir, 'config.json')) and not os.path.exists(directory) \
         and any(os.path.exists(os.path.join(workdir, m)) for m in PYTREE_METADATA):
+      if step:
+        raise ValueError(f'--step={step}: --workdir={workdir} is a converted model, one set of '
+                         'params without steps.')
       return 0, workdir
+    if os.path.isdir(os.path.join(workdir, 'state')) and os.path.basename(
+        os.path.normpath(workdir)).isdigit():  # a step directory: its workdir and step, then
+      run = os.path.dirname(os.path.dirname(os.path.normpath(workdir)))
+      raise ValueError(f'--workdir={workdir} is one checkpoint of a run: pass --workdir={run} '
+                       f'--step={os.path.basename(os.path.normpath(workdir))}.')
     raise ValueError(f'--workdir={workdir} has no checkpoint (no {directory}/<step>/state) '
                      'and is no converted Hugging Face model: train one first with `python -m '
                      't5x_lite.train`, or convert one with `python -m t5x_lite.convert`.')
+  if step is not None:
+    if step not in steps:
+      raise ValueError(f'--step={step}: {directory} has no checkpoint of that step (it has '
+                       f'{", ".join(map(str, steps))}).')
+    status, why = integrity.verify(os.path.join(directory, str(step)))
+    if status == 'corrupt':
+      raise ValueError(f'--step={step}: the checkpoint {directory}/{step} is corrupt: {why}.')
+    return step, os.path.join(directory, str(step), 'state')
   step = integrity.newest_intact(directory, warn, move=False)  # read-only: skip, keep
   if step is None:
     raise ValueError(f'--workdir={workdir}: no intact checkpoint in {directory} (see the '

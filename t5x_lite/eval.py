@@ -1,8 +1,9 @@
-"""Evaluate the latest checkpoint of a run: teacher-forced loss and accuracy, and decoding
-scored by the text metrics (text-to-text tasks) or by span accuracy (pretraining objectives
-with inputs: span corruption, iid noise, prefix LM):
+"""Evaluate the latest checkpoint of a run (or `--step`'s): teacher-forced loss and accuracy,
+and decoding scored by the text metrics (text-to-text tasks) or by span accuracy
+(pretraining objectives with inputs: span corruption, iid noise, prefix LM):
 
     python -m t5x_lite.eval --config=CFG --workdir=DIR [--split=validation] [--eval_steps=N]
+        [--step=N]
 
 What it reads, decodes, prints and writes (and its JSON keys): docs/cli.md.
 """
@@ -29,11 +30,13 @@ def _define_flags():
   flags.DEFINE_integer('eval_steps', None, 'Batches to evaluate and decode (default '
                        'config.train.eval_steps; 0 = the whole split, which the endless '
                        'train split does not allow).')
+  flags.DEFINE_integer('step', None, 'The checkpoint step to evaluate (default: the latest).')
 
 
 # ------------------------------------------------------------------------ run
 def run_eval(config, workdir: str, split: str = 'validation',
-             eval_steps: Optional[int] = None, show: int = 0, beam_size: int = 1) -> dict:
+             eval_steps: Optional[int] = None, show: int = 0, beam_size: int = 1,
+             step: Optional[int] = None) -> dict:
   """Everything `python -m t5x_lite.eval` does; returns the figures it prints."""
   from t5x_lite import decoding
   from t5x_lite import metrics as metrics_lib
@@ -48,7 +51,7 @@ def run_eval(config, workdir: str, split: str = 'validation',
   if not steps and (split == 'train' or config.data.eval_repeat):
     raise ValueError(f'the {split} split is endless here: pass --eval_steps > 0.')
   decoding.check_beam_size(beam_size, config.model.vocab_size)
-  trainer, params, step, read = evaluation.load(config, workdir)
+  trainer, params, step, read = evaluation.load(config, workdir, step)
   # Before the work: eval writes its figures and predictions into the workdir.
   checkpoints.check_workdir(workdir, writes=f'eval_{split}_<step>.json and its predictions')
   print(f'[t5x_lite] eval: params of step {step} from {read}; '
@@ -95,7 +98,7 @@ def run_eval(config, workdir: str, split: str = 'validation',
 
 def main():
   result = run_eval(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.eval_steps,
-                    FLAGS.show_predictions, FLAGS.beam_size)
+                    FLAGS.show_predictions, FLAGS.beam_size, FLAGS.step)
   print(json.dumps(result), flush=True)
 
 

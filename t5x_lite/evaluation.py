@@ -87,12 +87,13 @@ class MetricsLog:
 
 
 # ---------------------------------------------------------------------- loading
-def load(config, workdir: str):
+def load(config, workdir: str, step: Optional[int] = None):
   """Validates the config, builds the Trainer on a mesh of the local devices and restores
-  the params of the latest checkpoint in workdir (read-only). Returns (trainer, params,
-  step, the directory read)."""
+  the params of the latest checkpoint in workdir (of `step` when given; read-only). Returns
+  (trainer, params, step, the directory read)."""
   from t5x_lite import checkpoints
-  step, path = checkpoints.latest_checkpoint(workdir)  # before compiling: a fast, clear error
+  wanted = step
+  step, path = checkpoints.latest_checkpoint(workdir, wanted)  # before compiling: a fast error
   run_config.check_model_config(workdir, config.model, '--workdir')
   run_config.check_vocabulary(workdir, config.data, '--workdir')
   import jax
@@ -104,7 +105,7 @@ def load(config, workdir: str):
       params, read = checkpoints.load_params(path, trainer.abstract_state.params)  # shapes checked
       return trainer, params, step, read
     except (ValueError, OSError):
-      if os.path.exists(path) or attempt == 4:
+      if os.path.exists(path) or attempt == 4 or wanted is not None:
         raise
       # A job training in the workdir deleted this step while it was read (checkpoint.keep):
       # the newest one now is as good.

@@ -38,6 +38,7 @@ def _define_flags():
                        '--temperature > 0.')
   flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off); needs --temperature > 0.')
   flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+  flags.DEFINE_integer('step', None, 'The checkpoint step to decode with (default: the latest).')
   flags.DEFINE_integer('batch_size', 0, 'Lines per decoding batch (0 = config.train.batch_size).')
 
 
@@ -210,7 +211,7 @@ def _check_paths(input_path: str, output_path: str) -> None:
 def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-', *,
               max_length: int = 0, temperature: float = 0.0, top_k: int = 0,
               top_p: float = 1.0, seed: int = 0, batch_size: int = 0,
-              beam_size: int = 1) -> Report:
+              beam_size: int = 1, step: Optional[int] = None) -> Report:
   """Everything `python -m t5x_lite.infer` does; returns its report."""
   from t5x_lite.data import vocab as vocab_lib
   family = config.model.family
@@ -224,7 +225,7 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
                      f'Decode a TSV task with eval (--config.data.validation_source=tsv:...), '
                      f'or pass its inputs column as a text file.')
   _check_paths(input_path, output_path)
-  checkpoints.latest_checkpoint(workdir)  # a clear error before reading stdin or compiling
+  checkpoints.latest_checkpoint(workdir, step)  # a clear error before reading or compiling
   # (also when no line turns out usable: the run then reads no params, but a config that
   # cannot read this checkpoint is said before any output is written)
   run_config.check_model_config(workdir, config.model, '--workdir')
@@ -287,8 +288,8 @@ def run_infer(config, workdir: str, input_path: str = '-', output_path: str = '-
     kept.append(example)
   examples = kept
 
-  trainer, params, step, read = (evaluation.load(_decoding_only(config), workdir) if examples
-                                 else (None,) * 4)
+  trainer, params, step, read = (evaluation.load(_decoding_only(config), workdir, step)
+                                 if examples else (None,) * 4)
   if examples:
     print(f'[t5x_lite] infer: params of step {step} from {read}; '
           f'{len(examples)} input{"s" if len(examples) != 1 else ""}, batches of {batch_size}, '
@@ -347,7 +348,7 @@ def main():
   run_infer(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output,
             max_length=FLAGS.max_length, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
             top_p=FLAGS.top_p, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-            beam_size=FLAGS.beam_size)
+            beam_size=FLAGS.beam_size, step=FLAGS.step)
 
 
 if __name__ == '__main__':

@@ -136,6 +136,33 @@ def in_process(module, workdir, monkeypatch, **kwargs):
   return infer.run_infer(config, workdir, **kwargs)
 
 
+def test_eval_and_infer_read_the_step_asked_for(workdir, tmp_path, monkeypatch, capsys):
+  """--step=N evaluates (and decodes with) an earlier checkpoint than the latest; there was
+  no way to, and a step directory given as --workdir was called 'no checkpoint'."""
+  result = in_process('eval', workdir, monkeypatch, eval_steps=1, step=5)
+  loss, accuracy = numpy_eval(workdir, 5)
+  assert result['step'] == 5 and result['eval_loss'] == pytest.approx(loss, rel=1e-5)
+  assert result['eval_accuracy'] == pytest.approx(accuracy, rel=1e-6)
+  assert loss != numpy_eval(workdir, 6)[0]
+  with open(os.path.join(workdir, 'eval_validation_5.json')) as f:
+    assert json.load(f) == result
+  (tmp_path / 'in.txt').write_text('speaker: Macbeth. Is this a dagger\n')
+  for step in (5, 6):
+    out = tmp_path / f'out{step}.jsonl'
+    in_process('infer', workdir, monkeypatch, input_path=str(tmp_path / 'in.txt'),
+               output_path=str(out), step=step)
+    assert len(out.read_text().splitlines()) == 1
+    assert f'[t5x_lite] infer: params of step {step} from {workdir}/checkpoints/{step}/' in (
+        capsys.readouterr().err)
+  with pytest.raises(ValueError, match=rf'^--step=4: {workdir}/checkpoints has no checkpoint '
+                                       r'of that step \(it has 5, 6\)\.$'):
+    in_process('eval', workdir, monkeypatch, eval_steps=1, step=4)
+  step_dir = os.path.join(workdir, 'checkpoints', '5')
+  with pytest.raises(ValueError, match=rf'^--workdir={step_dir} is one checkpoint of a run: '
+                                       rf'pass --workdir={workdir} --step=5\.$'):
+    in_process('eval', step_dir, monkeypatch, eval_steps=1)
+
+
 def test_beam_search_eval_and_infer_write_scores(workdir, tmp_path, monkeypatch, capsys):
   greedy = in_process('eval', workdir, monkeypatch, eval_steps=1, split='train')
   result = in_process('eval', workdir, monkeypatch, eval_steps=1, beam_size=3, split='train')
