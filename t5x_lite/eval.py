@@ -58,7 +58,7 @@ def run_eval(config, workdir: str, split: str = 'validation',
         f'{split} split, {f"up to {steps}" if steps else "all"} batches of '
         f'{config.train.batch_size}.',
         file=sys.stderr, flush=True)
-  result = {'step': step, 'split': split}
+  result = {'step': step, 'split': split, 'source': config.data[f'{split}_source']}
   skips = sources.SkipCounter()
   result.update(evaluation.evaluate(config, trainer, params, split, skips=skips))
   result['eval_steps'] = result.pop('eval_batches')  # read: a short split has fewer than asked
@@ -91,9 +91,28 @@ def run_eval(config, workdir: str, split: str = 'validation',
     evaluation.print_predictions(decoded, show, file=sys.stderr, text_to_text=text_to_text)
   result['seconds'] = round(time.time() - start, 2)
   for name in names:
-    with open(os.path.join(workdir, f'eval_{name}.json'), 'w') as f:
+    path = os.path.join(workdir, f'eval_{name}.json')
+    _say_if_replacing(path, result)
+    with open(path, 'w') as f:
       json.dump(result, f, indent=2)
   return result
+
+
+def _say_if_replacing(path: str, result: dict) -> None:
+  """A warning when `path` holds an eval of this step over another source or number of
+  batches, which this one replaces (with its predictions files): a quick check on a small
+  set would otherwise overwrite the full evaluation without a word."""
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return
+  was = (old.get('source'), old.get('eval_steps')) if isinstance(old, dict) else (None, None)
+  now = (result['source'], result['eval_steps'])
+  if was[0] is not None and was != now:  # (files of older versions hold no source)
+    extent = lambda source, n: f'{n} batch{"es" if n != 1 else ""} of {source}'  # noqa: E731
+    print(f'[t5x_lite] warning: replacing {path} and its predictions ({extent(*was)}) with '
+          f'this eval ({extent(*now)}).', file=sys.stderr, flush=True)
 
 
 def main():
