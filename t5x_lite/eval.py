@@ -90,10 +90,9 @@ def run_eval(config, workdir: str, split: str = 'validation',
           span_accuracy=100.0 * correct / max(total, 1), span_tokens=[correct, total])
     evaluation.print_predictions(decoded, show, file=sys.stderr, text_to_text=text_to_text)
   result['seconds'] = round(time.time() - start, 2)
+  _say_if_replacing(os.path.join(workdir, f'eval_{names[0]}.json'), result)  # (the latest)
   for name in names:
-    path = os.path.join(workdir, f'eval_{name}.json')
-    _say_if_replacing(path, result)
-    with open(path, 'w') as f:
+    with open(os.path.join(workdir, f'eval_{name}.json'), 'w') as f:
       json.dump(result, f, indent=2)
   return result
 

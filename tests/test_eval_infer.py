@@ -149,9 +149,11 @@ def test_eval_and_infer_read_the_step_asked_for(workdir, tmp_path, monkeypatch, 
   # Another extent (or source) replaces that step's results: said (it was silent).
   capsys.readouterr()
   in_process('eval', workdir, monkeypatch, eval_steps=2, step=5)
+  err = capsys.readouterr().err
+  assert err.count('replacing') == 1, err  # once, though two names hold the eval
   assert (f'[t5x_lite] warning: replacing {workdir}/eval_validation_5.json and its predictions '
           f'(1 batch of jsonl:data/tasks/speaker/validation.jsonl) with this eval (2 batches of '
-          'jsonl:data/tasks/speaker/validation.jsonl).') in capsys.readouterr().err
+          'jsonl:data/tasks/speaker/validation.jsonl).') in err
   in_process('eval', workdir, monkeypatch, eval_steps=2, step=5)  # the same again: nothing
   assert 'replacing' not in capsys.readouterr().err
   (tmp_path / 'in.txt').write_text('speaker: Macbeth. Is this a dagger\n')
